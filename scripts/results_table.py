@@ -1,0 +1,190 @@
+"""Build the LlamaDuo loop's results table from a loop output folder.
+
+The loop (`scripts/llamaduo.sh`) leaves, per round, `<OUT>/round_<k>/`:
+- `eval/summary.json`   written by evaluation.py (keys `mean_similarity`, `mean_precision`,
+                        `coverage_similarity`, `coverage_precision`, `coverage_threshold`,
+                        `qualified`, `rows`; see src/judging/aggregate.py `summarize`);
+- `train_data.json`     written by the loop: the `dataset_mixer` and `dataset_splits` that
+                        round's finetune trained on;
+- `<stage>.done`        written by the loop: exit code, then the stage's wall seconds.
+
+WHY a separate script: the table is rebuilt from those files alone, so it can be printed again
+after a resumed or finished run (`python scripts/results_table.py outputs/llamaduo`) without
+re-running anything, and the shell script stays free of JSON parsing.
+
+Usage:
+    python scripts/results_table.py OUT [--write OUT/results.md]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+COLUMNS = ("round", "train rows", "mean similarity", "mean precision",
+           "coverage (sim / prec)", "qualified", "stage time (s)")
+
+
+@dataclass
+class RoundRow:
+    """One round's line of the table; None means 'not known (yet)'."""
+
+    round: int
+    train_rows: int | None
+    mean_similarity: float | None
+    mean_precision: float | None
+    coverage_similarity: float | None
+    coverage_precision: float | None
+    qualified: bool | None
+    seconds: int
+
+
+def round_dirs(out: Path) -> list[tuple[int, Path]]:
+    """`round_<k>` folders sorted by k (numerically: round_10 after round_9)."""
+    found = []
+    for p in out.glob("round_*"):
+        m = re.fullmatch(r"round_(\d+)", p.name)
+        if m and p.is_dir():
+            found.append((int(m.group(1)), p))
+    return sorted(found)
+
+
+def read_summary(round_dir: Path) -> dict[str, Any] | None:
+    """The round's evaluation summary, or None when the evaluation has not finished."""
+    path = round_dir / "eval" / "summary.json"
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def stage_seconds(round_dir: Path) -> int:
+    """Sum of the recorded wall seconds of the round's finished stages."""
+    total = 0
+    for marker in round_dir.glob("*.done"):
+        lines = marker.read_text(encoding="utf-8").split()
+        if len(lines) >= 2 and lines[1].isdigit():
+            total += int(lines[1])
+    return total
+
+
+def _train_split(splits: Any) -> str:
+    """The train split among finetune's `dataset_splits` (alignment-handbook style list)."""
+    if isinstance(splits, str):
+        splits = [splits]
+    for name in splits or []:
+        if "train" in str(name):
+            return str(name)
+    return "train_sft"
+
+
+def count_train_rows(round_dir: Path) -> int | None:
+    """Rows finetune saw: each mixer dataset's train split times its fraction.
+
+    The same rule as alignment-handbook's mixer (`int(fraction * len(split))`), so the
+    number matches what the trainer used without the trainer having to report it.
+    """
+    path = round_dir / "train_data.json"
+    if not path.is_file():
+        return None
+    spec = json.loads(path.read_text(encoding="utf-8"))
+    mixer = spec.get("dataset_mixer") or {}
+    split = _train_split(spec.get("dataset_splits"))
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import datasets
+
+    from src.data import load_split
+    from src.errors import LlamaDuoError
+
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity_error()
+    total = 0
+    for ref, fraction in mixer.items():
+        # The loop runs from the repo root, so relative refs are relative to it.
+        local = ROOT / str(ref)
+        ref = str(local) if not Path(str(ref)).is_absolute() and local.exists() else str(ref)
+        try:
+            n = len(load_split(ref, split))
+        except LlamaDuoError as err:  # e.g. a Hub id while offline: say so, keep the table
+            logging.getLogger("llamaduo.loop").warning("cannot count rows of %s: %s", ref, err)
+            return None
+        total += int(float(fraction) * n)
+    return total
+
+
+def collect(out: Path) -> list[RoundRow]:
+    """One RoundRow per round folder found under OUT."""
+    rows = []
+    for k, rdir in round_dirs(out):
+        s = read_summary(rdir) or {}
+        rows.append(RoundRow(
+            round=k,
+            train_rows=0 if k == 0 else count_train_rows(rdir),
+            mean_similarity=s.get("mean_similarity"),
+            mean_precision=s.get("mean_precision"),
+            coverage_similarity=s.get("coverage_similarity"),
+            coverage_precision=s.get("coverage_precision"),
+            qualified=s.get("qualified"),
+            seconds=stage_seconds(rdir),
+        ))
+    return rows
+
+
+def _num(x: float | None) -> str:
+    return "-" if x is None else f"{x:.1f}"
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.0f}%"
+
+
+def render(rows: list[RoundRow], coverage_threshold: float | None = None) -> str:
+    """A Markdown table (readable as plain text too)."""
+    cells = [COLUMNS]
+    for r in rows:
+        cells.append((
+            f"{r.round}" + (" (base)" if r.round == 0 else ""),
+            "-" if r.train_rows is None else str(r.train_rows),
+            _num(r.mean_similarity),
+            _num(r.mean_precision),
+            f"{_pct(r.coverage_similarity)} / {_pct(r.coverage_precision)}",
+            "-" if r.qualified is None else ("yes" if r.qualified else "no"),
+            str(r.seconds),
+        ))
+    widths = [max(len(row[i]) for row in cells) for i in range(len(COLUMNS))]
+    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |" for row in cells]
+    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    note = "coverage: share of test rows scoring at or above "
+    note += "the coverage threshold" if coverage_threshold is None else f"{coverage_threshold:g}"
+    return "\n".join(lines) + f"\n\n{note}; scores are 0-100 means over the test split.\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Print the LlamaDuo loop's per-round results table.")
+    parser.add_argument("out", type=Path, help="the loop's output root (OUT)")
+    parser.add_argument("--write", type=Path, default=None, help="also write the table to this file")
+    args = parser.parse_args(argv)
+    if not args.out.is_dir():
+        print(f"error: {args.out} is not a folder", file=sys.stderr)
+        return 2
+    rows = collect(args.out)
+    thresholds = [s.get("coverage_threshold") for _, d in round_dirs(args.out) if (s := read_summary(d))]
+    table = render(rows, thresholds[0] if thresholds else None)
+    print(table, end="")
+    if args.write is not None:
+        args.write.write_text("# LlamaDuo loop results\n\n" + table, encoding="utf-8")
+        print(f"table written to {args.write}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

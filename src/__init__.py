@@ -1,0 +1,1 @@
+"""LlamaDuo: migrate a task from a service LLM to a small local LLM."""

@@ -1,0 +1,56 @@
+"""Per-sample seeded sampling that does not depend on which batch a sample lands in.
+
+WHY: `model.generate(do_sample=True)` draws every row of a batch from one global RNG, so a
+sample's text depends on its batch neighbours, on the batch size and on how far a resumed run
+had got. LlamaDuo promises that a rerun reproduces the same outputs, so each (prompt, repeat)
+gets its own `torch.Generator` seeded from `(seed, prompt_id, repeat_index)`.
+
+The sampler runs as the *last* logits processor inside an otherwise greedy `generate` call:
+it applies temperature and top-p with the stock transformers warpers, draws one token per row
+from that row's own generator, and returns scores that are 0 for the drawn token and -inf
+elsewhere, so greedy argmax picks exactly the drawn token. Everything else in `generate`
+(KV cache, eos/pad handling, stopping) stays the library's.
+
+What is still batch-dependent: the logits themselves can differ in the last bits between a
+row computed alone and the same row left-padded in a batch (different matmul shapes). A
+different draw then becomes possible only where two tokens are almost exactly tied. The
+pipeline therefore also keeps batch composition fixed across reruns (see `plan_batches`).
+"""
+from __future__ import annotations
+
+import hashlib
+from typing import Sequence
+
+import torch
+from transformers import LogitsProcessor, TemperatureLogitsWarper, TopPLogitsWarper
+
+
+def sample_seed(seed: int, prompt_id: str, repeat_index: int) -> int:
+    """A stable 63-bit seed for one sample. Hash-based so it survives reordering and resume."""
+    digest = hashlib.sha256(f"{seed}\x1f{prompt_id}\x1f{repeat_index}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") & ((1 << 63) - 1)
+
+
+class PerRowSampler(LogitsProcessor):
+    """Draws each row's next token from that row's own seeded generator (see module doc)."""
+
+    def __init__(self, seeds: Sequence[int], temperature: float, top_p: float, device: torch.device | str):
+        self.generators = [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
+        self.warpers = [TemperatureLogitsWarper(temperature)]
+        if top_p < 1.0:
+            self.warpers.append(TopPLogitsWarper(top_p))
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if scores.shape[0] != len(self.generators):
+            raise RuntimeError(f"sampler built for {len(self.generators)} rows, got {scores.shape[0]}")
+        for warper in self.warpers:
+            scores = warper(input_ids, scores)
+        probs = torch.softmax(scores.float(), dim=-1)
+        # A Python loop over rows: torch has no batched multinomial with one generator per row.
+        # It costs microseconds per row per step, next to a forward pass of milliseconds.
+        picks = torch.stack(
+            [torch.multinomial(probs[i], 1, generator=g) for i, g in enumerate(self.generators)]
+        ).squeeze(1)
+        forced = torch.full_like(scores, float("-inf"))
+        forced.scatter_(1, picks[:, None], 0.0)
+        return forced

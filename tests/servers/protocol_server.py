@@ -1,0 +1,522 @@
+"""A local HTTP server speaking just enough of the OpenAI, Anthropic and Gemini wire protocols
+for the official SDKs, pointed at it by base URL, to run end to end offline.
+
+Start it in a test process::
+
+    from tests.servers.protocol_server import ProtocolServer
+    with ProtocolServer(latency=0.0, rpm=0) as server:
+        server.base_url("openai")     # http://127.0.0.1:PORT/v1  -> service_llm_base_url
+        server.base_url("anthropic")  # http://127.0.0.1:PORT     (also gemini, *-vertex, bedrock)
+        ...
+        server.stats()["by_provider"]["openai"]; server.reset()
+
+or as a subprocess (end-to-end tests of the stage scripts)::
+
+    python -m tests.servers.protocol_server --port 0 --port-file /tmp/port [--latency 1.0]
+        [--rpm 600 --rpm-window-s 60] [--slow-s 5] [--fault "500 times=3"]
+        [--synth-extra-file plants.jsonl] [--synth-pairs 3]
+    # prints "listening on http://127.0.0.1:PORT" (flushed); GET /_stats, POST /_reset
+
+Routes (any host prefix is accepted, so the SDKs' default paths all work):
+    POST .../chat/completions                         OpenAI chat completions
+    POST .../v1/messages                              Anthropic messages
+    POST .../publishers/anthropic/models/M:rawPredict Anthropic on Vertex AI
+    POST .../model/M/invoke                           Anthropic on Bedrock
+    POST .../models/M:generateContent                 Gemini (AI Studio and Vertex AI)
+
+Conventions other tests rely on:
+* Judge prompts (the first user message contains `<candidate_answer>`): if the candidate
+  text contains `[[sim=NN prec=MM]]` the reply carries exactly those scores; otherwise the
+  scores are `judge_scores(candidate)` (deterministic, 1..100) so tests can compute
+  expected aggregates. Reply: the evaluation JSON (bare for openai, in a ```json fence for
+  gemini, after a sentence of prose for anthropic*, to exercise extraction).
+* Synth prompts (contain `<example_instruction>`): reply `{"contents": synth_pairs(example,
+  seed, n)}`; seed = the request's `seed` (openai `seed`, gemini `generationConfig.seed`,
+  which the client sets to the job's sample index) or, for Anthropic which has no seed,
+  the number of earlier requests with the same first message. Lines of
+  `--synth-extra-file` (JSONL of {"instruction","response"}) are appended to every synth
+  reply (planting e.g. test-set paraphrases); in process, `server.synth_extra` is that list.
+* Any other prompt: `echo: <first 200 chars>`.
+* `server.reply_override(provider, prompt) -> str | None` (in process): when it returns a
+  string, that is the reply text. `prompt` is the FIRST user message (re-asks keep it).
+* Fault markers anywhere in the first user message: `[[fault=KIND]]`, optionally
+  `[[fault=KIND times=K]]` (only the first K requests with that message, per provider,
+  fault, so retries
+  or re-asks then succeed) and for 429 `[[fault=429-retry-after=S]]` (sends Retry-After).
+  KIND: 401 (rejected key), 429, 500, 503, slow (sleeps --slow-s before answering), drop (closes the
+  connection without a response), nonjson, missing-key, out-of-range, empty-choices.
+  `--fault SPEC` (e.g. "503 times=5") applies to every request, counted server-wide.
+* `--latency S` delays every answer; `--rpm N` answers 429 (with Retry-After) to requests
+  beyond N accepted ones in any sliding `--rpm-window-s` window; `stats()["rpm_rejections"]`
+  counts them.
+* Token usage in replies: ceil(chars / 4) of the prompt and of the reply text.
+* Request counting: `stats()` / `GET /_stats` -> {"total", "accepted", "by_path",
+  "by_provider", "rpm_rejections", "faults", "max_repeats", "distinct_requests",
+  "max_window_count"}; `GET /_stats?detail=1` adds "by_request" (counts per hash of
+  provider + messages + seed: a value > 1 means the same request came twice).
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import random
+import re
+import socket
+import sys
+import threading
+import time
+from collections import Counter, deque
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, Callable, Optional
+from urllib.parse import parse_qs, urlparse
+
+FAULT_KINDS = ("401", "429", "500", "503", "slow", "drop", "nonjson", "missing-key", "out-of-range", "empty-choices")
+_FAULT_RE = re.compile(
+    r"\[\[fault=(?P<kind>401|429|500|503|slow|drop|nonjson|missing-key|out-of-range|empty-choices)"
+    r"(?:-retry-after=(?P<ra>\d+(?:\.\d+)?))?(?:\s+times=(?P<times>\d+))?\]\]"
+)
+_SCORES_RE = re.compile(r"\[\[sim=(\d+)\s+prec=(\d+)\]\]")
+_CANDIDATE_RE = re.compile(r"<candidate_answer>\s*(.*?)\s*</candidate_answer>", re.DOTALL)
+_EXAMPLE_RE = re.compile(r"<example_instruction>\s*(.*?)\s*</example_instruction>", re.DOTALL)
+SYNTH_PAIRS_PER_REPLY = 3
+NONJSON_TEXT = "I would say the answer is quite good overall, maybe an 80."
+
+_WORDS = (
+    "alpha amber anchor apple arrow atlas autumn badge basket beacon berry binary bridge bronze "
+    "cabin canvas carbon castle cedar channel cipher circle cloud cobalt comet copper coral "
+    "cotton crystal dawn delta desert diamond domain dragon eagle echo ember engine falcon "
+    "feather fiber field flame forest fossil galaxy garden garnet glacier granite harbor hazel "
+    "helix horizon island ivory jasmine jungle kernel lantern laser lemon lily lotus magnet "
+    "maple marble meadow meteor mint mirror nebula needle nickel oasis ocean olive onyx orbit "
+    "orchid palette panda pearl pepper pixel planet prism pulse quartz quill radar raven reef "
+    "ribbon river rocket saddle saffron sapphire scarlet shadow signal silver socket spiral "
+    "spruce summit tango temple thunder timber topaz tower tulip tundra valley velvet vertex "
+    "violet vortex walnut willow window winter zenith zephyr"
+).split()
+
+
+# ============================================================================ deterministic answers
+def judge_scores(candidate: str) -> tuple[int, int]:
+    """(similarity, precision) in 1..100 for a candidate answer without a score marker."""
+    marker = _SCORES_RE.search(candidate)
+    if marker:
+        return int(marker.group(1)), int(marker.group(2))
+    h = int(hashlib.sha256(candidate.strip().encode("utf-8")).hexdigest(), 16)
+    return 1 + h % 100, 1 + (h // 100) % 100
+
+
+def _phrase(rng: random.Random, n: int) -> str:
+    return " ".join(rng.choice(_WORDS) for _ in range(n))
+
+
+def synth_pairs(example_instruction: str, seed: int = 0, n: int = SYNTH_PAIRS_PER_REPLY) -> list[dict]:
+    """n distinct instruction/response pairs derived from the example instruction and seed.
+
+    Random words (seeded by example, seed and position) make different seeds and positions
+    differ by far more than a near-duplicate filter's threshold."""
+    head = " ".join(example_instruction.split()[:6])
+    pairs = []
+    for i in range(n):
+        digest = hashlib.sha256(f"{example_instruction}\x00{seed}\x00{i}".encode("utf-8")).hexdigest()
+        rng = random.Random(digest)
+        pairs.append({
+            "instruction": f"{_phrase(rng, 10)}: a task like '{head}' (variant {seed}.{i})",
+            "response": f"{_phrase(rng, 24)}.",
+        })
+    return pairs
+
+
+def judge_reply_json(similarity: Any, precision: Any) -> str:
+    return json.dumps({
+        "similarity_assessment": {"score": similarity, "reason": "deterministic test judge"},
+        "precision_assessment": {"score": precision, "reason": "deterministic test judge"},
+    })
+
+
+def _tokens(text: str) -> int:
+    return max(1, math.ceil(len(text) / 4))
+
+
+# ============================================================================ the server
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 256  # listen backlog: the default 5 refuses bursts of connections
+    daemon_threads = True
+
+
+class _Dropped(Exception):
+    """Raised by a handler to close the connection without answering."""
+
+
+class ProtocolServer:
+    """The server (see module docstring). Thread-safe counters; `start()` / `stop()` or `with`."""
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        latency: float = 0.0,
+        rpm: int = 0,
+        rpm_window_s: float = 60.0,
+        slow_s: float = 5.0,
+        fault: Optional[str] = None,
+        synth_extra: Optional[list[dict]] = None,
+        synth_pairs_per_reply: int = SYNTH_PAIRS_PER_REPLY,
+        reply_override: Optional[Callable[[str, str], Optional[str]]] = None,
+    ) -> None:
+        self.latency = latency
+        self.rpm = rpm
+        self.rpm_window_s = rpm_window_s
+        self.slow_s = slow_s
+        self.fault = fault
+        self.synth_extra = list(synth_extra or [])
+        self.synth_pairs_per_reply = synth_pairs_per_reply
+        self.reply_override = reply_override
+        self._lock = threading.Lock()
+        self._httpd = _Server((host, port), self._handler_class())
+        self._thread: Optional[threading.Thread] = None
+        self.reset()
+
+    # ---------------------------------------------------------------- lifecycle
+    @property
+    def port(self) -> int:
+        return self._httpd.server_address[1]
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def base_url(self, provider: str = "openai") -> str:
+        """The service_llm_base_url to use for `provider`."""
+        return f"{self.url}/v1" if provider == "openai" else self.url
+
+    def start(self) -> "ProtocolServer":
+        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
+                                        daemon=True, name="protocol-server")
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+    def __enter__(self) -> "ProtocolServer":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    # ---------------------------------------------------------------- counters
+    def reset(self) -> None:
+        with self._lock:
+            self.total = 0
+            self.accepted_times: list[float] = []  # monotonic arrival times of accepted requests
+            self._window: deque[float] = deque()
+            self.max_window_count = 0
+            self.by_path: Counter = Counter()
+            self.by_provider: Counter = Counter()
+            self.by_request: Counter = Counter()
+            self.faults: Counter = Counter()
+            self.rpm_rejections = 0
+            self._attempts: Counter = Counter()  # (provider, fault spec, first message) -> requests
+            self._global_fault_count = 0
+            self._seen_first: Counter = Counter()  # (provider, first message) -> requests seen
+
+    def stats(self, detail: bool = False) -> dict:
+        with self._lock:
+            out = {
+                "total": self.total,
+                "accepted": len(self.accepted_times),
+                "by_path": dict(self.by_path),
+                "by_provider": dict(self.by_provider),
+                "rpm_rejections": self.rpm_rejections,
+                "faults": dict(self.faults),
+                "max_repeats": max(self.by_request.values(), default=0),
+                "distinct_requests": len(self.by_request),
+                "max_window_count": self.max_window_count,
+            }
+            if detail:
+                out["by_request"] = dict(self.by_request)
+                out["accepted_times"] = list(self.accepted_times)
+            return out
+
+    def _admit(self, path: str, provider: str, request_key: str) -> Optional[float]:
+        """Count the request; returns a Retry-After (s) if the RPM limit rejects it."""
+        now = time.monotonic()
+        with self._lock:
+            self.total += 1
+            self.by_path[path] += 1
+            self.by_provider[provider] += 1
+            self.by_request[request_key] += 1
+            if self.rpm:
+                while self._window and self._window[0] <= now - self.rpm_window_s:
+                    self._window.popleft()
+                if len(self._window) >= self.rpm:
+                    self.rpm_rejections += 1
+                    return max(0.0, self._window[0] + self.rpm_window_s - now)
+                self._window.append(now)
+                self.max_window_count = max(self.max_window_count, len(self._window))
+            self.accepted_times.append(now)
+        return None
+
+    def _pick_fault(self, provider: str, first_message: str) -> Optional[tuple[str, Optional[float]]]:
+        with self._lock:
+            if self.fault:
+                self._global_fault_count += 1
+                match = _FAULT_RE.search(f"[[fault={self.fault}]]")
+                if match and (match["times"] is None or self._global_fault_count <= int(match["times"])):
+                    self.faults[match["kind"]] += 1
+                    return match["kind"], float(match["ra"]) if match["ra"] else None
+            for match in _FAULT_RE.finditer(first_message):
+                key = (provider, match.group(0), first_message)
+                self._attempts[key] += 1
+                if match["times"] is None or self._attempts[key] <= int(match["times"]):
+                    self.faults[match["kind"]] += 1
+                    return match["kind"], float(match["ra"]) if match["ra"] else None
+        return None
+
+    def _next_occurrence(self, provider: str, first_message: str) -> int:
+        with self._lock:
+            key = (provider, first_message)
+            self._seen_first[key] += 1
+            return self._seen_first[key] - 1
+
+    # ---------------------------------------------------------------- answers
+    def answer_text(self, provider: str, first_message: str, seed: Optional[int], fault: Optional[str]) -> str:
+        """The reply text for a request (no fault, or a content fault)."""
+        if fault == "nonjson":
+            return NONJSON_TEXT
+        if fault == "out-of-range":
+            return judge_reply_json(150, 0)
+        is_judge = "<candidate_answer>" in first_message
+        is_synth = "<example_instruction>" in first_message
+        if fault == "missing-key":
+            if is_synth:
+                return json.dumps({"pairs": synth_pairs(first_message, 0, 1)})
+            return json.dumps({"similarity_assessment": {"score": 50, "reason": "no precision given"}})
+        if self.reply_override is not None:
+            override = self.reply_override(provider, first_message)
+            if override is not None:
+                return override
+        if is_judge:
+            match = _CANDIDATE_RE.search(first_message)
+            sim, prec = judge_scores(match.group(1) if match else "")
+            body = judge_reply_json(sim, prec)
+            if provider == "gemini":
+                return f"```json\n{body}\n```"
+            if provider.startswith("anthropic"):
+                return f"Here is my assessment of the candidate.\n{body}"
+            return body
+        if is_synth:
+            match = _EXAMPLE_RE.search(first_message)
+            example = match.group(1) if match else first_message
+            if seed is None:
+                seed = self._next_occurrence(provider, first_message)
+            pairs = synth_pairs(example, seed, self.synth_pairs_per_reply) + list(self.synth_extra)
+            return json.dumps({"contents": pairs})
+        return "echo: " + first_message[:200]
+
+    def _handler_class(self) -> type:
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, fmt: str, *args: Any) -> None:  # keep test output quiet
+                return
+
+            def _send_json(self, status: int, obj: Any, headers: Optional[dict] = None) -> None:
+                data = json.dumps(obj).encode("utf-8")
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    for k, v in (headers or {}).items():
+                        self.send_header(k, v)
+                    self.end_headers()
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):  # the client gave up (timeout)
+                    self.close_connection = True
+
+            def do_GET(self) -> None:
+                parsed = urlparse(self.path)
+                if parsed.path == "/_stats":
+                    detail = parse_qs(parsed.query).get("detail", ["0"])[0] not in ("0", "")
+                    self._send_json(200, server.stats(detail))
+                else:
+                    self._send_json(404, {"error": {"message": f"no route {parsed.path}"}})
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(length) if length else b""
+                path = urlparse(self.path).path
+                if path == "/_reset":
+                    server.reset()
+                    self._send_json(200, {"ok": True})
+                    return
+                try:
+                    body = json.loads(raw or b"{}")
+                except ValueError:
+                    self._send_json(400, {"error": {"message": "body is not JSON"}})
+                    return
+                try:
+                    self._handle(path, body)
+                except _Dropped:
+                    self.close_connection = True
+                    try:
+                        self.connection.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass
+
+            def _handle(self, path: str, body: dict) -> None:
+                route = _route(path, body)
+                if route is None:
+                    self._send_json(404, {"error": {"message": f"no route {path}"}})
+                    return
+                provider, model, messages, seed = route
+                first = next((text for role, text in messages if role == "user"), "")
+                request_key = hashlib.sha256(
+                    json.dumps([provider, messages, seed]).encode("utf-8")).hexdigest()[:16]
+                retry_after = server._admit(path, provider, request_key)
+                if retry_after is not None:
+                    self._error(provider, 429, "rate limit: too many requests per minute",
+                                {"Retry-After": f"{max(1, math.ceil(retry_after))}"})
+                    return
+                if server.latency:
+                    time.sleep(server.latency)
+                picked = server._pick_fault(provider, first)
+                fault, fault_ra = picked if picked else (None, None)
+                if fault == "drop":
+                    raise _Dropped()
+                if fault == "slow":
+                    time.sleep(server.slow_s)
+                if fault in ("401", "429", "500", "503"):
+                    headers = {"Retry-After": f"{fault_ra:g}"} if fault_ra is not None else None
+                    self._error(provider, int(fault), f"injected fault {fault}", headers)
+                    return
+                prompt_text = "\n".join(text for _, text in messages)
+                if fault == "empty-choices":
+                    self._send_json(200, _reply(provider, model, None, _tokens(prompt_text)))
+                    return
+                text = server.answer_text(provider, first, seed, fault)
+                self._send_json(200, _reply(provider, model, text, _tokens(prompt_text)))
+
+            def _error(self, provider: str, status: int, message: str, headers: Optional[dict] = None) -> None:
+                if provider == "openai":
+                    body = {"error": {"message": message, "type": "server_error" if status >= 500 else "rate_limit",
+                                      "code": str(status)}}
+                elif provider.startswith("anthropic"):
+                    kind = {429: "rate_limit_error", 401: "authentication_error"}.get(status, "api_error")
+                    body = {"type": "error", "error": {"type": kind, "message": message}}
+                else:
+                    status_name = {401: "UNAUTHENTICATED", 429: "RESOURCE_EXHAUSTED", 500: "INTERNAL", 503: "UNAVAILABLE"}.get(status, "UNKNOWN")
+                    body = {"error": {"code": status, "message": message, "status": status_name}}
+                self._send_json(status, body, headers)
+
+        return Handler
+
+
+def _content_text(content: Any) -> str:
+    """OpenAI/Anthropic content: a string or a list of {"type": "text", "text": ...} blocks."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(block.get("text", "") for block in content if isinstance(block, dict))
+    return ""
+
+
+def _route(path: str, body: dict) -> Optional[tuple[str, str, list, Optional[int]]]:
+    """(provider, model, [(role, text)...], seed) for a request, or None for an unknown path."""
+    if path.endswith("/chat/completions"):
+        messages = [(m.get("role", ""), _content_text(m.get("content"))) for m in body.get("messages", [])]
+        return "openai", body.get("model", ""), messages, body.get("seed")
+    anthropic_kind = None
+    model = body.get("model", "")
+    if path.endswith("/v1/messages"):
+        anthropic_kind = "anthropic"
+    elif path.endswith(":rawPredict") and "/publishers/anthropic/models/" in path:
+        anthropic_kind, model = "anthropic-vertex", path.rsplit("/models/", 1)[1].split(":")[0]
+    elif "/model/" in path and path.endswith("/invoke"):
+        anthropic_kind, model = "anthropic-bedrock", path.split("/model/", 1)[1].rsplit("/invoke", 1)[0]
+    if anthropic_kind:
+        messages = [(m.get("role", ""), _content_text(m.get("content"))) for m in body.get("messages", [])]
+        return anthropic_kind, model, messages, None
+    if path.endswith(":generateContent") and "/models/" in path:
+        provider = "gemini-vertex" if "/projects/" in path else "gemini"
+        model = path.rsplit("/models/", 1)[1].split(":")[0]
+        messages = []
+        for content in body.get("contents", []):
+            role = "assistant" if content.get("role") == "model" else "user"
+            messages.append((role, "".join(p.get("text", "") for p in content.get("parts", []))))
+        seed = (body.get("generationConfig") or {}).get("seed")
+        return provider, model, messages, seed
+    return None
+
+
+def _reply(provider: str, model: str, text: Optional[str], prompt_tokens: int) -> dict:
+    """A success body; text None means the empty-choices fault."""
+    out_tokens = _tokens(text) if text else 0
+    if provider == "openai":
+        choices = [] if text is None else [
+            {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}]
+        return {"id": "chatcmpl-local", "object": "chat.completion", "created": int(time.time()), "model": model,
+                "choices": choices, "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": out_tokens,
+                                              "total_tokens": prompt_tokens + out_tokens}}
+    if provider.startswith("anthropic"):
+        content = [] if text is None else [{"type": "text", "text": text}]
+        return {"id": "msg_local", "type": "message", "role": "assistant", "model": model, "content": content,
+                "stop_reason": "end_turn", "stop_sequence": None,
+                "usage": {"input_tokens": prompt_tokens, "output_tokens": out_tokens}}
+    candidates = [] if text is None else [
+        {"content": {"role": "model", "parts": [{"text": text}]}, "finishReason": "STOP", "index": 0}]
+    return {"candidates": candidates, "modelVersion": model,
+            "usageMetadata": {"promptTokenCount": prompt_tokens, "candidatesTokenCount": out_tokens,
+                              "totalTokenCount": prompt_tokens + out_tokens}}
+
+
+def load_synth_extra(path: str | Path) -> list[dict]:
+    """JSONL of {"instruction", "response"} objects."""
+    pairs = []
+    for line in Path(path).read_text().splitlines():
+        if line.strip():
+            item = json.loads(line)
+            pairs.append({"instruction": item["instruction"], "response": item["response"]})
+    return pairs
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description="Local OpenAI/Anthropic/Gemini protocol server for tests.")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0, help="0 = pick a free port")
+    parser.add_argument("--port-file", help="write the chosen port to this file once listening")
+    parser.add_argument("--latency", type=float, default=0.0, help="seconds before every answer")
+    parser.add_argument("--rpm", type=int, default=0, help="answer 429 past N requests per window (0 = off)")
+    parser.add_argument("--rpm-window-s", type=float, default=60.0)
+    parser.add_argument("--slow-s", type=float, default=5.0, help="delay of the 'slow' fault")
+    parser.add_argument("--fault", help='a fault for every request, e.g. "503 times=5"')
+    parser.add_argument("--synth-extra-file", help="JSONL pairs appended to every synth reply")
+    parser.add_argument("--synth-pairs", type=int, default=SYNTH_PAIRS_PER_REPLY)
+    args = parser.parse_args(argv)
+    extra = load_synth_extra(args.synth_extra_file) if args.synth_extra_file else None
+    server = ProtocolServer(args.host, args.port, latency=args.latency, rpm=args.rpm,
+                            rpm_window_s=args.rpm_window_s, slow_s=args.slow_s, fault=args.fault,
+                            synth_extra=extra, synth_pairs_per_reply=args.synth_pairs)
+    if args.port_file:
+        tmp = Path(args.port_file + ".tmp")
+        tmp.write_text(str(server.port))
+        tmp.rename(args.port_file)  # atomic: a reader never sees a half-written port
+    print(f"listening on {server.url}", flush=True)
+    try:
+        server._httpd.serve_forever(poll_interval=0.1)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server._httpd.server_close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

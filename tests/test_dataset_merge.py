@@ -1,0 +1,100 @@
+"""dataset_merge.py end to end, as a user runs it (a real subprocess), plus bad inputs."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from datasets import load_from_disk
+
+from src.data import prompt_id_for
+
+
+def pair(user: str, answer: str, **extra) -> dict:
+    return {"messages": [{"role": "user", "content": user}, {"role": "assistant", "content": answer}], **extra}
+
+
+def write_jsonl(path, rows):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+@pytest.fixture()
+def datasets_dir(tmp_path):
+    first = tmp_path / "first"
+    write_jsonl(first / "train_sft.jsonl", [
+        pair(f"task {i}", f"answer {i}", prompt=f"task {i}", prompt_id=prompt_id_for(f"task {i}"), category="coding")
+        for i in range(6)])
+    write_jsonl(first / "test_sft.jsonl", [pair("held out", "x", prompt="held out", category="coding")])
+    write_jsonl(tmp_path / "synth.jsonl", [
+        pair("task 0", "answer 0", generators="gpt-4o", seed_prompts="task 0"),      # exact duplicate of first
+        pair("  TASK 1 ", "Answer   1", generators="gpt-4o", seed_prompts="task 1"),  # duplicate after normalising
+        pair("Held out", "y", generators="gpt-4o", seed_prompts="task 2"),            # test contamination
+        pair("new task A", "new answer A", generators="gpt-4o", seed_prompts="task 3"),
+        pair("new task B", "new answer B", generators="gpt-4o", seed_prompts="task 4"),
+    ])
+    return tmp_path
+
+
+def run_merge(repo_root, *args):
+    return subprocess.run([sys.executable, "dataset_merge.py", *args], cwd=repo_root,
+                          capture_output=True, text=True)
+
+
+def test_merge_end_to_end(repo_root, datasets_dir):
+    out = datasets_dir / "merged"
+    cfg = datasets_dir / "merge.yaml"
+    cfg.write_text(f"first_ds_id: {datasets_dir / 'first'}\nsecond_ds_id: {datasets_dir / 'synth.jsonl'}\n"
+                   f"result_ds_id: {out}\n")
+    proc = run_merge(repo_root, "--from-config", str(cfg))
+    assert proc.returncode == 0, proc.stderr
+    dd = load_from_disk(str(out))
+    train, test = dd["train_sft"], dd["test_sft"]
+    assert train.column_names == ["generator", "prompt_id", "prompt", "seed_prompt", "messages", "category"]
+    assert len(train) == 6 + 2 and len(test) == 1
+    assert "held out" not in [p.lower() for p in train["prompt"]]
+    synth = [r for r in train if r["generator"] == "gpt-4o"]
+    assert [r["seed_prompt"] for r in synth] == ["task 3", "task 4"]  # plural spellings accepted
+    assert synth[0]["prompt_id"] == prompt_id_for("new task A")
+    assert {r["generator"] for r in train if r["prompt"].startswith("task")} == {"[missing]"}
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["exact_duplicates_dropped"] == 2 and summary["contaminated_dropped"] == 1
+    assert "dropped 2 exact duplicate(s) and 1 test-contaminated" in proc.stdout
+
+
+def test_merge_append_to_existing_result(repo_root, datasets_dir):
+    out = datasets_dir / "merged"
+    common = ["--first-ds-id", str(datasets_dir / "first"), "--second-ds-id", str(datasets_dir / "synth.jsonl"),
+              "--result-ds-id", str(out)]
+    assert run_merge(repo_root, *common).returncode == 0
+    proc = run_merge(repo_root, *common, "--result-ds-train-append")
+    assert proc.returncode == 0, proc.stderr
+    assert len(load_from_disk(str(out))["train_sft"]) == 16 and len(load_from_disk(str(out))["test_sft"]) == 1
+
+
+@pytest.mark.parametrize("extra,pattern", [
+    (["--first-ds-train-split", "nope"], r"has no split .nope.; existing splits: test_sft, train_sft"),
+    (["--first-ds-test-split", "validation"], r"has no split 'validation'; existing splits: test_sft, train_sft"),
+    (["--result-ds-id", ""], r"result_ds_id is required"),
+    (["--push-result-ds-to-hf-hub", "--result-ds-id", "me/merged"], r"HF_HUB_OFFLINE"),
+    (["--first-ds-id", "does/not/exist.jsonl"], r"path not found"),
+    (["--frist-ds-id", "x"], r"unknown flag '--frist-ds-id'; did you mean: first_ds_id"),
+])
+def test_merge_bad_inputs_exit_2(repo_root, datasets_dir, extra, pattern):
+    import re
+
+    base = ["--first-ds-id", str(datasets_dir / "first"), "--second-ds-id", str(datasets_dir / "synth.jsonl"),
+            "--result-ds-id", str(datasets_dir / "m")]
+    proc = run_merge(repo_root, *base, *extra)
+    assert proc.returncode == 2, proc.stderr
+    assert re.search(pattern, proc.stderr), proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_merge_missing_messages_column_exit_2(repo_root, datasets_dir):
+    write_jsonl(datasets_dir / "bad.jsonl", [{"prompt": "x", "response": "y"}])
+    proc = run_merge(repo_root, "--first-ds-id", str(datasets_dir / "first"), "--second-ds-id",
+                     str(datasets_dir / "bad.jsonl"), "--result-ds-id", str(datasets_dir / "m"))
+    assert proc.returncode == 2
+    assert "missing column(s) messages; present columns: prompt, response" in proc.stderr
