@@ -178,13 +178,20 @@ def _raise_usage(message: str) -> None:
 def _add_negative_bool_flags(parser: argparse.ArgumentParser) -> None:
     """HfArgumentParser adds `--no_x` only for booleans that default to True; add it for all."""
     for action in list(parser._actions):
-        if action.type is not string_to_bool:
+        if not _is_bool_type(action.type):
             continue
+        if action.nargs is None:  # Optional[bool] fields: let a bare `--flag` mean true as well
+            action.nargs, action.const = "?", True
         neg = [f"--no_{action.dest}", f"--no-{action.dest.replace('_', '-')}"]
         neg = list(dict.fromkeys(o for o in neg if o not in parser._option_string_actions))
         if neg:
             parser.add_argument(*neg, dest=action.dest, action="store_false", default=argparse.SUPPRESS,
                                 help=f"set {action.dest} to false")
+
+
+def _is_bool_type(fn: Any) -> bool:
+    """HfArgumentParser's converter; TRL ships its own copy of it, so compare by name."""
+    return fn is string_to_bool or getattr(fn, "__name__", "") == "string_to_bool"
 
 
 def _parse_mapping(text: str) -> dict:
@@ -306,7 +313,7 @@ def _raise_unknown_flags(unknown: list[str], parser: argparse.ArgumentParser) ->
 
 def _type_name(action: argparse.Action) -> str:
     t = action.type
-    if t is string_to_bool:
+    if _is_bool_type(t) or isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
         return "a boolean (true/false)"
     if t is _parse_mapping:
         return "a mapping"
@@ -329,7 +336,7 @@ def _check_yaml_value(key: str, value: Any, parser: argparse.ArgumentParser) -> 
 def _check_scalar(key: str, value: Any, action: argparse.Action) -> Any:
     t = action.type
     ok: bool
-    if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)) or t is string_to_bool:
+    if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)) or _is_bool_type(t):
         ok = isinstance(value, bool)
     elif t is int:
         ok = isinstance(value, int) and not isinstance(value, bool)

@@ -132,3 +132,14 @@ def test_print_config_masks_secrets_and_exits_zero(tmp_path, repo_root):
     assert "eval_repeat: 4" in proc.stdout
     assert "sk-very-secret-123" not in proc.stdout + proc.stderr
     assert "service_llm_api_key: '***'" in proc.stdout
+
+
+def test_optional_bool_and_trl_parser():
+    """finetune.py parses TRL's dataclasses (TRL ships its own copy of HfArgumentParser's helpers)."""
+    from trl import ModelConfig, SFTConfig, TrlParser
+
+    model, sft = parse_config(
+        ModelConfig, SFTConfig, parser_cls=TrlParser, renamed_keys={"max_seq_length": "max_length"},
+        argv=["--model-name-or-path", "m", "--output-dir", "/tmp/o", "--max-seq-length", "64", "--use-cpu",
+              "--no-bf16", "--lora-target-modules", "q_proj", "v_proj"])
+    assert (model.lora_target_modules, sft.max_length, sft.bf16, sft.use_cpu) == (["q_proj", "v_proj"], 64, False, True)
