@@ -4,6 +4,7 @@ The loop (`scripts/llamaduo.sh`) leaves, per round, `<OUT>/round_<k>/`:
 - `eval/summary.json`   written by evaluation.py (keys `mean_similarity`, `mean_precision`,
                         `coverage_similarity`, `coverage_precision`, `coverage_threshold`,
                         `qualified`, `rows`; see src/judging/aggregate.py `summarize`);
+- `model/finetune_summary.json`  written by finetune.py (`train_rows`);
 - `train_data.json`     written by the loop: the `dataset_mixer` and `dataset_splits` that
                         round's finetune trained on;
 - `<stage>.done`        written by the loop: exit code, then the stage's wall seconds.
@@ -31,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+FINETUNE_SUMMARY = "finetune_summary.json"  # written by finetune.py into its output_dir
 COLUMNS = ("round", "train rows", "mean similarity", "mean precision",
            "coverage (sim / prec)", "qualified", "stage time (s)")
 
@@ -87,8 +89,18 @@ def _train_split(splits: Any) -> str:
     return "train_sft"
 
 
+def train_rows(round_dir: Path) -> int | None:
+    """Rows the round's finetune trained on: its own report when present, else counted."""
+    report = round_dir / "model" / FINETUNE_SUMMARY
+    if report.is_file():
+        rows = json.loads(report.read_text(encoding="utf-8")).get("train_rows")
+        if isinstance(rows, int):
+            return rows
+    return count_train_rows(round_dir)
+
+
 def count_train_rows(round_dir: Path) -> int | None:
-    """Rows finetune saw: each mixer dataset's train split times its fraction.
+    """Rows finetune will see: each mixer dataset's train split times its fraction.
 
     The same rule as alignment-handbook's mixer (`int(fraction * len(split))`), so the
     number matches what the trainer used without the trainer having to report it.
@@ -128,7 +140,7 @@ def collect(out: Path) -> list[RoundRow]:
         s = read_summary(rdir) or {}
         rows.append(RoundRow(
             round=k,
-            train_rows=0 if k == 0 else count_train_rows(rdir),
+            train_rows=0 if k == 0 else train_rows(rdir),
             mean_similarity=s.get("mean_similarity"),
             mean_precision=s.get("mean_precision"),
             coverage_similarity=s.get("coverage_similarity"),

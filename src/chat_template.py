@@ -169,13 +169,21 @@ def _without_trailing_whitespace(tokenizer: Any, ids: list[int]) -> int:
 
 
 def tokenize_dataset(dataset: Any, tokenizer: Any, *, train_on_prompt: bool, add_special_tokens: bool,
-                     num_proc: int | None, desc: str) -> Any:
-    """Map a `messages` dataset to `input_ids`/`labels` (all other columns dropped)."""
-    def _map(row: dict) -> dict:
-        return tokenize_conversation(tokenizer, row["messages"], train_on_prompt=train_on_prompt,
-                                     add_special_tokens=add_special_tokens)
+                     num_proc: int | None, desc: str, max_length: int | None = None) -> Any:
+    """Map a `messages` dataset to `input_ids`/`labels` (all other columns dropped).
 
-    return dataset.map(_map, remove_columns=dataset.column_names, num_proc=num_proc, desc=desc)
+    `max_length` truncates (keeping the start) and drops rows left without any trained token;
+    only needed where TRL does not truncate itself (padding-free training without packing).
+    """
+    def _map(row: dict) -> dict:
+        out = tokenize_conversation(tokenizer, row["messages"], train_on_prompt=train_on_prompt,
+                                    add_special_tokens=add_special_tokens)
+        return {k: v[:max_length] for k, v in out.items()} if max_length else out
+
+    out = dataset.map(_map, remove_columns=dataset.column_names, num_proc=num_proc, desc=desc)
+    if max_length:
+        out = out.filter(lambda row: any(t != IGNORE_INDEX for t in row["labels"]), num_proc=num_proc)
+    return out
 
 
 def end_of_turn_ids(tokenizer: Any) -> list[int]:

@@ -107,14 +107,19 @@ def _corpus(seed: int = 3, n: int = 400) -> tuple[list[str], list[str], list[str
 
 def _brute_force(new: list[str], train: list[str], test: list[str], cfg: QualityConfig) -> list[str | None]:
     """The same decision rule, by exhaustive exact Jaccard (the reference the LSH must match)."""
+    sh = {t: shingle_hashes(t, cfg.ngram_size) for t in new + train + test}
+
+    def close(t: str, pool: list[str], threshold: float) -> bool:
+        return any(jaccard(sh[t], sh[q]) >= threshold for q in pool)
+
     kept: list[str] = []
     out: list[str | None] = []
     for t in new:
-        if any(sim(t, q, cfg.ngram_size) >= cfg.decontam_threshold for q in test):
+        if close(t, test, cfg.decontam_threshold):
             out.append(REASON_CONTAMINATED)
-        elif any(sim(t, q, cfg.ngram_size) >= cfg.near_dup_threshold for q in train):
+        elif close(t, train, cfg.near_dup_threshold):
             out.append("train")
-        elif any(sim(t, q, cfg.ngram_size) >= cfg.near_dup_threshold for q in kept):
+        elif close(t, kept, cfg.near_dup_threshold):
             out.append("new")
         else:
             out.append(None)

@@ -147,7 +147,7 @@ class HFGenerator:
         processors = []
         if self.settings.sampling:
             processors.append(PerRowSampler([it.seed for it in items], self.settings.temperature,
-                                            self.settings.top_p, self.device))
+                                            self.settings.top_p))
         with torch.inference_mode():
             out = self.model.generate(input_ids=input_ids, attention_mask=attention_mask,
                                       generation_config=self.gen_config, logits_processor=processors)

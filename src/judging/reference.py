@@ -11,6 +11,7 @@ LLM. It is NOT an LLM judgement, and the `evaluators` column says so in full:
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 from dataclasses import dataclass
@@ -40,6 +41,17 @@ def embedding_model_dir() -> Path:
     return folder
 
 
+@functools.lru_cache(maxsize=2)
+def _load_embedder(device: str):
+    """Load the embedding model once per process (several seconds on CPU); it is read-only,
+    so judges share it."""
+    # The model is local; make sure nothing tries the Hub for it anyway.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(str(embedding_model_dir()), device=device)
+
+
 @dataclass(frozen=True)
 class ReferenceScore:
     """One row's reference-judge scores (0-100 each)."""
@@ -60,12 +72,9 @@ class ReferenceJudge:
     def _load(self) -> None:
         if self._model is not None:
             return
-        # The model is local; make sure nothing tries the Hub for it anyway.
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
         from rouge_score import rouge_scorer
-        from sentence_transformers import SentenceTransformer
 
-        self._model = SentenceTransformer(str(embedding_model_dir()), device=self.device)
+        self._model = _load_embedder(self.device)
         self._rouge = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
 
     def similarity(self, candidates: Sequence[str], references: Sequence[str]) -> list[float]:

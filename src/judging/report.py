@@ -84,7 +84,7 @@ def summary_lines(summary: dict) -> list[str]:
         f"and mean precision >= {s['avg_precision_threshold']:g})",
         f"evaluator: {s.get('evaluator', '?')}",
         f"rows: {s['rows']} (scored {s['scored_rows']}, failed {s['failed_rows']}); "
-        f"judgements: {s['judgements']} x repeats, failures {s['failures']} "
+        f"judgements: {s['judgements']} ({s.get('eval_repeat', '?')} per row), failures {s['failures']} "
         f"({_fmt_pct(s['failure_ratio'])}, max {_fmt_pct(s['max_failure_ratio'])})",
         f"mean similarity: {_fmt(s['mean_similarity'])}  95% CI {_fmt_ci(s['similarity_ci95'])}  "
         f"coverage(>= {s['coverage_threshold']:g}) {_fmt_pct(s['coverage_similarity'])}  "

@@ -67,6 +67,8 @@ class BatchInferenceConfig:
     max_new_tokens: int = field(default=1024, metadata={"help": "most tokens generated per answer"})
     do_sample: bool = field(default=True, metadata={"help": "sample (true) or decode greedily (false)"})
     seed: int = field(default=42, metadata={"help": "base seed; each (prompt, repeat) derives its own from it"})
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = field(default="auto", metadata={
+        "help": "weights dtype; auto = bf16 on GPUs and on CPUs with fast bf16, else fp32"})
     backend: Literal["hf", "vllm"] = field(default="hf", metadata={"help": "hf (transformers) or vllm (GPU)"})
     tensor_parallel_size: int = field(default=1, metadata={"help": "GPUs per model replica (vllm backend)"})
     output_root: str = field(default="outputs", metadata={
@@ -136,7 +138,7 @@ def run(cfg: BatchInferenceConfig) -> int:
         out = assemble(records, store.load(), cfg.repeat, cfg.ft_model_id, sha)
         folder = save_output({cfg.lm_response_ds_split: out}, cfg.lm_response_ds_id,
                              push=cfg.push_lm_responses_to_hf_hub, append=cfg.lm_response_append, stage=STAGE,
-                             config=config_to_dict(cfg), output_root=cfg.output_root,
+                             config=_card_config(cfg), output_root=cfg.output_root,
                              inputs={"ft_model_id": cfg.ft_model_id, "model_sha": sha,
                                      "test_ds_id": cfg.test_ds_id, "test_ds_split": cfg.test_ds_split})
         store.remove()
@@ -159,7 +161,7 @@ def _open_store(cfg: BatchInferenceConfig, info: distributed.DistInfo, ref: Mode
     key_fields = {
         "model_sha": sha, "base": ref.base_path if ref.is_adapter else None, "backend": cfg.backend,
         "prompts": run_key({"p": [(r.prompt_id, r.chat) for r in records]}),
-        "repeat": cfg.repeat, "inference_bs": cfg.inference_bs, "max_new_tokens": cfg.max_new_tokens,
+        "repeat": cfg.repeat, "inference_bs": cfg.inference_bs, "dtype": cfg.dtype, "max_new_tokens": cfg.max_new_tokens,
         "do_sample": cfg.do_sample, "temperature": cfg.temperature, "top_p": cfg.top_p, "seed": cfg.seed,
     }
     out_dir = local_output_dir(cfg.lm_response_ds_id, cfg.push_lm_responses_to_hf_hub, cfg.output_root)
@@ -200,6 +202,10 @@ def _make_generator(cfg: BatchInferenceConfig, info: distributed.DistInfo, ref: 
     from src.models import pick_device_dtype
 
     device, dtype = pick_device_dtype()
+    if cfg.dtype != "auto":
+        import torch
+
+        dtype = getattr(torch, cfg.dtype)
     if cfg.backend == "vllm":
         from src.inference.vllm_backend import VLLMGenerator
 
@@ -230,3 +236,9 @@ def assemble(records: Sequence[PromptRecord], done: dict[tuple[int, int], dict[s
             rows["prompt_id"].append(r.prompt_id)
             rows["repeat_index"].append(k)
     return Dataset.from_dict(rows)
+
+
+def _card_config(cfg: BatchInferenceConfig) -> dict[str, Any]:
+    """The config for the dataset card. This stage has no secret fields; the generic name-based
+    masking would hide `max_new_tokens` (its name contains "token"), so it is not applied."""
+    return config_to_dict(cfg, mask_secrets=False)

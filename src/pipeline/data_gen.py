@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import numpy as np
-from datasets import Dataset
+from datasets import Dataset, Features, List, Value
 
 from src.config import config_to_dict, parse_config
 from src.data import (
@@ -67,6 +67,13 @@ DEFAULT_TEST_SPLIT = "test_sft"
 # The original README documented the synthetic columns in the plural; read both spellings.
 PLURAL_SYNTH_COLUMNS = {"generators": "generator", "prompt_ids": "prompt_id", "prompts": "prompt",
                         "seed_prompts": "seed_prompt", "categories": "category"}
+_STR = Value("string")
+SYNTH_FEATURES = Features({
+    "generator": _STR, "prompt_id": _STR, "prompt": _STR, "seed_prompt": _STR,
+    "messages": List({"role": _STR, "content": _STR}), "category": _STR,
+})
+REJECTED_FEATURES = Features({**SYNTH_FEATURES, "reject_reason": _STR, "reject_detail": _STR,
+                              "round": Value("int64")})
 # Typical reply length of one synth call (a few pairs): used for --dry-run cost estimates.
 EXPECTED_OUTPUT_TOKENS = 600
 
@@ -114,6 +121,12 @@ class DataGenArgs(ServiceLLMArgs):
     require_target: bool = field(
         default=False,
         metadata={"help": "Exit 1 (not 0 with a warning) when target_num_pairs was not reached."},
+    )
+    allow_empty_result: bool = field(
+        default=False,
+        metadata={"help": "Exit 0 with a warning even when no pair survived (no output split is "
+                  "written then; summary.json says kept: 0), instead of 1. For demos with a weak "
+                  "local model."},
     )
     min_instruction_chars: int = field(default=10, metadata={"help": "Shorter instructions are dropped."})
     max_instruction_chars: int = field(default=4000, metadata={"help": "Longer instructions are dropped."})
@@ -526,6 +539,12 @@ def run(args: DataGenArgs) -> int:
     return finish(args, prep, kept, rejected, rounds, stop, sampler)
 
 
+def to_dataset(rows: list[dict], features: Features) -> Dataset:
+    """Explicit features: a column of only empty `messages` (failed replies) still gets the
+    schema the other stages (and a later append) expect."""
+    return Dataset.from_dict({col: [r[col] for r in rows] for col in features}, features=features)
+
+
 def summarize(args: DataGenArgs, prep: Prepared, kept: list, rejected: list, rounds: list[dict],
               stop: str, sampler: SeedSampler) -> dict[str, Any]:
     """The machine-readable account of the run (summary.json)."""
@@ -561,10 +580,10 @@ def finish(args: DataGenArgs, prep: Prepared, kept: list[dict], rejected: list[d
     """Write the splits and summary.json, then decide the exit code."""
     summary = summarize(args, prep, kept, rejected, rounds, stop, sampler)
     splits: dict[str, Dataset] = {}
-    if kept:
-        splits[args.synth_ds_split] = Dataset.from_list(kept)
+    if kept:  # never an empty split: datasets 5.2 cannot load_from_disk a folder holding one
+        splits[args.synth_ds_split] = to_dataset(kept, SYNTH_FEATURES)
     if rejected:
-        splits[REJECTED_SPLIT] = Dataset.from_list(rejected)
+        splits[REJECTED_SPLIT] = to_dataset(rejected, REJECTED_FEATURES)
     out_dir = prep.out_dir
     if splits:
         out_dir = save_output(
@@ -578,6 +597,11 @@ def finish(args: DataGenArgs, prep: Prepared, kept: list[dict], rejected: list[d
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     logger.info("kept %d pairs, rejected %d (%s); stop: %s; summary: %s", len(kept), len(rejected),
                 summary["dropped_by_reason"] or "none", stop, out_dir / "summary.json")
+    if not kept and args.allow_empty_result:
+        logger.warning("no usable synthetic pair survived (%s); exit 0 because allow_empty_result is "
+                       "set; no '%s' split was written", summary["dropped_by_reason"] or "no reply",
+                       args.synth_ds_split)
+        return EXIT_OK
     if not kept:
         raise RunFailed(
             f"no usable synthetic pair survived ({summary['dropped_by_reason'] or 'no reply'}); "

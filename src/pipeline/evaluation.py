@@ -228,7 +228,9 @@ def judge_with_service(llm: Any, prompts: Sequence[str], repeat: int) -> JudgeOu
     from src.service_llm import Job, parse_judgement
 
     jobs = [Job(p, sample_index=r) for p in prompts for r in range(repeat)]
+    logger.info("judging %d rows x %d repeats with %s", len(prompts), repeat, llm.describe())
     results = llm.run(jobs, parse=parse_judgement, desc="judging")
+    logger.info("judging done")
     scores = [_to_repeat_score(res) for res in results]
     repeats = [scores[i * repeat:(i + 1) * repeat] for i in range(len(prompts))]
     run_usage = llm.last_run
@@ -397,6 +399,9 @@ DESCRIPTION = (
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point: parse (`--from-config` YAML + flags), then run."""
     setup_logging()
+    # one INFO line per HTTP request from the SDK's transport would bury the summary
+    for noisy in ("httpx", "httpx2", "openai", "anthropic", "google_genai"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     (args,) = parse_config(EvaluationArgs, argv=argv, description=DESCRIPTION,
                            epilog=EXIT_CODES_HELP, prog="evaluation.py")
     return run(args)

@@ -18,12 +18,18 @@ Usage from a stage::
     if args.dry_run:
         print(llm.estimate(jobs, expected_output_tokens=120).summary()); return 0
     results = llm.run(jobs, parse=parse_judgement, desc="judging")   # input order
+    # (optional on_result=lambda i, res: ... is called as each job finishes)
     for res in results:
         if res.ok: use(res.value)             # a Judgement(similarity, precision, reasons)
         else:      record_failure(res.error)   # a reason; never a crash, never a 0
     summary["service_llm"] = llm.last_run.as_dict()   # calls, cached, tokens, cost...
     if llm.last_run.stopped_for_budget: ...            # --max-cost-usd was reached
     evaluator_name = llm.model                          # e.g. "gemini-1.5-flash"
+
+Ledger: every reply is stored (SQLite, WAL) before it is used, keyed by provider, model, gen
+config, conversation and sample index, so a rerun or a restart after kill -9 pays for nothing
+twice. Pass `default_ledger_path` inside the stage's output folder. Tests: point
+`service_llm_base_url` at `tests/servers/protocol_server.py` (see docs/service_llm.md).
 
 Parts (one concern each):
     args.py        ServiceLLMArgs, the shared config keys (a dataclass mixin)

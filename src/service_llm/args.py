@@ -35,6 +35,7 @@ class ServiceLLMArgs:
     )
     service_llm_api_key: Optional[str] = field(
         default=None,
+        repr=False,  # a stage that logs its args must not log the key
         metadata={
             "secret": True,
             "help": "API key (openai, anthropic, gemini). Default: env SERVICE_LLM_API_KEY. "

@@ -204,7 +204,6 @@ class ServiceLLM:
         return ledger_key(
             provider=self.spec.provider,
             model=self.spec.model,
-            base_url=self.spec.base_url,
             gen_config=self.spec.gen_config,
             messages=messages,
             sample_index=sample_index,
@@ -249,6 +248,7 @@ class ServiceLLM:
         jobs: Sequence[Job],
         parse: Callable[[str], T],
         desc: str = "service LLM",
+        on_result: Optional[Callable[[int, JobResult[T]], None]] = None,
     ) -> list[JobResult[T]]:
         """Run every job and return one JobResult per job, in input order.
 
@@ -258,15 +258,18 @@ class ServiceLLM:
         failures too. Once `max_cost_usd` is reached no new call starts; the remaining jobs
         come back with status SKIPPED_BUDGET and `last_run.stopped_for_budget` is True.
         Raises RunFailed only for errors that doom every call (e.g. rejected credentials).
+        `on_result(index, result)`, if given, is called as each job finishes (in completion
+        order), e.g. to append rows to a partial file; every reply is already in the ledger.
         Not callable from inside a running event loop; use `arun` there.
         """
-        return asyncio.run(self.arun(jobs, parse, desc))
+        return asyncio.run(self.arun(jobs, parse, desc, on_result))
 
     async def arun(
         self,
         jobs: Sequence[Job],
         parse: Callable[[str], T],
         desc: str = "service LLM",
+        on_result: Optional[Callable[[int, JobResult[T]], None]] = None,
     ) -> list[JobResult[T]]:
         """The async form of `run` (same contract)."""
         usage = Usage()
@@ -278,8 +281,8 @@ class ServiceLLM:
         queue: asyncio.Queue[int] = asyncio.Queue()
         for i in range(len(jobs)):
             queue.put_nowait(i)
-        bar = tqdm(total=len(jobs), desc=desc, unit="job", disable=not self.show_progress or None,
-                   dynamic_ncols=True)
+        bar = tqdm(total=len(jobs), desc=desc, unit="job", disable=not self.show_progress,
+                   dynamic_ncols=True, mininterval=0.5)
         state = _RunState(usage=usage, bar=bar)
 
         async def worker() -> None:
@@ -297,6 +300,8 @@ class ServiceLLM:
                     usage.failed += 1
                 state.refresh_bar()
                 bar.update(1)
+                if on_result is not None:
+                    on_result(i, results[i])
 
         try:
             tasks = [asyncio.create_task(worker()) for _ in range(min(self.workers, max(1, len(jobs))))]
@@ -364,6 +369,13 @@ class ServiceLLM:
             state.usage.retries - retries_before,
         )
 
+    def _expected_call_cost(self, est_in: int, usage: Usage) -> float:
+        """The mean cost of this run's calls so far, else a pricing estimate."""
+        if usage.calls:
+            return usage.cost_usd / usage.calls
+        out = min(DEFAULT_EXPECTED_OUTPUT_TOKENS, self.spec.max_output_tokens)
+        return self.pricing.cost(self.spec.model, est_in, out)
+
     async def _complete(
         self,
         messages: list[dict],
@@ -382,13 +394,14 @@ class ServiceLLM:
                 return hit
         prompt_text = "\n".join(m["content"] for m in messages)
         est_in = estimate_tokens(prompt_text)
+        est_cost = 0.0
         if self.max_cost_usd is not None:
-            est_cost = self.pricing.cost(self.spec.model, est_in, min(DEFAULT_EXPECTED_OUTPUT_TOKENS, self.spec.max_output_tokens))
-            if state.usage.cost_usd + state.in_flight_cost + est_cost > self.max_cost_usd:
+            # Stop once the budget is reached: spend so far plus what is already in flight.
+            # The in-flight calls may overshoot it by at most `workers` calls' worth.
+            if state.usage.cost_usd + state.in_flight_cost >= self.max_cost_usd:
                 state.usage.stopped_for_budget = True
                 return JobResult(None, f"not run: max_cost_usd={self.max_cost_usd} reached", [], SKIPPED_BUDGET)
-        else:
-            est_cost = 0.0
+            est_cost = self._expected_call_cost(est_in, state.usage)
         reserve = est_in + self.spec.max_output_tokens
 
         def on_retry(reason: str) -> None:

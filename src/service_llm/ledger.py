@@ -2,9 +2,11 @@
 
 SQLite in WAL mode, one row per call, committed immediately: after a crash or kill -9
 every finished call is on disk, so a rerun reuses it and never pays for it twice. The
-key is a hash of everything that determines the answer (provider, model, base URL,
-generation config, the full message history, which includes re-asks, and the sample
-index). The API key is deliberately NOT part of the key and is never stored.
+key is a hash of what determines the answer: provider, model, generation config, the
+full message history (which includes re-asks) and the sample index. The base URL is not
+part of it, so a local server restarted on another port keeps its cache (use
+--refresh-cache or another ledger if a different server serves the same model name). The
+API key is deliberately not part of the key and is never stored.
 
 Several processes may share one ledger file (WAL + busy timeout).
 """
@@ -43,7 +45,6 @@ def ledger_key(
     *,
     provider: str,
     model: str,
-    base_url: Optional[str],
     gen_config: dict,
     messages: Sequence[dict],
     sample_index: int,
@@ -54,7 +55,6 @@ def ledger_key(
             "v": SCHEMA_VERSION,
             "provider": provider,
             "model": model,
-            "base_url": base_url or "",
             "gen_config": gen_config,
             "messages": list(messages),
             "sample_index": sample_index,

@@ -61,7 +61,8 @@ DEFAULT_GEN_CONFIGS = {
 }
 LOCAL_GEN_KEYS = {"max_new_tokens", "max_tokens", "max_output_tokens", "temperature", "top_p",
                   "top_k", "do_sample", "repetition_penalty"}
-LOCAL_GEN_DEFAULTS = {"max_new_tokens": 512, "do_sample": True, "temperature": 0.7, "top_p": 0.9}
+LOCAL_BATCH_SIZE = 8
+LOCAL_GEN_DEFAULTS = {"max_new_tokens": 256, "do_sample": True, "temperature": 0.7, "top_p": 0.9}
 ANTHROPIC_DEFAULT_MAX_TOKENS = 4096  # the Messages API refuses a call without max_tokens
 FALLBACK_MAX_OUTPUT_TOKENS = 4096  # only for TPM reservations and estimates
 _MAX_TOKEN_KEYS = ("max_tokens", "max_completion_tokens", "max_output_tokens", "max_new_tokens")
@@ -234,9 +235,6 @@ def resolve_spec(args: ServiceLLMArgs) -> ProviderSpec:
         )
     base_url = _check_url(args.service_llm_base_url) if args.service_llm_base_url else None
     model = (args.service_model_name or "").strip() or DEFAULT_MODELS[provider]
-    where = args.service_llm_gen_config_path or DEFAULT_GEN_CONFIGS.get(provider, "(defaults)")
-    gen = _validate_gen_config(provider, _load_gen_config(args, provider), where)
-    max_out = next((gen[k] for k in _MAX_TOKEN_KEYS if k in gen), FALLBACK_MAX_OUTPUT_TOKENS)
     api_key = args.service_llm_api_key or os.environ.get("SERVICE_LLM_API_KEY") or None
     project = args.gcp_project_id or os.environ.get("GCP_PROJECT_ID")
     location = args.gcp_location or os.environ.get("GCP_LOCATION")
@@ -271,6 +269,10 @@ def resolve_spec(args: ServiceLLMArgs) -> ProviderSpec:
                     "provider anthropic-bedrock with AWS credentials needs boto3: pip install "
                     "'anthropic[bedrock]' (or use a Bedrock API key as SERVICE_LLM_API_KEY)"
                 )
+    # the generation config last: validating it imports the SDK (slow), the checks above are cheap
+    where = args.service_llm_gen_config_path or DEFAULT_GEN_CONFIGS.get(provider, "(defaults)")
+    gen = _validate_gen_config(provider, _load_gen_config(args, provider), where)
+    max_out = next((gen[k] for k in _MAX_TOKEN_KEYS if k in gen), FALLBACK_MAX_OUTPUT_TOKENS)
     if provider == "local":
         _check_local_model(model)
         max_out = gen["max_new_tokens"]
@@ -491,14 +493,16 @@ class GeminiProvider:
 
 class LocalProvider:
     """An in-process transformers chat model (default: the embedded SmolLM2), for fully
-    offline runs. One generation at a time (a lock): the model is small and CPU-bound, and
-    a per-request seed keeps each sample reproducible."""
+    offline runs. Concurrent requests are gathered into left-padded batches (up to
+    LOCAL_BATCH_SIZE) because batched generation on CPU is ~5x faster than one at a time
+    (REFERENCE.md); one batch runs at a time, in a worker thread so the event loop stays free."""
 
     _cache: dict[str, tuple[Any, Any]] = {}  # model path -> (model, tokenizer), per process
 
     def __init__(self, spec: ProviderSpec) -> None:
         self.spec = spec
-        self._lock = asyncio.Lock()
+        self._pending: list[tuple[Sequence[dict], int, asyncio.Future]] = []
+        self._runner: Optional[asyncio.Task] = None
 
     def _load(self) -> tuple[Any, Any]:
         from src.models import pick_device_dtype, resolve_model
@@ -509,37 +513,67 @@ class LocalProvider:
 
             device, dtype = pick_device_dtype()
             tok = AutoTokenizer.from_pretrained(path)
+            tok.padding_side = "left"  # decoder-only batches must be left-padded
+            if tok.pad_token is None:
+                tok.pad_token = tok.eos_token
             model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
             self._cache[path] = (model, tok)
         return self._cache[path]
 
-    def _generate(self, messages: Sequence[dict], sample_index: int) -> RawCompletion:
+    def _generate_batch(self, batch: list[tuple[Sequence[dict], int]]) -> list[RawCompletion]:
         import torch
 
         model, tok = self._load()
         start = time.monotonic()
-        ids = tok.apply_chat_template(list(messages), add_generation_prompt=True, return_tensors="pt",
-                                      return_dict=True)
-        ids = {k: v.to(model.device) for k, v in ids.items()}
+        texts = [tok.apply_chat_template(list(msgs), add_generation_prompt=True, tokenize=False)
+                 for msgs, _ in batch]
+        enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
         gen = dict(self.spec.gen_config)
-        torch.manual_seed(sample_index)
         if not gen.get("do_sample", False):
             for key in ("temperature", "top_p", "top_k"):
                 gen.pop(key, None)
+        torch.manual_seed(min(index for _, index in batch))
         with torch.no_grad():
-            out = model.generate(**ids, **gen, pad_token_id=tok.pad_token_id or tok.eos_token_id)
-        new = out[0, ids["input_ids"].shape[1]:]
-        text = tok.decode(new, skip_special_tokens=True)
-        finish = "length" if new.shape[0] >= gen["max_new_tokens"] else "stop"
-        return RawCompletion(text, int(ids["input_ids"].shape[1]), int(new.shape[0]), self.spec.model, finish,
-                             time.monotonic() - start)
+            out = model.generate(**enc, **gen, pad_token_id=tok.pad_token_id)
+        latency = time.monotonic() - start
+        prompt_len = enc["input_ids"].shape[1]
+        stops = {tok.eos_token_id, tok.pad_token_id} - {None}
+        results = []
+        for row, mask in zip(out[:, prompt_len:], enc["attention_mask"]):
+            ids = row.tolist()
+            end = next((i for i, t in enumerate(ids) if t in stops), None)
+            new = ids if end is None else ids[:end]
+            text = tok.decode(new, skip_special_tokens=True)
+            results.append(RawCompletion(text, int(mask.sum()), max(1, len(new)), self.spec.model,
+                                         "length" if end is None else "stop", latency))
+        return results
+
+    async def _run_batches(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending[:LOCAL_BATCH_SIZE], self._pending[LOCAL_BATCH_SIZE:]
+            try:
+                outs = await asyncio.to_thread(self._generate_batch, [(m, i) for m, i, _ in batch])
+            except Exception as err:  # a model error fails these calls, not the event loop
+                for _, _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(PermanentError(f"local model failed: {type(err).__name__}: {err}"))
+                continue
+            for (_, _, fut), out in zip(batch, outs):
+                if not fut.done():
+                    fut.set_result(out)
 
     async def complete(self, messages: Sequence[dict], sample_index: int) -> RawCompletion:
-        async with self._lock:
-            return await asyncio.to_thread(self._generate, messages, sample_index)
+        fut = asyncio.get_running_loop().create_future()
+        self._pending.append((messages, sample_index, fut))
+        if self._runner is None or self._runner.done():
+            await asyncio.sleep(0)  # let the other workers enqueue, so the first batch is full
+            if self._runner is None or self._runner.done():
+                self._runner = asyncio.create_task(self._run_batches())
+        return await fut
 
     async def aclose(self) -> None:
-        return None
+        if self._runner is not None:
+            await asyncio.gather(self._runner, return_exceptions=True)
 
 
 def make_provider(spec: ProviderSpec) -> Provider:

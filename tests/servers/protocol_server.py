@@ -40,9 +40,9 @@ Conventions other tests rely on:
 * `server.reply_override(provider, prompt) -> str | None` (in process): when it returns a
   string, that is the reply text. `prompt` is the FIRST user message (re-asks keep it).
 * Fault markers anywhere in the first user message: `[[fault=KIND]]`, optionally
-  `[[fault=KIND times=K]]` (only the first K requests with that message, per provider,
-  fault, so retries
-  or re-asks then succeed) and for 429 `[[fault=429-retry-after=S]]` (sends Retry-After).
+  `[[fault=KIND times=K]]` (only the first K requests with that message fault, counted per
+  provider, so retries or re-asks then succeed) and for 429 `[[fault=429-retry-after=S]]`
+  (sends Retry-After: S; combinable: `[[fault=429-retry-after=1 times=2]]`).
   KIND: 401 (rejected key), 429, 500, 503, slow (sleeps --slow-s before answering), drop (closes the
   connection without a response), nonjson, missing-key, out-of-range, empty-choices.
   `--fault SPEC` (e.g. "503 times=5") applies to every request, counted server-wide.

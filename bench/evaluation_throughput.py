@@ -1,0 +1,107 @@
+"""evaluation.py throughput: 200 rows x 3 repeats at 600 RPM against the local protocol server
+answering every request after 1 s.
+
+The ideal wall time is 600 calls / 600 RPM = 60 s: the RPM limit, not latency, is the
+bottleneck (16 workers x 1 s latency could do 960 RPM). Prints:
+
+1. the whole stage (load, prompts, judging, aggregation, dataset + report writing) wall time
+   divided by the 60 s ideal (target <= 1.1), the achieved RPM while judging, and the 429s the
+   server (which enforces 600 RPM over a sliding 60 s window) had to answer (target 0);
+2. the same evaluation rerun with the same ledger: new calls (target 0) and its wall time as
+   a ratio of run 1's (the cost of a finished evaluation's rerun).
+
+Usage:  python bench/evaluation_throughput.py      (about 70 s)
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from src.pipeline.evaluation import main  # noqa: E402
+
+ROWS, REPEAT, RPM, LATENCY_S, WORKERS = 200, 3, 600, 1.0, 16
+IDEAL_S = ROWS * REPEAT / RPM * 60
+
+
+@contextmanager
+def protocol_server() -> Iterator[str]:
+    """The protocol server as a subprocess (its own GIL, like a real remote API)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        port_file = Path(tmp) / "port"
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.servers.protocol_server", "--port", "0", "--port-file",
+             str(port_file), "--latency", str(LATENCY_S), "--rpm", str(RPM)],
+            cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)), stdout=subprocess.PIPE, text=True)
+        try:
+            proc.stdout.readline()  # "listening on ..."
+            yield f"http://127.0.0.1:{port_file.read_text().strip()}"
+        finally:
+            proc.kill()
+            proc.wait()
+
+
+def stats(url: str) -> dict:
+    with urllib.request.urlopen(url + "/_stats?detail=1", timeout=30) as resp:
+        return json.load(resp)
+
+
+def write_rows(path: Path) -> None:
+    with path.open("w") as f:
+        for i in range(ROWS):
+            f.write(json.dumps({
+                "instructions": f"Write a Python function number {i} that adds two numbers.",
+                "target_responses": f"def add_{i}(a, b):\n    return a + b",
+                "candidate_responses": f"def add_{i}(x, y):\n    return x + y  # variant {i}",
+                "model_id": "bench", "model_sha": "0"}) + "\n")
+
+
+def run_eval(url: str, data: Path, out: Path) -> tuple[float, int]:
+    argv = ["--service_llm_provider", "openai", "--service_model_name", "mock-judge",
+            "--service_llm_api_key", "sk-bench", "--service_llm_base_url", url + "/v1",
+            "--rate_limit_per_minute", str(RPM), "--eval_workers", str(WORKERS),
+            "--eval_repeat", str(REPEAT), "--lm_response_ds_id", str(data), "--eval_ds_id", str(out),
+            "--prompt_tmpl_path", str(REPO / "config/prompts.toml"),
+            "--pricing_path", str(REPO / "config/pricing.yaml"),
+            "--avg_similarity_threshold", "0", "--avg_precision_threshold", "0"]
+    start = time.perf_counter()
+    code = main(argv)
+    return time.perf_counter() - start, code
+
+
+def bench() -> None:
+    with tempfile.TemporaryDirectory() as tmp, protocol_server() as url:
+        data = Path(tmp) / "responses.jsonl"
+        write_rows(data)
+        out = Path(tmp) / "eval"
+        wall, code = run_eval(url, data, out)
+        s1 = stats(url)
+        times = s1["accepted_times"]
+        judge_span = (max(times) - min(times)) if len(times) > 1 else 0.0
+        wall2, code2 = run_eval(url, data, out)
+        s2 = stats(url)
+        summary = json.loads((out / "summary.json").read_text())
+    print(f"\n== evaluation throughput: {ROWS} rows x {REPEAT} repeats, {RPM} RPM, "
+          f"{LATENCY_S:g} s latency, {WORKERS} workers ==")
+    print(f"1. wall {wall:.1f} s / ideal {IDEAL_S:.0f} s = {wall / IDEAL_S:.3f} (target <= 1.1); exit {code}")
+    print(f"   requests {s1['accepted']} accepted, 429s {s1['rpm_rejections']} (target 0); "
+          f"achieved while judging {60 * (len(times) - 1) / judge_span if judge_span else 0:.0f} RPM "
+          f"/ {RPM} = {(len(times) - 1) / judge_span * 60 / RPM if judge_span else 0:.3f}")
+    print(f"2. rerun with the same ledger: new calls {s2['total'] - s1['total']} (target 0), wall "
+          f"{wall2:.1f} s = {wall2 / wall:.3f} x run 1; exit {code2}; "
+          f"judgements {summary['judgements']}, failures {summary['failures']}")
+
+
+if __name__ == "__main__":
+    bench()

@@ -1,0 +1,333 @@
+"""batch_inference.py: validation, loading, batching, seeds, output schema, append/overwrite.
+
+Runs on the tiny random model (`tiny_model_dir`) with a handful of new tokens; the slower
+process-level tests (kill + resume, torchrun data parallel) are in
+test_batch_inference_processes.py.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from datasets import load_from_disk
+
+from src.errors import UsageError
+from src.inference.hf_backend import GenSettings, HFGenerator, load_model, load_tokenizer, stop_token_ids
+from src.inference.model_ref import resolve_model_ref
+from src.inference.plan import build_work_items, padding_waste, plan_batches
+from src.inference.prompts import prompt_records, tokenize_prompts
+from src.inference.store import PartialStore
+from src.models import model_sha
+from src.pipeline import batch_inference as bi
+
+PROMPTS = [
+    "Write a Python function that reverses a string.",
+    "Sum a list.",
+    "Write a function that checks whether a number is prime, and explain it in one sentence.",
+    "Hello",
+    "Write a Python function that returns the factorial of n using recursion, with a docstring.",
+]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny-model ops are too small to gain from threads; on a shared 2-core machine two
+    spinning OpenMP threads made each forward pass ~30x slower (measured)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def write_split(folder: Path, prompts=PROMPTS, *, system: str | None = None, with_messages=True) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "test_sft.jsonl", "w") as fh:
+        for i, p in enumerate(prompts):
+            row = {"prompt": p, "prompt_id": f"p{i}", "category": "coding"}
+            if with_messages:
+                msgs = ([{"role": "system", "content": system}] if system else [])
+                msgs += [{"role": "user", "content": p}, {"role": "assistant", "content": f"answer {i}"}]
+                row["messages"] = msgs
+            fh.write(json.dumps(row) + "\n")
+    return folder
+
+
+@pytest.fixture
+def test_split(tmp_path) -> Path:
+    return write_split(tmp_path / "data")
+
+
+def argv_for(model, data, out, **over) -> list[str]:
+    args = {"ft_model_id": str(model), "test_ds_id": str(data), "lm_response_ds_id": str(out),
+            "max_new_tokens": 6, "inference_bs": 2, "repeat": 1, "do_sample": "true", "temperature": 1.0,
+            "dtype": "float32", "lm_response_append": "false"}
+    args.update(over)
+    return [f"--{k}={v}" for k, v in args.items()]
+
+
+def run_stage(model, data, out, **over):
+    assert bi.main(argv_for(model, data, out, **over)) == 0
+    return load_from_disk(str(out))["batch_infer"]
+
+
+@pytest.fixture
+def no_model_load(monkeypatch):
+    """Fails the test if any weights are loaded: bad input must be caught before that."""
+    def refuse(*a, **k):
+        raise AssertionError("a model was loaded before the bad input was reported")
+    monkeypatch.setattr(bi, "load_model", refuse)
+
+
+# --------------------------------------------------------------------------- bad input -> exit 2
+
+
+@pytest.mark.parametrize("key,value", [("repeat", 0), ("inference_bs", 0), ("max_new_tokens", 0),
+                                       ("top_p", 0), ("temperature", -1)])
+def test_bad_values_fail_before_model_load(tiny_model_dir, test_split, tmp_path, no_model_load, key, value):
+    with pytest.raises(UsageError, match=key):
+        bi.main(argv_for(tiny_model_dir, test_split, tmp_path / "out", **{key: value}))
+
+
+def test_missing_prompt_columns(tiny_model_dir, tmp_path, no_model_load):
+    data = tmp_path / "d"
+    data.mkdir()
+    (data / "test_sft.jsonl").write_text(json.dumps({"question": "q", "answer": "a"}) + "\n")
+    with pytest.raises(UsageError, match=r"neither a 'messages' nor a 'prompt' column.*question, answer"):
+        bi.main(argv_for(tiny_model_dir, data, tmp_path / "out"))
+
+
+def test_missing_model_path(test_split, tmp_path, no_model_load):
+    with pytest.raises(UsageError, match="does not exist"):
+        bi.main(argv_for(tmp_path / "no" / "such-model", test_split, tmp_path / "out"))
+
+
+def test_adapter_without_findable_base(tiny_adapter, test_split, tmp_path, no_model_load):
+    orphan = _copy_adapter(tiny_adapter, tmp_path / "orphan", base="/nonexistent/base-model")
+    with pytest.raises(UsageError, match="cannot find the base model"):
+        bi.main(argv_for(orphan, test_split, tmp_path / "out"))
+
+
+def test_vllm_backend_missing_is_a_usage_error(tiny_model_dir, test_split, tmp_path, no_model_load):
+    pytest.importorskip("torch")
+    try:
+        import vllm  # noqa: F401
+        pytest.skip("vllm is installed here")
+    except ImportError:
+        pass
+    with pytest.raises(UsageError, match="pip install vllm"):
+        bi.main(argv_for(tiny_model_dir, test_split, tmp_path / "out", backend="vllm"))
+
+
+def test_script_exit_code_and_message(repo_root, test_split, tmp_path):
+    """The real script: one clean line on stderr and exit code 2."""
+    proc = subprocess.run(
+        [sys.executable, "batch_inference.py", *argv_for(tmp_path / "missing", test_split, tmp_path / "out")],
+        cwd=repo_root, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    assert "error: ft_model_id path does not exist" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+# --------------------------------------------------------------------------- output
+
+
+def test_output_columns_order_and_sha(tiny_model_dir, tmp_path):
+    data = write_split(tmp_path / "data", system="You answer in Python.")
+    out = run_stage(tiny_model_dir, data, tmp_path / "out", repeat=2)
+    assert out.column_names == ["instructions", "target_responses", "candidate_responses", "model_id",
+                                "model_sha", "prompt_id", "repeat_index"]
+    assert len(out) == 2 * len(PROMPTS)
+    assert out["prompt_id"] == [f"p{i}" for i in range(len(PROMPTS)) for _ in range(2)]
+    assert out["repeat_index"] == [0, 1] * len(PROMPTS)
+    assert out["instructions"][::2] == PROMPTS  # the user turn, not the system turn
+    assert out["target_responses"][::2] == [f"answer {i}" for i in range(len(PROMPTS))]
+    assert set(out["model_sha"]) == {model_sha(str(tiny_model_dir))}
+    assert set(out["model_id"]) == {str(tiny_model_dir)}
+    assert all(isinstance(c, str) and c for c in out["candidate_responses"])
+    assert not (tmp_path / "out" / "partial").exists()  # removed once the output is saved
+    assert (tmp_path / "out" / "batch_infer.jsonl").is_file()
+
+
+def test_append_and_overwrite(tiny_model_dir, test_split, tmp_path):
+    out = tmp_path / "out"
+    assert len(run_stage(tiny_model_dir, test_split, out)) == len(PROMPTS)
+    assert len(run_stage(tiny_model_dir, test_split, out, lm_response_append="true")) == 2 * len(PROMPTS)
+    assert len(run_stage(tiny_model_dir, test_split, out, lm_response_append="false")) == len(PROMPTS)
+
+
+def test_prompt_column_only_dataset(tiny_model_dir, tmp_path):
+    data = write_split(tmp_path / "data", with_messages=False)
+    out = run_stage(tiny_model_dir, data, tmp_path / "out")
+    assert out["instructions"] == PROMPTS
+    assert out["target_responses"] == [""] * len(PROMPTS)
+
+
+# --------------------------------------------------------------------------- seeds
+
+
+def test_sampling_is_reproducible_and_independent_of_batching(tiny_model_dir, test_split, tmp_path):
+    a = run_stage(tiny_model_dir, test_split, tmp_path / "a", repeat=2, inference_bs=1)
+    b = run_stage(tiny_model_dir, test_split, tmp_path / "b", repeat=2, inference_bs=3)
+    assert a["candidate_responses"] == b["candidate_responses"]
+    texts = a["candidate_responses"]
+    assert any(texts[2 * i] != texts[2 * i + 1] for i in range(len(PROMPTS)))  # repeats differ
+    c = run_stage(tiny_model_dir, test_split, tmp_path / "c", repeat=2, inference_bs=3, seed=7)
+    assert c["candidate_responses"] != texts
+
+
+# --------------------------------------------------------------------------- generation
+
+
+@pytest.fixture(scope="module")
+def tiny_generator(tiny_model_dir):
+    ref = resolve_model_ref(str(tiny_model_dir))
+    tok = load_tokenizer(ref)
+    return tok, load_model(ref, tok, "cpu", torch.float32)
+
+
+def _items(tok, prompts=PROMPTS, repeat=1, seed=0):
+    ds_rows = [{"prompt": p, "prompt_id": f"p{i}"} for i, p in enumerate(prompts)]
+    from datasets import Dataset
+
+    recs = prompt_records(Dataset.from_list(ds_rows))
+    return build_work_items(recs, tokenize_prompts(recs, tok, 2), repeat, seed)
+
+
+def test_batched_left_padded_equals_one_by_one(tiny_generator):
+    tok, model = tiny_generator
+    gen = HFGenerator(model, tok, GenSettings(8, True, 1.0, 1.0, 0))
+    items = _items(tok)
+    batched = gen.generate(items)
+    alone = [gen.generate([it])[0] for it in items]
+    assert batched == alone
+    assert len({g.text for g in batched}) == len(items)
+
+
+def test_decodes_only_new_tokens_and_cuts_at_end_of_turn(tiny_generator):
+    tok, model = tiny_generator
+    gen = HFGenerator(model, tok, GenSettings(8, False, 0.0, 1.0, 0))
+    im_end = tok.convert_tokens_to_ids("<|im_end|>")
+    assert im_end in stop_token_ids(tok)
+    words = tok("def add(a, b):", add_special_tokens=False)["input_ids"]
+    out = gen._decode(words + [im_end] + tok("junk after the end", add_special_tokens=False)["input_ids"])
+    assert (out.text, out.new_tokens) == ("def add(a, b):", len(words))
+    # Real generate call: the prompt (and its template) never appears in the decoded answer.
+    items = _items(tok, prompts=["Reverse a string UNIQUE-MARKER-42"])
+    gen_s = HFGenerator(model, tok, GenSettings(8, True, 1.0, 1.0, 0))
+    text = gen_s.generate(items)[0].text
+    assert "UNIQUE-MARKER" not in text and "<|im_start|>" not in text
+
+
+def test_real_model_stops_at_end_of_turn(embedded_model_dir):
+    """The real SmolLM2 ends its turn with <|im_end|> long before the token limit."""
+    ref = resolve_model_ref(str(embedded_model_dir))
+    tok = load_tokenizer(ref)
+    model = load_model(ref, tok, "cpu", torch.float32)
+    gen = HFGenerator(model, tok, GenSettings(60, False, 0.0, 1.0, 0))
+    out = gen.generate(_items(tok, prompts=["What is the capital of France? Answer in one short sentence."]))[0]
+    assert 0 < out.new_tokens < 60
+    assert "Paris" in out.text
+    assert "<|im_end|>" not in out.text and "assistant" not in out.text.lower()[:20]
+
+
+def test_length_sorted_batches_waste_less_padding(tiny_generator):
+    tok, _ = tiny_generator
+    items = _items(tok, prompts=PROMPTS * 4)
+    sorted_batches = plan_batches(items, 4)
+    unsorted = [items[i:i + 4] for i in range(0, len(items), 4)]
+    assert padding_waste(sorted_batches) < padding_waste(unsorted)
+    lengths = [len(it.input_ids) for b in sorted_batches for it in b]
+    assert lengths == sorted(lengths, reverse=True)
+
+
+def test_system_message_is_part_of_the_prompt(tiny_generator):
+    tok, _ = tiny_generator
+    from datasets import Dataset
+
+    ds = Dataset.from_list([{"messages": [{"role": "system", "content": "SYS-RULE"},
+                                          {"role": "user", "content": "hi"},
+                                          {"role": "assistant", "content": "hello"}]}])
+    rec = prompt_records(ds)[0]
+    assert rec.chat[0] == {"role": "system", "content": "SYS-RULE"}
+    assert (rec.instruction, rec.target) == ("hi", "hello")
+    assert "SYS-RULE" in tok.decode(list(tokenize_prompts([rec], tok, 1)[0]))
+
+
+# --------------------------------------------------------------------------- adapters
+
+
+@pytest.fixture(scope="module")
+def tiny_adapter(tiny_model_dir, tmp_path_factory) -> Path:
+    """A LoRA adapter with random (non-zero) B, so it really changes the outputs, saved the
+    way finetune.py saves one: adapter + tokenizer with a training-time chat template."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = tmp_path_factory.mktemp("adapter")
+    torch.manual_seed(1)
+    base = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir))
+    peft_model = get_peft_model(base, LoraConfig(r=4, lora_alpha=64, target_modules=["q_proj", "v_proj"],
+                                                 init_lora_weights=False))
+    peft_model.save_pretrained(str(out))
+    tok = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    tok.chat_template = "TRAINED-TEMPLATE " + tok.chat_template
+    tok.save_pretrained(str(out))
+    merged = peft_model.merge_and_unload()
+    merged.save_pretrained(str(out / "merged"))
+    tok.save_pretrained(str(out / "merged"))
+    return out
+
+
+def _copy_adapter(src: Path, dst: Path, base: str) -> Path:
+    import shutil
+
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("merged"))
+    cfg = json.loads((dst / "adapter_config.json").read_text())
+    cfg["base_model_name_or_path"] = base
+    (dst / "adapter_config.json").write_text(json.dumps(cfg))
+    return dst
+
+
+def test_adapter_equals_merged_model_and_uses_training_tokenizer(tiny_adapter, tiny_model_dir):
+    ref = resolve_model_ref(str(tiny_adapter))
+    assert ref.is_adapter and Path(ref.base_path) == Path(tiny_model_dir).resolve()
+    tok = load_tokenizer(ref)
+    assert tok.chat_template.startswith("TRAINED-TEMPLATE")
+    merged_ref = resolve_model_ref(str(tiny_adapter / "merged"))
+    assert not merged_ref.is_adapter
+    ids = torch.tensor([tok("def reverse(s):", add_special_tokens=False)["input_ids"]])
+    with torch.inference_mode():
+        from_adapter = load_model(ref, tok, "cpu", torch.float32)(ids).logits
+        from_merged = load_model(merged_ref, tok, "cpu", torch.float32)(ids).logits
+        base = load_model(resolve_model_ref(str(tiny_model_dir)), tok, "cpu", torch.float32)(ids).logits
+    torch.testing.assert_close(from_adapter, from_merged, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(from_adapter, base, atol=1e-3)
+
+
+def test_adapter_base_from_training_yaml(tiny_adapter, tiny_model_dir, test_split, tmp_path):
+    moved = _copy_adapter(tiny_adapter, tmp_path / "moved", base="/other/machine/base")
+    yaml_path = tmp_path / "train.yaml"
+    yaml_path.write_text(f"model_name_or_path: {tiny_model_dir}\nlearning_rate: 1.0e-4\n")
+    out = run_stage(moved, test_split, tmp_path / "out", ft_model_config_path=yaml_path)
+    direct = run_stage(tiny_adapter, test_split, tmp_path / "direct")
+    assert out["candidate_responses"] == direct["candidate_responses"]
+    assert out["model_sha"][0] == model_sha(str(moved))
+
+
+# --------------------------------------------------------------------------- store
+
+
+def test_store_drops_a_torn_last_line(tmp_path):
+    store = PartialStore(tmp_path, "k", rank=0)
+    store.append([{"row_index": 0, "repeat_index": 0, "candidate_responses": "a"}])
+    with open(store.path, "a") as fh:
+        fh.write('{"row_index": 1, "repeat_index": 0, "candi')  # killed mid-write
+    assert set(PartialStore(tmp_path, "k", rank=0).load()) == {(0, 0)}
+    store2 = PartialStore(tmp_path, "k", rank=0)
+    store2.append([{"row_index": 1, "repeat_index": 0, "candidate_responses": "b"}])
+    assert set(store2.load()) == {(0, 0), (1, 0)}
+    assert all(json.loads(line) for line in store2.path.read_text().splitlines())

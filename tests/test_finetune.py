@@ -1,0 +1,301 @@
+"""finetune.py: loss masking, bad input (exit 2 before any model load), what a run saves,
+full fine-tuning, and the alignment-handbook configs. All on the tiny random model.
+
+The slow process-level tests (resume after a kill, 2-process DDP, dstack) are in
+tests/test_finetune_processes.py.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from src.chat_template import IGNORE_INDEX, tokenize_conversation
+from src.errors import UsageError
+
+CONVERSATION = [
+    {"role": "system", "content": "You answer in one short sentence."},
+    {"role": "user", "content": "What is 2 + 2?"},
+    {"role": "assistant", "content": "2 + 2 is 4."},
+    {"role": "user", "content": "And 3 + 3?"},
+    {"role": "assistant", "content": "3 + 3 is 6, which is even."},
+]
+PLAIN_TEMPLATE = ("{% for m in messages %}{{ '### ' + m['role'] + ':\\n' + m['content'] + '\\n\\n' }}{% endfor %}"
+                  "{% if add_generation_prompt %}{{ '### assistant:\\n' }}{% endif %}")
+# ChatML without SmolLM2's injected default system prompt: a "configured" template.
+CUSTOM_CHATML = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] "
+                 "+ '<|im_end|>' + '\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}"
+                 "{% endif %}")
+
+
+def _rows(n: int, *, with_assistant: bool = True) -> list[dict]:
+    rows = []
+    for i in range(n):
+        messages = [{"role": "user", "content": f"Write a Python function that returns {i} plus one."}]
+        if with_assistant:
+            messages.append({"role": "assistant",
+                             "content": f"```python\ndef f():\n    return {i} + 1\n```\nThis function returns {i + 1}."})
+        rows.append({"prompt": messages[0]["content"], "messages": messages, "category": "coding"})
+    return rows
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+@pytest.fixture(scope="module")
+def sft_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("sft-data")
+    _write_jsonl(folder / "train_sft.jsonl", _rows(8))
+    _write_jsonl(folder / "test_sft.jsonl", _rows(4))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def broken_model_dir(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Path:
+    """The tiny model's config and tokenizer with unreadable weights: any code path that loads
+    the model fails with a non-usage error, so an exit-2 test proves no model load happened."""
+    folder = tmp_path_factory.mktemp("broken-model")
+    for f in tiny_model_dir.iterdir():
+        if f.name != "model.safetensors":
+            shutil.copy(f, folder / f.name)
+    (folder / "model.safetensors").write_bytes(b"not a safetensors file")
+    return folder
+
+
+def _argv(model: Path, data: Path, out: Path, *extra: str) -> list[str]:
+    return ["--model-name-or-path", str(model), "--use-peft", "--dataset-id", str(data), "--output-dir", str(out),
+            "--per-device-train-batch-size", "4", "--max-length", "128", "--logging-steps", "1",
+            "--report-to", "none", "--save-strategy", "no", "--no-gradient-checkpointing",
+            "--lora-r", "4", "--lora-alpha", "8", "--seed", "0", "--dataloader-num-workers", "0", *extra]
+
+
+def _finetune(argv: list[str]) -> int:
+    from src.pipeline import finetune
+
+    return finetune.main(argv)
+
+
+def _label_spans(ids: list[int], labels: list[int]) -> list[list[int]]:
+    spans, current = [], []
+    for tok, lab in zip(ids, labels):
+        if lab == IGNORE_INDEX:
+            if current:
+                spans.append(current)
+                current = []
+        else:
+            assert lab == tok
+            current.append(tok)
+    return spans + ([current] if current else [])
+
+
+# --------------------------------------------------------------------------- loss masking
+
+
+@pytest.mark.parametrize("template, end_of_turn", [(None, "<|im_end|>"), (PLAIN_TEMPLATE, "")],
+                         ids=["smollm2-chatml", "plain-no-eos"])
+def test_labels_cover_exactly_the_assistant_replies(tiny_model_dir: Path, template: str | None,
+                                                    end_of_turn: str) -> None:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    if template:
+        tok.chat_template = template
+    out = tokenize_conversation(tok, CONVERSATION)
+    ids, labels = out["input_ids"], out["labels"]
+
+    # The ids are the whole rendered conversation...
+    assert tok.decode(ids) == tok.apply_chat_template(CONVERSATION, tokenize=False)
+    # ...and the trained tokens are exactly the two replies, each with its end-of-turn token.
+    spans = [tok.decode(s) for s in _label_spans(ids, labels)]
+    assert spans == ["2 + 2 is 4." + end_of_turn, "3 + 3 is 6, which is even." + end_of_turn]
+    # The prompt tokens are the very ids batch inference will feed (same template, same split).
+    prompt_ids = tok(tok.apply_chat_template(CONVERSATION[:2], tokenize=False, add_generation_prompt=True),
+                     add_special_tokens=False)["input_ids"]
+    assert ids[: len(prompt_ids)] == prompt_ids
+    assert all(lab == IGNORE_INDEX for lab in labels[: len(prompt_ids)])
+
+    everything = tokenize_conversation(tok, CONVERSATION, train_on_prompt=True)
+    assert everything["input_ids"] == ids
+    assert sum(lab != IGNORE_INDEX for lab in everything["labels"]) > sum(lab != IGNORE_INDEX for lab in labels)
+
+
+def test_template_that_is_not_prefix_consistent_is_refused(tiny_model_dir: Path) -> None:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    # Renders the number of turns first: every prefix differs from the full conversation.
+    tok.chat_template = "{{ messages|length }}{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    with pytest.raises(UsageError, match="prefix"):
+        tokenize_conversation(tok, CONVERSATION)
+
+
+# --------------------------------------------------------------------------- bad input: exit 2, no model load
+
+
+def test_the_broken_model_sentinel_does_fail_on_load(broken_model_dir: Path, sft_data: Path, tmp_path: Path) -> None:
+    """Control for the exit-2 tests below: with valid inputs the broken model is loaded and fails
+    with a non-usage error; so those tests' UsageErrors did come before any model load."""
+    with pytest.raises(Exception) as info:
+        _finetune(_argv(broken_model_dir, sft_data, tmp_path / "out", "--max-steps", "1"))
+    assert not isinstance(info.value, UsageError)
+
+
+def _bad_cases(tmp: Path, data: Path) -> dict[str, tuple[list[str], str]]:
+    no_messages = tmp / "no_messages"
+    _write_jsonl(no_messages / "train_sft.jsonl", [{"prompt": "p", "response": "r"}])
+    no_reply = tmp / "no_reply"
+    _write_jsonl(no_reply / "train_sft.jsonl", _rows(3, with_assistant=False))
+    used = tmp / "used_out"
+    used.mkdir()
+    (used / "adapter_config.json").write_text("{}")
+    unknown = tmp / "unknown.yaml"
+    unknown.write_text("lora_rank: 8\n")
+    return {
+        "unknown-key": (["--from-config", str(unknown)], "unknown key 'lora_rank'.*lora_r"),
+        "no-messages-column": (["--dataset-id", str(no_messages)], "missing column.*messages"),
+        "no-assistant-turn": (["--dataset-id", str(no_reply)], "no assistant turn"),
+        "fraction-zero": (["--dataset-id", "", "--dataset-mixer", json.dumps({str(data): 0.0})], r"\(0, 1\]"),
+        "fraction-too-big": (["--dataset-id", "", "--dataset-mixer", json.dumps({str(data): 1.5})], r"\(0, 1\]"),
+        "output-dir-holds-a-run": (["--output-dir", str(used)], "already holds a training run"),
+        "eval-without-test-split": (["--eval-strategy", "epoch", "--dataset-splits", "train_sft"], "test split"),
+        "split-name": (["--dataset-splits", "train_sft", "validation"], "must contain 'train' or 'test'"),
+        "bad-dataset-kwargs": (["--dataset-kwargs", '{"packing_magic": true}'], "dataset_kwargs"),
+        "missing-model": (["--model-name-or-path", str(tmp / "nope")], "path not found"),
+    }
+
+
+@pytest.mark.parametrize("case", ["unknown-key", "no-messages-column", "no-assistant-turn", "fraction-zero",
+                                  "fraction-too-big", "output-dir-holds-a-run", "eval-without-test-split",
+                                  "split-name", "bad-dataset-kwargs", "missing-model"])
+def test_bad_input_is_a_usage_error_before_model_load(case: str, broken_model_dir: Path, sft_data: Path,
+                                                      tmp_path: Path) -> None:
+    extra, message = _bad_cases(tmp_path, sft_data)[case]
+    with pytest.raises(UsageError, match=message):
+        _finetune(_argv(broken_model_dir, sft_data, tmp_path / "out", "--max-steps", "1", *extra))
+
+
+def test_cli_exits_2_with_one_line(repo_root: Path, tmp_path: Path) -> None:
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("model_name_or_path: smollm2-135m-instruct\nlearning_rat: 0.1\n")
+    proc = subprocess.run([sys.executable, "finetune.py", "--from-config", str(cfg)], cwd=repo_root,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    assert "error: config file" in proc.stderr and "learning_rate" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_unknown_lora_target_names_the_existing_modules(tiny_model_dir: Path, sft_data: Path, tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match=r"\['qkv_proj'\] do not exist.*q_proj.*v_proj"):
+        _finetune(_argv(tiny_model_dir, sft_data, tmp_path / "out", "--max-steps", "1",
+                        "--lora-target-modules", "q_proj", "qkv_proj"))
+
+
+# --------------------------------------------------------------------------- what a run saves
+
+
+def test_lora_run_saves_adapter_template_generation_config_and_merged_model(
+        tiny_model_dir: Path, sft_data: Path, tmp_path: Path) -> None:
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+    out = tmp_path / "adapter"
+    assert _finetune(_argv(tiny_model_dir, sft_data, out, "--max-steps", "2", "--merge-adapter",
+                           "--chat-template", CUSTOM_CHATML, "--eval-strategy", "steps", "--eval-steps", "2",
+                           "--lora-target-modules", "q_proj")) == 0
+
+    adapter_cfg = json.loads((out / "adapter_config.json").read_text())
+    assert adapter_cfg["base_model_name_or_path"] == str(tiny_model_dir.resolve())
+    assert adapter_cfg["target_modules"] == ["q_proj"]
+    assert (out / "adapter_model.safetensors").is_file()
+
+    base_tok = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    for folder in (out, out / "merged"):
+        tok = AutoTokenizer.from_pretrained(str(folder))
+        assert tok.chat_template == CUSTOM_CHATML  # the configured template, not the base one
+        assert (tok.eos_token, tok.pad_token) == (base_tok.eos_token, base_tok.pad_token)
+        gen = GenerationConfig.from_pretrained(str(folder))
+        eos = gen.eos_token_id if isinstance(gen.eos_token_id, list) else [gen.eos_token_id]
+        assert base_tok.convert_tokens_to_ids("<|im_end|>") in eos
+        assert gen.pad_token_id == base_tok.pad_token_id
+
+    summary = json.loads((out / "finetune_summary.json").read_text())
+    assert summary["global_step"] == 2 and summary["train_rows"] == 8 and summary["eval_rows"] == 4
+    assert "eval_loss" in summary["metrics"]
+    card = (out / "README.md").read_text()
+    assert str(sft_data) in card and f"base_model: {tiny_model_dir}" in card and "lora_r: 4" in card
+
+    # The merged model computes what base + adapter computes.
+    ids = torch.tensor([base_tok("Write a Python function")["input_ids"]])
+    merged = AutoModelForCausalLM.from_pretrained(str(out / "merged")).eval()
+    with_adapter = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(tiny_model_dir)),
+                                             str(out)).eval()
+    with torch.no_grad():
+        assert torch.allclose(merged(ids).logits, with_adapter(ids).logits, atol=1e-4)
+
+
+def test_full_finetune_saves_a_full_model_and_its_loss_falls(tiny_model_dir: Path, sft_data: Path,
+                                                             tmp_path: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = tmp_path / "full"
+    argv = [a for a in _argv(tiny_model_dir, sft_data, out) if a != "--use-peft"]
+    assert _finetune(argv + ["--max-steps", "8", "--learning-rate", "1e-2", "--lr-scheduler-type", "constant"]) == 0
+
+    summary = json.loads((out / "finetune_summary.json").read_text())
+    assert summary["adapter"] is False and len(summary["losses"]) == 8
+    assert summary["last_loss"] < 0.8 * summary["first_loss"], summary["losses"]
+    assert not (out / "adapter_config.json").exists()
+    AutoModelForCausalLM.from_pretrained(str(out))  # a complete, loadable model
+    assert AutoTokenizer.from_pretrained(str(out)).chat_template == \
+        AutoTokenizer.from_pretrained(str(tiny_model_dir)).chat_template
+
+
+# --------------------------------------------------------------------------- configs
+
+
+def test_alignment_handbook_sample_config_loads_unchanged(repo_root: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from src.pipeline.finetune import _cuda_available, parse_args
+
+    with caplog.at_level("WARNING"):
+        script, model_args, sft = parse_args(["--from-config", str(repo_root / "config/sample_config.yaml")])
+    renamed = [r.getMessage() for r in caplog.records if "is renamed to" in r.getMessage()]
+    assert len(renamed) == 4  # max_seq_length, evaluation_strategy, torch_dtype, warmup_ratio: once each
+    assert script.dataset_mixer == {"sayakpaul/no_robots_only_coding": 1.0}
+    assert script.dataset_splits == ["train_sft", "test_sft"] and script.preprocessing_num_workers == 12
+    assert script.overwrite_output_dir is True and script.merge_adapter is True
+    assert model_args.dtype == "bfloat16" and model_args.use_peft and model_args.lora_r == 8
+    assert sft.max_length == 2048 and str(sft.eval_strategy.value) == "epoch" and sft.warmup_steps == 0.1
+    assert sft.dataset_kwargs == {"add_special_tokens": False, "append_concat_token": False}
+    assert sft.gradient_checkpointing_kwargs == {"use_reentrant": False}
+    if not _cuda_available():  # the GPU recipe still parses on a laptop, with CPU fallbacks
+        assert sft.use_cpu and model_args.load_in_4bit is False and model_args.attn_implementation == "sdpa"
+
+
+def test_demo_config_and_cli_dataset_overrides(repo_root: Path) -> None:
+    from src.pipeline.finetune import parse_args
+    from src.pipeline.finetune_data import resolve_mixer
+
+    demo = ["--from-config", str(repo_root / "config/demo/finetune.yaml")]
+    script, model_args, _ = parse_args(demo)
+    assert model_args.model_name_or_path == "smollm2-135m-instruct" and script.dataset_mixer == {"data/demo": 1.0}
+    script, _, _ = parse_args(demo + ["--dataset-mixer", '{"outputs/round_1/merged": 1.0}'])
+    assert resolve_mixer(script.dataset_mixer, script.dataset_id) == {"outputs/round_1/merged": 1.0}
+    script, _, _ = parse_args(demo + ["--dataset-id", "outputs/round_2/merged"])
+    assert resolve_mixer(script.dataset_mixer, script.dataset_id) == {"outputs/round_2/merged": 1.0}
+
+
+@pytest.mark.parametrize("name", ["multi_gpu", "fsdp", "deepspeed_zero3"])
+def test_accelerate_configs_load_with_accelerate(repo_root: Path, name: str) -> None:
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    cfg = load_config_from_file(str(repo_root / "config" / "accelerate" / f"{name}.yaml"))
+    expected = {"multi_gpu": "MULTI_GPU", "fsdp": "FSDP", "deepspeed_zero3": "DEEPSPEED"}[name]
+    assert str(cfg.distributed_type).endswith(expected)
+    assert cfg.mixed_precision == "bf16" and cfg.num_processes == 8
