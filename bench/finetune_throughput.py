@@ -1,6 +1,7 @@
 """Fine-tuning throughput on CPU: padded batches vs padding-free vs packing, in one run.
 
-Trains the embedded SmolLM2-135M-Instruct with LoRA (r=16, all linear layers) for one epoch
+Trains the embedded SmolLM2-135M-Instruct with LoRA (r=16, all linear layers, gradient
+checkpointing as in TRL's defaults) for one epoch
 over the first `--rows` demo conversations, once per variant, each in its own process so the
 peak RSS of one does not hide in another's. The same conversations, tokenized the same way
 (src.chat_template, assistant-only labels), go through each variant:
@@ -65,7 +66,7 @@ def measure(variant: str, rows: int, batch_size: int, max_length: int) -> dict:
     args = SFTConfig(
         output_dir=f"/tmp/llamaduo-bench-{variant}-{os.getpid()}", use_cpu=True, bf16=dtype == torch.bfloat16,
         num_train_epochs=1, per_device_train_batch_size=packed_batch if variant == "packing" else batch_size,
-        learning_rate=1e-4, gradient_checkpointing=False, save_strategy="no", report_to="none",
+        learning_rate=1e-4, gradient_checkpointing=True, save_strategy="no", report_to="none",
         logging_steps=1000, seed=0, disable_tqdm=True,
         padding_free=variant == "padding_free", packing=variant == "packing",
         max_length=None if variant == "padding_free" else max_length)

@@ -25,7 +25,10 @@
 # has no .done and runs again; the stages resume their own partial work where they can.
 # <OUT>/loop.log records every start / done / skip / failure, one line each.
 #
-# Exit codes: 0 qualified, 3 never qualified within MAX_ROUNDS, 1 a stage failed,
+# If data_gen keeps no pair (allowed by its allow_empty_result key), the loop stops with 3:
+# another round would train on the same data.
+#
+# Exit codes: 0 qualified, 3 never qualified within MAX_ROUNDS (or no new data), 1 a stage failed,
 # 2 bad usage or input (from this script or propagated from a stage), 130 interrupted.
 set -euo pipefail
 
@@ -64,7 +67,13 @@ command -v "$PYTHON" >/dev/null 2>&1 || die_usage "PYTHON=$PYTHON not found (run
 mkdir -p "$OUT"
 LOG="$OUT/loop.log"
 
-cfg() { "$PYTHON" scripts/loop_config.py "$@"; }
+# The loop's own small helpers need a plain interpreter with PyYAML. PYTHON may be a launcher
+# wrapper (e.g. one running `accelerate launch "$@"`), so fall back when it is not one.
+HELPER_PY="$PYTHON"
+if ! "$HELPER_PY" -c 'import yaml' >/dev/null 2>&1; then
+  if [[ -x .venv/bin/python ]]; then HELPER_PY=.venv/bin/python; else HELPER_PY=python3; fi
+fi
+cfg() { "$HELPER_PY" scripts/loop_config.py "$@"; }
 
 log() {  # log ROUND STAGE EVENT...: one line to the terminal and to loop.log
   local line
@@ -116,7 +125,7 @@ run_stage() {  # run_stage ROUND STAGE SCRIPT CONFIG [CLI overrides...]; sets ST
 
 finish() {  # finish CODE MESSAGE: print + write the results table, then exit
   log "${ROUND:--}" loop event=finish rc="$1" "${*:2}"
-  "$PYTHON" scripts/results_table.py "$OUT" --write "$OUT/results.md" || true
+  "$HELPER_PY" scripts/results_table.py "$OUT" --write "$OUT/results.md" || true
   exit "$1"
 }
 
@@ -170,6 +179,15 @@ for ((k = 1; k <= MAX_ROUNDS; k++)); do
   fi
   run_stage "$k" data_gen data_gen.py "$DATAGEN_CONFIG" \
     --synth-ds-id "$R/synth"
+  # A weak generator (the demo's 135M `local` model) may keep no pair at all; data_gen then
+  # exits 0 only with allow_empty_result. Another round would retrain on the same data and
+  # score the same, so stop here instead of burning a round.
+  KEPT=unknown
+  if [[ -f "$R/synth/summary.json" ]]; then KEPT="$(cfg get "$R/synth/summary.json" kept unknown)"; fi
+  if [[ "$KEPT" == 0 ]]; then
+    log "$k" data_gen event=no_new_data summary="$R/synth/summary.json"
+    finish 3 msg="\"not qualified, and data_gen kept no usable pair in round $k: nothing new to train on\""
+  fi
   run_stage "$k" dataset_merge dataset_merge.py "$MERGE_CONFIG" \
     --first-ds-id "$FIRST_DS" --second-ds-id "$R/synth" --result-ds-id "$R/merged"
 done

@@ -82,7 +82,8 @@ def shingle_hashes(text: str, ngram_size: int) -> np.ndarray:
         return np.empty(0, dtype=np.uint32)
     n = min(ngram_size, len(toks))
     grams = {" ".join(toks[i : i + n]) for i in range(len(toks) - n + 1)}
-    return np.unique(np.fromiter((xxhash.xxh32_intdigest(g.encode()) for g in grams), dtype=np.uint32, count=len(grams)))
+    hashes = (xxhash.xxh32_intdigest(g.encode()) for g in grams)
+    return np.unique(np.fromiter(hashes, dtype=np.uint32, count=len(grams)))
 
 
 def jaccard(a: np.ndarray, b: np.ndarray) -> float:

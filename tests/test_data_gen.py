@@ -34,7 +34,8 @@ TRAIN_PROMPTS = demo_prompts("train_sft")
 # planted in every reply: two light paraphrases of test prompts, a train prompt, a too-short
 # pair and an item without a response
 PLANTS = [
-    {"instruction": "Please " + TEST_PROMPTS[0][0].lower() + TEST_PROMPTS[0][1:], "response": "def f(): pass  # copied"},
+    {"instruction": "Please " + TEST_PROMPTS[0][0].lower() + TEST_PROMPTS[0][1:],
+     "response": "def f(): pass  # copied"},
     {"instruction": TEST_PROMPTS[1].rstrip(".") + " in Python 3!", "response": "def g(): pass  # copied"},
     {"instruction": TRAIN_PROMPTS[0].upper(), "response": "an answer that is long enough"},
     {"instruction": "Hi", "response": "an answer that is long enough"},
@@ -191,6 +192,16 @@ def test_rerun_replays_the_ledger_and_append_dedups_against_existing(server, tmp
     after = load_from_disk(str(out))["train_sft"]
     assert len(after) == len(kept_before) + s["kept"]
     assert len(set(after["prompt_id"])) == len(after)
+    rejected = load_from_disk(str(out))["rejected"]
+    assert f"output:{kept_before[0]['prompt_id']}" in rejected[0]["reject_detail"]
+
+    # another dataset (e.g. the previous loop round's merged data) counts as existing too
+    other = tmp_path / "synth_other"
+    argv = args_for(server, other, "--num_samples", "2", "--seed", "11", "--existing_ds_id", str(out))
+    assert run_stage(argv) == 0
+    s = summary(other)
+    assert s["near_duplicates"]["existing_rows"] == len(after)
+    assert s["dropped_by_reason"] == {"exact_duplicate_of_train": 2}
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> None:
@@ -306,3 +317,29 @@ def test_script_subprocess_with_planted_paraphrases(tmp_path):
     finally:
         srv.terminate()
         srv.wait(timeout=10)
+
+
+def test_push_with_append_to_the_fake_hub(server, tmp_path):
+    """The Hub is faked at its single seam (src.hub.set_api); everything else is real."""
+    from src import hub
+    from tests.fake_hub import FakeHubApi
+
+    api = FakeHubApi()
+    hub.set_api(api)
+    try:
+        base = args_for(server, Path("me/synth"), "--num_samples", "2", "--push_synth_ds_to_hf_hub",
+                        "--output_root", str(tmp_path), "--no_cache")
+        assert run_stage(base) == 0
+        first = summary(tmp_path / "me" / "synth")["kept"]
+        assert run_stage(base + ["--seed", "5", "--synth_ds_append"]) == 0
+        second = summary(tmp_path / "me" / "synth")["kept"]
+    finally:
+        hub.set_api(None)
+    pushed = api.split_rows("me/synth", "train_sft")
+    local = load_from_disk(str(tmp_path / "me" / "synth"))["train_sft"]
+    assert first == 2 * SYNTH_PAIRS_PER_REPLY and second > 0
+    assert len(pushed) == len(local) == first + second
+    assert sorted(pushed["prompt_id"]) == sorted(local["prompt_id"])
+    assert len([p for p in api.repos["me/synth"] if p.startswith("data/train_sft-")]) == 2  # appended shard
+    assert set(api.calls) <= {"create_repo", "list_repo_files", "create_commit"}  # nothing downloaded
+    assert (tmp_path / "me" / "synth" / "summary.json").is_file()

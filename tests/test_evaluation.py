@@ -81,6 +81,7 @@ def test_candidate_cannot_close_its_block(repo_root):
     safe = neutralize_tags(attack, tags)
     assert "</candidate_answer>" not in safe and "&lt;/candidate_answer&gt;" in safe
     assert neutralize_tags("List<String> a = b < c;", tags) == "List<String> a = b < c;"
+    assert "<" not in neutralize_tags("< /Candidate_Answer >", tags)
     from datasets import Dataset
 
     ds = Dataset.from_dict({"instructions": ["i"], "target_responses": ["r"], "candidate_responses": [attack]})
@@ -218,6 +219,7 @@ def test_every_failure_kind_is_counted_not_crashed(fresh, repo_root, tmp_path):
     ("no table", ["--prompt_tmpl_path", "{notable}"], "has no [eval] table"),
     ("placeholder", ["--prompt_tmpl_path", "{badph}"], "unknown placeholder(s) $candidate"),
     ("columns", ["--lm_response_ds_id", "{badcols}"], "missing column(s) candidate_responses"),
+    ("provider", ["--service_llm_provider", "referense"], "did you mean reference?"),
 ])
 def test_bad_input_exits_2_before_any_call(fresh, repo_root, tmp_path, case, extra, message):
     data = write_responses(tmp_path / "resp.jsonl", marker_rows())
@@ -245,3 +247,55 @@ def test_help_documents_exit_codes(repo_root):
     assert res.returncode == 0
     text = " ".join(res.stdout.split())
     assert "3 evaluation completed but did not qualify" in text and "--coverage_threshold" in text
+
+
+def test_dry_run_calls_nothing_and_prints_the_estimate(fresh, repo_root, tmp_path, capsys):
+    data = write_responses(tmp_path / "resp.jsonl", marker_rows())
+    out = tmp_path / "eval"
+    code = main(base_argv(fresh, repo_root, data, out, "--eval_repeat", "3", "--dry-run"))
+    assert code == EXIT_OK
+    printed = capsys.readouterr().out
+    assert "15 jobs -> 15 calls to mock-judge" in printed and "estimated cost $" in printed
+    assert fresh.stats()["total"] == 0 and not (out / "summary.json").exists()
+
+
+def test_appending_a_second_evaluation_keeps_the_schema(fresh, repo_root, tmp_path):
+    """All-null columns in one run (no failures, one repeat) must not break the next append."""
+    data = write_responses(tmp_path / "resp.jsonl", marker_rows())
+    out = tmp_path / "eval"
+    argv = base_argv(fresh, repo_root, data, out, "--eval_repeat", "1", "--eval_ds_append",
+                     "--avg_similarity_threshold", "0", "--avg_precision_threshold", "0")
+    assert main(argv) == EXIT_OK
+    assert main(argv) == EXIT_OK
+    ds = load_from_disk(str(out))["eval"]
+    assert len(ds) == 10 and ds.features["failure_reason"].dtype == "string"
+    assert ds.features["similarity_std"].dtype == "float64"
+
+
+def test_push_sends_the_scored_split_and_keeps_a_local_copy(fresh, repo_root, tmp_path):
+    """The Hub is faked at its single seam (src.hub.set_api); a failed evaluation is never pushed."""
+    from src import hub
+    from tests.fake_hub import FakeHubApi
+
+    api = FakeHubApi()
+    hub.set_api(api)
+    try:
+        data = write_responses(tmp_path / "resp.jsonl", marker_rows())
+        root = tmp_path / "outputs"
+        argv = base_argv(fresh, repo_root, data, Path("me/eval"), "--eval_repeat", "1",
+                         "--push_eval_to_hf_hub", "--output_root", str(root),
+                         "--avg_similarity_threshold", "0", "--avg_precision_threshold", "0")
+        assert main(argv) == EXIT_OK
+        pushed = api.split_rows("me/eval", "eval")
+        assert sorted(pushed["similarity_scores"]) == sorted(float(x) for x in SIMS)
+        assert (root / "me/eval" / "summary.json").is_file()
+        assert "sk-test" not in (root / "me/eval" / "README.md").read_text()
+
+        bad = write_responses(tmp_path / "bad.jsonl", ["x [[fault=nonjson]]"])
+        argv = base_argv(fresh, repo_root, bad, Path("me/eval_bad"), "--eval_repeat", "1", "--max_reasks", "0",
+                         "--push_eval_to_hf_hub", "--output_root", str(root))
+        with pytest.raises(RunFailed):
+            main(argv)
+        assert "me/eval_bad" not in api.repos and (root / "me/eval_bad" / "summary.json").is_file()
+    finally:
+        hub.set_api(None)

@@ -205,10 +205,24 @@ def test_lora_run_saves_adapter_template_generation_config_and_merged_model(
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
+    from src import hub
+    from tests.fake_hub import FakeHubApi
+
     out = tmp_path / "adapter"
-    assert _finetune(_argv(tiny_model_dir, sft_data, out, "--max-steps", "2", "--merge-adapter",
-                           "--chat-template", CUSTOM_CHATML, "--eval-strategy", "steps", "--eval-steps", "2",
-                           "--lora-target-modules", "q_proj")) == 0
+    fake = FakeHubApi()
+    hub.set_api(fake)  # the one allowed fake: the Hub, at src.hub's seam
+    try:
+        assert _finetune(_argv(tiny_model_dir, sft_data, out, "--max-steps", "2", "--merge-adapter",
+                               "--chat-template", CUSTOM_CHATML, "--eval-strategy", "steps", "--eval-steps", "2",
+                               "--lora-target-modules", "q_proj", "--save-strategy", "steps", "--save-steps", "1",
+                               "--push-to-hub", "--hub-model-id", "me/tiny-lora")) == 0
+    finally:
+        hub.set_api(None)
+    pushed = fake.repos["me/tiny-lora"]
+    assert {"adapter_model.safetensors", "adapter_config.json", "chat_template.jinja", "generation_config.json",
+            "merged/model.safetensors", "README.md"} <= set(pushed)
+    assert not any(p.startswith("checkpoint-") for p in pushed) and (out / "checkpoint-2").is_dir()
+    assert pushed["README.md"] == (out / "README.md").read_bytes()
 
     adapter_cfg = json.loads((out / "adapter_config.json").read_text())
     assert adapter_cfg["base_model_name_or_path"] == str(tiny_model_dir.resolve())

@@ -114,5 +114,11 @@ def test_dstack_tasks_validate_with_dstack_models(repo_root: Path, name: str) ->
     pytest.importorskip("dstack")
     from dstack._internal.core.models.configurations import parse_run_configuration
 
-    conf = parse_run_configuration(yaml.safe_load((repo_root / "dstack" / name).read_text()))
-    assert conf.type == "task"
+    from dstack._internal.core.errors import ConfigurationError
+
+    data = yaml.safe_load((repo_root / "dstack" / name).read_text())
+    conf = parse_run_configuration(data)
+    assert conf.type == "task" and conf.resources.gpu.count.min == 1
+    data["resourcez"] = data.pop("resources")  # and the parser is strict: a typo'd key is refused
+    with pytest.raises(ConfigurationError):
+        parse_run_configuration(data)

@@ -175,3 +175,10 @@ def test_reference_precision_is_rouge_l_precision(judge):
     # 6 of the candidate's 12 tokens form the LCS with the reference -> precision 50.
     (padded,) = judge.score([ref + " and then it went to sleep"], [ref])
     assert padded.precision == pytest.approx(50.0)
+
+
+def test_report_fences_survive_answers_with_their_own_fences():
+    rows = _report_rows()
+    rows[3]["candidate_responses"] = "```python\ndef f():\n    return 1\n```\nDone."
+    md = render_report(summarize([aggregate_row([ok(1, 1)])], Thresholds(50, 50)), rows)
+    assert "````\n```python\ndef f():\n    return 1\n```\nDone.\n````" in md

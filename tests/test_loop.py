@@ -62,8 +62,12 @@ def marker_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def write_configs(folder: Path, model: Path, data: Path, url: str, threshold: float) -> dict[str, str]:
-    """Stage configs for the tiny model and the local server; returns the loop's env vars."""
+def write_configs(folder: Path, model: Path, data: Path, url: str, threshold: float,
+                  train_steps: int) -> dict[str, str]:
+    """Stage configs for the tiny model and the local server; returns the loop's env vars.
+
+    `train_steps`: 40 lets the tiny model learn the marker; a test that never qualifies
+    anyway uses 2, because each step costs about a second on 2 CPU cores."""
     service = {
         "service_llm_provider": "openai", "service_llm_base_url": url + "/v1",
         "service_model_name": "gpt-4o-mini", "service_llm_api_key": "test-key",
@@ -76,7 +80,7 @@ def write_configs(folder: Path, model: Path, data: Path, url: str, threshold: fl
             "model_name_or_path": str(model), "use_peft": False,
             "dataset_mixer": {str(data): 1.0}, "dataset_splits": ["train_sft", "test_sft"],
             "max_seq_length": 128, "per_device_train_batch_size": 8, "learning_rate": 1.0e-2,
-            "lr_scheduler_type": "constant", "max_steps": 40, "logging_steps": 10, "eval_strategy": "no",
+            "lr_scheduler_type": "constant", "max_steps": train_steps, "logging_steps": 10, "eval_strategy": "no",
             "save_strategy": "no", "report_to": "none", "seed": 0, "output_dir": str(folder / "unused-ft"),
             "overwrite_output_dir": True, "push_to_hub": False,
         },
@@ -142,7 +146,8 @@ ROUND1 = [("1", "finetune"), ("1", "batch_inference"), ("1", "evaluation")]
 
 # ----------------------------------------------------------------------------- tests
 def test_qualifies_after_finetune_and_stops(tmp_path, tiny_model_dir, marker_data, server_url):
-    configs = write_configs(tmp_path, tiny_model_dir, marker_data, server_url, threshold=90)
+    configs = write_configs(tmp_path, tiny_model_dir, marker_data, server_url, threshold=90,
+                            train_steps=40)
     proc = run_loop(loop_env(tmp_path, configs, max_rounds=2))
     out = tmp_path / "out"
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -157,7 +162,8 @@ def test_qualifies_after_finetune_and_stops(tmp_path, tiny_model_dir, marker_dat
 
 
 def test_never_qualifies_runs_data_gen_and_resumes_after_kill(tmp_path, tiny_model_dir, marker_data, server_url):
-    configs = write_configs(tmp_path, tiny_model_dir, marker_data, server_url, threshold=99)
+    configs = write_configs(tmp_path, tiny_model_dir, marker_data, server_url, threshold=99,
+                            train_steps=2)
     env = loop_env(tmp_path, configs, max_rounds=2)
     out = tmp_path / "out"
 
@@ -207,7 +213,8 @@ def test_never_qualifies_runs_data_gen_and_resumes_after_kill(tmp_path, tiny_mod
 
 
 def test_stage_usage_error_propagates_as_exit_2(tmp_path, tiny_model_dir, marker_data, server_url):
-    configs = write_configs(tmp_path, tiny_model_dir, marker_data, server_url, threshold=90)
+    configs = write_configs(tmp_path, tiny_model_dir, marker_data, server_url, threshold=90,
+                            train_steps=2)
     bad = yaml.safe_load(Path(configs["INFER_CONFIG"]).read_text()) | {"repeat": 0}
     Path(configs["INFER_CONFIG"]).write_text(yaml.safe_dump(bad))
     proc = run_loop(loop_env(tmp_path, configs, max_rounds=1))

@@ -27,7 +27,8 @@ def sim(a: str, b: str, n: int = 3) -> float:
 
 
 def test_shingles_ignore_case_punctuation_and_spacing():
-    assert sim("Write a Python function, that reverses a STRING!", "write a python function that reverses a string") == 1.0
+    assert sim("Write a Python function, that reverses a STRING!",
+               "write a python function that reverses a string") == 1.0
     assert sim("alpha beta gamma delta", "epsilon zeta eta theta") == 0.0
     # texts shorter than n words still get a shingle (the whole text)
     assert shingle_hashes("hello", 3).size == 1
@@ -47,7 +48,8 @@ def test_exact_duplicates_in_new_and_of_train():
 def test_near_duplicate_of_train_and_in_new_with_exact_similarity():
     base = "Write a program that reads a CSV file of sales and prints the total revenue per region sorted by revenue"
     near = base + " descending"  # one extra word at the end: exact Jaccard 17/18
-    v = dedup_and_decontaminate([near, "Explain the difference between TCP and UDP with two examples each"], train=[base])
+    other = "Explain the difference between TCP and UDP with two examples each"
+    v = dedup_and_decontaminate([near, other], train=[base])
     assert (v[0].keep, v[0].reason, v[0].match) == (False, REASON_NEAR_TRAIN, "train:0")
     assert v[0].similarity == pytest.approx(sim(near, base))
     assert v[1].keep

@@ -33,9 +33,10 @@ async def _acquire_all(pacer: Pacer, sizes: list[int], settle_to: int | None = N
 def test_rpm_slots_are_evenly_spaced_not_bursty():
     log: list = []
     pacer = Pacer(rpm=20, tpm=0, window_s=1.0, log=log)  # 20 per 1 s window -> one every 50 ms
-    starts = asyncio.run(_acquire_all(pacer, [0] * 30))
-    gaps = [b - a for a, b in zip(sorted(starts), sorted(starts)[1:])]
-    assert min(gaps) >= 0.05 * 0.9  # asyncio timers can fire a hair early relative to our clock
+    woke = asyncio.run(_acquire_all(pacer, [0] * 30))
+    slots = sorted(s for s, _ in log)  # the granted start times (wake-ups can be late on a busy CPU)
+    assert min(b - a for a, b in zip(slots, slots[1:])) >= 0.05
+    assert all(w >= s - 0.005 for w, s in zip(sorted(woke), slots))  # nobody starts before its slot
     assert max_in_window([(s, 0) for s, _ in log], 1.0)[0] <= 20
     # a whole-window bucket (AsyncLimiter(20, 1)-style) would start 20 at t=0
     assert sum(1 for s, _ in log if s < log[0][0] + 0.25) <= 6

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,9 +74,9 @@ def resolve_model_ref(model_id: str, revision: str | None = None, config_path: s
 
 def _locate(ref: str, revision: str | None, what: str) -> tuple[str, bool]:
     """(path or Hub id, is_local). The embedded alias resolves to its provisioned folder."""
-    from src.models import EMBEDDED_MODEL, resolve_model
+    from src.models import EMBEDDED_MODEL, is_embedded_alias, resolve_model
 
-    if ref == EMBEDDED_MODEL:
+    if is_embedded_alias(ref):
         return resolve_model(ref), True
     local = Path(ref).expanduser()
     if local.is_dir():
@@ -91,15 +90,20 @@ def _locate(ref: str, revision: str | None, what: str) -> tuple[str, bool]:
 
 
 def _check_hub_model(repo_id: str, revision: str | None, what: str) -> None:
-    """Fail early (exit 2) when a Hub model id cannot be reached or does not exist."""
+    """Fail early (exit 2) when a Hub model id cannot be used: offline without a cached copy,
+    or no network (a quick socket check instead of a 20-45 s download stall)."""
     from huggingface_hub import constants
 
-    if constants.HF_HUB_OFFLINE and _hub_file(repo_id, MODEL_CONFIG, revision) is None \
-            and _hub_file(repo_id, ADAPTER_CONFIG, revision) is None:
-        raise UsageError(
-            f"{what} '{repo_id}' is not a local folder, and the Hub is offline (HF_HUB_OFFLINE=1) "
-            "with no cached copy of it"
-        )
+    if constants.HF_HUB_OFFLINE:
+        if _hub_file(repo_id, MODEL_CONFIG, revision) is None and _hub_file(repo_id, ADAPTER_CONFIG, revision) is None:
+            raise UsageError(
+                f"{what} '{repo_id}' is not a local folder, and the Hub is offline (HF_HUB_OFFLINE=1) "
+                "with no cached copy of it"
+            )
+        return
+    from src.hub import ensure_hub_reachable
+
+    ensure_hub_reachable(f"{what} '{repo_id}'")
 
 
 def _hub_file(repo_id: str, filename: str, revision: str | None) -> str | None:
@@ -156,7 +160,8 @@ def _adapter_base(model_id: str, adapter_cfg: dict, config_path: str | None) -> 
             logger.warning("adapter base %s is not usable here; using %s from %s", candidates[0][0], ref, source)
         return path, rev, is_local
     detail = "; ".join(problems) if problems else (
-        f"{ADAPTER_CONFIG} has no base_model_name_or_path and no ft_model_config_path with model_name_or_path was given")
+        f"{ADAPTER_CONFIG} has no base_model_name_or_path and no ft_model_config_path "
+        "with model_name_or_path was given")
     raise UsageError(f"cannot find the base model of adapter '{model_id}': {detail}")
 
 
@@ -186,7 +191,3 @@ def _tokenizer_source(path: str, is_local: bool, revision: str | None,
         return path, revision
     return base, base_rev
 
-
-def model_exists_locally(path: str) -> bool:
-    """True for an existing folder (used by callers deciding whether to content-hash)."""
-    return os.path.isdir(path)

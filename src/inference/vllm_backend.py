@@ -60,6 +60,7 @@ class VLLMGenerator:
             kwargs.update(enable_lora=True, max_lora_rank=next((r for r in _LORA_RANKS if r >= rank), rank))
             self.lora = LoRARequest("ft", 1, str(Path(_local_adapter_dir(ref))))
         self.llm = LLM(model=ref.weights_path, tokenizer=ref.tokenizer_path,
+                       tokenizer_revision=ref.tokenizer_revision,
                        revision=ref.base_revision if ref.is_adapter else ref.revision,
                        tensor_parallel_size=tensor_parallel_size, dtype=dtype, seed=settings.seed, **kwargs)
 

@@ -5,6 +5,7 @@ can be rebuilt from `summary.json` + the output dataset without re-judging anyth
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -62,8 +63,15 @@ def worst_rows(rows: Sequence[dict], k: int = WORST_ROWS) -> list[dict]:
 
 def _clip(text: Any, n: int = 300) -> str:
     s = str(text or "").strip()
-    s = s if len(s) <= n else s[:n] + " …"
-    return s.replace("```", "ʼʼʼ")  # keep the report's own fences intact
+    return s if len(s) <= n else s[:n] + " …"
+
+
+def _fenced(text: str) -> list[str]:
+    """A code block whose fence is longer than any backtick run inside the text, so answers
+    that contain their own ``` fences render verbatim (CommonMark)."""
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    fence = "`" * max(3, longest + 1)
+    return [fence, text, fence]
 
 
 def _first_reason(reasons: Sequence[str] | None) -> str:
@@ -144,8 +152,8 @@ def render_report(summary: dict, rows: Sequence[dict], histogram_name: str = HIS
             "",
             f"**Instruction:** {_clip(r.get('instructions'), 200)}",
             "",
-            "**Reference:**", "", "```", _clip(r.get("target_responses")), "```", "",
-            "**Candidate:**", "", "```", _clip(r.get("candidate_responses")), "```", "",
+            "**Reference:**", "", *_fenced(_clip(r.get("target_responses"))), "",
+            "**Candidate:**", "", *_fenced(_clip(r.get("candidate_responses"))), "",
             f"- similarity reason: {_clip(_first_reason(r.get('similarity_reasons')), 400) or '-'}",
             f"- precision reason: {_clip(_first_reason(r.get('precision_reasons')), 400) or '-'}",
             "",

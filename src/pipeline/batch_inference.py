@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal, Optional, Sequence
 
 from datasets import Dataset
@@ -161,7 +160,8 @@ def _open_store(cfg: BatchInferenceConfig, info: distributed.DistInfo, ref: Mode
     key_fields = {
         "model_sha": sha, "base": ref.base_path if ref.is_adapter else None, "backend": cfg.backend,
         "prompts": run_key({"p": [(r.prompt_id, r.chat) for r in records]}),
-        "repeat": cfg.repeat, "inference_bs": cfg.inference_bs, "dtype": cfg.dtype, "max_new_tokens": cfg.max_new_tokens,
+        "repeat": cfg.repeat, "inference_bs": cfg.inference_bs, "dtype": cfg.dtype,
+        "max_new_tokens": cfg.max_new_tokens,
         "do_sample": cfg.do_sample, "temperature": cfg.temperature, "top_p": cfg.top_p, "seed": cfg.seed,
     }
     out_dir = local_output_dir(cfg.lm_response_ds_id, cfg.push_lm_responses_to_hf_hub, cfg.output_root)

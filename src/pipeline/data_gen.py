@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,21 +31,20 @@ from datasets import Dataset, Features, List, Value
 
 from src.config import config_to_dict, parse_config
 from src.data import (
+    SYNTH_COLUMNS,
     assistant_reply,
     available_splits,
     first_user_message,
     load_split,
     normalize_text,
     prompt_id_for,
-    SYNTH_COLUMNS,
 )
-from src.errors import EXIT_CODES_HELP, EXIT_FAILED, EXIT_OK, RunFailed, UsageError
+from src.errors import EXIT_CODES_HELP, EXIT_OK, RunFailed, UsageError
 from src.hub import check_push_possible, local_output_dir, save_output
 from src.logging_setup import setup_logging
 from src.prompts import check_placeholders, load_template, render
 from src.quality import QualityConfig, QualityFilter
 from src.service_llm import (
-    ERROR,
     INVALID,
     SKIPPED_BUDGET,
     InvalidReply,
@@ -72,6 +70,7 @@ SYNTH_FEATURES = Features({
     "generator": _STR, "prompt_id": _STR, "prompt": _STR, "seed_prompt": _STR,
     "messages": List({"role": _STR, "content": _STR}), "category": _STR,
 })
+assert tuple(SYNTH_FEATURES) == SYNTH_COLUMNS  # one schema: the data contract in src.data
 REJECTED_FEATURES = Features({**SYNTH_FEATURES, "reject_reason": _STR, "reject_detail": _STR,
                               "round": Value("int64")})
 # Typical reply length of one synth call (a few pairs): used for --dry-run cost estimates.
@@ -154,6 +153,12 @@ class DataGenArgs(ServiceLLMArgs):
     )
     ngram_size: int = field(default=3, metadata={"help": "Words per shingle for the Jaccard similarity."})
     minhash_num_perm: int = field(default=64, metadata={"help": "MinHash permutations (LSH candidate search)."})
+    existing_ds_id: Optional[str] = field(
+        default=None,
+        metadata={"help": "Another dataset whose instructions count as existing train data for the "
+                  "duplicate checks, e.g. the previous loop round's merged data."},
+    )
+    existing_ds_split: str = field(default="train_sft", metadata={"help": "Split of existing_ds_id."})
     dedup_against_existing: bool = field(
         default=True,
         metadata={"help": "Also drop near duplicates of the rows already in the local output split "
@@ -166,7 +171,9 @@ class DataGenArgs(ServiceLLMArgs):
         metadata={"help": "Output: Hub dataset id when pushing, else the local folder."},
     )
     synth_ds_split: str = field(default="train_sft", metadata={"help": "Split name of the kept pairs."})
-    synth_ds_append: bool = field(default=False, metadata={"help": "Append to the existing split instead of overwriting."})
+    synth_ds_append: bool = field(
+        default=False, metadata={"help": "Append to the existing splits instead of overwriting them."}
+    )
     output_root: str = field(
         default="outputs", metadata={"help": "Local copies of pushed outputs go to <output_root>/<synth_ds_id>."}
     )
@@ -281,16 +288,22 @@ def load_test_prompts(ref_split: tuple[str, str] | None) -> list[tuple[str, str]
     return [(f"test:{row.get('prompt_id') or i}", row_instruction(row)) for i, row in enumerate(ds)]
 
 
-def load_existing_output(args: DataGenArgs, out_dir: Path) -> list[tuple[str, str]]:
-    """Instructions already in the local output split (only when appending to it)."""
-    if not (args.synth_ds_append and args.dedup_against_existing and out_dir.exists()):
-        return []
-    try:
-        ds = load_split(str(out_dir), args.synth_ds_split, what="existing synthetic dataset")
-    except UsageError:
-        return []  # nothing there yet
-    ds = canonical_synth_columns(ds)
-    return [(f"existing:{i}", row_instruction(row)) for i, row in enumerate(ds)]
+def load_existing(args: DataGenArgs, out_dir: Path) -> list[tuple[str, str]]:
+    """Instructions that already exist besides the reference split: `existing_ds_id` (must
+    load), and the local output split when appending to it (may not exist yet)."""
+    rows: list[tuple[str, str]] = []
+    if args.existing_ds_id:
+        ds = canonical_synth_columns(load_split(args.existing_ds_id, args.existing_ds_split,
+                                                what="existing dataset (existing_ds_id)"))
+        rows += [(f"existing:{row.get('prompt_id') or i}", row_instruction(row)) for i, row in enumerate(ds)]
+    if args.synth_ds_append and args.dedup_against_existing and out_dir.exists():
+        try:
+            ds = canonical_synth_columns(load_split(str(out_dir), args.synth_ds_split,
+                                                    what="existing synthetic dataset"))
+        except UsageError:
+            return rows  # nothing there yet
+        rows += [(f"output:{row.get('prompt_id') or i}", row_instruction(row)) for i, row in enumerate(ds)]
+    return rows
 
 
 class SeedSampler:
@@ -422,7 +435,7 @@ def prepare(args: DataGenArgs) -> Prepared:
     seeds, train = load_seeds(args)
     test_ref = resolve_test_split(args)
     test = load_test_prompts(test_ref)
-    existing = load_existing_output(args, out_dir)
+    existing = load_existing(args, out_dir)
     return Prepared(template, seeds, train, test, test_ref, existing, out_dir, llm)
 
 
@@ -491,10 +504,6 @@ def run_round(
     return kept, rejected, stats
 
 
-def seeds_for_round(args: DataGenArgs) -> int:
-    return args.num_samples
-
-
 def run(args: DataGenArgs) -> int:
     """The whole stage; returns the exit code."""
     prep = prepare(args)
@@ -520,7 +529,7 @@ def run(args: DataGenArgs) -> int:
     stop = STOP_SINGLE
     try:
         for round_no in range(1, max_rounds + 1):
-            round_kept, round_rejected, stats = run_round(round_no, sampler.take(seeds_for_round(args)),
+            round_kept, round_rejected, stats = run_round(round_no, sampler.take(args.num_samples),
                                                           prep, qf, args)
             kept += round_kept
             rejected += round_rejected

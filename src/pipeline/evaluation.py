@@ -10,14 +10,16 @@ one-screen summary -> exit 0 qualified / 3 not qualified / 1 failed.
 from __future__ import annotations
 
 import datetime as dt
+import difflib
 import json
 import logging
 import re
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from datasets import Dataset
+from datasets import Dataset, Features, List, Value
 from tqdm.auto import tqdm
 
 from src.config import config_to_dict, parse_config
@@ -31,7 +33,6 @@ from src.errors import (
     UsageError,
 )
 from src.hub import check_push_possible, local_output_dir, save_output, scrub_secrets
-from src.logging_setup import setup_logging
 from src.judging import (
     HISTOGRAM_NAME,
     REFERENCE_EVALUATOR,
@@ -46,8 +47,9 @@ from src.judging import (
     too_many_failures,
     write_histogram,
 )
+from src.logging_setup import setup_logging
 from src.prompts import check_placeholders, load_template, render
-from src.service_llm import ServiceLLMArgs
+from src.service_llm import PROVIDERS, ServiceLLMArgs
 
 logger = logging.getLogger("llamaduo.evaluation")
 
@@ -65,6 +67,12 @@ class EvaluationArgs(ServiceLLMArgs):
 
     `service_llm_provider: reference` selects the offline reference judge (no network)."""
 
+    service_llm_provider: str = field(
+        default="gemini",
+        metadata={"help": "The judge: " + ", ".join(PROVIDERS) + ", or `reference` (the offline "
+                          "reference judge: 100*cos(all-MiniLM-L6-v2) / 100*ROUGE-L precision; "
+                          "no network, no key, free)."},
+    )
     prompt_tmpl_path: str = field(
         default="config/prompts.toml",
         metadata={"help": "TOML file whose [eval] prompt is the judge prompt "
@@ -124,6 +132,12 @@ class EvaluationArgs(ServiceLLMArgs):
 
 def validate_args(args: EvaluationArgs) -> None:
     """Value checks the parser cannot do; each raises UsageError (exit 2) before any work."""
+    judges = (*PROVIDERS, REFERENCE_PROVIDER)
+    if args.service_llm_provider not in judges:
+        close = difflib.get_close_matches(args.service_llm_provider, judges, n=1)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        raise UsageError(f"unknown service_llm_provider '{args.service_llm_provider}'{hint} "
+                         f"(choose one of: {', '.join(judges)})")
     if not args.lm_response_ds_id:
         raise UsageError("lm_response_ds_id is required (the batch-inference output to judge)")
     if not args.eval_ds_id:
@@ -151,22 +165,23 @@ def load_eval_template(path: str) -> str:
 
 # --------------------------------------------------------------------------- prompts
 
-_TAG = re.compile(r"</?([A-Za-z_][\w-]*)>")
+_TAG = re.compile(r"<\s*/?\s*([A-Za-z_][\w-]*)\s*>")
 
 
 def delimiter_tags(template: str) -> set[str]:
     """Tag names the template uses to wrap data, e.g. {'candidate_answer', ...}."""
-    return set(_TAG.findall(template))
+    return {t.lower() for t in _TAG.findall(template)}
 
 
 def neutralize_tags(text: str, tags: set[str]) -> str:
     """Escape the template's own delimiter tags inside a value (`</candidate_answer>` ->
     `&lt;/candidate_answer&gt;`), so a candidate cannot close its block early and write text
-    that reads as the judge's instructions. Other `<...>` (code, generics) is left alone."""
+    that reads as the judge's instructions. Case and inner spaces do not help an attacker
+    (`< /Candidate_Answer >` is escaped too); other `<...>` (code, generics) is left alone."""
     if not tags:
         return text
     return _TAG.sub(lambda m: m.group(0).replace("<", "&lt;").replace(">", "&gt;")
-                    if m.group(1) in tags else m.group(0), text)
+                    if m.group(1).lower() in tags else m.group(0), text)
 
 
 def render_eval_prompts(template: str, rows: Dataset, batch_size: int) -> list[str]:
@@ -223,12 +238,21 @@ def _to_repeat_score(result: Any) -> RepeatScore:
     return RepeatScore.failed(f"{result.status}: {result.error or 'no reply'}")
 
 
+def _import_matplotlib() -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot  # noqa: F401
+
+
 def judge_with_service(llm: Any, prompts: Sequence[str], repeat: int) -> JudgeOutcome:
     """Judge each prompt `repeat` times; results come back in job order."""
     from src.service_llm import Job, parse_judgement
 
     jobs = [Job(p, sample_index=r) for p in prompts for r in range(repeat)]
     logger.info("judging %d rows x %d repeats with %s", len(prompts), repeat, llm.describe())
+    # Judging waits on the network; import the report's plotting library meanwhile.
+    threading.Thread(target=_import_matplotlib, daemon=True, name="warm-imports").start()
     results = llm.run(jobs, parse=parse_judgement, desc="judging")
     logger.info("judging done")
     scores = [_to_repeat_score(res) for res in results]
@@ -275,13 +299,27 @@ def output_columns(rows: Sequence[RowScore], prompts: Sequence[str], evaluator: 
     }
 
 
+_STR, _FLOAT = Value("string"), Value("float64")
+EVAL_FEATURES = {
+    "eval_prompts": _STR, "similarity_scores": _FLOAT, "precision_scores": _FLOAT,
+    "evaluators": _STR, "dates": _STR,
+    "similarity_per_repeat": List(_FLOAT), "precision_per_repeat": List(_FLOAT),
+    "similarity_reasons": List(_STR), "precision_reasons": List(_STR),
+    "similarity_std": _FLOAT, "precision_std": _FLOAT, "failure_reason": _STR,
+}
+
+
 def add_columns(ds: Dataset, columns: dict[str, list]) -> Dataset:
-    """Append the evaluation columns, replacing same-named ones (re-judging an eval output)."""
+    """Append the evaluation columns, replacing same-named ones (re-judging an eval output).
+
+    The types are fixed rather than inferred, so a column that happens to be all null in one
+    run (no failures, a single repeat) has the same schema as in the next: appending works."""
     existing = [c for c in columns if c in ds.column_names]
     if existing:
         logger.warning("input already has column(s) %s; they are replaced", ", ".join(existing))
         ds = ds.remove_columns(existing)
-    return Dataset.from_dict({**ds.to_dict(), **columns})
+    features = Features({**ds.features, **{name: EVAL_FEATURES[name] for name in columns}})
+    return Dataset.from_dict({**ds.to_dict(), **columns}, features=features)
 
 
 def write_reports(out_dir: Path, summary: dict, ds: Dataset, rows: Sequence[RowScore],
@@ -327,6 +365,25 @@ def build_summary(args: EvaluationArgs, rows: Sequence[RowScore], outcome: Judge
 
 # --------------------------------------------------------------------------- run
 
+JUDGE_REPLY_TOKENS = 120  # a typical judge reply: two scores and two one-sentence reasons
+
+
+def dry_run(llm: Any, template: str, ds: Dataset, args: EvaluationArgs) -> int:
+    """Print how many judge calls the run would make and what they would cost; call nothing."""
+    if llm is None:
+        print(f"dry run: {len(ds)} rows for the offline reference judge; no service-LLM calls, cost $0")
+        return EXIT_OK
+    from src.service_llm import Job
+
+    prompts = render_eval_prompts(template, ds, args.eval_data_preprocess_bs)
+    jobs = [Job(p, sample_index=r) for p in prompts for r in range(args.eval_repeat)]
+    try:
+        print(llm.estimate(jobs, expected_output_tokens=JUDGE_REPLY_TOKENS).summary())
+    finally:
+        llm.close()
+    return EXIT_OK
+
+
 
 def run(args: EvaluationArgs) -> int:
     """The whole stage; returns the exit code (0 qualified, 3 not qualified)."""
@@ -347,6 +404,11 @@ def run(args: EvaluationArgs) -> int:
                             args.coverage_threshold, args.max_failure_ratio)
     date = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
+    if args.dry_run:
+        return dry_run(llm, template, ds, args)
+    # A verdict left by an earlier run must not pass for this one's if this one dies.
+    for name in (SUMMARY_NAME, REPORT_NAME):
+        (out_dir / name).unlink(missing_ok=True)
     if reference:
         if args.eval_repeat > 1:
             logger.info("reference judge is deterministic: each row is scored once "
@@ -355,13 +417,10 @@ def run(args: EvaluationArgs) -> int:
         outcome = judge_with_reference(ds, args.eval_data_preprocess_bs)
     else:
         prompts = render_eval_prompts(template, ds, args.eval_data_preprocess_bs)
-        if args.dry_run:
-            from src.service_llm import Job
-
-            jobs = [Job(p, sample_index=r) for p in prompts for r in range(args.eval_repeat)]
-            print(llm.estimate(jobs).summary())
-            return EXIT_OK
-        outcome = judge_with_service(llm, prompts, args.eval_repeat)
+        try:
+            outcome = judge_with_service(llm, prompts, args.eval_repeat)
+        finally:
+            llm.close()
 
     rows = [aggregate_row(js) for js in outcome.repeats]
     out_ds = add_columns(ds, output_columns(rows, prompts, outcome.evaluator, date))

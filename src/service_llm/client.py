@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence, TypeVar
@@ -214,7 +213,9 @@ class ServiceLLM:
         """Count the calls `run(jobs)` would make (ledger hits excluded) and estimate tokens
         and cost, without calling anything. `expected_output_tokens` is the typical reply
         length for this stage (default 256); the maximum uses the gen config's token cap."""
-        ledger = None if self.refresh_cache else self._open_ledger()
+        # a dry run creates no file: only an existing ledger is consulted
+        exists = self.ledger_path is not None and self.ledger_path.exists()
+        ledger = self._open_ledger() if exists and not self.refresh_cache else None
         cached = 0
         input_tokens = 0
         calls = 0
@@ -313,7 +314,9 @@ class ServiceLLM:
                 await asyncio.gather(*tasks, return_exceptions=True)
                 raise
         except FatalError as err:
-            raise RunFailed(f"{self.spec.provider}/{self.spec.model}: {err} (finished work is kept in the ledger)") from err
+            raise RunFailed(
+                f"{self.spec.provider}/{self.spec.model}: {err} (finished work is kept in the ledger)"
+            ) from err
         finally:
             bar.close()
             await provider.aclose()

@@ -243,8 +243,11 @@ def resolve_spec(args: ServiceLLMArgs) -> ProviderSpec:
 
     if provider in ("anthropic", "gemini") or (provider == "openai" and base_url is None):
         if not api_key:
-            hint = " (or set service_llm_base_url for a keyless OpenAI-compatible server)" if provider == "openai" else ""
-            raise UsageError(f"provider {provider} needs an API key: set SERVICE_LLM_API_KEY or service_llm_api_key{hint}")
+            hint = (" (or set service_llm_base_url for a keyless OpenAI-compatible server)"
+                    if provider == "openai" else "")
+            raise UsageError(
+                f"provider {provider} needs an API key: set SERVICE_LLM_API_KEY or service_llm_api_key{hint}"
+            )
     if provider.endswith("-vertex"):
         missing = [n for n, v in (("GCP_PROJECT_ID / gcp_project_id", project),
                                   ("GCP_LOCATION / gcp_location", location)) if not v]
@@ -330,7 +333,8 @@ def _network_error(err: BaseException) -> Optional[TransientError]:
     module = type(err).__module__ or ""
     if isinstance(err, (asyncio.TimeoutError, TimeoutError)) or "Timeout" in name:
         return TransientError(f"timeout: {name}")
-    if isinstance(err, (ConnectionError, OSError)) or module.split(".")[0] in ("httpx", "httpx2", "httpcore", "aiohttp", "anyio"):
+    http_libraries = ("httpx", "httpx2", "httpcore", "aiohttp", "anyio")
+    if isinstance(err, (ConnectionError, OSError)) or module.split(".")[0] in http_libraries:
         return TransientError(f"connection error: {name}: {err}"[:300])
     return None
 
@@ -484,7 +488,10 @@ class GeminiProvider:
         meta = resp.usage_metadata
         in_tok = (meta.prompt_token_count if meta and meta.prompt_token_count is not None
                   else estimate_tokens("\n".join(m["content"] for m in messages)))
-        out_tok = ((meta.candidates_token_count or 0) + (meta.thoughts_token_count or 0)) if meta else estimate_tokens(text)
+        if meta:  # thinking tokens are billed as output
+            out_tok = (meta.candidates_token_count or 0) + (meta.thoughts_token_count or 0)
+        else:
+            out_tok = estimate_tokens(text)
         return RawCompletion(text, in_tok, out_tok, resp.model_version or self.spec.model, finish, latency)
 
     async def aclose(self) -> None:

@@ -412,7 +412,8 @@ class ProtocolServer:
                     kind = {429: "rate_limit_error", 401: "authentication_error"}.get(status, "api_error")
                     body = {"type": "error", "error": {"type": kind, "message": message}}
                 else:
-                    status_name = {401: "UNAUTHENTICATED", 429: "RESOURCE_EXHAUSTED", 500: "INTERNAL", 503: "UNAVAILABLE"}.get(status, "UNKNOWN")
+                    status_name = {401: "UNAUTHENTICATED", 429: "RESOURCE_EXHAUSTED", 500: "INTERNAL",
+                                   503: "UNAVAILABLE"}.get(status, "UNKNOWN")
                     body = {"error": {"code": status, "message": message, "status": status_name}}
                 self._send_json(status, body, headers)
 
