@@ -67,7 +67,7 @@ def write_rows(path: Path) -> None:
                 "model_id": "bench", "model_sha": "0"}) + "\n")
 
 
-def run_eval(url: str, data: Path, out: Path) -> tuple[float, int]:
+def run_eval(url: str, data: Path, out: Path) -> tuple[float, int, float]:
     argv = ["--service_llm_provider", "openai", "--service_model_name", "mock-judge",
             "--service_llm_api_key", "sk-bench", "--service_llm_base_url", url + "/v1",
             "--rate_limit_per_minute", str(RPM), "--eval_workers", str(WORKERS),
@@ -75,9 +75,9 @@ def run_eval(url: str, data: Path, out: Path) -> tuple[float, int]:
             "--prompt_tmpl_path", str(REPO / "config/prompts.toml"),
             "--pricing_path", str(REPO / "config/pricing.yaml"),
             "--avg_similarity_threshold", "0", "--avg_precision_threshold", "0"]
-    start = time.perf_counter()
+    start, mono = time.perf_counter(), time.monotonic()  # the server's times are CLOCK_MONOTONIC too
     code = main(argv)
-    return time.perf_counter() - start, code
+    return time.perf_counter() - start, code, mono
 
 
 def bench() -> None:
@@ -85,11 +85,11 @@ def bench() -> None:
         data = Path(tmp) / "responses.jsonl"
         write_rows(data)
         out = Path(tmp) / "eval"
-        wall, code = run_eval(url, data, out)
+        wall, code, t0 = run_eval(url, data, out)
         s1 = stats(url)
         times = s1["accepted_times"]
         judge_span = (max(times) - min(times)) if len(times) > 1 else 0.0
-        wall2, code2 = run_eval(url, data, out)
+        wall2, code2, _ = run_eval(url, data, out)
         s2 = stats(url)
         summary = json.loads((out / "summary.json").read_text())
     print(f"\n== evaluation throughput: {ROWS} rows x {REPEAT} repeats, {RPM} RPM, "
@@ -98,6 +98,11 @@ def bench() -> None:
     print(f"   requests {s1['accepted']} accepted, 429s {s1['rpm_rejections']} (target 0); "
           f"achieved while judging {60 * (len(times) - 1) / judge_span if judge_span else 0:.0f} RPM "
           f"/ {RPM} = {(len(times) - 1) / judge_span * 60 / RPM if judge_span else 0:.3f}")
+    if times:
+        before, after = min(times) - t0, t0 + wall - (max(times) + LATENCY_S)
+        print(f"   where the time went: {before:.1f} s before the first request (imports of the SDK, "
+              f"config, data), {judge_span + LATENCY_S:.1f} s judging (ideal {IDEAL_S - 60 / RPM + LATENCY_S:.1f} s), "
+              f"{after:.1f} s after the last reply (aggregation, dataset, report)")
     print(f"2. rerun with the same ledger: new calls {s2['total'] - s1['total']} (target 0), wall "
           f"{wall2:.1f} s = {wall2 / wall:.3f} x run 1; exit {code2}; "
           f"judgements {summary['judgements']}, failures {summary['failures']}")

@@ -313,3 +313,22 @@ def test_accelerate_configs_load_with_accelerate(repo_root: Path, name: str) -> 
     expected = {"multi_gpu": "MULTI_GPU", "fsdp": "FSDP", "deepspeed_zero3": "DEEPSPEED"}[name]
     assert str(cfg.distributed_type).endswith(expected)
     assert cfg.mixed_precision == "bf16" and cfg.num_processes == 8
+
+
+def test_resume_picks_the_last_complete_checkpoint(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from src.pipeline.finetune import resolve_resume
+
+    out = tmp_path / "run"
+    assert resolve_resume(SimpleNamespace(resume_from_checkpoint="auto"), out) is None  # nothing yet: fresh start
+    with pytest.raises(UsageError, match="no complete checkpoint"):
+        resolve_resume(SimpleNamespace(resume_from_checkpoint="latest"), out)
+    for step in (2, 10):
+        (out / f"checkpoint-{step}").mkdir(parents=True)
+        (out / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
+    (out / "checkpoint-12").mkdir()  # half-written when the process was killed
+    for value in ("latest", "true", "auto"):
+        assert resolve_resume(SimpleNamespace(resume_from_checkpoint=value), out) == str(out / "checkpoint-10")
+    with pytest.raises(UsageError, match="not a checkpoint"):
+        resolve_resume(SimpleNamespace(resume_from_checkpoint=str(out / "checkpoint-12")), out)

@@ -536,11 +536,11 @@ def run(args: DataGenArgs) -> int:
             rounds.append(stats)
             logger.info("round %d: kept %d pairs (total %d%s); dropped %s", round_no, len(round_kept),
                         len(kept), f"/{target}" if target else "", stats["dropped"] or "none")
-            if prep.llm.last_run.stopped_for_budget:
-                stop = STOP_BUDGET
-                break
             if target and len(kept) >= target:
                 stop = STOP_TARGET
+                break
+            if prep.llm.last_run.stopped_for_budget:
+                stop = STOP_BUDGET
                 break
             stop = STOP_ROUNDS if target else STOP_SINGLE
     finally:

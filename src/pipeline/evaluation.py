@@ -251,8 +251,11 @@ def judge_with_service(llm: Any, prompts: Sequence[str], repeat: int) -> JudgeOu
 
     jobs = [Job(p, sample_index=r) for p in prompts for r in range(repeat)]
     logger.info("judging %d rows x %d repeats with %s", len(prompts), repeat, llm.describe())
-    # Judging waits on the network; import the report's plotting library meanwhile.
-    threading.Thread(target=_import_matplotlib, daemon=True, name="warm-imports").start()
+    # Judging waits on the network; import the report's plotting library meanwhile (after a
+    # second, so the import does not hold the GIL while the first requests are being sent).
+    warm = threading.Timer(1.0, _import_matplotlib)
+    warm.daemon = True
+    warm.start()
     results = llm.run(jobs, parse=parse_judgement, desc="judging")
     logger.info("judging done")
     scores = [_to_repeat_score(res) for res in results]

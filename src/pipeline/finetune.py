@@ -242,11 +242,15 @@ def checkpoints(out_dir: Path) -> list[Path]:
 
 
 def resolve_resume(sft: Any, out_dir: Path) -> str | None:
-    """The checkpoint to resume from: `resume_from_checkpoint: latest` (or true) picks the last
-    complete one in output_dir; a path is used as given."""
+    """The checkpoint to resume from: `latest` (or `true`) picks the last complete one in
+    output_dir and fails without one; `auto` does the same but starts normally without one
+    (for reruns of an interrupted loop); a path is used as given."""
     value = sft.resume_from_checkpoint
     if value in (None, "", "false", "False", "no", "0"):
         return None
+    if str(value).lower() == "auto":  # resume when there is something to resume, else start normally
+        found = checkpoints(out_dir)
+        return str(found[-1]) if found else None
     if str(value).lower() in _LATEST:
         found = checkpoints(out_dir)
         if not found:
@@ -333,12 +337,12 @@ def run(script: Any, model_args: Any, sft: Any) -> int:
     push, sft.push_to_hub = bool(sft.push_to_hub), False  # pushing goes through src.hub, once, at the end
     check_push_possible(push, f"the fine-tuned model '{sft.hub_model_id}'")
 
-    base = resolve_base(model_args)
-    tokenizer = load_tokenizer(script, model_args, sft, base)
     data = load_mixed(mixer, script.dataset_splits, seed=sft.seed, want_eval=want_eval)
     if want_eval and data.eval is None:
         raise UsageError(f"eval_strategy={sft.eval_strategy} needs a test split in dataset_splits "
                          f"(got {script.dataset_splits}); or set eval_strategy: no")
+    base = resolve_base(model_args)  # may convert the embedded model once: after the cheap checks
+    tokenizer = load_tokenizer(script, model_args, sft, base)
     kwargs = sft.dataset_kwargs if isinstance(sft.dataset_kwargs, dict) else {}
     num_proc = script.preprocessing_num_workers or sft.dataset_num_proc
     # TRL refuses padding_free without packing while max_length is set, because it would not
@@ -440,25 +444,16 @@ _CARD_KEYS_SKIP = ("logging_dir", "hub_token", "push_to_hub_token", "deepspeed",
 
 
 def _card_config(config: dict) -> dict:
-    """The non-default-looking, user-facing part of the config (the full TrainingArguments dump
-    is 150+ keys)."""
+    """The keys that differ from TRL's defaults: the full TrainingArguments dump is 150+ keys,
+    which buries the few a reader of the model card needs."""
+    import dataclasses
+
     from trl import ModelConfig, SFTConfig
 
-    defaults = {}
-    for cls in (ModelConfig, SFTConfig):
-        import dataclasses
-
-        for f in dataclasses.fields(cls):
-            if f.default is not dataclasses.MISSING:
-                defaults[f.name] = f.default
-    keep = {}
-    for key, value in config.items():
-        if key in _CARD_KEYS_SKIP:
-            continue
-        if key in defaults and _same(defaults[key], value):
-            continue
-        keep[key] = value
-    return keep
+    defaults = {f.name: f.default for cls in (ModelConfig, SFTConfig) for f in dataclasses.fields(cls)
+                if f.default is not dataclasses.MISSING}
+    return {k: v for k, v in config.items()
+            if k not in _CARD_KEYS_SKIP and not (k in defaults and _same(defaults[k], v))}
 
 
 def _same(default: Any, value: Any) -> bool:

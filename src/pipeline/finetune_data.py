@@ -11,7 +11,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
-from datasets import Dataset, concatenate_datasets
+from datasets import Dataset, Features, Value, concatenate_datasets
 
 from src.chat_template import check_conversations
 from src.data import load_split
@@ -87,4 +87,11 @@ def load_mixed(mixer: Mapping[str, float], splits: Sequence[str], *, seed: int, 
 def _load_messages(ref: str, split: str) -> Dataset:
     ds = load_split(ref, split, required_columns=("messages",), what="training dataset")
     check_conversations(ds["messages"], f"training dataset '{ref}' split '{split}'")
-    return ds.select_columns(["messages"])
+    # Only role/content, as plain strings: datasets from different sources (extra keys such
+    # as `name`, other string types) must concatenate into one schema.
+    return ds.select_columns(["messages"]).map(
+        lambda row: {"messages": [{"role": str(m["role"]), "content": str(m["content"])} for m in row["messages"]]},
+        features=_MESSAGES, desc=f"Reading {ref}:{split}")
+
+
+_MESSAGES = Features({"messages": [{"role": Value("string"), "content": Value("string")}]})
