@@ -135,6 +135,10 @@ def save_output(
     Returns the local folder. A failed push raises `RunFailed` naming that folder.
     """
     out_dir = local_output_dir(output_id, push, output_root)
+    empty = [name for name, ds in splits.items() if len(ds) == 0]
+    if empty:  # datasets 5.2 cannot load_from_disk a folder holding an empty split
+        logger.warning("not writing empty split(s) %s to %s", ", ".join(empty), output_id)
+        splits = {name: ds for name, ds in splits.items() if len(ds)}
     appends = {s: bool(append.get(s, False)) if isinstance(append, Mapping) else bool(append) for s in splits}
     rows = _save_local(dict(splits), out_dir, appends)
     card = render_dataset_card(stage=stage, config=config, inputs=inputs or {}, rows=rows,

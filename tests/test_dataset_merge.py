@@ -98,3 +98,17 @@ def test_merge_missing_messages_column_exit_2(repo_root, datasets_dir):
                      str(datasets_dir / "bad.jsonl"), "--result-ds-id", str(datasets_dir / "m"))
     assert proc.returncode == 2
     assert "missing column(s) messages; present columns: prompt, response" in proc.stderr
+
+
+def test_optional_second_dataset_without_train_split(repo_root, datasets_dir):
+    """data_gen may keep no pair in a round (only a `rejected` split): with second_ds_optional
+    the merge carries on with the first dataset alone; without it, that is an error."""
+    synth = datasets_dir / "synth_empty"
+    write_jsonl(synth / "rejected.jsonl", [pair("bad", "x", reject_reason="invalid")])
+    base = ["--first-ds-id", str(datasets_dir / "first"), "--second-ds-id", str(synth),
+            "--result-ds-id", str(datasets_dir / "m")]
+    strict = run_merge(repo_root, *base)
+    assert strict.returncode == 2 and "has no split 'train_sft'" in strict.stderr
+    lenient = run_merge(repo_root, *base, "--second-ds-optional")
+    assert lenient.returncode == 0, lenient.stderr
+    assert len(load_from_disk(str(datasets_dir / "m"))["train_sft"]) == 6

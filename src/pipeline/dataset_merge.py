@@ -41,6 +41,9 @@ class MergeArgs:
     push_result_ds_to_hf_hub: bool = field(default=False, metadata={"help": "also push the result to the Hub"})
     result_ds_id: Optional[str] = field(
         default=None, metadata={"help": "result: a local folder (push off) or a Hub dataset repo id (push on)"})
+    second_ds_optional: bool = field(
+        default=False, metadata={"help": "treat a missing or empty second train split as no new rows (with a "
+                                         "warning) instead of an error: data_gen may keep 0 pairs in a round"})
     result_ds_train_split: str = field(default="train_sft", metadata={"help": "train split name of the result"})
     result_ds_test_split: str = field(default="test_sft", metadata={"help": "test split name of the result"})
     result_ds_train_append: bool = field(default=False, metadata={"help": "append to the result's train split"})
@@ -115,10 +118,21 @@ def _load(ref: str, split: str, what: str) -> Dataset:
     return load_split(ref, split, required_columns=("messages",), what=what)
 
 
+def _load_second(args: MergeArgs) -> Dataset:
+    """The second train split, or an empty one when it may be absent (`second_ds_optional`)."""
+    try:
+        return _load(args.second_ds_id, args.second_ds_train_split, "second dataset")
+    except UsageError as err:
+        if not args.second_ds_optional or "missing column" in str(err):
+            raise
+        logger.warning("second dataset has no usable train rows (%s); merging the first dataset alone", err)
+        return Dataset.from_dict({"messages": []})
+
+
 def main(args: MergeArgs) -> int:
     validate(args)
     first_train = _load(args.first_ds_id, args.first_ds_train_split, "first dataset")
-    second_train = _load(args.second_ds_id, args.second_ds_train_split, "second dataset")
+    second_train = _load_second(args)
     test_sources = [(args.first_ds_id, args.first_ds_test_split, "first dataset")] if args.first_ds_test_split else []
     if args.second_ds_test_split:
         test_sources.append((args.second_ds_id, args.second_ds_test_split, "second dataset"))
