@@ -20,8 +20,9 @@
 #   PYTHON           .venv/bin/python if present, else python3
 # Relative paths are relative to the repository root (the script cd's there).
 #
-# Resume: a stage that exits 0 (or 3, for evaluation) leaves <OUT>/round_<k>/<stage>.done;
-# a rerun with the same OUT skips it and reuses its recorded exit code. An interrupted stage
+# Resume: a stage that exits 0 (or 3, for evaluation) leaves <OUT>/round_<k>/<stage>.done
+# (exit code, seconds, config hash); a rerun with the same OUT skips it and reuses its
+# recorded exit code, with a warning if its config file changed since. An interrupted stage
 # has no .done and runs again; the stages resume their own partial work where they can.
 # <OUT>/loop.log records every start / done / skip / failure, one line each.
 #
@@ -99,9 +100,15 @@ run_stage() {  # run_stage ROUND STAGE SCRIPT CONFIG [CLI overrides...]; sets ST
   local dir="$OUT/round_$ROUND"
   local marker="$dir/$STAGE.done"
   mkdir -p "$dir"
+  local config_sha
+  config_sha="$(sha256sum "$config" | cut -c1-16)"
   if [[ -f "$marker" ]]; then
     STAGE_RC="$(head -n1 "$marker")"
     log "$ROUND" "$STAGE" event=skip rc="$STAGE_RC"
+    if [[ "$(sed -n 3p "$marker")" != "$config_sha" ]]; then
+      echo "warning: $config changed since round $ROUND's $STAGE ran; its old result is reused." \
+        "Delete $marker (or use a new OUT) to run it again." >&2
+    fi
     return 0
   fi
   log "$ROUND" "$STAGE" event=start cmd="\"$script --from-config $config $*\""
@@ -113,7 +120,7 @@ run_stage() {  # run_stage ROUND STAGE SCRIPT CONFIG [CLI overrides...]; sets ST
   local secs=$((SECONDS - started))
   if [[ $rc -eq 0 || ( $rc -eq 3 && "$STAGE" == evaluation ) ]]; then
     # Written last and atomically: a .done always means the stage really finished.
-    printf '%s\n%s\n' "$rc" "$secs" >"$marker.tmp" && mv "$marker.tmp" "$marker"
+    printf '%s\n%s\n%s\n' "$rc" "$secs" "$config_sha" >"$marker.tmp" && mv "$marker.tmp" "$marker"
     log "$ROUND" "$STAGE" event=done rc="$rc" seconds="$secs"
     STAGE_RC=$rc
     return 0

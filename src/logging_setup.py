@@ -10,6 +10,6 @@ def setup_logging(level: str | int | None = None) -> None:
     """INFO by default (`LLAMADUO_LOG_LEVEL` overrides); quiet the noisy libraries."""
     level = level or os.environ.get("LLAMADUO_LOG_LEVEL", "INFO")
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    for noisy in ("httpx", "httpcore", "urllib3", "filelock", "fsspec", "datasets", "huggingface_hub"):
+    for noisy in ("httpx", "httpx2", "httpcore", "urllib3", "filelock", "fsspec", "datasets", "huggingface_hub"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", category=FutureWarning)

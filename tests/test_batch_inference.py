@@ -112,7 +112,6 @@ def test_adapter_without_findable_base(tiny_adapter, test_split, tmp_path, no_mo
 
 
 def test_vllm_backend_missing_is_a_usage_error(tiny_model_dir, test_split, tmp_path, no_model_load):
-    pytest.importorskip("torch")
     try:
         import vllm  # noqa: F401
         pytest.skip("vllm is installed here")

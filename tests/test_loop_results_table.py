@@ -1,0 +1,64 @@
+"""scripts/results_table.py: the loop's table is rebuilt from the round folders' real files
+(evaluation summary.json, finetune_summary.json, the loop's train_data.json and .done files)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "scripts" / "results_table.py"
+
+
+def _summary(sim: float, prec: float, cov_sim: float, cov_prec: float, qualified: bool) -> dict:
+    return {"mean_similarity": sim, "mean_precision": prec, "coverage_similarity": cov_sim,
+            "coverage_precision": cov_prec, "coverage_threshold": 50, "qualified": qualified}
+
+
+def _write(path: Path, data: dict | str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(data if isinstance(data, str) else json.dumps(data))
+
+
+def test_table_from_round_folders(tmp_path):
+    out = tmp_path / "out"
+    _write(out / "round_0" / "eval" / "summary.json", _summary(61.04, 20.5, 0.6, 0.0, False))
+    _write(out / "round_0" / "batch_inference.done", "0\n40\nabc\n")
+    _write(out / "round_0" / "evaluation.done", "3\n12\nabc\n")
+    # round 1: rows from finetune's own report
+    _write(out / "round_1" / "eval" / "summary.json", _summary(74.0, 55.25, 0.9, 0.55, False))
+    _write(out / "round_1" / "model" / "finetune_summary.json", {"train_rows": 141})
+    _write(out / "round_1" / "train_data.json", {"dataset_mixer": {"data/demo": 1.0}})
+    _write(out / "round_1" / "finetune.done", "0\n200\nabc\n")
+    # round 10 sorts after round 1 numerically; rows counted from the mixer (half of 141)
+    _write(out / "round_10" / "train_data.json",
+           {"dataset_mixer": {str(REPO / "data" / "demo"): 0.5}, "dataset_splits": ["train_sft", "test_sft"]})
+    _write(out / "round_10" / "eval" / "summary.json", _summary(88.0, 71.0, 1.0, 0.8, True))
+
+    proc = subprocess.run([sys.executable, str(SCRIPT), str(out), "--write", str(out / "results.md")],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("| ")]
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines]
+    assert cells[0] == ["round", "train rows", "mean similarity", "mean precision", "coverage (sim / prec)",
+                        "qualified", "stage time (s)"]
+    assert cells[1] == ["0 (base)", "0", "61.0", "20.5", "60% / 0%", "no", "52"]
+    assert cells[2] == ["1", "141", "74.0", "55.2", "90% / 55%", "no", "200"]
+    assert cells[3] == ["10", "70", "88.0", "71.0", "100% / 80%", "yes", "0"]
+    assert "at or above 50" in proc.stdout
+    written = (out / "results.md").read_text()
+    assert written.startswith("# LlamaDuo loop results") and "| 10 " in written
+
+
+def test_unfinished_round_shows_dashes_and_missing_folder_is_usage_error(tmp_path):
+    out = tmp_path / "out"
+    (out / "round_0").mkdir(parents=True)
+    proc = subprocess.run([sys.executable, str(SCRIPT), str(out)], cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0
+    row = [line for line in proc.stdout.splitlines() if line.startswith("| 0")][0]
+    assert [c.strip() for c in row.strip("|").split("|")][2:6] == ["-", "-", "- / -", "-"]
+    bad = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path / "nope")], cwd=REPO,
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "is not a folder" in bad.stderr
