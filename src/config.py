@@ -39,7 +39,9 @@ from src.errors import UsageError
 
 logger = logging.getLogger("llamaduo.config")
 
-_SECRET_NAME = re.compile(r"(api_key|token|secret|password)", re.IGNORECASE)
+# Credential-like names: `hub_token`, `service_llm_api_key`... but not `max_new_tokens` or
+# `average_tokens_across_devices`.
+_SECRET_NAME = re.compile(r"(api_key|(^|_)token$|secret|password)", re.IGNORECASE)
 MASK = "***"
 _META_DESTS = ("from_config", "print_config")
 
@@ -189,8 +191,16 @@ def _add_negative_bool_flags(parser: argparse.ArgumentParser) -> None:
                                 help=f"set {action.dest} to false")
 
 
+def _base_type(fn: Any) -> Any:
+    """TRL wraps the converter of `X | None` fields in `_accept_none(X)`; look through it."""
+    while getattr(fn, "__closure__", None) and getattr(fn, "__qualname__", "").startswith("_accept_none"):
+        fn = next(c.cell_contents for c in fn.__closure__ if callable(c.cell_contents))
+    return fn
+
+
 def _is_bool_type(fn: Any) -> bool:
     """HfArgumentParser's converter; TRL ships its own copy of it, so compare by name."""
+    fn = _base_type(fn)
     return fn is string_to_bool or getattr(fn, "__name__", "") == "string_to_bool"
 
 
@@ -210,7 +220,7 @@ _parse_mapping.__name__ = "mapping"  # argparse names the type in its error mess
 
 def _use_json_for_dict_fields(parser: argparse.ArgumentParser) -> None:
     for action in parser._actions:
-        if action.type is dict:
+        if _base_type(action.type) is dict:
             action.type = _parse_mapping
 
 
@@ -312,7 +322,7 @@ def _raise_unknown_flags(unknown: list[str], parser: argparse.ArgumentParser) ->
 
 
 def _type_name(action: argparse.Action) -> str:
-    t = action.type
+    t = _base_type(action.type)
     if _is_bool_type(t) or isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
         return "a boolean (true/false)"
     if t is _parse_mapping:
@@ -334,7 +344,7 @@ def _check_yaml_value(key: str, value: Any, parser: argparse.ArgumentParser) -> 
 
 
 def _check_scalar(key: str, value: Any, action: argparse.Action) -> Any:
-    t = action.type
+    t = _base_type(action.type)
     ok: bool
     if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)) or _is_bool_type(t):
         ok = isinstance(value, bool)

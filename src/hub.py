@@ -129,10 +129,13 @@ def save_output(
     inputs: Mapping[str, Any] | None = None,
     output_root: str = "outputs",
     private: bool | None = None,
+    local_only: bool = False,
 ) -> Path:
     """Write the splits locally (append or overwrite per split), then push when asked.
 
-    Returns the local folder. A failed push raises `RunFailed` naming that folder.
+    `local_only` keeps the push-mode local folder but skips the push (e.g. a failed
+    evaluation, kept for inspection next to its reports). Returns the local folder. A failed
+    push raises `RunFailed` naming that folder.
     """
     out_dir = local_output_dir(output_id, push, output_root)
     empty = [name for name, ds in splits.items() if len(ds) == 0]
@@ -145,7 +148,7 @@ def save_output(
                                appended=appends, split_names=sorted(rows))
     (out_dir / "README.md").write_text(card)
     logger.info("wrote %s to %s", ", ".join(f"{s}: {n} rows" for s, n in rows.items()), out_dir)
-    if push:
+    if push and not local_only:
         try:
             push_splits(dict(splits), output_id, appends=appends, stage=stage, config=config,
                         inputs=inputs or {}, private=private)

@@ -143,3 +143,28 @@ def test_optional_bool_and_trl_parser():
         argv=["--model-name-or-path", "m", "--output-dir", "/tmp/o", "--max-seq-length", "64", "--use-cpu",
               "--no-bf16", "--lora-target-modules", "q_proj", "v_proj"])
     assert (model.lora_target_modules, sft.max_length, sft.bf16, sft.use_cpu) == (["q_proj", "v_proj"], 64, False, True)
+
+
+def test_trl_optional_fields_type_check_from_yaml(tmp_path):
+    """TRL wraps `X | None` converters (`_accept_none`); YAML values must still type-check."""
+    from trl import ModelConfig, SFTConfig, TrlParser
+
+    path = write(tmp_path, "max_length: 256\nmodel_name_or_path: m\noutput_dir: /tmp/o\nuse_cpu: true\n"
+                           "bf16: false\nlora_r: 8\n")
+    model, sft = parse_config(ModelConfig, SFTConfig, parser_cls=TrlParser, argv=["--from-config", path])
+    assert (sft.max_length, model.lora_r) == (256, 8)
+    with pytest.raises(UsageError, match="'max_length' expects an integer"):
+        parse_config(ModelConfig, SFTConfig, parser_cls=TrlParser,
+                     argv=["--from-config", write(tmp_path, "max_length: long\noutput_dir: /tmp/o\n")])
+
+
+def test_secret_masking_is_not_too_broad():
+    from src.config import config_to_dict
+
+    @dataclass
+    class S:
+        hub_token: Optional[str] = "hf_x"
+        max_new_tokens: int = 5
+        average_tokens_across_devices: bool = True
+
+    assert config_to_dict(S()) == {"hub_token": "***", "max_new_tokens": 5, "average_tokens_across_devices": True}

@@ -297,5 +297,6 @@ def test_push_sends_the_scored_split_and_keeps_a_local_copy(fresh, repo_root, tm
         with pytest.raises(RunFailed):
             main(argv)
         assert "me/eval_bad" not in api.repos and (root / "me/eval_bad" / "summary.json").is_file()
+        assert (root / "me/eval_bad" / "dataset_dict.json").is_file()  # data beside its reports
     finally:
         hub.set_api(None)

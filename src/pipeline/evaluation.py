@@ -433,7 +433,7 @@ def run(args: EvaluationArgs) -> int:
     write_reports(out_dir, summary, out_ds, rows, thresholds)
     # A failed evaluation is kept locally for inspection but never pushed.
     save_output({args.eval_ds_split: out_ds}, args.eval_ds_id,
-                push=args.push_eval_to_hf_hub and not failed, append=args.eval_ds_append,
+                push=args.push_eval_to_hf_hub, local_only=failed, append=args.eval_ds_append,
                 stage="evaluation", config=config_to_dict(args),
                 inputs={"lm_response_ds_id": args.lm_response_ds_id,
                         "lm_response_ds_split": args.lm_response_ds_split,
