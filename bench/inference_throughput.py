@@ -11,7 +11,7 @@ Prints generated tokens/s for both (tokens up to the stop token, counted the sam
 ratio (target >= 6x on 2 CPU cores), how many answers are identical, and peak RSS. With a CUDA
 GPU and vLLM installed, --vllm adds the vLLM backend against the hf backend.
 
-  python bench/inference_throughput.py [--prompts 64] [--max-new-tokens 64] [--batch-size 32]
+  python bench/inference_throughput.py [--prompts 64] [--max-new-tokens 64] [--batch-size 64]
 """
 from __future__ import annotations
 
@@ -103,7 +103,7 @@ def main() -> None:
     ap.add_argument("--model", default=EMBEDDED_MODEL)
     ap.add_argument("--prompts", type=int, default=64)
     ap.add_argument("--max-new-tokens", type=int, default=64)
-    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--vllm", action="store_true", help="also time the vLLM backend (CUDA GPU + vllm)")
     args = ap.parse_args()
 

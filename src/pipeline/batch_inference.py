@@ -239,6 +239,5 @@ def assemble(records: Sequence[PromptRecord], done: dict[tuple[int, int], dict[s
 
 
 def _card_config(cfg: BatchInferenceConfig) -> dict[str, Any]:
-    """The config for the dataset card. This stage has no secret fields; the generic name-based
-    masking would hide `max_new_tokens` (its name contains "token"), so it is not applied."""
-    return config_to_dict(cfg, mask_secrets=False)
+    """The config for the dataset card, credentials masked (none today, but masking is cheap)."""
+    return config_to_dict(cfg)
