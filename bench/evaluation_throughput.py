@@ -16,45 +16,20 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from tests.servers.process import server_process as protocol_server, server_stats as stats  # noqa: E402
 from src.pipeline.evaluation import main  # noqa: E402
 
 ROWS, REPEAT, RPM, LATENCY_S, WORKERS = 200, 3, 600, 1.0, 16
 IDEAL_S = ROWS * REPEAT / RPM * 60
-
-
-@contextmanager
-def protocol_server() -> Iterator[str]:
-    """The protocol server as a subprocess (its own GIL, like a real remote API)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        port_file = Path(tmp) / "port"
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.servers.protocol_server", "--port", "0", "--port-file",
-             str(port_file), "--latency", str(LATENCY_S), "--rpm", str(RPM)],
-            cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)), stdout=subprocess.PIPE, text=True)
-        try:
-            proc.stdout.readline()  # "listening on ..."
-            yield f"http://127.0.0.1:{port_file.read_text().strip()}"
-        finally:
-            proc.kill()
-            proc.wait()
-
-
-def stats(url: str) -> dict:
-    with urllib.request.urlopen(url + "/_stats?detail=1", timeout=30) as resp:
-        return json.load(resp)
 
 
 def write_rows(path: Path) -> None:
@@ -81,7 +56,7 @@ def run_eval(url: str, data: Path, out: Path) -> tuple[float, int, float]:
 
 
 def bench() -> None:
-    with tempfile.TemporaryDirectory() as tmp, protocol_server() as url:
+    with tempfile.TemporaryDirectory() as tmp, protocol_server("--latency", str(LATENCY_S), "--rpm", str(RPM)) as url:
         data = Path(tmp) / "responses.jsonl"
         write_rows(data)
         out = Path(tmp) / "eval"

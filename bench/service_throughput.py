@@ -18,46 +18,25 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from tests.servers.process import server_process, server_stats as stats  # noqa: E402
 from src.service_llm import Job, ServiceLLM, ServiceLLMArgs  # noqa: E402
 
 LATENCY_S = 1.0
 
 
-@contextmanager
-def protocol_server(*extra: str) -> Iterator[str]:
-    """The protocol server as a subprocess (its own GIL), yielding its URL."""
-    with tempfile.TemporaryDirectory() as tmp:
-        port_file = Path(tmp) / "port"
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.servers.protocol_server", "--port", "0", "--port-file", str(port_file),
-             "--latency", str(LATENCY_S), *extra],
-            cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)), stdout=subprocess.PIPE, text=True)
-        try:
-            proc.stdout.readline()  # "listening on ..."
-            yield f"http://127.0.0.1:{port_file.read_text().strip()}"
-        finally:
-            proc.kill()
-            proc.wait()
-
-
-def stats(url: str) -> dict:
-    with urllib.request.urlopen(url + "/_stats?detail=1", timeout=30) as resp:
-        return json.load(resp)
+def protocol_server(*extra: str):
+    """The protocol server as a subprocess with the fixed 1 s latency, yielding its URL."""
+    return server_process("--latency", str(LATENCY_S), *extra)
 
 
 def make_llm(url: str, workers: int, rpm: int, ledger: Path | None) -> ServiceLLM:

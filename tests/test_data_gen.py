@@ -18,6 +18,7 @@ from src.errors import EXIT_USAGE, LlamaDuoError, RunFailed, UsageError
 from src.pipeline import data_gen
 from src.pipeline.data_gen import SeedSampler, canonical_synth_columns
 from src.quality import jaccard, shingle_hashes
+from tests.servers.process import server_process, server_stats
 from tests.servers.protocol_server import SYNTH_PAIRS_PER_REPLY, ProtocolServer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -292,13 +293,7 @@ def test_script_subprocess_with_planted_paraphrases(tmp_path):
     """As a user runs it: the server and data_gen.py as real processes, plants from a file."""
     plants = tmp_path / "plants.jsonl"
     write_jsonl(plants, PLANTS[:2])
-    port_file = tmp_path / "port"
-    srv = subprocess.Popen([sys.executable, "-m", "tests.servers.protocol_server", "--port", "0",
-                            "--port-file", str(port_file), "--synth-extra-file", str(plants)],
-                           cwd=REPO, stdout=subprocess.PIPE, text=True)
-    try:
-        assert "listening" in srv.stdout.readline()
-        url = f"http://127.0.0.1:{port_file.read_text().strip()}"
+    with server_process("--synth-extra-file", str(plants)) as url:
         out = tmp_path / "synth"
         cmd = [sys.executable, "data_gen.py", "--from-config", "config/synth_data_gen.yaml",
                "--service_llm_provider", "openai", "--service_llm_base_url", url + "/v1",
@@ -310,13 +305,9 @@ def test_script_subprocess_with_planted_paraphrases(tmp_path):
         cmd[cmd.index("--target_num_pairs") + 1] = "6"
         proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
         assert proc.returncode == 0, proc.stderr[-2000:]
-        with __import__("urllib.request").request.urlopen(url + "/_stats") as resp:
-            assert json.load(resp)["total"] == 3
+        assert server_stats(url)["total"] == 3
         s = summary(out)
         assert s["dropped_by_reason"] == {"test_contamination": 6} and s["kept"] == 9
-    finally:
-        srv.terminate()
-        srv.wait(timeout=10)
 
 
 def test_push_with_append_to_the_fake_hub(server, tmp_path):

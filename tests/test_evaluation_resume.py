@@ -5,16 +5,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import signal
 import sqlite3
 import subprocess
 import sys
-import time
 
 from datasets import load_from_disk
 
 from src.errors import EXIT_NOT_QUALIFIED
 from src.pipeline.evaluation import main
+from tests.servers.process import kill_when_accepted
 from tests.servers.protocol_server import ProtocolServer
 from tests.test_evaluation import base_argv, write_responses
 
@@ -38,13 +37,7 @@ def test_killed_run_resumes_without_repeating_finished_calls(tmp_path, repo_root
                *base_argv(server, repo_root, data, out, "--eval_repeat", str(REPEAT), "--eval_workers", "2",
                           "--avg_similarity_threshold", "60", "--avg_precision_threshold", "60")]
         proc = subprocess.Popen(cmd, cwd=repo_root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 180
-        while server.stats()["accepted"] < 20:
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "evaluation.py never got going"
-            time.sleep(0.01)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
+        kill_when_accepted(proc, lambda: server.stats()["accepted"], 20, 180, "evaluation.py")
         assert not (out / "summary.json").exists()
 
         ledger = out / "service_llm_ledger.sqlite"  # the default: inside the output folder

@@ -26,6 +26,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.servers.process import server_process
+
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "llamaduo.sh"
 DEMO = REPO / "data" / "demo"
@@ -37,16 +39,8 @@ LOOP_TIMEOUT_S = 1500  # generous (a loaded 2-core machine is slow), but a hang 
 @pytest.fixture(scope="module")
 def server_url(tmp_path_factory: pytest.TempPathFactory):
     """The local protocol server as a real process; yields its base URL."""
-    port_file = tmp_path_factory.mktemp("server") / "port"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.servers.protocol_server", "--port", "0", "--port-file", str(port_file)],
-        cwd=REPO, stdout=subprocess.PIPE, text=True)
-    try:
-        assert "listening" in proc.stdout.readline()
-        yield f"http://127.0.0.1:{port_file.read_text().strip()}"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+    with server_process() as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

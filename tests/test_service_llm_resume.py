@@ -9,10 +9,10 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 
 import pytest
 
+from tests.servers.process import kill_when_accepted
 from tests.servers.protocol_server import ProtocolServer
 
 N_JOBS = 60
@@ -36,13 +36,7 @@ def test_kill_9_then_rerun_repeats_no_finished_request(tmp_path, repo_root):
     with ProtocolServer(latency=0.1) as server:
         proc = subprocess.Popen(client_cmd(server, ledger), cwd=repo_root, env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 120
-        while server.stats()["accepted"] < 15:
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "the client never got going"
-            time.sleep(0.01)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
+        kill_when_accepted(proc, lambda: server.stats()["accepted"], 15, 120, "the client")
         assert proc.returncode == -signal.SIGKILL
 
         with sqlite3.connect(ledger) as db:  # what the killed run had finished
