@@ -215,7 +215,7 @@ def test_lora_run_saves_adapter_template_generation_config_and_merged_model(
         assert _finetune(_argv(tiny_model_dir, sft_data, out, "--max-steps", "2", "--merge-adapter",
                                "--chat-template", CUSTOM_CHATML, "--eval-strategy", "steps", "--eval-steps", "2",
                                "--lora-target-modules", "q_proj", "--save-strategy", "steps", "--save-steps", "1",
-                               "--push-to-hub", "--hub-model-id", "me/tiny-lora")) == 0
+                               "--push-to-hub", "--hub-model-id", "me/tiny-lora", "--padding-free")) == 0
     finally:
         hub.set_api(None)
     pushed = fake.repos["me/tiny-lora"]
@@ -227,6 +227,8 @@ def test_lora_run_saves_adapter_template_generation_config_and_merged_model(
     adapter_cfg = json.loads((out / "adapter_config.json").read_text())
     assert adapter_cfg["base_model_name_or_path"] == str(tiny_model_dir.resolve())
     assert adapter_cfg["target_modules"] == ["q_proj"]
+    # Trained with the CPU fast path's attention (padding-free), saved with a config any loader knows.
+    assert "sdpa_varlen" not in (out / "merged" / "config.json").read_text()
     assert (out / "adapter_model.safetensors").is_file()
 
     base_tok = AutoTokenizer.from_pretrained(str(tiny_model_dir))
@@ -241,6 +243,7 @@ def test_lora_run_saves_adapter_template_generation_config_and_merged_model(
 
     summary = json.loads((out / "finetune_summary.json").read_text())
     assert summary["global_step"] == 2 and summary["train_rows"] == 8 and summary["eval_rows"] == 4
+    assert summary["attn_implementation"] == "sdpa_varlen"  # padding-free on a CPU: per-conversation attention
     assert "eval_loss" in summary["metrics"]
     card = (out / "README.md").read_text()
     assert str(sft_data) in card and f"base_model: {tiny_model_dir}" in card and "lora_r: 4" in card

@@ -21,8 +21,9 @@ MERGED_DIR = "merged"
 _REGEX_CHARS = re.compile(r"[\\^$*+?()\[\]{}|]")
 
 
-def load_base_model(path: str, model_args: Any, *, on_cuda: bool) -> Any:
-    """Load the base model as configured (dtype, attention, 4/8-bit on CUDA)."""
+def load_base_model(path: str, model_args: Any, *, on_cuda: bool, attn_implementation: str | None = None) -> Any:
+    """Load the base model as configured (dtype, attention, 4/8-bit on CUDA); `attn_implementation`
+    overrides the configured attention without changing the config that is saved with the run."""
     import torch
     from transformers import AutoModelForCausalLM
     from trl import get_quantization_config
@@ -30,8 +31,8 @@ def load_base_model(path: str, model_args: Any, *, on_cuda: bool) -> Any:
     dtype = model_args.dtype if model_args.dtype in ("auto", None) else getattr(torch, model_args.dtype)
     kwargs: dict[str, Any] = {"revision": model_args.model_revision, "dtype": dtype,
                               "trust_remote_code": bool(getattr(model_args, "trust_remote_code", False))}
-    if model_args.attn_implementation:
-        kwargs["attn_implementation"] = model_args.attn_implementation
+    if attn_implementation or model_args.attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation or model_args.attn_implementation
     quant = get_quantization_config(model_args) if on_cuda else None
     if quant is not None:
         kwargs["quantization_config"] = quant

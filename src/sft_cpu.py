@@ -1,0 +1,172 @@
+"""CPU fast path for TRL's SFT step: score only labelled tokens, with a plain log-softmax head,
+and attend within each conversation of a padding-free batch.
+
+WHY this exists: TRL 1.16 is tuned for GPUs. `torch.profiler` on a LoRA step of SmolLM2-135M
+(batch 8 demo conversations, 2 AVX2 cores) showed three CPU-only wastes:
+
+1. TRL's fused LM head scores *every* position, prompt and padding included, on devices without
+   Triton (it keeps tile shapes fixed for compilers such as Neuron's; eager CPU has no such
+   concern). Only ~47 % of the demo tokens carry a label.
+2. Its torch fallback makes about ten elementwise passes over each [tokens, 32k-vocab] tile; one
+   `log_softmax` over the labelled rows does the same job 1.9-2.3x faster, and those rows'
+   logits fit in memory (chunked by `ROWS_PER_CHUNK` so they stay bounded).
+3. A padding-free batch is one long row; SDPA then attends over the whole row through a
+   block-diagonal mask, O(L^2) over all conversations together. Running SDPA per conversation
+   is O(sum of l_i^2), which is what padding-free is for.
+
+No library does these on a CPU: Liger-Kernel and Cut Cross-Entropy are Triton-only, and
+flash-attn's and torch's own varlen attention (`torch.nn.attention.varlen`) have no CPU kernel
+in torch 2.13. The attention goes through transformers' documented `AttentionInterface`
+extension point; the head replaces two private names of `trl.trainer.utils` (TRL is pinned in
+requirements.txt, and `enable_fast_lm_head` leaves TRL alone, with a warning, if they move).
+Only `finetune.py` (and its benchmark) turn this on.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+logger = logging.getLogger("llamaduo.sft_cpu")
+
+VARLEN_ATTENTION = "sdpa_varlen"
+ROWS_PER_CHUNK = 1024  # labelled tokens whose [rows, vocab] logits are live at once (~200 MB at 49k vocab)
+
+
+# --------------------------------------------------------------------------- attention
+
+
+def varlen_sdpa_attention(module: Any, query: Any, key: Any, value: Any, attention_mask: Any,
+                          dropout: float = 0.0, scaling: float | None = None, is_causal: bool | None = None,
+                          **kwargs: Any) -> tuple[Any, None]:
+    """SDPA run once per conversation of a padding-free row; anything else goes to plain SDPA.
+
+    A padding-free row holds several conversations, each restarting `position_ids` at 0; causal
+    attention inside each one is exactly what transformers' block-diagonal mask computes, without
+    the cross-conversation blocks (tests/test_sft_cpu.py checks outputs and gradients are equal).
+    """
+    import torch
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    bounds = _conversation_bounds(kwargs.get("position_ids"), query, key)
+    if bounds is None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
+                                      scaling=scaling, is_causal=is_causal, **kwargs)
+    gqa = query.shape[1] != key.shape[1]
+    p = dropout if module.training else 0.0
+    parts = [torch.nn.functional.scaled_dot_product_attention(
+        query[:, :, s:e], key[:, :, s:e], value[:, :, s:e], dropout_p=p, is_causal=True, scale=scaling,
+        enable_gqa=gqa) for s, e in zip(bounds[:-1], bounds[1:])]
+    return torch.cat(parts, dim=2).transpose(1, 2).contiguous(), None
+
+
+def _conversation_bounds(position_ids: Any, query: Any, key: Any) -> list[int] | None:
+    """Start offsets of the conversations in a one-row training batch (plus its end), or None
+    when the batch is not a padding-free row of several conversations (padded batches, decoding)."""
+    if position_ids is None or query.shape[0] != 1 or query.shape[2] != key.shape[2] or query.shape[2] < 2:
+        return None
+    starts = (position_ids[0] == 0).nonzero().flatten().tolist()
+    if len(starts) < 2 or starts[0] != 0:
+        return None
+    return starts + [query.shape[2]]
+
+
+def register_varlen_attention() -> str:
+    """Make `attn_implementation="sdpa_varlen"` loadable (idempotent); returns its name."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(VARLEN_ATTENTION, varlen_sdpa_attention)
+    # Padded batches (evaluation, generation) still need SDPA's ordinary masks.
+    AttentionMaskInterface.register(VARLEN_ATTENTION, sdpa_mask)
+    return VARLEN_ATTENTION
+
+
+# --------------------------------------------------------------------------- LM head and loss
+
+
+def plain_logprobs(hidden: Any, weight: Any, bias: Any, targets: Any, temperature: float, chunk_size: int,
+                   final_logit_softcapping: float | None = None, logit_scale: float = 1.0,
+                   outputs: tuple[str, ...] = ("log_probs",)) -> tuple:
+    """Same inputs and outputs as TRL's `ChunkedLogProbFunction.apply`, done with ordinary autograd.
+
+    Returns (log_probs, entropy, log_sum_sq_probs, mean_logits, is_top1); fields not in `outputs`
+    are None. Only log_probs carries a gradient: SFT uses the others as detached metrics, and
+    `enable_fast_lm_head` is only called by finetune.py. `chunk_size` (TRL's vocabulary tile) is
+    unused: the logits of `ROWS_PER_CHUNK` rows are built whole.
+    """
+    import torch
+
+    pieces = [_logprob_rows(hidden[s:s + ROWS_PER_CHUNK], weight, bias, targets[s:s + ROWS_PER_CHUNK],
+                            temperature, final_logit_softcapping, logit_scale, outputs)
+              for s in range(0, max(1, hidden.shape[0]), ROWS_PER_CHUNK)]
+    return tuple(None if piece[0] is None else torch.cat(piece) for piece in zip(*pieces))
+
+
+def _logprob_rows(hidden: Any, weight: Any, bias: Any, targets: Any, temperature: float,
+                  softcap: float | None, logit_scale: float, outputs: tuple[str, ...]) -> tuple:
+    import torch
+
+    z = torch.nn.functional.linear(hidden, weight, bias).float()
+    if logit_scale != 1.0:
+        z = z * logit_scale
+    if softcap is not None:
+        z = softcap * torch.tanh(z / softcap)
+    if temperature != 1.0:
+        z = z / temperature
+    log_p = torch.log_softmax(z, dim=-1)
+    log_probs = log_p.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    with torch.no_grad():
+        entropy = -(log_p.exp() * log_p).sum(-1) if "entropy" in outputs else None
+        log_sum_sq = torch.logsumexp(2 * log_p, dim=-1) if "log_sum_sq_probs" in outputs else None
+        mean_logits = z.mean(-1) if "mean_logits" in outputs else None
+        is_top1 = z.argmax(-1) == targets if "is_top1" in outputs else None  # first maximum, like TRL
+    return log_probs, entropy, log_sum_sq, mean_logits, is_top1
+
+
+class _LogProbDispatch:
+    """Stands in for TRL's `ChunkedLogProbFunction` inside trl.trainer.utils: CPU tensors take
+    `plain_logprobs`, every other device keeps TRL's kernel."""
+
+    def __init__(self, original: Any) -> None:
+        self.original = original
+
+    def apply(self, hidden: Any, *args: Any) -> tuple:
+        if hidden.device.type == "cpu":
+            return plain_logprobs(hidden, *args)
+        return self.original.apply(hidden, *args)
+
+
+def enable_fast_lm_head() -> bool:
+    """Patch TRL's fused LM head for CPU (idempotent). Returns False, with a warning, when this
+    TRL no longer has the two names patched, so an upgrade degrades to TRL's own speed, not a crash."""
+    from trl.trainer import utils as trl_utils
+
+    use_triton = getattr(trl_utils, "_use_triton", None)
+    function = getattr(trl_utils, "_ChunkedLogProbFunction", None)
+    if use_triton is None or function is None or not hasattr(function, "apply"):
+        logger.warning("this TRL version's fused LM head is not the one the CPU fast path knows; "
+                       "training at TRL's own speed")
+        return False
+    if getattr(use_triton, "_llamaduo", False):
+        return True
+
+    def score_labelled_only(device: Any) -> bool:
+        # TRL reads this as "score only the labelled positions"; on a CPU that is always right.
+        return device.type == "cpu" or use_triton(device)
+
+    score_labelled_only._llamaduo = True  # type: ignore[attr-defined]
+    trl_utils._use_triton = score_labelled_only
+    trl_utils._ChunkedLogProbFunction = _LogProbDispatch(function)
+    return True
+
+
+def disable_fast_lm_head() -> None:
+    """Undo `enable_fast_lm_head` (the benchmark's TRL-default baseline and the tests use it)."""
+    from trl.trainer import utils as trl_utils
+
+    if getattr(trl_utils._use_triton, "_llamaduo", False):
+        from trl.kernels.chunked_logprob import _use_triton
+
+        trl_utils._use_triton = _use_triton
+    if isinstance(trl_utils._ChunkedLogProbFunction, _LogProbDispatch):
+        trl_utils._ChunkedLogProbFunction = trl_utils._ChunkedLogProbFunction.original

@@ -1,0 +1,141 @@
+"""src/sft_cpu.py: the CPU fast path must compute exactly what TRL computes, only faster.
+
+Each test compares against TRL's own code (its chunked LM-head kernel, its fused head without
+the patch) or transformers' own SDPA with its block-diagonal mask, on real tensors and the real
+tiny Llama; the speed is measured in bench/finetune_throughput.py, not here.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+OUTPUTS = ("log_probs", "entropy", "log_sum_sq_probs", "mean_logits", "is_top1")
+
+
+@pytest.fixture(autouse=True)
+def _trl_restored():
+    """Every test leaves TRL as it found it."""
+    from src.sft_cpu import disable_fast_lm_head
+
+    yield
+    disable_fast_lm_head()
+
+
+@pytest.mark.parametrize("softcap, logit_scale, temperature", [(None, 1.0, 1.0), (30.0, 0.5, 0.7)])
+def test_plain_head_matches_trls_kernel(monkeypatch: pytest.MonkeyPatch, softcap: float | None,
+                                        logit_scale: float, temperature: float) -> None:
+    from trl.kernels import ChunkedLogProbFunction
+
+    from src import sft_cpu
+
+    monkeypatch.setattr(sft_cpu, "ROWS_PER_CHUNK", 7)  # several row chunks, one of them short
+    gen = torch.Generator().manual_seed(0)
+    hidden = torch.randn(20, 16, generator=gen)
+    weight = torch.randn(300, 16, generator=gen)
+    bias = torch.randn(300, generator=gen)
+    targets = torch.randint(0, 300, (20,), generator=gen)
+    targets[3] = int((hidden[3] @ weight.T + bias).argmax())  # at least one top-1 hit
+
+    def run(fn):
+        h, w = hidden.clone().requires_grad_(True), weight.clone().requires_grad_(True)
+        out = fn(h, w, bias, targets, temperature, 64, softcap, logit_scale, OUTPUTS)
+        (-out[0].sum()).backward()
+        return out, h.grad, w.grad
+
+    ours, ours_h, ours_w = run(sft_cpu.plain_logprobs)
+    trl, trl_h, trl_w = run(ChunkedLogProbFunction.apply)
+    for name, a, b in zip(OUTPUTS, ours, trl):
+        assert a.shape == b.shape, name
+        if a.dtype == torch.bool:
+            assert torch.equal(a, b), name
+        else:
+            assert torch.allclose(a, b, atol=1e-4, rtol=1e-4), name
+    assert bool(ours[4].any())
+    assert torch.allclose(ours_h, trl_h, atol=1e-4) and torch.allclose(ours_w, trl_w, atol=1e-4)
+
+
+def test_plain_head_leaves_unrequested_fields_out_and_accepts_no_rows() -> None:
+    from src.sft_cpu import plain_logprobs
+
+    out = plain_logprobs(torch.zeros(0, 8), torch.randn(50, 8), None, torch.zeros(0, dtype=torch.long),
+                         1.0, 64, None, 1.0, ("log_probs",))
+    assert out[0].shape == (0,) and out[1:] == (None, None, None, None)
+
+
+def _tiny(tiny_model_dir: Path, attn: str):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32, attn_implementation=attn)
+
+
+def _packed_row(lengths: list[int], vocab: int) -> dict:
+    gen = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, vocab, (1, sum(lengths)), generator=gen)
+    pos = torch.cat([torch.arange(n) for n in lengths]).unsqueeze(0)
+    # use_cache=False as in training: transformers only builds the block-diagonal mask without a cache
+    return {"input_ids": ids, "position_ids": pos, "use_cache": False}
+
+
+def test_varlen_attention_equals_sdpa_with_its_block_diagonal_mask(tiny_model_dir: Path) -> None:
+    from src.sft_cpu import register_varlen_attention
+
+    name = register_varlen_attention()
+    ref, ours = _tiny(tiny_model_dir, "sdpa"), _tiny(tiny_model_dir, name)
+    batch = _packed_row([5, 9, 3, 12], ref.config.vocab_size)
+    out_ref, out_ours = ref(**batch).logits, ours(**batch).logits
+    assert torch.allclose(out_ref, out_ours, atol=1e-5)
+    out_ref.square().mean().backward()
+    out_ours.square().mean().backward()
+    for (n, p_ref), (_, p_ours) in zip(ref.named_parameters(), ours.named_parameters()):
+        assert torch.allclose(p_ref.grad, p_ours.grad, atol=1e-5), n
+    # ...and the conversations really are kept apart: the last one alone gives the same logits.
+    alone = ours(input_ids=batch["input_ids"][:, -12:], use_cache=False).logits
+    assert torch.allclose(alone, out_ours[:, -12:], atol=1e-5)
+
+
+def test_varlen_attention_leaves_padded_batches_to_sdpa(tiny_model_dir: Path) -> None:
+    from src.sft_cpu import register_varlen_attention
+
+    ref, ours = _tiny(tiny_model_dir, "sdpa"), _tiny(tiny_model_dir, register_varlen_attention())
+    ids = torch.randint(0, ref.config.vocab_size, (2, 7), generator=torch.Generator().manual_seed(2))
+    mask = torch.tensor([[1] * 7, [1] * 4 + [0] * 3])
+    assert torch.allclose(ref(input_ids=ids, attention_mask=mask).logits,
+                          ours(input_ids=ids, attention_mask=mask).logits, atol=1e-5)
+
+
+def test_fast_head_scores_only_labelled_tokens_with_the_same_loss(tiny_model_dir: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from trl.trainer.utils import add_fused_lm_head
+
+    from src import sft_cpu
+
+    model = _tiny(tiny_model_dir, "sdpa")
+    add_fused_lm_head(model, outputs=("log_probs", "entropy", "is_top1"))
+    batch = _packed_row([6, 10], model.config.vocab_size)
+    labels = batch["input_ids"].clone()
+    labels[:, :4] = -100  # a prompt
+    labels[:, 6:9] = -100  # the second conversation's prompt
+    expected_rows = int((labels[:, 1:] != -100).sum())
+
+    def loss_and_grad() -> tuple[float, torch.Tensor]:
+        model.zero_grad()
+        out = model(**batch, labels=labels, fused_lm_head=True)
+        out.loss.backward()
+        return out.loss.item(), model.model.layers[0].self_attn.q_proj.weight.grad.clone()
+
+    trl_loss, trl_grad = loss_and_grad()
+    rows: list[int] = []
+    real = sft_cpu.plain_logprobs
+    monkeypatch.setattr(sft_cpu, "plain_logprobs", lambda hidden, *a: rows.append(hidden.shape[0]) or real(hidden, *a))
+    assert sft_cpu.enable_fast_lm_head() and sft_cpu.enable_fast_lm_head()  # idempotent
+    fast_loss, fast_grad = loss_and_grad()
+    assert rows == [expected_rows]  # not every position: only those with a label
+    assert fast_loss == pytest.approx(trl_loss, rel=1e-5)
+    assert torch.allclose(fast_grad, trl_grad, atol=1e-6)
+
+    sft_cpu.disable_fast_lm_head()
+    rows.clear()
+    assert loss_and_grad()[0] == pytest.approx(trl_loss, rel=1e-6) and rows == []
