@@ -260,23 +260,36 @@ def test_ledger_key_separates_model_gen_config_and_sample(server, tmp_path):
 
 
 # --------------------------------------------------------------------------- cost
-def test_max_cost_stops_scheduling_and_keeps_done_work(server, tmp_path):
+@pytest.mark.parametrize("workers", [1, 4])
+def test_max_cost_stops_scheduling_and_keeps_done_work(server, tmp_path, workers):
     jobs = [Job(judge_prompt(f"cand {i}")) for i in range(12)]
     one = make_llm(server, tmp_path, no_cache=True, ledger_path=None).run(jobs[:1], parse=parse_judgement)[0]
     budget = one.cost_usd * 4.5
-    llm = make_llm(server, tmp_path, workers=1, max_cost_usd=budget)
+    server.reset()
+    llm = make_llm(server, tmp_path, workers=workers, max_cost_usd=budget)
     results = llm.run(jobs, parse=parse_judgement)
     done = [r for r in results if r.ok]
     skipped = [r for r in results if r.status == SKIPPED_BUDGET]
-    assert len(done) == 5 and len(done) + len(skipped) == 12  # stops once 4.5 calls' worth is spent
+    assert len(done) == 4 and len(done) + len(skipped) == 12  # a 5th call would not fit in 4.5 calls' worth
     assert llm.last_run.stopped_for_budget and llm.last_run.skipped_budget == len(skipped)
-    assert budget <= llm.last_run.cost_usd <= budget + one.cost_usd * 1.01  # overshoot <= 1 call per worker
+    assert budget - one.cost_usd <= llm.last_run.cost_usd <= budget  # never past the budget
+    assert server.stats()["total"] == 4  # skipped jobs never reached the server
     assert all("max_cost_usd" in r.error for r in skipped)
     # a rerun with a larger budget reuses the finished rows and does the rest
     server.reset()
     more = make_llm(server, tmp_path, workers=1, max_cost_usd=budget * 10)
     assert all(r.ok for r in more.run(jobs, parse=parse_judgement))
     assert server.stats()["total"] == len(skipped)
+
+
+def test_budget_smaller_than_one_call_spends_exactly_one(server, tmp_path):
+    jobs = [Job(judge_prompt(f"tiny {i}")) for i in range(6)]
+    one = make_llm(server, tmp_path, no_cache=True, ledger_path=None).run(jobs[:1], parse=parse_judgement)[0]
+    server.reset()
+    llm = make_llm(server, tmp_path, workers=3, max_cost_usd=one.cost_usd / 2)
+    results = llm.run(jobs, parse=parse_judgement)
+    assert [r.ok for r in results].count(True) == 1 and server.stats()["total"] == 1  # the price is learnt once
+    assert sum(r.status == SKIPPED_BUDGET for r in results) == 5
 
 
 def test_dry_run_estimate_counts_calls_without_calling(server, tmp_path):

@@ -126,8 +126,8 @@ class ServiceLLMArgs:
     max_cost_usd: Optional[float] = field(
         default=None,
         metadata={
-            "help": "Stop scheduling new calls once this run's spend (USD, from pricing_path) "
-            "reaches this; finished work is kept. Default: no limit."
+            "help": "Budget in USD (prices from pricing_path): a call expected to take this run's "
+            "spend past it does not start; finished work is kept. Default: no limit."
         },
     )
     pricing_path: str = field(

@@ -26,6 +26,7 @@ from src.service_llm.providers import (
     make_provider,
     resolve_spec,
 )
+from src.service_llm.budget import Budget
 from src.service_llm.records import (
     ERROR,
     FatalError,
@@ -79,7 +80,7 @@ class _RunState:
 
     usage: Usage
     bar: tqdm
-    in_flight_cost: float = 0.0
+    budget: Optional[Budget] = None
 
     def refresh_bar(self) -> None:
         u = self.usage
@@ -256,8 +257,9 @@ class ServiceLLM:
         Each reply goes through `parse` (raise InvalidReply, or any exception, to reject
         it); a rejected reply is re-asked up to `max_reasks` times, then recorded as a
         failure with its reason. Calls that still fail after `max_retries` retries are
-        failures too. Once `max_cost_usd` is reached no new call starts; the remaining jobs
-        come back with status SKIPPED_BUDGET and `last_run.stopped_for_budget` is True.
+        failures too. A job whose call would take the spend past `max_cost_usd` does not start
+        (src/service_llm/budget.py); it comes back with status SKIPPED_BUDGET and
+        `last_run.stopped_for_budget` is True.
         Raises RunFailed only for errors that doom every call (e.g. rejected credentials).
         `on_result(index, result)`, if given, is called as each job finishes (in completion
         order), e.g. to append rows to a partial file; every reply is already in the ledger.
@@ -284,7 +286,8 @@ class ServiceLLM:
             queue.put_nowait(i)
         bar = tqdm(total=len(jobs), desc=desc, unit="job", disable=not self.show_progress,
                    dynamic_ncols=True, mininterval=0.5)
-        state = _RunState(usage=usage, bar=bar)
+        budget = Budget(self.max_cost_usd, usage) if self.max_cost_usd is not None else None
+        state = _RunState(usage=usage, bar=bar, budget=budget)
 
         async def worker() -> None:
             while True:
@@ -397,14 +400,13 @@ class ServiceLLM:
                 return hit
         prompt_text = "\n".join(m["content"] for m in messages)
         est_in = estimate_tokens(prompt_text)
-        est_cost = 0.0
-        if self.max_cost_usd is not None:
-            # Stop once the budget is reached: spend so far plus what is already in flight.
-            # The in-flight calls may overshoot it by at most `workers` calls' worth.
-            if state.usage.cost_usd + state.in_flight_cost >= self.max_cost_usd:
+        reserved: float | None = 0.0
+        if state.budget is not None:
+            reserved = await state.budget.admit(lambda: self._expected_call_cost(est_in, state.usage))
+            if reserved is None:
                 state.usage.stopped_for_budget = True
-                return JobResult(None, f"not run: max_cost_usd={self.max_cost_usd} reached", [], SKIPPED_BUDGET)
-            est_cost = self._expected_call_cost(est_in, state.usage)
+                return JobResult(None, f"not run: it would take the spend past max_cost_usd={self.max_cost_usd}",
+                                 [], SKIPPED_BUDGET)
         reserve = est_in + self.spec.max_output_tokens
 
         def on_retry(reason: str) -> None:
@@ -412,7 +414,6 @@ class ServiceLLM:
             state.refresh_bar()
             logger.debug("retrying: %s", reason)
 
-        state.in_flight_cost += est_cost
         try:
             raw = await call_with_retries(
                 lambda: provider.complete(messages, sample_index),
@@ -425,7 +426,8 @@ class ServiceLLM:
         except CallFailed as err:
             return JobResult(None, str(err), [], ERROR)
         finally:
-            state.in_flight_cost -= est_cost
+            if state.budget is not None:
+                state.budget.release(reserved)
         completion = Completion(
             text=raw.text,
             input_tokens=raw.input_tokens,
