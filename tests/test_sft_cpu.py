@@ -139,3 +139,16 @@ def test_fast_head_scores_only_labelled_tokens_with_the_same_loss(tiny_model_dir
     sft_cpu.disable_fast_lm_head()
     rows.clear()
     assert loss_and_grad()[0] == pytest.approx(trl_loss, rel=1e-6) and rows == []
+
+
+def test_a_trl_without_the_patched_names_trains_at_its_own_speed(monkeypatch: pytest.MonkeyPatch,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    from trl.trainer import utils as trl_utils
+
+    from src.sft_cpu import enable_fast_lm_head
+
+    monkeypatch.delattr(trl_utils, "_use_triton")
+    with caplog.at_level("WARNING", logger="llamaduo.sft_cpu"):
+        assert enable_fast_lm_head() is False
+    assert "TRL's own speed" in caplog.text
+    assert not hasattr(trl_utils, "_use_triton")  # nothing half-patched
