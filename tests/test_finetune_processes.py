@@ -78,12 +78,13 @@ def test_two_processes_ddp_on_cpu_with_the_shipped_accelerate_config(repo_root: 
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
            str(repo_root / "config/accelerate/multi_gpu.yaml"), "--num_processes", "2", "--mixed_precision", "no",
-           "--main_process_port", str(_free_port()), "finetune.py", *_argv(tiny_model_dir, sft_data, out, "--max-steps", "2")]
+           "--main_process_port", str(_free_port()), "finetune.py", *_argv(tiny_model_dir, sft_data, out, "--max-steps", "2", "--padding-free")]
     proc = subprocess.run(cmd, cwd=repo_root, env=_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "world size 2 (rank 0)" in proc.stderr and "world size 2 (rank 1)" in proc.stderr
     summary = json.loads((out / "finetune_summary.json").read_text())
     assert summary["world_size"] == 2 and summary["global_step"] == 2
+    assert summary["attn_implementation"] == "sdpa_varlen"  # the CPU fast path under DDP too
     # 8 rows, 4 per device, 2 devices: one epoch is a single optimizer step, so 2 steps = 2 epochs.
     assert summary["metrics"]["epoch"] == pytest.approx(2.0)
     assert (out / "adapter_model.safetensors").is_file() and (out / "adapter_config.json").is_file()
