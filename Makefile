@@ -4,6 +4,7 @@
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
+DSTACK_VENV := .venv-dstack
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
@@ -25,10 +26,16 @@ $(VENV)/.model: $(VENV)/.installed
 	$(PY) -c "from src.models import provision_embedded_model as p; print('embedded model:', p())"
 	touch $@
 
+# dstack's own config models, for the test that validates dstack/*.yml (not a runtime dependency).
+$(DSTACK_VENV)/.installed: requirements-dstack.txt
+	$(PYTHON) -m venv $(DSTACK_VENV)
+	$(DSTACK_VENV)/bin/python -m pip install -q -r requirements-dstack.txt
+	touch $@
+
 demo: setup
 	PYTHON=$(PY) bash scripts/llamaduo.sh
 
-test: setup
+test: setup $(DSTACK_VENV)/.installed
 	$(PY) -m pytest
 
 bench: setup

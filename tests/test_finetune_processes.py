@@ -109,17 +109,31 @@ def test_dstack_tasks_run_existing_scripts_and_configs(repo_root: Path, name: st
             assert (repo_root / env[key]).is_file(), env[key]
 
 
+_DSTACK_CHECK = """
+import json, sys, yaml
+from dstack._internal.core.errors import ConfigurationError
+from dstack._internal.core.models.configurations import parse_run_configuration
+data = yaml.safe_load(open(sys.argv[1]).read())
+conf = parse_run_configuration(data)
+data["resourcez"] = data.pop("resources")
+try:
+    parse_run_configuration(data)
+    typo_refused = False
+except ConfigurationError:
+    typo_refused = True
+print(json.dumps({"type": conf.type, "gpu_min": conf.resources.gpu.count.min, "typo_refused": typo_refused}))
+"""
+
+
 @pytest.mark.parametrize("name", _DSTACK_FILES)
 def test_dstack_tasks_validate_with_dstack_models(repo_root: Path, name: str) -> None:
-    """dstack's own configuration parser, where dstack is installed (it is not a runtime dependency)."""
-    pytest.importorskip("dstack._internal.core.models.configurations")  # the repo's dstack/ folder is not it
-    from dstack._internal.core.models.configurations import parse_run_configuration
-
-    from dstack._internal.core.errors import ConfigurationError
-
-    data = yaml.safe_load((repo_root / "dstack" / name).read_text())
-    conf = parse_run_configuration(data)
-    assert conf.type == "task" and conf.resources.gpu.count.min == 1
-    data["resourcez"] = data.pop("resources")  # and the parser is strict: a typo'd key is refused
-    with pytest.raises(ConfigurationError):
-        parse_run_configuration(data)
+    """dstack's own configuration parser, run in .venv-dstack (made by `make test`; dstack is a
+    CLI with its own pins, not a runtime dependency of the toolkit)."""
+    python = repo_root / ".venv-dstack" / "bin" / "python"
+    if not python.is_file():
+        pytest.skip("dstack is not set up: `make test` creates .venv-dstack from requirements-dstack.txt")
+    proc = subprocess.run([str(python), "-c", _DSTACK_CHECK, str(repo_root / "dstack" / name)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result == {"type": "task", "gpu_min": 1, "typo_refused": True}  # and the parser is strict
