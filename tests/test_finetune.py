@@ -257,6 +257,25 @@ def test_lora_run_saves_adapter_template_generation_config_and_merged_model(
         assert torch.allclose(merged(ids).logits, with_adapter(ids).logits, atol=1e-4)
 
 
+def test_cpu_fast_path_trains_what_trl_trains(tiny_model_dir: Path, sft_data: Path, tmp_path: Path) -> None:
+    """The same 3 optimizer steps, as TRL does them (padded, its own head) and through the CPU
+    fast path (padding-free, per-conversation attention, labelled-only head): the same losses.
+    Packing mixes conversations differently, so it is only checked to train."""
+    from trl.trainer import utils as trl_utils
+
+    runs = {}
+    for name, extra in {"padding_free": ["--padding-free"], "trl": ["--no-cpu-fast-path"],
+                        "packing": ["--packing"]}.items():
+        assert _finetune(_argv(tiny_model_dir, sft_data, tmp_path / name, "--max-steps", "3", *extra)) == 0
+        runs[name] = json.loads((tmp_path / name / "finetune_summary.json").read_text())
+        # the TRL run, after a fast one in the same process, really ran TRL's own head
+        assert getattr(trl_utils._use_triton, "_llamaduo", False) == (name != "trl")
+    assert [runs[n]["attn_implementation"] for n in runs] == ["sdpa_varlen", "sdpa", "sdpa_varlen"]
+    assert len(runs["trl"]["losses"]) == 3
+    assert runs["padding_free"]["losses"] == pytest.approx(runs["trl"]["losses"], rel=1e-4)
+    assert all(0 < x < 20 for x in runs["packing"]["losses"]) and len(runs["packing"]["losses"]) == 3
+
+
 def test_full_finetune_saves_a_full_model_and_its_loss_falls(tiny_model_dir: Path, sft_data: Path,
                                                              tmp_path: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
