@@ -29,6 +29,9 @@ from typing import Any
 logger = logging.getLogger("llamaduo.sft_cpu")
 
 VARLEN_ATTENTION = "sdpa_varlen"
+# Attention variants whose mask is more than "causal within a conversation" (sliding windows,
+# logit soft-capping, attention sinks): those layers keep transformers' masked SDPA.
+_NEEDS_THE_MASK = ("sliding_window", "softcap", "s_aux")
 ROWS_PER_CHUNK = 1024  # labelled tokens whose [rows, vocab] logits are live at once (~200 MB at 49k vocab)
 
 
@@ -47,7 +50,8 @@ def varlen_sdpa_attention(module: Any, query: Any, key: Any, value: Any, attenti
     import torch
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    bounds = _conversation_bounds(kwargs.get("position_ids"), query, key)
+    bounds = None if any(kwargs.get(k) is not None for k in _NEEDS_THE_MASK) else \
+        _conversation_bounds(kwargs.get("position_ids"), query, key)
     if bounds is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
                                       scaling=scaling, is_causal=is_causal, **kwargs)

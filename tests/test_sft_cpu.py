@@ -6,6 +6,7 @@ tiny Llama; the speed is measured in bench/finetune_throughput.py, not here.
 """
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import pytest
@@ -94,6 +95,24 @@ def test_varlen_attention_equals_sdpa_with_its_block_diagonal_mask(tiny_model_di
     # ...and the conversations really are kept apart: the last one alone gives the same logits.
     alone = ours(input_ids=batch["input_ids"][:, -12:], use_cache=False).logits
     assert torch.allclose(alone, out_ours[:, -12:], atol=1e-5)
+
+
+def test_varlen_attention_leaves_sliding_window_layers_to_the_mask(embedded_model_dir: Path) -> None:
+    from transformers import AutoTokenizer, MistralConfig, MistralForCausalLM
+
+    from src.sft_cpu import register_varlen_attention
+
+    vocab = len(AutoTokenizer.from_pretrained(str(embedded_model_dir)))
+    config = MistralConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=2, sliding_window=3)
+    torch.manual_seed(0)
+    ref = MistralForCausalLM(copy.deepcopy(config))
+    ours = MistralForCausalLM(copy.deepcopy(config))
+    ours.load_state_dict(ref.state_dict())
+    ref.config._attn_implementation = "sdpa"
+    ours.config._attn_implementation = register_varlen_attention()
+    batch = _packed_row([6, 9], vocab)  # conversations longer than the window
+    assert torch.allclose(ref(**batch).logits, ours(**batch).logits, atol=1e-5)
 
 
 def test_varlen_attention_leaves_padded_batches_to_sdpa(tiny_model_dir: Path) -> None:
