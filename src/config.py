@@ -150,7 +150,7 @@ def _build_parser(
     for key, (conv, _) in key_transforms.items():
         opts = [f"--{key}"] + ([f"--{key.replace('_', '-')}"] if "_" in key else [])
         parser.add_argument(*opts, dest=key, type=conv, default=argparse.SUPPRESS,
-                            nargs="?", const=True, help=f"legacy key, mapped for compatibility")
+                            nargs="?", const=True, help="legacy key, mapped for compatibility")
     _add_negative_bool_flags(parser)
     _use_json_for_dict_fields(parser)
     parser.error = _raise_usage  # type: ignore[method-assign]  # exit 2 via UsageError, one line

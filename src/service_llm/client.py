@@ -346,7 +346,7 @@ class ServiceLLM:
         completions: list[Completion] = []
         retries_before = state.usage.retries
         reason = ""
-        for attempt in range(self.max_reasks + 1):
+        for _attempt in range(self.max_reasks + 1):
             outcome = await self._complete(messages, job.sample_index, provider, pacer, ledger, state)
             if isinstance(outcome, JobResult):  # a call error or the budget: stop this job
                 outcome.completions = completions
