@@ -68,8 +68,11 @@ def _conversation_bounds(position_ids: Any, query: Any, key: Any) -> list[int] |
     when the batch is not a padding-free row of several conversations (padded batches, decoding)."""
     if position_ids is None or query.shape[0] != 1 or query.shape[2] != key.shape[2] or query.shape[2] < 2:
         return None
-    starts = (position_ids[0] == 0).nonzero().flatten().tolist()
-    if len(starts) < 2 or starts[0] != 0:
+    # A new conversation starts wherever the positions do not go up by one: the same rule as
+    # transformers' find_packed_sequence_indices, so both see the same conversations.
+    pos = position_ids[0]
+    starts = [0] + ((pos[1:] - pos[:-1]) != 1).nonzero().flatten().add(1).tolist()
+    if len(starts) < 2:
         return None
     return starts + [query.shape[2]]
 

@@ -75,7 +75,8 @@ def _tiny(tiny_model_dir: Path, attn: str):
 def _packed_row(lengths: list[int], vocab: int) -> dict:
     gen = torch.Generator().manual_seed(1)
     ids = torch.randint(0, vocab, (1, sum(lengths)), generator=gen)
-    pos = torch.cat([torch.arange(n) for n in lengths]).unsqueeze(0)
+    # the last conversation continues a split one (it starts at 7, not 0), as bfd_split packing can do
+    pos = torch.cat([torch.arange(n) for n in lengths[:-1]] + [torch.arange(7, 7 + lengths[-1])]).unsqueeze(0)
     # use_cache=False as in training: transformers only builds the block-diagonal mask without a cache
     return {"input_ids": ids, "position_ids": pos, "use_cache": False}
 
@@ -93,7 +94,8 @@ def test_varlen_attention_equals_sdpa_with_its_block_diagonal_mask(tiny_model_di
     for (n, p_ref), (_, p_ours) in zip(ref.named_parameters(), ours.named_parameters()):
         assert torch.allclose(p_ref.grad, p_ours.grad, atol=1e-5), n
     # ...and the conversations really are kept apart: the last one alone gives the same logits.
-    alone = ours(input_ids=batch["input_ids"][:, -12:], use_cache=False).logits
+    alone = ours(input_ids=batch["input_ids"][:, -12:], position_ids=batch["position_ids"][:, -12:],
+                 use_cache=False).logits
     assert torch.allclose(alone, out_ours[:, -12:], atol=1e-5)
 
 
