@@ -14,7 +14,6 @@ one call. One event loop runs every worker, so no lock is needed.
 from __future__ import annotations
 
 import asyncio
-from typing import Callable
 
 from src.service_llm.records import Usage
 
@@ -28,17 +27,19 @@ class Budget:
         self.in_flight_usd = 0.0
         self._released = asyncio.Event()
 
-    async def admit(self, expected_cost: Callable[[], float]) -> float | None:
-        """Wait until a call expected to cost `expected_cost()` fits; return the amount reserved,
-        or None when it cannot fit even after every call in flight has finished."""
+    async def admit(self, first_guess: float) -> float | None:
+        """Wait until one more call fits; return the amount reserved for it, or None when it
+        cannot fit even after every call in flight has finished. A call is expected to cost the
+        mean of this run's calls so far; `first_guess` (from the price list) only sizes the
+        first call's reservation."""
         while True:
             if self.usage.calls == 0:
                 if self.in_flight_usd == 0:
-                    cost = expected_cost()
+                    cost = first_guess
                     break  # the first call: see the module docstring
                 await self._released.wait()  # price still unknown: wait for the first reply
                 continue
-            cost = expected_cost()  # re-read after each wait: the mean cost per call moves
+            cost = self.usage.cost_usd / self.usage.calls  # re-read after each wait: it moves
             if self.usage.cost_usd + cost > self.limit_usd:
                 return None
             if self.usage.cost_usd + self.in_flight_usd + cost <= self.limit_usd:

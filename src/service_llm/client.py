@@ -375,10 +375,8 @@ class ServiceLLM:
             state.usage.retries - retries_before,
         )
 
-    def _expected_call_cost(self, est_in: int, usage: Usage) -> float:
-        """The mean cost of this run's calls so far, else a pricing estimate."""
-        if usage.calls:
-            return usage.cost_usd / usage.calls
+    def _priced_guess(self, est_in: int) -> float:
+        """A call's cost before any reply has come back: its input estimate plus the usual output."""
         out = min(DEFAULT_EXPECTED_OUTPUT_TOKENS, self.spec.max_output_tokens)
         return self.pricing.cost(self.spec.model, est_in, out)
 
@@ -402,7 +400,7 @@ class ServiceLLM:
         est_in = estimate_tokens(prompt_text)
         reserved: float | None = 0.0
         if state.budget is not None:
-            reserved = await state.budget.admit(lambda: self._expected_call_cost(est_in, state.usage))
+            reserved = await state.budget.admit(self._priced_guess(est_in))
             if reserved is None:
                 state.usage.stopped_for_budget = True
                 return JobResult(None, f"not run: it would take the spend past max_cost_usd={self.max_cost_usd}",
