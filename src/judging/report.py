@@ -180,6 +180,8 @@ def rows_table(rows: Sequence[dict]) -> list[str]:
     out = ["## All rows", "", "| # | prompt_id | repeat | similarity | precision | cut |", "|---|---|---|---|---|---|"]
     for i, r in enumerate(rows):
         cut = {True: "**yes**", False: "no", None: "?"}[is_cut(r)]
-        out.append(f"| {i} | {r.get('prompt_id', '-')} | {r.get('repeat_index', '-')} | "
-                   f"{_fmt(r.get('similarity_scores'))} | {_fmt(r.get('precision_scores'))} | {cut} |")
+        pid = str(r.get("prompt_id", "-"))
+        pid = pid if len(pid) <= 16 else pid[:12] + "…"  # sha256 ids: 12 hex digits still identify the row
+        out.append(f"| {i} | {pid} | {r.get('repeat_index', '-')} | {_fmt(r.get('similarity_scores'))} | "
+                   f"{_fmt(r.get('precision_scores'))} | {cut} |")
     return out + [""]

@@ -3,7 +3,8 @@
 Flow (every check that can fail on bad input runs before any weights load):
   config (alignment-handbook YAML keys accepted) -> value checks, output-dir state, push
   possible -> tokenizer + chat template -> datasets (mixer, splits, `messages`, assistant turns)
-  -> tokenized with labels on the assistant replies only -> [load model] -> LoRA target check
+  -> tokenized with labels on the assistant replies only -> conversations longer than max_length
+  counted and dropped/refused/kept (`truncation`) -> [load model] -> LoRA target check
   -> train (resumable) -> adapter/model + tokenizer/template + generation config + summary +
   model card -> optional merged copy -> optional push through `src.hub`.
 
