@@ -196,6 +196,18 @@ def test_finish_reason_length_and_stop(tiny_model_dir, test_split, tmp_path):
     assert done["finish_reason"] == ["stop"] * len(PROMPTS)
 
 
+def test_vllm_finish_reason_is_mapped_from_its_completion_output():
+    """vLLM cannot run here (no CUDA); this stands in for its CompletionOutput with the three
+    documented fields the backend reads. "abort" is not a cut at the token limit."""
+    from types import SimpleNamespace
+
+    from src.inference.vllm_backend import _generated
+
+    for theirs, ours in (("length", "length"), ("stop", "stop"), ("abort", "stop")):
+        out = _generated(SimpleNamespace(text=" def f(): ", token_ids=[1, 2, 3], finish_reason=theirs))
+        assert (out.text, out.new_tokens, out.finish_reason) == ("def f():", 3, ours)
+
+
 def test_finish_reason_of_partial_records_from_older_runs():
     """Partial files written before finish_reason existed still resume into the column."""
     assert bi.finish_reason_of({"finish_reason": "stop", "new_tokens": 8}, 8) == "stop"
