@@ -40,10 +40,18 @@ class GenSettings:
         return self.do_sample and self.temperature > 0
 
 
+FINISH_STOP, FINISH_LENGTH = "stop", "length"
+
+
 @dataclass(frozen=True)
 class Generated:
+    """One answer. `finish_reason` is "stop" when the model ended its turn (eos/end-of-turn)
+    and "length" when max_new_tokens cut it off: a cut answer is usually unfinished code, and
+    evaluation must be able to say how many there were."""
+
     text: str
     new_tokens: int
+    finish_reason: str = FINISH_STOP
 
 
 def load_tokenizer(ref: ModelRef):
@@ -154,11 +162,14 @@ class HFGenerator:
         return [self._decode(row) for row in out[:, input_ids.shape[1]:].tolist()]
 
     def _decode(self, new_ids: list[int]) -> Generated:
-        """Cut at the first stop token, then decode only those new tokens."""
+        """Cut at the first stop token, then decode only those new tokens. No stop token means
+        the row ran to max_new_tokens (generate only ends a row early on a stop token)."""
         stops = set(self.stop_ids)
-        end = next((i for i, t in enumerate(new_ids) if t in stops), len(new_ids))
+        end = next((i for i, t in enumerate(new_ids) if t in stops), None)
+        reason = FINISH_LENGTH if end is None else FINISH_STOP
+        end = len(new_ids) if end is None else end
         text = self.tokenizer.decode(new_ids[:end], skip_special_tokens=True)
-        return Generated(text.strip(), end)
+        return Generated(text.strip(), end, reason)
 
 
 def left_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -9,6 +9,8 @@ import re
 from pathlib import Path
 from typing import Any, Sequence
 
+from src.judging.truncation import is_cut, truncation_line
+
 HISTOGRAM_NAME = "scores_histogram.png"
 WORST_ROWS = 5
 
@@ -94,6 +96,7 @@ def summary_lines(summary: dict) -> list[str]:
         f"rows: {s['rows']} (scored {s['scored_rows']}, failed {s['failed_rows']}); "
         f"judgements: {s['judgements']} ({s.get('eval_repeat', '?')} per row), failures {s['failures']} "
         f"({_fmt_pct(s['failure_ratio'])}, max {_fmt_pct(s['max_failure_ratio'])})",
+        truncation_line(s),
         f"mean similarity: {_fmt(s['mean_similarity'])}  95% CI {_fmt_ci(s['similarity_ci95'])}  "
         f"coverage(>= {s['coverage_threshold']:g}) {_fmt_pct(s['coverage_similarity'])}  "
         f"mean std over repeats {_fmt(s['mean_std_similarity'], 2)}",
@@ -148,7 +151,8 @@ def render_report(summary: dict, rows: Sequence[dict], histogram_name: str = HIS
         out.append("No scored rows.")
     for i, r in enumerate(worst, 1):
         out += [
-            f"### {i}. similarity {_fmt(r['similarity_scores'])}, precision {_fmt(r['precision_scores'])}",
+            f"### {i}. similarity {_fmt(r['similarity_scores'])}, precision {_fmt(r['precision_scores'])}"
+            + (" (answer cut at max_new_tokens)" if is_cut(r) else ""),
             "",
             f"**Instruction:** {_clip(r.get('instructions'), 200)}",
             "",
@@ -166,4 +170,18 @@ def render_report(summary: dict, rows: Sequence[dict], histogram_name: str = HIS
         if len(failed) > 20:
             out.append(f"- … and {len(failed) - 20} more (see the `failure_reason` column)")
         out.append("")
+    out += rows_table(rows)
     return "\n".join(out)
+
+
+def rows_table(rows: Sequence[dict]) -> list[str]:
+    """Every row on one line, so cut answers (`cut`: yes / no / ? when batch inference did not
+    record finish_reason) can be found next to their scores."""
+    out = ["## All rows", "", "| # | prompt_id | repeat | similarity | precision | cut |", "|---|---|---|---|---|---|"]
+    for i, r in enumerate(rows):
+        cut = {True: "**yes**", False: "no", None: "?"}[is_cut(r)]
+        pid = str(r.get("prompt_id", "-"))
+        pid = pid if len(pid) <= 16 else pid[:12] + "…"  # sha256 ids: 12 hex digits still identify the row
+        out.append(f"| {i} | {pid} | {r.get('repeat_index', '-')} | {_fmt(r.get('similarity_scores'))} | "
+                   f"{_fmt(r.get('precision_scores'))} | {cut} |")
+    return out + [""]

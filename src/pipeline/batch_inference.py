@@ -21,7 +21,8 @@ from src.errors import EXIT_CODES_HELP, EXIT_OK, RunFailed, UsageError
 from src.logging_setup import setup_logging
 from src.hub import check_push_possible, local_output_dir, save_output
 from src.inference import distributed
-from src.inference.hf_backend import GenSettings, HFGenerator, load_model, load_tokenizer, stop_token_ids
+from src.inference.hf_backend import (FINISH_LENGTH, FINISH_STOP, GenSettings, HFGenerator, load_model,
+                                      load_tokenizer, stop_token_ids)
 from src.inference.model_ref import ModelRef, resolve_model_ref
 from src.inference.plan import batches_for_rank, build_work_items, padding_waste, plan_batches
 from src.inference.prompts import PromptRecord, WorkItem, prompt_records, tokenize_prompts
@@ -30,7 +31,7 @@ from src.inference.store import PartialStore, run_key
 logger = logging.getLogger("llamaduo.batch_inference")
 
 STAGE = "batch_inference"
-OUTPUT_COLUMNS = (*RESPONSE_COLUMNS, "prompt_id", "repeat_index")
+OUTPUT_COLUMNS = (*RESPONSE_COLUMNS, "prompt_id", "repeat_index", "finish_reason")
 # vLLM batches continuously inside one call; hand it large chunks and only use them as the
 # unit of incremental saving.
 VLLM_CHUNK = 256
@@ -134,7 +135,7 @@ def run(cfg: BatchInferenceConfig) -> int:
         distributed.barrier(info)
         if not info.is_main:
             return EXIT_OK
-        out = assemble(records, store.load(), cfg.repeat, cfg.ft_model_id, sha)
+        out = assemble(records, store.load(), cfg.repeat, cfg.ft_model_id, sha, cfg.max_new_tokens)
         folder = save_output({cfg.lm_response_ds_split: out}, cfg.lm_response_ds_id,
                              push=cfg.push_lm_responses_to_hf_hub, append=cfg.lm_response_append, stage=STAGE,
                              config=_card_config(cfg), output_root=cfg.output_root,
@@ -190,7 +191,7 @@ def _generate_missing(cfg: BatchInferenceConfig, info: distributed.DistInfo, ref
         for batch in todo:
             outs = generator.generate(batch)
             store.append({"row_index": it.row_index, "repeat_index": it.repeat_index, "prompt_id": it.prompt_id,
-                          "candidate_responses": o.text, "new_tokens": o.new_tokens}
+                          "candidate_responses": o.text, "new_tokens": o.new_tokens, "finish_reason": o.finish_reason}
                          for it, o in zip(batch, outs) if it.key not in done)
             tokens += sum(o.new_tokens for o in outs)
             bar.update(len(batch))
@@ -219,7 +220,7 @@ def _make_generator(cfg: BatchInferenceConfig, info: distributed.DistInfo, ref: 
 
 
 def assemble(records: Sequence[PromptRecord], done: dict[tuple[int, int], dict[str, Any]], repeat: int,
-             model_id: str, sha: str) -> Dataset:
+             model_id: str, sha: str, max_new_tokens: int | None = None) -> Dataset:
     """The response dataset in original order: each prompt's repeats together, by row index."""
     missing = [(r.row_index, k) for r in records for k in range(repeat) if (r.row_index, k) not in done]
     if missing:
@@ -235,7 +236,19 @@ def assemble(records: Sequence[PromptRecord], done: dict[tuple[int, int], dict[s
             rows["model_sha"].append(sha)
             rows["prompt_id"].append(r.prompt_id)
             rows["repeat_index"].append(k)
+            rows["finish_reason"].append(finish_reason_of(done[(r.row_index, k)], max_new_tokens))
     return Dataset.from_dict(rows)
+
+
+def finish_reason_of(record: dict[str, Any], max_new_tokens: int | None) -> str | None:
+    """The record's finish_reason. A partial file written before the column existed has only
+    `new_tokens`; the hf backend stops a row early only on a stop token, so a row that used
+    every allowed token was cut ("length"). None when neither is known."""
+    if record.get("finish_reason"):
+        return record["finish_reason"]
+    if max_new_tokens is None or record.get("new_tokens") is None:
+        return None
+    return FINISH_LENGTH if record["new_tokens"] >= max_new_tokens else FINISH_STOP
 
 
 def _card_config(cfg: BatchInferenceConfig) -> dict[str, Any]:

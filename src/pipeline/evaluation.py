@@ -47,6 +47,7 @@ from src.judging import (
     too_many_failures,
     write_histogram,
 )
+from src.judging.truncation import FINISH_COLUMN, truncated_summary
 from src.logging_setup import setup_logging
 from src.prompts import check_placeholders, load_template, render
 from src.service_llm import PROVIDERS, ServiceLLMArgs
@@ -360,6 +361,7 @@ def build_summary(args: EvaluationArgs, rows: Sequence[RowScore], outcome: Judge
         "lm_response_ds_id": args.lm_response_ds_id,
         "lm_response_ds_split": args.lm_response_ds_split,
         "model_ids": model_ids,
+        "truncated": truncated_summary(ds[FINISH_COLUMN] if FINISH_COLUMN in ds.column_names else None),
         "date": date,
         "output_dir": str(out_dir),
     })

@@ -3,7 +3,8 @@
 Flow (every check that can fail on bad input runs before any weights load):
   config (alignment-handbook YAML keys accepted) -> value checks, output-dir state, push
   possible -> tokenizer + chat template -> datasets (mixer, splits, `messages`, assistant turns)
-  -> tokenized with labels on the assistant replies only -> [load model] -> LoRA target check
+  -> tokenized with labels on the assistant replies only -> conversations longer than max_length
+  counted and dropped/refused/kept (`truncation`) -> [load model] -> LoRA target check
   -> train (resumable) -> adapter/model + tokenizer/template + generation config + summary +
   model card -> optional merged copy -> optional push through `src.hub`.
 
@@ -18,7 +19,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Literal, Optional, Sequence
 
 from src.config import config_to_dict, parse_config
 from src.errors import EXIT_CODES_HELP, EXIT_OK, RunFailed, UsageError
@@ -71,6 +72,10 @@ class ScriptArgs:
         "help": "on a CPU: score only the labelled tokens with a plain log-softmax LM head, and attend "
                 "within each conversation of padding-free/packed batches (src/sft_cpu.py). Same loss and "
                 "gradients as TRL's GPU-minded defaults, about 2x the tokens/s (bench/finetune_throughput.py)"})
+    truncation: Literal["drop", "error", "keep"] = field(default="drop", metadata={
+        "help": "conversations longer than max_length (cutting one drops its reply's end-of-turn label): "
+                "drop = train without them, with a warning; error = exit 2 before training, naming how many "
+                "and a max_length that fits; keep = train on them cut, with a warning"})
 
 
 # --------------------------------------------------------------------------- config
@@ -332,6 +337,7 @@ def run(script: Any, model_args: Any, sft: Any) -> int:
     from src.chat_template import tokenize_dataset
     from src.hub import check_push_possible
     from src.pipeline.finetune_data import load_mixed, resolve_mixer
+    from src.pipeline.finetune_truncation import apply_truncation_policy
 
     started = time.time()
     check_values(script, model_args, sft)
@@ -351,14 +357,23 @@ def run(script: Any, model_args: Any, sft: Any) -> int:
     num_proc = script.preprocessing_num_workers or sft.dataset_num_proc
     # TRL refuses padding_free without packing while max_length is set, because it would not
     # truncate; the truncation is done here instead, so `padding_free: true` just works.
+    limit = sft.max_length
     self_truncate = bool(sft.padding_free and not sft.packing and sft.max_length)
     tok_kwargs = {"train_on_prompt": script.train_on_prompt, "num_proc": num_proc,
-                  "add_special_tokens": bool(kwargs.get("add_special_tokens", False)),
-                  "max_length": sft.max_length if self_truncate else None}
+                  "add_special_tokens": bool(kwargs.get("add_special_tokens", False))}
     if self_truncate:
         sft.max_length = None
-    train_ds = tokenize_dataset(data.train, tokenizer, desc="Tokenizing train data", **tok_kwargs)
-    eval_ds = tokenize_dataset(data.eval, tokenizer, desc="Tokenizing eval data", **tok_kwargs) if want_eval else None
+    fit = {"truncate_here": self_truncate, "num_proc": num_proc}
+    train_ds, cut = apply_truncation_policy(
+        tokenize_dataset(data.train, tokenizer, desc="Tokenizing train data", **tok_kwargs), limit,
+        script.truncation, "training data", **fit)
+    truncation = cut.as_dict()
+    eval_ds = None
+    if want_eval:
+        eval_ds, eval_cut = apply_truncation_policy(
+            tokenize_dataset(data.eval, tokenizer, desc="Tokenizing eval data", **tok_kwargs), limit,
+            script.truncation, "eval data", **fit)
+        truncation["eval"] = eval_cut.as_dict()
     n_tokens = sum(len(x) for x in train_ds["input_ids"])
     logger.info("training data: %d conversations, %d tokens, from %s", len(train_ds), n_tokens, mixer)
 
@@ -370,7 +385,7 @@ def run(script: Any, model_args: Any, sft: Any) -> int:
     trainer.save_model(sft.output_dir)
     if trainer.is_world_process_zero():
         _finish(trainer, script, model_args, sft, base, tokenizer, data, metrics, n_tokens, resume, push,
-                started)
+                started, truncation)
     return EXIT_OK
 
 
@@ -422,7 +437,8 @@ def _cpu_fast_path(script: Any, model_args: Any, sft: Any) -> str | None:
 
 
 def _finish(trainer: Any, script: Any, model_args: Any, sft: Any, base: str, tokenizer: Any, data: Any,
-            metrics: dict, n_tokens: int, resume: str | None, push: bool, started: float) -> None:
+            metrics: dict, n_tokens: int, resume: str | None, push: bool, started: float,
+            truncation: dict) -> None:
     """Main process only: everything inference and people need next to the weights."""
     from src.hub import push_model_folder
     from src.pipeline.finetune_model import SUMMARY_FILE, model_card, save_merged, write_generation_config
@@ -436,7 +452,7 @@ def _finish(trainer: Any, script: Any, model_args: Any, sft: Any, base: str, tok
         "adapter": bool(model_args.use_peft), "world_size": sft.world_size,
         "global_step": trainer.state.global_step, "resumed_from": resume,
         "train_rows": len(data.train), "eval_rows": len(data.eval) if data.eval is not None else 0,
-        "train_tokens": n_tokens, "first_loss": losses[0] if losses else None,
+        "train_tokens": n_tokens, "truncation": truncation, "first_loss": losses[0] if losses else None,
         "last_loss": losses[-1] if losses else None, "losses": losses, "metrics": metrics,
         "data": data.sources, "seconds": round(time.time() - started, 1),
         "attn_implementation": getattr(trainer.model.config, "_attn_implementation", None),
