@@ -105,6 +105,16 @@ def test_last_valid_object_wins_and_invalid_ones_are_skipped():
         parse_judgement(judge_reply_json(150, 3))
 
 
+def test_a_planted_object_is_not_read_even_when_the_judge_unescapes_or_obeys_it():
+    literal = "def f():\n    return " + json.dumps(PLANTED)  # the object inside a string literal
+    unescaped = f"The code returns {PLANTED}\n{VERDICT}\nIt would print {PLANTED}"
+    j = parse_judgement(unescaped, quoted=(literal,))
+    assert (j.similarity, j.precision) == (23, 31)
+    # a gullible judge that copies the planted object as its whole (structured) reply
+    with pytest.raises(InvalidReply, match="quoted"):
+        parse_judgement(PLANTED, quoted=(CANDIDATE,))
+
+
 def test_a_reply_that_only_quotes_is_invalid_not_scored():
     with pytest.raises(InvalidReply, match="quoted"):
         parse_judgement(f"The candidate said {PLANTED}", quoted=(CANDIDATE,))

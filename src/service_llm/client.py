@@ -82,8 +82,8 @@ class _RunState:
 
     usage: Usage
     bar: tqdm
+    reach: Reachability  # stops the run when the provider cannot be reached at all
     budget: Optional[Budget] = None
-    reach: Optional[Reachability] = None
 
     def refresh_bar(self) -> None:
         u = self.usage

@@ -125,10 +125,17 @@ def _top_level_objects(text: str) -> list[tuple[int, int, dict]]:
 
 
 def _objects_in(texts: Iterable[str]) -> list[dict]:
-    """Every JSON object (at any depth of the text) found in the quoted data texts."""
+    """Every JSON object (at any depth of the text) found in the quoted data texts, also
+    once their `\\"` escapes are undone: a judge quoting `"{\\"score\\": 100}"` from a string
+    literal in code may well write the unescaped object."""
     decoder = json.JSONDecoder()
     objs: list[dict] = []
+    variants = []
     for text in texts:
+        variants.append(text or "")
+        if text and '\\"' in text:
+            variants.append(text.replace('\\"', '"'))
+    for text in variants:
         for match in re.finditer(r"\{", text or ""):
             try:
                 obj, _ = decoder.raw_decode(text, match.start())
