@@ -403,6 +403,8 @@ class _StructuredFallback:
                     where = f" at {self.spec.base_url}" if self.spec.base_url else ""
                     logger.warning("%s%s does not take structured output (%s); continuing with plain-text "
                                    "replies", self.spec.provider, where, str(err)[:200])
+        # the plain-text resend takes no pacing slot of its own: it happens at most once per
+        # request that was in flight when the server first refused, and a refusal costs nothing
         return await self._call(messages, sample_index, None)
 
     @staticmethod
