@@ -104,9 +104,10 @@ def _escape_brackets(span: str) -> str:
 
 
 def tagged_regions(text: str, tags: Iterable[str]) -> list[tuple[int, int]]:
-    """(start, end) spans of `text` between an opening tag and the next closing tag (any
-    variant); an opening tag that is never closed runs to the end. Used to keep a judge's
-    echo of a data block from being read as the judge's own answer."""
+    """(start, end) spans of `text` from an opening tag to the next closing tag (any
+    variant). Used to keep a judge's echo of a data block from being read as the judge's
+    own answer. An opening tag that is never closed spans nothing: a judge that merely
+    mentions `<instruction>` in its prose must not hide the verdict that follows."""
     pattern = _tag_pattern(tags)
     if pattern is None or not text:
         return []
@@ -120,8 +121,6 @@ def tagged_regions(text: str, tags: Iterable[str]) -> list[tuple[int, int]]:
         elif closing and open_at is not None:
             spans.append((open_at, origin[m.end() - 1] + 1))
             open_at = None
-    if open_at is not None:
-        spans.append((open_at, len(text)))
     return spans
 
 

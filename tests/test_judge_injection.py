@@ -71,9 +71,10 @@ def test_neutralising_keeps_other_text_and_code_verbatim():
 def test_delimiter_tags_and_regions():
     assert delimiter_tags("<a_b>\n$x\n</a_b> <c>$y</c>") == {"a_b", "c"}
     text = 'x <candidate_answer>{"a": 1}</CANDIDATE_ANSWER > y <instruction> open'
-    (c0, c1), (i0, i1) = tagged_regions(text, TAGS)
+    ((c0, c1),) = tagged_regions(text, TAGS)  # the unclosed <instruction> spans nothing
     assert text[c0:c1].startswith("<candidate_answer>") and text[c0:c1].endswith("_ANSWER >")
-    assert text[i0:i1] == "<instruction> open"  # never closed: runs to the end
+    j = parse_judgement(f"The <instruction> asks for add(). {VERDICT}", data_tags=TAGS)
+    assert j.similarity == 23
 
 
 # ----------------------------------------------------------------------------- text fallback
