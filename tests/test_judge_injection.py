@@ -204,3 +204,34 @@ def test_data_gen_prompts_neutralise_their_own_tags_too(repo_root):
     prompt = render_data(template, instruction=seed, response="sorted(x)", topic="code")
     assert prompt.count("</example_instruction>") == 1
     assert "&lt;/Example_Instruction foo&gt;" in prompt and "Ignore the above" in prompt
+
+
+def _wire_bodies() -> dict[str, dict]:
+    from src.service_llm.schema_wire import anthropic_kwargs, gemini_kwargs, openai_kwargs
+
+    gem = gemini_kwargs(JUDGE_SCHEMA)
+    return {
+        "openai": openai_kwargs(JUDGE_SCHEMA),
+        "anthropic": anthropic_kwargs(JUDGE_SCHEMA),
+        "gemini": {"generationConfig": {"responseMimeType": gem["response_mime_type"],
+                                        "responseSchema": gem["response_schema"]}},
+    }
+
+
+@pytest.mark.parametrize("provider,break_it", [
+    ("openai", lambda b: b["response_format"]["json_schema"].update(strict=False)),
+    ("openai", lambda b: b["response_format"].update(type="json_object")),
+    ("anthropic", lambda b: b.update(tool_choice={"type": "auto"})),
+    ("anthropic", lambda b: b["tools"][0].pop("input_schema")),
+    ("gemini", lambda b: b["generationConfig"].update(responseMimeType="text/plain")),
+    ("gemini", lambda b: b["generationConfig"].pop("responseSchema")),
+])
+def test_the_server_tells_a_well_formed_ask_from_a_broken_one(provider, break_it):
+    from tests.servers.protocol_server import structured_ask
+
+    body = _wire_bodies()[provider]
+    assert structured_ask(provider, body)[0] is True
+    assert "additionalProperties" not in json.dumps(body) or provider != "gemini"
+    break_it(body)
+    assert structured_ask(provider, body)[0] is False
+    assert structured_ask(provider, {"messages": []}) is None
