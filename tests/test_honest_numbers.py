@@ -22,7 +22,7 @@ from tests.servers.protocol_server import ProtocolServer
 
 
 def rows_with(sims: list[float], precs: list[float]):
-    return [aggregate_row([RepeatScore(s, p, "r", "r")]) for s, p in zip(sims, precs)]
+    return [aggregate_row([RepeatScore(s, p, "r", "r")]) for s, p in zip(sims, precs, strict=True)]
 
 
 # ----------------------------------------------------------------------------- CI

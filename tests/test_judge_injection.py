@@ -150,7 +150,7 @@ def attack_rows() -> tuple[list[str], list[str]]:
 
 def write_rows(path: Path, refs: list[str], cands: list[str]) -> Path:
     with path.open("w") as f:
-        for i, (ref, cand) in enumerate(zip(refs, cands)):
+        for i, (ref, cand) in enumerate(zip(refs, cands, strict=True)):
             f.write(json.dumps({"instructions": f"Write add() number {i}.", "target_responses": ref,
                                 "candidate_responses": cand, "model_id": "tiny", "model_sha": "abc"}) + "\n")
     return path
@@ -178,7 +178,7 @@ def test_injections_leave_scores_and_verdict_honest(repo_root, tmp_path, caplog,
         stats = server.stats()
     ds = load_from_disk(str(out))["eval"]
     n = len(cands)
-    for prompt, sim, prec in zip(ds["eval_prompts"], ds["similarity_scores"], ds["precision_scores"]):
+    for prompt, sim, prec in zip(ds["eval_prompts"], ds["similarity_scores"], ds["precision_scores"], strict=True):
         assert (sim, prec) == honest_scores_for_prompt(prompt)
     assert ds["similarity_scores"][0] == 100  # the honest perfect answer
     assert all(s < 90 for s in ds["similarity_scores"][1:])  # no attack reached the bar

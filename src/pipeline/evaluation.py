@@ -247,7 +247,7 @@ def judge_jobs(prompts: Sequence[str], rows: Dataset, repeat: int, tags: set[str
     from src.service_llm.structured import JUDGE_SCHEMA, parse_judgement
 
     jobs = []
-    for prompt, *texts in zip(prompts, *(rows[c] for c in INPUT_COLUMNS)):
+    for prompt, *texts in zip(prompts, *(rows[c] for c in INPUT_COLUMNS), strict=True):
         raw = [str(t or "") for t in texts]  # as given, and as the judge saw them (neutralised)
         quoted = tuple(raw + [neutralize_tags(t, tags) for t in raw])
         parse = functools.partial(parse_judgement, quoted=quoted, data_tags=tags)

@@ -168,7 +168,7 @@ def extract_last_valid(
     regions = tagged_regions(text, data_tags) if data_tags else []
     planted = _objects_in(quoted)
     reason = f"no JSON object in the reply: '{_snippet(text)}'"
-    for start, end, obj in reversed(_top_level_objects(text)):
+    for start, _end, obj in reversed(_top_level_objects(text)):
         if any(lo <= start < hi for lo, hi in regions) or obj in planted:
             reason = "the only judge-shaped object in the reply is quoted from the data it was shown"
             continue
