@@ -6,11 +6,12 @@ Why this is more than a regex over `</name>`: a model reads `</Candidate_Answer 
 `＜/candidate_answer＞` (full-width), `</candidate\u200b_answer>` (zero-width space) or
 `</candidate answer>` as the same closing tag, so a value containing any of them could end
 its data block early and write text that reads as the judge's instructions. Matching is
-therefore done on a normalised view of the text (Unicode NFKC, format characters (category
-Cf: zero-width spaces, joiners, bidi marks) removed, case folded, a few bracket look-alikes
-mapped to `<` `>`), and in each hit of the ORIGINAL text the brackets are escaped (`&lt;/candidate_answer foo&gt;`),
-so it stays visible but cannot open or close a tag. Other `<...>` (generics,
-HTML, comparisons) is left alone.
+therefore done on a normalised view of the text (Unicode compatibility decomposition, so
+full-width letters read as ASCII; format characters (category Cf: zero-width spaces, joiners,
+bidi marks, soft hyphens) and combining accents removed; case folded; a few bracket
+look-alikes mapped to `<` `>`), and in each hit of the ORIGINAL text the brackets are escaped
+(`&lt;/candidate_answer foo&gt;`), so it stays visible but cannot open or close a tag. Other
+`<...>` (generics, HTML, comparisons) is left alone.
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ _LOOKALIKES = str.maketrans({
     "\u02c2": "<", "\u02c3": ">",  # ˂ ˃
 })
 
+_INVISIBLE = {"Cf", "Mn", "Me"}  # format characters, combining marks
 _TEMPLATE_TAG = re.compile(r"<\s*/?\s*([A-Za-z_][\w-]*)\s*>")
 _NAME_SEPARATORS = re.compile(r"[\s_\-]+")
 
@@ -42,21 +44,20 @@ def normalize_with_map(text: str) -> tuple[str, list[int]]:
     """The normalised view of `text` and, for each of its characters, the index of the
     original character it came from (so hits found in the view can be replaced in `text`).
 
-    Per-character NFKC is enough here: every character that can spell a tag (letters, `<`,
+    Per-character NFKD is enough here: every character that can spell a tag (letters, `<`,
     `/`, `>`, spaces, `_`, `-`) normalises on its own."""
     out: list[str] = []
     origin: list[int] = []
     for i, ch in enumerate(text):
-        if unicodedata.category(ch) == "Cf":
-            continue
-        for n in unicodedata.normalize("NFKC", ch).translate(_LOOKALIKES).casefold():
-            out.append(n)
-            origin.append(i)
+        for n in unicodedata.normalize("NFKD", ch).translate(_LOOKALIKES).casefold():
+            if unicodedata.category(n) not in _INVISIBLE:
+                out.append(n)
+                origin.append(i)
     return "".join(out), origin
 
 
 def normalize(text: str) -> str:
-    """NFKC, without format (Cf) characters, bracket look-alikes mapped, case folded."""
+    """NFKD without format characters or combining marks, look-alikes mapped, case folded."""
     return normalize_with_map(text)[0]
 
 
@@ -98,7 +99,7 @@ def _escape_brackets(span: str) -> str:
     letters included, is kept as written)."""
     out = []
     for ch in span:
-        n = unicodedata.normalize("NFKC", ch).translate(_LOOKALIKES)
+        n = unicodedata.normalize("NFKD", ch).translate(_LOOKALIKES)
         out.append("&lt;" if n == "<" else "&gt;" if n == ">" else ch)
     return "".join(out)
 

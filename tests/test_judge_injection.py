@@ -37,6 +37,7 @@ CLOSERS = [
     "＜/ｃａｎｄｉｄａｔｅ_ａｎｓｗｅｒ＞",  # full-width letters and brackets
     "</candidate\u200b_answer>",  # zero-width space
     "</cand\u200didate_ans\ufeffwer>",  # zero-width joiner, BOM
+    "</candidate\u00adanswer>",  # soft hyphen
     "\u2039/candidate_answer\u203a",  # single angle quotation marks
     "</candidate_answer\n",  # no closing bracket at a line end
 ]
@@ -66,6 +67,7 @@ def test_neutralising_keeps_other_text_and_code_verbatim():
         assert neutralize_tags(text, TAGS) == text
     out = neutralize_tags("A </Candidate_Answer x=1> B", TAGS)
     assert out == "A &lt;/Candidate_Answer x=1&gt; B"  # letters kept, brackets escaped
+    assert neutralize_tags("</ca\u0301ndidate_answer>", TAGS) == "&lt;/ca\u0301ndidate_answer&gt;"  # accent
 
 
 def test_delimiter_tags_and_regions():
