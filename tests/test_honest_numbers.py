@@ -139,7 +139,7 @@ def test_unreachable_provider_exits_1_not_not_qualified(repo_root, tmp_path):
 
 
 def test_any_answer_from_the_server_resets_the_count():
-    reach = Reachability("openai", "http://x", limit=3)
+    reach = Reachability("openai", "http://x", limit=3, min_streak_s=0)
 
     async def fail(exc: Exception):
         raise exc
@@ -162,5 +162,24 @@ def test_any_answer_from_the_server_resets_the_count():
                 await reach.watch(fail(UnreachableError("refused")))
         with pytest.raises(FatalError, match="could not reach openai at http://x: 3 connection attempts"):
             await reach.watch(fail(UnreachableError("refused")))
+
+    asyncio.run(scenario())
+
+
+def test_a_burst_of_simultaneous_failures_is_retried_not_fatal():
+    """Every in-flight worker failing in the same instant is one blip; the run stops only
+    once failures have gone on for longer than a retry's backoff."""
+    reach = Reachability("gemini", None, limit=3, min_streak_s=0.3)
+
+    async def fail():
+        raise UnreachableError("refused")
+
+    async def scenario() -> None:
+        for _ in range(8):  # eight workers refused at once
+            with pytest.raises(UnreachableError):
+                await reach.watch(fail())
+        await asyncio.sleep(0.35)
+        with pytest.raises(FatalError, match="could not reach gemini at its default endpoint: 9 "):
+            await reach.watch(fail())
 
     asyncio.run(scenario())
