@@ -83,15 +83,36 @@ def _first_reason(reasons: Sequence[str] | None) -> str:
     return ""
 
 
+def _measured(c: dict) -> str:
+    """`mean similarity 62.1 < 80 (bar)`: the value beside its bar, with as many decimals as
+    it takes for the printed value to agree with the comparison (79.99996 is not "80.0 < 80")."""
+    value, bar = c.get("value"), c["bar"]
+    if value is None:
+        return f"{c['name']} n/a (bar {bar:g})"
+    nd = 1
+    while nd < 6 and (float(f"{value:.{nd}f}") >= bar) != c["passed"]:
+        nd += 1
+    return f"{c['name']} {value:.{nd}f} {'>=' if c['passed'] else '<'} {bar:g}{'' if c['passed'] else ' (bar)'}"
+
+
+def verdict_line(summary: dict) -> str:
+    """`verdict: NOT QUALIFIED: mean similarity 62.1 < 80 (bar); mean precision 85.0 >= 80`:
+    every criterion's measured value next to its bar, so the line reports a measurement,
+    never a statement about the bar alone."""
+    verdict = "QUALIFIED" if summary["qualified"] else "NOT QUALIFIED"
+    criteria = summary.get("criteria") or []
+    if not summary.get("scored_rows"):
+        return f"verdict: {verdict}: no row was scored"
+    return f"verdict: {verdict}: " + "; ".join(_measured(c) for c in criteria)
+
+
 def summary_lines(summary: dict) -> list[str]:
     """The key numbers, one per line; shared by report.md and the terminal."""
     s = summary
-    verdict = "QUALIFIED" if s["qualified"] else "NOT QUALIFIED"
     tokens = s.get("tokens") or {}
     this_run = s.get("this_run") or {}
     return [
-        f"verdict: {verdict} (mean similarity >= {s['avg_similarity_threshold']:g} "
-        f"and mean precision >= {s['avg_precision_threshold']:g})",
+        verdict_line(s),
         f"evaluator: {s.get('evaluator', '?')}",
         f"rows: {s['rows']} (scored {s['scored_rows']}, failed {s['failed_rows']}); "
         f"judgements: {s['judgements']} ({s.get('eval_repeat', '?')} per row), failures {s['failures']} "

@@ -42,7 +42,8 @@ from src.data import (
 from src.errors import EXIT_CODES_HELP, EXIT_OK, RunFailed, UsageError
 from src.hub import check_push_possible, local_output_dir, save_output
 from src.logging_setup import setup_logging
-from src.prompts import check_placeholders, load_template, render
+from src.delimiters import render_data
+from src.prompts import check_placeholders, load_template
 from src.quality import QualityConfig, QualityFilter
 from src.service_llm import (
     INVALID,
@@ -441,8 +442,9 @@ def prepare(args: DataGenArgs) -> Prepared:
 
 def make_jobs(picks: Sequence[tuple[int, int]], prep: Prepared, topic: str) -> list[Job]:
     return [
-        Job(render(prep.template, instruction=prep.seeds[pos].instruction,
-                   response=prep.seeds[pos].response, topic=topic), sample_index=sample_index)
+        # render_data: a seed that contains `</example_instruction>` (any variant) cannot end its block
+        Job(render_data(prep.template, instruction=prep.seeds[pos].instruction,
+                        response=prep.seeds[pos].response, topic=topic), sample_index=sample_index)
         for pos, sample_index in picks
     ]
 
