@@ -33,6 +33,7 @@ class GenSettings:
     temperature: float
     top_p: float
     seed: int
+    stop_strings: tuple[str, ...] = ()
 
     @property
     def sampling(self) -> bool:
@@ -128,6 +129,8 @@ class HFGenerator:
         self.tokenizer = tokenizer
         self.settings = settings
         self.stop_ids = stop_token_ids(tokenizer, getattr(model, "generation_config", None))
+        added = getattr(tokenizer, "added_tokens_encoder", {})
+        self.stop_ids += [added[s] for s in settings.stop_strings if s in added and added[s] not in self.stop_ids]
         # Greedy at the library level: sampling, when asked for, is done per row by PerRowSampler.
         # Every sampling knob is set explicitly so the model's own generation_config.json
         # (often do_sample/temperature/top_p) cannot leak in.
@@ -157,8 +160,16 @@ class HFGenerator:
         """Cut at the first stop token, then decode only those new tokens."""
         stops = set(self.stop_ids)
         end = next((i for i, t in enumerate(new_ids) if t in stops), len(new_ids))
-        text = self.tokenizer.decode(new_ids[:end], skip_special_tokens=True)
+        text = cut_at_stop_strings(self.tokenizer.decode(new_ids[:end], skip_special_tokens=True),
+                                   self.settings.stop_strings)
         return Generated(text.strip(), end)
+
+
+def cut_at_stop_strings(text: str, stops: Sequence[str]) -> str:
+    """The text before the first stop string (stop strings that are special tokens are already
+    stop token ids, see `stop_token_ids`)."""
+    cut = min((i for i in (text.find(s) for s in stops if s) if i >= 0), default=len(text))
+    return text[:cut]
 
 
 def left_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -16,6 +16,7 @@ from datasets import Dataset
 from tqdm.auto import tqdm
 
 from src.config import config_to_dict, parse_config
+from src.legacy_keys import BATCH_INFERENCE_LEGACY
 from src.data import RESPONSE_COLUMNS, load_split
 from src.errors import EXIT_CODES_HELP, EXIT_OK, RunFailed, UsageError
 from src.logging_setup import setup_logging
@@ -66,6 +67,9 @@ class BatchInferenceConfig:
     max_new_tokens: int = field(default=1024, metadata={"help": "most tokens generated per answer"})
     do_sample: bool = field(default=True, metadata={"help": "sample (true) or decode greedily (false)"})
     seed: int = field(default=42, metadata={"help": "base seed; each (prompt, repeat) derives its own from it"})
+    stop_strings: list[str] = field(default_factory=list, metadata={
+        "help": "extra stop strings: an answer is cut before the first one (end-of-turn tokens and eos "
+                "always stop); the original's ft_model_gen_config_path fills it"})
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = field(default="auto", metadata={
         "help": "weights dtype; auto = bf16 on GPUs and on CPUs with fast bf16, else fp32"})
     backend: Literal["hf", "vllm"] = field(default="hf", metadata={"help": "hf (transformers) or vllm (GPU)"})
@@ -77,7 +81,8 @@ class BatchInferenceConfig:
 def main(argv: Sequence[str] | None = None) -> int:
     setup_logging()
     (cfg,) = parse_config(BatchInferenceConfig, argv=argv, epilog=EXIT_CODES_HELP,
-                          description="Generate the fine-tuned model's answers to every test prompt.")
+                          description="Generate the fine-tuned model's answers to every test prompt.",
+                          legacy_keys=BATCH_INFERENCE_LEGACY)
     return run(cfg)
 
 
@@ -101,7 +106,8 @@ def validate(cfg: BatchInferenceConfig) -> None:
 
 
 def settings_of(cfg: BatchInferenceConfig) -> GenSettings:
-    return GenSettings(cfg.max_new_tokens, cfg.do_sample, cfg.temperature, cfg.top_p, cfg.seed)
+    return GenSettings(cfg.max_new_tokens, cfg.do_sample, cfg.temperature, cfg.top_p, cfg.seed,
+                       tuple(cfg.stop_strings or ()))
 
 
 def run(cfg: BatchInferenceConfig) -> int:

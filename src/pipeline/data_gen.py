@@ -30,6 +30,7 @@ import numpy as np
 from datasets import Dataset, Features, List, Value
 
 from src.config import config_to_dict, parse_config
+from src.legacy_keys import SERVICE_LLM_LEGACY
 from src.data import (
     SYNTH_COLUMNS,
     assistant_reply,
@@ -634,6 +635,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         DataGenArgs, argv=argv,
         description="Generate synthetic instruction/response pairs like the seed dataset, "
         "deduplicated and decontaminated against the test split.",
-        epilog=EXIT_CODES_HELP, prog="data_gen.py",
+        epilog=EXIT_CODES_HELP, prog="data_gen.py", legacy_keys=SERVICE_LLM_LEGACY,
     )
     return run(args)
