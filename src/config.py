@@ -106,6 +106,8 @@ def parse_config(
     instances = _build_dataclasses(dataclass_types, values)
     if print_config:
         print(yaml.safe_dump(config_to_dict(*instances), sort_keys=False, allow_unicode=True), end="")
+        for note in (n for inst in instances for n in getattr(inst, "config_notes", lambda: [])()):
+            print(f"# {note}")  # e.g. which env variable gave the API key (its name, never its value)
         raise SystemExit(0)
     return instances
 

@@ -224,6 +224,7 @@ class ProtocolServer:
             self._attempts: Counter = Counter()  # (provider, fault spec, first message) -> requests
             self._global_fault_count = 0
             self._seen_first: Counter = Counter()  # (provider, first message) -> requests seen
+            self.bodies: list[tuple[str, dict]] = []  # (provider, request JSON), in process: what the SDK sent
 
     def stats(self, detail: bool = False) -> dict:
         with self._lock:
@@ -377,6 +378,8 @@ class ProtocolServer:
                     self._send_json(404, {"error": {"message": f"no route {path}"}})
                     return
                 provider, model, messages, seed = route
+                with server._lock:
+                    server.bodies.append((provider, body))
                 first = next((text for role, text in messages if role == "user"), "")
                 request_key = hashlib.sha256(
                     json.dumps([provider, messages, seed]).encode("utf-8")).hexdigest()[:16]
