@@ -16,6 +16,7 @@ from datasets import Dataset
 from tqdm.auto import tqdm
 
 from src.config import config_to_dict, parse_config
+from src.formats import check_format_args, column_map_field, data_format_field, to_messages
 from src.legacy_keys import BATCH_INFERENCE_LEGACY
 from src.data import RESPONSE_COLUMNS, load_split
 from src.errors import EXIT_CODES_HELP, EXIT_OK, RunFailed, UsageError
@@ -76,6 +77,8 @@ class BatchInferenceConfig:
     tensor_parallel_size: int = field(default=1, metadata={"help": "GPUs per model replica (vllm backend)"})
     output_root: str = field(default="outputs", metadata={
         "help": "parent folder of the local copy when pushing (the local copy is <output_root>/<repo id>)"})
+    data_format: str = data_format_field()
+    column_map: Optional[dict] = column_map_field()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -103,6 +106,7 @@ def validate(cfg: BatchInferenceConfig) -> None:
         raise UsageError(f"top_p must be in (0, 1], got {cfg.top_p}")
     if cfg.load_in_8bit and cfg.load_in_4bit:
         raise UsageError("load_in_8bit and load_in_4bit are both set; choose one")
+    check_format_args(cfg.data_format, cfg.column_map)
 
 
 def settings_of(cfg: BatchInferenceConfig) -> GenSettings:
@@ -122,8 +126,10 @@ def run(cfg: BatchInferenceConfig) -> int:
                              "not under torchrun/accelerate launch")
     if info.is_main:
         check_push_possible(cfg.push_lm_responses_to_hf_hub, f"responses to '{cfg.lm_response_ds_id}'")
-    ds = load_split(cfg.test_ds_id, cfg.test_ds_split, what="test dataset")
-    records = prompt_records(ds, what=f"test dataset '{cfg.test_ds_id}' split '{cfg.test_ds_split}'")
+    what = f"test dataset '{cfg.test_ds_id}' split '{cfg.test_ds_split}'"
+    ds = to_messages(load_split(cfg.test_ds_id, cfg.test_ds_split, what="test dataset"), what,
+                     cfg.data_format, cfg.column_map)
+    records = prompt_records(ds, what=what)
     ref = resolve_model_ref(cfg.ft_model_id, cfg.ft_model_revision, cfg.ft_model_config_path)
     tokenizer = load_tokenizer(ref)
     settings = settings_of(cfg)
