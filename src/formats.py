@@ -36,6 +36,9 @@ SIGNATURES: dict[str, tuple[str, ...]] = {
     "sharegpt": ("conversations",),
 }
 PROMPT_ONLY = "prompt"
+# Common names of the answer next to a `prompt` column (HumanEval's is canonical_solution): read
+# as `completion` without a column_map, first match wins, and logged.
+ANSWER_SYNONYMS = ("response", "answer", "canonical_solution")
 FORMATS = ("auto", *SIGNATURES, PROMPT_ONLY)
 # the columns each format's rows are built from (dropped after conversion: they live in messages now)
 SOURCE_COLUMNS = {"messages": (), "prompt_completion": ("completion",), "alpaca": ("instruction", "input", "output"),
@@ -89,6 +92,7 @@ def to_messages(ds: Dataset, what: str, data_format: str = "auto",
     dataset exits 2 here instead of failing later.
     """
     ds = _apply_column_map(ds, column_map or {}, what)
+    ds = _answer_synonym(ds, what, data_format)
     fmt = detect_format(ds.column_names, what, data_format)
     logger.info("%s: data format %s", what, fmt)
     if require_answer and fmt == PROMPT_ONLY:
@@ -119,6 +123,20 @@ def _apply_column_map(ds: Dataset, column_map: Mapping[str, str], what: str) -> 
     if renames:
         logger.info("%s: column_map renames %s", what, ", ".join(f"{t} -> {o}" for t, o in renames.items()))
     return ds.rename_columns(renames) if renames else ds
+
+
+def _answer_synonym(ds: Dataset, what: str, data_format: str) -> Dataset:
+    """`prompt` + `response`/`answer`/`canonical_solution` is prompt/completion data."""
+    cols = ds.column_names
+    if data_format not in ("auto", "prompt_completion") or "prompt" not in cols or "completion" in cols:
+        return ds
+    if data_format == "auto" and any(c in cols for c in ("messages", "conversations", "instruction")):
+        return ds  # another format's columns are there: leave the choice to detection
+    synonym = next((c for c in ANSWER_SYNONYMS if c in cols), None)
+    if synonym is None:
+        return ds
+    logger.info("%s: column '%s' read as the completion (set column_map to choose another)", what, synonym)
+    return ds.rename_column(synonym, "completion")
 
 
 def _turns(value: Any, role: str) -> list[dict[str, str]]:

@@ -148,7 +148,7 @@ def test_the_broken_model_sentinel_does_fail_on_load(broken_model_dir: Path, sft
 
 def _bad_cases(tmp: Path, data: Path) -> dict[str, tuple[list[str], str]]:
     no_messages = tmp / "no_messages"
-    _write_jsonl(no_messages / "train_sft.jsonl", [{"prompt": "p", "response": "r"}])
+    _write_jsonl(no_messages / "train_sft.jsonl", [{"prompt": "p", "label": "r"}])
     no_reply = tmp / "no_reply"
     _write_jsonl(no_reply / "train_sft.jsonl", _rows(3, with_assistant=False))
     used = tmp / "used_out"

@@ -142,3 +142,16 @@ def test_data_gen_seeds_from_alpaca(tmp_path):
     ref = write_jsonl(tmp_path / "ref.jsonl", [{"instruction": "Reverse a string.", "input": "abc", "output": "cba"}])
     seeds, train = load_seeds(DataGenArgs(reference_ds_id=ref, reference_ds_split="train_sft"))
     assert (seeds[0].instruction, seeds[0].response) == ("Reverse a string.\n\nabc", "cba")
+
+
+def test_common_answer_names_next_to_prompt_need_no_column_map(caplog):
+    with caplog.at_level(logging.INFO, logger="llamaduo.data"):
+        out = to_messages(Dataset.from_list(HUMANEVAL[:1]), "he", require_answer=True)
+    assert out[0]["messages"][1]["content"] == HUMANEVAL[0]["canonical_solution"]
+    assert "column 'canonical_solution' read as the completion" in caplog.text
+    assert out[0]["test"] == HUMANEVAL[0]["test"] and out[0]["entry_point"] == "f0"
+    qa = to_messages(Dataset.from_list([{"prompt": "Q", "response": "A"}]), "qa")
+    assert qa[0]["messages"] == [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}]
+    # our own outputs (prompt + messages) are not touched
+    ours = to_messages(Dataset.from_list([{"prompt": "Q", "messages": CHAT, "response": "x"}]), "ours")
+    assert ours[0]["messages"] == CHAT and ours[0]["response"] == "x"

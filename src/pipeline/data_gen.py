@@ -300,8 +300,9 @@ def load_existing(args: DataGenArgs, out_dir: Path) -> list[tuple[str, str]]:
     load), and the local output split when appending to it (may not exist yet)."""
     rows: list[tuple[str, str]] = []
     if args.existing_ds_id:
-        ds = canonical_synth_columns(load_split(args.existing_ds_id, args.existing_ds_split,
-                                                what="existing dataset (existing_ds_id)"))
+        ds = canonical_synth_columns(to_messages(
+            load_split(args.existing_ds_id, args.existing_ds_split, what="existing dataset (existing_ds_id)"),
+            f"existing dataset '{args.existing_ds_id}'", column_map=args.column_map))
         rows += [(f"existing:{row.get('prompt_id') or i}", row_instruction(row)) for i, row in enumerate(ds)]
     if args.synth_ds_append and args.dedup_against_existing and out_dir.exists():
         try:
