@@ -164,3 +164,20 @@ def test_the_script_counts_loaded_over_tried(tmp_path):
     proc = subprocess.run([sys.executable, str(REPO / "scripts/load_original_configs.py"), str(tree)],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1 and "loaded 1/2 stage configs" in proc.stdout
+
+
+def test_stop_strings_cut_the_answer(tiny_model_dir):
+    """The original's stop_strings (via ft_model_gen_config_path) cut a decoded answer; a stop
+    string that is an added token of the tokenizer also stops generation as a token id."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from src.inference.hf_backend import GenSettings, HFGenerator, cut_at_stop_strings
+
+    assert cut_at_stop_strings("def f(): pass\n### next task", ["###", "<|end_of_text|>"]) == "def f(): pass\n"
+    assert cut_at_stop_strings("no stop here", ["###"]) == "no stop here"
+    tok = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir))
+    gen = HFGenerator(model, tok, GenSettings(8, False, 0.0, 1.0, 0, ("###", "<|im_start|>")))
+    assert tok.convert_tokens_to_ids("<|im_start|>") in gen.stop_ids
+    ids = tok("The answer is 4. ### Now another question", add_special_tokens=False)["input_ids"]
+    assert gen._decode(ids).text == "The answer is 4."
