@@ -96,7 +96,7 @@ def test_missing_prompt_columns(tiny_model_dir, tmp_path, no_model_load):
     data = tmp_path / "d"
     data.mkdir()
     (data / "test_sft.jsonl").write_text(json.dumps({"question": "q", "answer": "a"}) + "\n")
-    with pytest.raises(UsageError, match=r"neither a 'messages' nor a 'prompt' column.*question, answer"):
+    with pytest.raises(UsageError, match=r"no known data format in columns question, answer.*column_map"):
         bi.main(argv_for(tiny_model_dir, data, tmp_path / "out"))
 
 

@@ -33,6 +33,7 @@ class GenSettings:
     temperature: float
     top_p: float
     seed: int
+    stop_strings: tuple[str, ...] = ()
 
     @property
     def sampling(self) -> bool:
@@ -136,6 +137,8 @@ class HFGenerator:
         self.tokenizer = tokenizer
         self.settings = settings
         self.stop_ids = stop_token_ids(tokenizer, getattr(model, "generation_config", None))
+        added = getattr(tokenizer, "added_tokens_encoder", {})
+        self.stop_ids += [added[s] for s in settings.stop_strings if s in added and added[s] not in self.stop_ids]
         # Greedy at the library level: sampling, when asked for, is done per row by PerRowSampler.
         # Every sampling knob is set explicitly so the model's own generation_config.json
         # (often do_sample/temperature/top_p) cannot leak in.
@@ -168,8 +171,18 @@ class HFGenerator:
         end = next((i for i, t in enumerate(new_ids) if t in stops), None)
         reason = FINISH_LENGTH if end is None else FINISH_STOP
         end = len(new_ids) if end is None else end
-        text = self.tokenizer.decode(new_ids[:end], skip_special_tokens=True)
+        decoded = self.tokenizer.decode(new_ids[:end], skip_special_tokens=True)
+        text = cut_at_stop_strings(decoded, self.settings.stop_strings)
+        if len(text) < len(decoded):  # a stop string ended the answer, not the token limit
+            reason = FINISH_STOP
         return Generated(text.strip(), end, reason)
+
+
+def cut_at_stop_strings(text: str, stops: Sequence[str]) -> str:
+    """The text before the first stop string (stop strings that are special tokens are already
+    stop token ids, see `stop_token_ids`)."""
+    cut = min((i for i in (text.find(s) for s in stops if s) if i >= 0), default=len(text))
+    return text[:cut]
 
 
 def left_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -72,7 +72,8 @@ class VLLMGenerator:
         params = [SamplingParams(n=1, max_tokens=s.max_new_tokens, seed=it.seed,
                                  temperature=s.temperature if s.sampling else 0.0,
                                  top_p=s.top_p if s.sampling else 1.0,
-                                 stop_token_ids=self.stop_ids, skip_special_tokens=True)
+                                 stop_token_ids=self.stop_ids, stop=list(s.stop_strings) or None,
+                                 skip_special_tokens=True)
                   for it in items]
         prompts = [TokensPrompt(prompt_token_ids=list(it.input_ids)) for it in items]
         outs = self.llm.generate(prompts, params, lora_request=self.lora, use_tqdm=False)

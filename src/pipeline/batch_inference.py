@@ -16,6 +16,8 @@ from datasets import Dataset
 from tqdm.auto import tqdm
 
 from src.config import config_to_dict, parse_config
+from src.formats import check_format_args, column_map_field, data_format_field, to_messages
+from src.legacy_keys import BATCH_INFERENCE_LEGACY
 from src.data import RESPONSE_COLUMNS, load_split
 from src.errors import EXIT_CODES_HELP, EXIT_OK, RunFailed, UsageError
 from src.logging_setup import setup_logging
@@ -67,18 +69,24 @@ class BatchInferenceConfig:
     max_new_tokens: int = field(default=1024, metadata={"help": "most tokens generated per answer"})
     do_sample: bool = field(default=True, metadata={"help": "sample (true) or decode greedily (false)"})
     seed: int = field(default=42, metadata={"help": "base seed; each (prompt, repeat) derives its own from it"})
+    stop_strings: list[str] = field(default_factory=list, metadata={
+        "help": "extra stop strings: an answer is cut before the first one (end-of-turn tokens and eos "
+                "always stop); the original's ft_model_gen_config_path fills it"})
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = field(default="auto", metadata={
         "help": "weights dtype; auto = bf16 on GPUs and on CPUs with fast bf16, else fp32"})
     backend: Literal["hf", "vllm"] = field(default="hf", metadata={"help": "hf (transformers) or vllm (GPU)"})
     tensor_parallel_size: int = field(default=1, metadata={"help": "GPUs per model replica (vllm backend)"})
     output_root: str = field(default="outputs", metadata={
         "help": "parent folder of the local copy when pushing (the local copy is <output_root>/<repo id>)"})
+    data_format: str = data_format_field()
+    column_map: Optional[dict] = column_map_field()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     setup_logging()
     (cfg,) = parse_config(BatchInferenceConfig, argv=argv, epilog=EXIT_CODES_HELP,
-                          description="Generate the fine-tuned model's answers to every test prompt.")
+                          description="Generate the fine-tuned model's answers to every test prompt.",
+                          legacy_keys=BATCH_INFERENCE_LEGACY)
     return run(cfg)
 
 
@@ -99,10 +107,12 @@ def validate(cfg: BatchInferenceConfig) -> None:
         raise UsageError(f"top_p must be in (0, 1], got {cfg.top_p}")
     if cfg.load_in_8bit and cfg.load_in_4bit:
         raise UsageError("load_in_8bit and load_in_4bit are both set; choose one")
+    check_format_args(cfg.data_format, cfg.column_map)
 
 
 def settings_of(cfg: BatchInferenceConfig) -> GenSettings:
-    return GenSettings(cfg.max_new_tokens, cfg.do_sample, cfg.temperature, cfg.top_p, cfg.seed)
+    return GenSettings(cfg.max_new_tokens, cfg.do_sample, cfg.temperature, cfg.top_p, cfg.seed,
+                       tuple(cfg.stop_strings or ()))
 
 
 def run(cfg: BatchInferenceConfig) -> int:
@@ -117,8 +127,10 @@ def run(cfg: BatchInferenceConfig) -> int:
                              "not under torchrun/accelerate launch")
     if info.is_main:
         check_push_possible(cfg.push_lm_responses_to_hf_hub, f"responses to '{cfg.lm_response_ds_id}'")
-    ds = load_split(cfg.test_ds_id, cfg.test_ds_split, what="test dataset")
-    records = prompt_records(ds, what=f"test dataset '{cfg.test_ds_id}' split '{cfg.test_ds_split}'")
+    what = f"test dataset '{cfg.test_ds_id}' split '{cfg.test_ds_split}'"
+    ds = to_messages(load_split(cfg.test_ds_id, cfg.test_ds_split, what="test dataset"), what,
+                     cfg.data_format, cfg.column_map)
+    records = prompt_records(ds, what=what)
     ref = resolve_model_ref(cfg.ft_model_id, cfg.ft_model_revision, cfg.ft_model_config_path)
     tokenizer = load_tokenizer(ref)
     settings = settings_of(cfg)

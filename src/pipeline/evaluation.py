@@ -23,6 +23,7 @@ from datasets import Dataset, Features, List, Value
 from tqdm.auto import tqdm
 
 from src.config import config_to_dict, parse_config
+from src.legacy_keys import SERVICE_LLM_LEGACY
 from src.data import load_split
 from src.delimiters import delimiter_tags, neutralize_tags
 from src.errors import (
@@ -475,5 +476,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     for noisy in ("httpx", "httpx2", "openai", "anthropic", "google_genai"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     (args,) = parse_config(EvaluationArgs, argv=argv, description=DESCRIPTION,
-                           epilog=EXIT_CODES_HELP, prog="evaluation.py")
+                           epilog=EXIT_CODES_HELP, prog="evaluation.py", legacy_keys=SERVICE_LLM_LEGACY)
     return run(args)

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional, Sequence
 
 from src.config import config_to_dict, parse_config
+from src.formats import check_format_args, column_map_field, data_format_field
 from src.errors import EXIT_CODES_HELP, EXIT_OK, RunFailed, UsageError
 from src.logging_setup import setup_logging
 
@@ -55,6 +56,8 @@ class ScriptArgs:
     dataset_splits: list[str] = field(default_factory=lambda: ["train_sft", "test_sft"], metadata={
         "help": "splits to load from every dataset: names containing 'train' are trained on, names containing "
                 "'test' are the eval set (used only when eval_strategy is not 'no')"})
+    data_format: str = data_format_field()
+    column_map: Optional[dict] = column_map_field()
     preprocessing_num_workers: Optional[int] = field(default=None, metadata={
         "help": "processes for tokenizing the data (alignment-handbook key; default: dataset_num_proc)"})
     tokenizer_name_or_path: Optional[str] = field(default=None, metadata={
@@ -305,8 +308,12 @@ def resolve_base(model_args: Any) -> str:
         return str(path.resolve())
     if name.startswith((".", "/", "~")) or name.count("/") > 1:
         raise UsageError(f"model_name_or_path {name}: path not found")
-    from src.hub import ensure_hub_reachable
+    from src.hub import ensure_hub_reachable, hub_offline
+    from src.hub_cache import is_model_cached
 
+    if hub_offline() and is_model_cached(name, model_args.model_revision):
+        logger.info("model '%s': HF_HUB_OFFLINE is set; loading the copy in the local Hugging Face cache", name)
+        return name
     ensure_hub_reachable(f"model '{name}'")
     return name
 
@@ -341,17 +348,23 @@ def run(script: Any, model_args: Any, sft: Any) -> int:
 
     started = time.time()
     check_values(script, model_args, sft)
+    check_format_args(script.data_format, script.column_map)
     mixer = resolve_mixer(script.dataset_mixer, script.dataset_id)
     want_eval = str(getattr(sft.eval_strategy, "value", sft.eval_strategy)) != "no"
     resume = prepare_output_dir(script, sft)
     push, sft.push_to_hub = bool(sft.push_to_hub), False  # pushing goes through src.hub, once, at the end
     check_push_possible(push, f"the fine-tuned model '{sft.hub_model_id}'")
+    from src.models import is_embedded_alias
 
-    data = load_mixed(mixer, script.dataset_splits, seed=sft.seed, want_eval=want_eval)
+    # a Hub id that cannot be used (offline and not cached) fails before the data is read
+    early_base = None if is_embedded_alias(model_args.model_name_or_path) else resolve_base(model_args)
+
+    data = load_mixed(mixer, script.dataset_splits, seed=sft.seed, want_eval=want_eval,
+                      data_format=script.data_format, column_map=script.column_map)
     if want_eval and data.eval is None:
         raise UsageError(f"eval_strategy={sft.eval_strategy} needs a test split in dataset_splits "
                          f"(got {script.dataset_splits}); or set eval_strategy: no")
-    base = resolve_base(model_args)  # may convert the embedded model once: after the cheap checks
+    base = early_base or resolve_base(model_args)  # may convert the embedded model once: after the cheap checks
     tokenizer = load_tokenizer(script, model_args, sft, base)
     kwargs = sft.dataset_kwargs if isinstance(sft.dataset_kwargs, dict) else {}
     num_proc = script.preprocessing_num_workers or sft.dataset_num_proc

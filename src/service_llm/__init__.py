@@ -24,7 +24,7 @@ Usage from a stage::
         else:      record_failure(res.error)   # a reason; never a crash, never a 0
     summary["service_llm"] = llm.last_run.as_dict()   # calls, cached, tokens, cost...
     if llm.last_run.stopped_for_budget: ...            # --max-cost-usd was reached
-    evaluator_name = llm.model                          # e.g. "gemini-1.5-flash"
+    evaluator_name = llm.model                          # e.g. "gemini-2.5-flash"
 
 Ledger: every reply is stored (SQLite, WAL) before it is used, keyed by provider, model, gen
 config, conversation and sample index, so a rerun or a restart after kill -9 pays for nothing

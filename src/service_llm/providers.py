@@ -30,6 +30,7 @@ from typing import Any, Optional, Protocol, Sequence
 import yaml
 
 from src.errors import UsageError
+from src.service_llm import credentials, gen_settings
 from src.service_llm.args import PROVIDERS, ServiceLLMArgs
 from src.service_llm.pricing import estimate_tokens
 from src.service_llm import schema_wire
@@ -41,6 +42,8 @@ from src.service_llm.records import (
     TransientError,
     UnreachableError,
 )
+
+logger = logging.getLogger("llamaduo.service_llm")
 
 __all__ = [
     "FatalError",
@@ -54,25 +57,25 @@ __all__ = [
 REPO_ROOT = Path(__file__).resolve().parents[2]
 logger = logging.getLogger("llamaduo.service_llm")
 
+# Chosen 2026-12-02. openai/anthropic: names in the installed SDKs' model Literals
+# (openai.types.ChatModel, anthropic.types.Model; tests/test_gen_settings.py checks them; the
+# vertex/bedrock ids are the same model's platform spelling); google-genai ships no list.
+# Non-reasoning models, so the shared temperature/max_tokens settings apply unchanged.
 DEFAULT_MODELS = {
-    "openai": "gpt-4o",
-    "anthropic": "claude-3-5-sonnet-20240620",
-    "anthropic-vertex": "claude-3-5-sonnet@20240620",
-    "anthropic-bedrock": "anthropic.claude-3-5-sonnet-20240620-v1:0",
-    "gemini": "gemini-1.5-flash",
-    "gemini-vertex": "gemini-1.5-flash",
+    "openai": "gpt-4.1",
+    "anthropic": "claude-sonnet-4-5",
+    "anthropic-vertex": "claude-sonnet-4-5@20250929",
+    "anthropic-bedrock": "anthropic.claude-sonnet-4-5-20250929-v1:0",
+    "gemini": "gemini-2.5-flash",
+    "gemini-vertex": "gemini-2.5-flash",
     "local": "smollm2-135m-instruct",
 }
-DEFAULT_GEN_CONFIGS = {
-    "openai": "config/gpt_gen_configs.yaml",
-    "anthropic": "config/claude_gen_configs.yaml",
-    "anthropic-vertex": "config/claude_gen_configs.yaml",
-    "anthropic-bedrock": "config/claude_gen_configs.yaml",
-    "gemini": "config/gemini_gen_configs.yaml",
-    "gemini-vertex": "config/gemini_gen_configs.yaml",
-}
+# One provider-neutral file for every hosted provider (src/service_llm/gen_settings.py).
+NEUTRAL_GEN_CONFIG = "config/service_llm_gen.yaml"
+DEFAULT_GEN_CONFIGS = {p: NEUTRAL_GEN_CONFIG for p in ("openai", "anthropic", "anthropic-vertex",
+                                                       "anthropic-bedrock", "gemini", "gemini-vertex")}
 LOCAL_GEN_KEYS = {"max_new_tokens", "max_tokens", "max_output_tokens", "temperature", "top_p",
-                  "top_k", "do_sample", "repetition_penalty"}
+                  "top_k", "do_sample", "repetition_penalty", "stop_strings"}
 LOCAL_BATCH_SIZE = 8
 LOCAL_GEN_DEFAULTS = {"max_new_tokens": 256, "do_sample": True, "temperature": 0.7, "top_p": 0.9}
 ANTHROPIC_DEFAULT_MAX_TOKENS = 4096  # the Messages API refuses a call without max_tokens
@@ -246,24 +249,26 @@ def resolve_spec(args: ServiceLLMArgs) -> ProviderSpec:
         raise UsageError(
             f"unknown service_llm_provider '{args.service_llm_provider}'; choose one of: {', '.join(PROVIDERS)}"
         )
-    base_url = _check_url(args.service_llm_base_url) if args.service_llm_base_url else None
+    url = credentials.base_url(provider, args)
+    base_url = _check_url(url.value) if url.value else None
     model = (args.service_model_name or "").strip() or DEFAULT_MODELS[provider]
-    api_key = args.service_llm_api_key or os.environ.get("SERVICE_LLM_API_KEY") or None
-    project = args.gcp_project_id or os.environ.get("GCP_PROJECT_ID")
-    location = args.gcp_location or os.environ.get("GCP_LOCATION")
-    region = (args.aws_location or os.environ.get("AWS_LOCATION") or os.environ.get("AWS_REGION")
-              or os.environ.get("AWS_DEFAULT_REGION"))
+    key = credentials.api_key(provider, args)
+    api_key = key.value
+    project_s, location_s = credentials.gcp_project(provider, args), credentials.gcp_location(provider, args)
+    project, location = project_s.value, location_s.value
+    region = credentials.aws_region(args).value
 
     if provider in ("anthropic", "gemini") or (provider == "openai" and base_url is None):
         if not api_key:
-            hint = (" (or set service_llm_base_url for a keyless OpenAI-compatible server)"
+            hint = (" (or set service_llm_base_url / OPENAI_BASE_URL for a keyless OpenAI-compatible server)"
                     if provider == "openai" else "")
             raise UsageError(
-                f"provider {provider} needs an API key: set SERVICE_LLM_API_KEY or service_llm_api_key{hint}"
+                f"provider {provider} needs an API key; looked at {', '.join(key.looked_at)}: none is set{hint}"
             )
+    for line in credentials.describe(args):
+        logger.info("service LLM %s: %s", provider, line)
     if provider.endswith("-vertex"):
-        missing = [n for n, v in (("GCP_PROJECT_ID / gcp_project_id", project),
-                                  ("GCP_LOCATION / gcp_location", location)) if not v]
+        missing = [" / ".join(s.looked_at) for s in (project_s, location_s) if not s.value]
         if missing:
             raise UsageError(f"provider {provider} needs {' and '.join(missing)}")
         if not api_key and not _google_credentials_present():
@@ -273,7 +278,8 @@ def resolve_spec(args: ServiceLLMArgs) -> ProviderSpec:
             )
     if provider == "anthropic-bedrock":
         if not region:
-            raise UsageError("provider anthropic-bedrock needs AWS_LOCATION / aws_location (an AWS region)")
+            raise UsageError("provider anthropic-bedrock needs an AWS region; looked at "
+                             + ", ".join(credentials.aws_region(args).looked_at) + ": none is set")
         if not api_key and not os.environ.get("AWS_BEARER_TOKEN_BEDROCK"):
             if not _aws_credentials_present():
                 raise UsageError(
@@ -287,7 +293,9 @@ def resolve_spec(args: ServiceLLMArgs) -> ProviderSpec:
                 )
     # the generation config last: validating it imports the SDK (slow), the checks above are cheap
     where = args.service_llm_gen_config_path or DEFAULT_GEN_CONFIGS.get(provider, "(defaults)")
-    gen = _validate_gen_config(provider, _load_gen_config(args, provider), where)
+    neutral = gen_settings.to_provider(provider, model, _load_gen_config(args, provider), where, base_url,
+                                       _allowed_keys(provider))
+    gen = _validate_gen_config(provider, neutral, where)
     max_out = next((gen[k] for k in _MAX_TOKEN_KEYS if k in gen), FALLBACK_MAX_OUTPUT_TOKENS)
     if provider == "local":
         _check_local_model(model)
@@ -638,7 +646,8 @@ class LocalProvider:
                 gen.pop(key, None)
         torch.manual_seed(min(index for _, index in batch))
         with torch.no_grad():
-            out = model.generate(**enc, **gen, pad_token_id=tok.pad_token_id)
+            stop = {"tokenizer": tok} if gen.get("stop_strings") else {}  # generate() needs it for stop strings
+            out = model.generate(**enc, **gen, **stop, pad_token_id=tok.pad_token_id)
         latency = time.monotonic() - start
         prompt_len = enc["input_ids"].shape[1]
         stops = {tok.eos_token_id, tok.pad_token_id} - {None}

@@ -370,6 +370,7 @@ class ProtocolServer:
             self.structured_ok: Counter = Counter()  # provider -> well-formed structured asks
             self.structured_bad: Counter = Counter()  # provider -> malformed structured asks
             self.plain_judge: Counter = Counter()  # provider -> judge requests without an ask
+            self.bodies: list[tuple[str, dict]] = []  # (provider, request JSON), in process: what the SDK sent
 
     def stats(self, detail: bool = False) -> dict:
         with self._lock:
@@ -550,6 +551,8 @@ class ProtocolServer:
                     self._send_json(404, {"error": {"message": f"no route {path}"}})
                     return
                 provider, model, messages, seed = route
+                with server._lock:
+                    server.bodies.append((provider, body))
                 first = next((text for role, text in messages if role == "user"), "")
                 structured, refusal = server._check_structured(provider, body, "<candidate_answer>" in first)
                 request_key = hashlib.sha256(
