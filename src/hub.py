@@ -26,11 +26,10 @@ import yaml
 from datasets import Dataset, DatasetDict, concatenate_datasets
 
 from src.errors import RunFailed, UsageError
+from src.redact import redact
 
 logger = logging.getLogger("llamaduo.hub")
 
-SECRET_ENV_VARS = ("SERVICE_LLM_API_KEY", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "OPENAI_API_KEY",
-                   "ANTHROPIC_API_KEY", "GEMINI_API_KEY", "GOOGLE_API_KEY")
 
 
 class HubApi(Protocol):
@@ -287,13 +286,9 @@ def render_dataset_card(
 
 
 def scrub_secrets(text: str) -> str:
-    """Last line of defence: remove the values of known credential env vars from text that
-    leaves the process (cards, reports), even if a caller forgot to mask a config field."""
-    for var in SECRET_ENV_VARS:
-        value = os.environ.get(var)
-        if value and len(value) >= 6:
-            text = text.replace(value, "***")
-    return text
+    """Last line of defence for text that leaves the process (cards, reports): credential env
+    values and URL credentials are masked (src.redact, the one masking function)."""
+    return redact(text)
 
 
 def _jsonable(value: Any) -> Any:
