@@ -8,6 +8,7 @@ back one `JobResult` per job, in input order, with nothing to clean up.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 from dataclasses import dataclass
@@ -18,7 +19,9 @@ from tqdm.auto import tqdm
 
 from src.errors import RunFailed, UsageError
 from src.service_llm.args import ServiceLLMArgs
-from src.service_llm.ledger import Ledger, ledger_key
+from src.service_llm import sidecar
+from src.service_llm.ledger import Ledger, LedgerWriteError, check_location, ledger_key
+from src.service_llm.limits import default_max_input_tokens
 from src.service_llm.pricing import Pricing, estimate_tokens
 from src.service_llm.providers import (
     Provider,
@@ -33,6 +36,7 @@ from src.service_llm.records import (
     INVALID,
     OK,
     SKIPPED_BUDGET,
+    SKIPPED_OVERSIZE,
     Completion,
     Estimate,
     InvalidReply,
@@ -72,6 +76,10 @@ def _check_values(args: ServiceLLMArgs, workers: int) -> None:
         raise UsageError(f"max_cost_usd must be > 0 (omit it for no limit), got {args.max_cost_usd}")
     if args.no_cache and args.refresh_cache:
         raise UsageError("no_cache and refresh_cache exclude each other")
+    if args.max_input_tokens < 0:
+        raise UsageError(f"max_input_tokens must be >= 0 (0 = derived from the model), got {args.max_input_tokens}")
+    if args.oversize_rows not in ("refuse", "skip"):
+        raise UsageError(f"oversize_rows must be 'refuse' or 'skip', got '{args.oversize_rows}'")
 
 
 @dataclass
@@ -81,6 +89,8 @@ class _RunState:
     usage: Usage
     bar: tqdm
     budget: Optional[Budget] = None
+    #: set when a ledger write failed: no new call starts, the paid answers go to a sidecar
+    ledger_error: Optional[str] = None
 
     def refresh_bar(self) -> None:
         u = self.usage
@@ -108,6 +118,8 @@ class ServiceLLM:
         max_cost_usd: Optional[float],
         pricing: Pricing,
         show_progress: bool = True,
+        max_input_tokens: int = 0,
+        oversize_rows: str = "refuse",
     ) -> None:
         self.spec = spec
         self.workers = workers
@@ -120,6 +132,8 @@ class ServiceLLM:
         self.max_cost_usd = max_cost_usd
         self.pricing = pricing
         self.show_progress = show_progress
+        self.max_input_tokens = max_input_tokens or default_max_input_tokens(spec.model, spec.max_output_tokens)
+        self.oversize_rows = oversize_rows
         #: first backoff ceiling in seconds (doubles per retry, capped at 60 s); tests shorten it
         self.backoff_initial_s = 1.0
         self.usage = Usage()  # cumulative over every run() of this object
@@ -157,7 +171,7 @@ class ServiceLLM:
             ledger_path = None
         else:
             ledger_path = Path(args.ledger_path or default_ledger_path or default_ledger_location())
-        return cls(
+        client = cls(
             spec,
             workers=workers,
             rate_limit_per_minute=args.rate_limit_per_minute,
@@ -169,7 +183,17 @@ class ServiceLLM:
             max_cost_usd=args.max_cost_usd,
             pricing=pricing,
             show_progress=show_progress,
+            max_input_tokens=args.max_input_tokens,
+            oversize_rows=args.oversize_rows,
         )
+        if ledger_path is not None and not args.dry_run:
+            # a ledger that cannot be written is exit 2 now, not a traceback after paid calls;
+            # an existing file is opened, schema-checked and write-probed, a new one is created
+            # (and probed) by the first run() before its first call
+            check_location(ledger_path, create=False)
+            if ledger_path.exists():
+                client._ledger = Ledger(ledger_path)
+        return client
 
     @property
     def model(self) -> str:
@@ -182,7 +206,9 @@ class ServiceLLM:
 
     def describe(self) -> str:
         """A one-line, key-free description for logs and reports."""
-        where = f" at {self.spec.base_url}" if self.spec.base_url else ""
+        from src.redact import redact
+
+        where = f" at {redact(self.spec.base_url)}" if self.spec.base_url else ""
         rpm = self.rate_limit_per_minute or "unlimited"
         return f"{self.spec.provider}/{self.spec.model}{where} (workers={self.workers}, rpm={rpm})"
 
@@ -214,15 +240,21 @@ class ServiceLLM:
         """Count the calls `run(jobs)` would make (ledger hits excluded) and estimate tokens
         and cost, without calling anything. `expected_output_tokens` is the typical reply
         length for this stage (default 256); the maximum uses the gen config's token cap."""
+        self.oversize_jobs(jobs)  # refuse mode: the dry run says so too
         # a dry run creates no file: only an existing ledger is consulted
         exists = self.ledger_path is not None and self.ledger_path.exists()
         ledger = self._open_ledger() if exists and not self.refresh_cache else None
         cached = 0
         input_tokens = 0
         calls = 0
+        seen: set[str] = set()
         for job in jobs:
             messages = [{"role": "user", "content": job.prompt}]
-            if ledger is not None and ledger.get(self._key(messages, job.sample_index)) is not None:
+            key = self._key(messages, job.sample_index)
+            if key in seen or estimate_tokens(job.prompt) > self.max_input_tokens:
+                continue  # a duplicate shares its twin's call; an oversize prompt is never sent
+            seen.add(key)
+            if ledger is not None and ledger.get(key) is not None:
                 cached += 1
                 continue
             calls += 1
@@ -275,40 +307,56 @@ class ServiceLLM:
         on_result: Optional[Callable[[int, JobResult[T]], None]] = None,
     ) -> list[JobResult[T]]:
         """The async form of `run` (same contract)."""
+        oversize = self.oversize_jobs(jobs)
         usage = Usage()
         self.last_run = usage
         ledger = self._open_ledger()
         provider = make_provider(self.spec)
         pacer = Pacer(self.rate_limit_per_minute, self.tokens_per_minute, log=self.pacer_log)
         results: list[Optional[JobResult[T]]] = [None] * len(jobs)
+        leaders, followers = self._single_flight(jobs, skip=oversize)
         queue: asyncio.Queue[int] = asyncio.Queue()
-        for i in range(len(jobs)):
+        for i in leaders:
             queue.put_nowait(i)
         bar = tqdm(total=len(jobs), desc=desc, unit="job", disable=not self.show_progress,
                    dynamic_ncols=True, mininterval=0.5)
         budget = Budget(self.max_cost_usd, usage) if self.max_cost_usd is not None else None
         state = _RunState(usage=usage, bar=bar, budget=budget)
 
+        def finish(i: int, result: JobResult[T]) -> None:
+            results[i] = result
+            if result.shared:
+                usage.shared += 1
+            if result.status == OK:
+                usage.ok += 1
+            elif result.status == SKIPPED_BUDGET:
+                usage.skipped_budget += 1
+            elif result.status == SKIPPED_OVERSIZE:
+                usage.skipped_oversize += 1
+            else:
+                usage.failed += 1
+            state.refresh_bar()
+            bar.update(1)
+            if on_result is not None:
+                on_result(i, result)
+
+        for i in oversize:
+            finish(i, JobResult(None, f"not sent: ~{estimate_tokens(jobs[i].prompt):,} input tokens > "
+                                      f"max_input_tokens={self.max_input_tokens:,}", [], SKIPPED_OVERSIZE))
+
         async def worker() -> None:
-            while True:
+            while state.ledger_error is None:  # a ledger that stopped writing: start nothing new
                 try:
                     i = queue.get_nowait()
                 except asyncio.QueueEmpty:
                     return
-                results[i] = await self._run_job(jobs[i], parse, provider, pacer, ledger, state)
-                if results[i].status == OK:
-                    usage.ok += 1
-                elif results[i].status == SKIPPED_BUDGET:
-                    usage.skipped_budget += 1
-                else:
-                    usage.failed += 1
-                state.refresh_bar()
-                bar.update(1)
-                if on_result is not None:
-                    on_result(i, results[i])
+                result = await self._run_job(jobs[i], parse, provider, pacer, ledger, state)
+                finish(i, result)
+                for j in followers.get(i, ()):  # identical jobs share this one call
+                    finish(j, dataclasses.replace(result, shared=True))
 
         try:
-            tasks = [asyncio.create_task(worker()) for _ in range(min(self.workers, max(1, len(jobs))))]
+            tasks = [asyncio.create_task(worker()) for _ in range(min(self.workers, max(1, len(leaders))))]
             try:
                 await asyncio.gather(*tasks)
             except BaseException:
@@ -324,13 +372,63 @@ class ServiceLLM:
             bar.close()
             await provider.aclose()
             self.usage.add(usage)
+        if state.ledger_error is not None:
+            raise RunFailed(self._save_unsaved(ledger, state))
         if usage.stopped_for_budget:
             logger.warning(
                 "max_cost_usd=%.4f reached: %d job(s) were not run; finished work is kept, "
                 "a rerun with a higher budget resumes from the ledger",
                 self.max_cost_usd, usage.skipped_budget,
             )
+        if oversize:
+            logger.warning("%d job(s) were not sent: their prompt exceeds max_input_tokens=%d",
+                           len(oversize), self.max_input_tokens)
         return results  # type: ignore[return-value]
+
+    def oversize_jobs(self, jobs: Sequence[Job]) -> list[int]:
+        """Indices of jobs whose prompt exceeds max_input_tokens. With `oversize_rows: refuse`
+        the first one is a UsageError (exit 2), raised before any call is made."""
+        over = [i for i, job in enumerate(jobs) if estimate_tokens(job.prompt) > self.max_input_tokens]
+        if over and self.oversize_rows == "refuse":
+            job = jobs[over[0]]
+            name = job.label or f"job {over[0]}"
+            raise UsageError(
+                f"{name}: its prompt is ~{estimate_tokens(job.prompt):,} tokens, over max_input_tokens="
+                f"{self.max_input_tokens:,} for {self.spec.model} ({len(over)} such prompt(s)); shorten "
+                f"the input, raise max_input_tokens, or set oversize_rows: skip"
+            )
+        return over
+
+    def _single_flight(self, jobs: Sequence[Job], skip: Sequence[int]) -> tuple[list[int], dict[int, list[int]]]:
+        """The first job of each distinct request (the leaders, which are called) and, per
+        leader, the later identical jobs that share its answer. Identical means the same
+        ledger key: provider, model, generation config, messages and sample index. Without
+        this, identical rows paid once each and the last ledger write won, so a rerun
+        reported different numbers from the run it resumed."""
+        first: dict[str, int] = {}
+        followers: dict[int, list[int]] = {}
+        skipped = set(skip)
+        for i, job in enumerate(jobs):
+            if i in skipped:
+                continue
+            key = self._key([{"role": "user", "content": job.prompt}], job.sample_index)
+            if key in first:
+                followers.setdefault(first[key], []).append(i)
+            else:
+                first[key] = i
+        return list(first.values()), followers
+
+    def _save_unsaved(self, ledger: Optional[Ledger], state: _RunState) -> str:
+        """Write the paid answers the ledger could not take to a sidecar; the one-line reason."""
+        rows = ledger.paid_rows() if ledger is not None else []
+        try:
+            where = sidecar.save(self.ledger_path, rows)
+        except OSError as err:
+            return (f"the ledger {self.ledger_path} stopped accepting writes ({state.ledger_error}) and "
+                    f"{len(rows)} paid answer(s) could not be saved anywhere: {err}")
+        return (f"the ledger {self.ledger_path} stopped accepting writes ({state.ledger_error}); no new "
+                f"call was started, and {len(rows)} paid answer(s) were saved to {where}, which the next "
+                f"run imports")
 
     async def _run_job(
         self,
@@ -396,6 +494,8 @@ class ServiceLLM:
             if hit is not None:
                 state.usage.cached += 1
                 return hit
+        if state.ledger_error is not None:  # nothing new is paid for once the ledger fails
+            return JobResult(None, f"not run: the ledger stopped accepting writes ({state.ledger_error})", [], ERROR)
         prompt_text = "\n".join(m["content"] for m in messages)
         est_in = estimate_tokens(prompt_text)
         reserved: float | None = 0.0
@@ -437,8 +537,13 @@ class ServiceLLM:
             cached=False,
         )
         if ledger is not None:  # persisted before the result is used (crash-safe resume)
-            ledger.put(key, completion, provider=self.spec.provider, sample_index=sample_index,
-                       messages=messages)
+            try:
+                ledger.put(key, completion, provider=self.spec.provider, sample_index=sample_index,
+                           messages=messages)
+            except LedgerWriteError as err:  # kept in memory by the ledger; saved at the end
+                if state.ledger_error is None:
+                    logger.error("ledger write failed (%s): no new call starts", err)
+                state.ledger_error = str(err)
         u = state.usage
         u.calls += 1
         u.input_tokens += completion.input_tokens
