@@ -26,6 +26,7 @@ from src.inference.model_ref import ModelRef, resolve_model_ref
 from src.inference.plan import batches_for_rank, build_work_items, padding_waste, plan_batches
 from src.inference.prompts import PromptRecord, WorkItem, prompt_records, tokenize_prompts
 from src.inference.store import PartialStore, run_key
+from src.outputs import OutputPlan, guarded_output
 
 logger = logging.getLogger("llamaduo.batch_inference")
 
@@ -72,6 +73,8 @@ class BatchInferenceConfig:
     tensor_parallel_size: int = field(default=1, metadata={"help": "GPUs per model replica (vllm backend)"})
     output_root: str = field(default="outputs", metadata={
         "help": "parent folder of the local copy when pushing (the local copy is <output_root>/<repo id>)"})
+    overwrite_input: bool = field(default=False, metadata={
+        "help": "allow lm_response_ds_id to be test_ds_id (written into it); otherwise refused with exit 2"})
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -104,6 +107,17 @@ def settings_of(cfg: BatchInferenceConfig) -> GenSettings:
     return GenSettings(cfg.max_new_tokens, cfg.do_sample, cfg.temperature, cfg.top_p, cfg.seed)
 
 
+def output_plan(cfg: BatchInferenceConfig) -> OutputPlan:
+    """The folder this run writes and the input it must not replace. Only the main process
+    locks it: the other ranks of the same run write their partial files into it too."""
+    if not cfg.lm_response_ds_id or not distributed.dist_info().is_main:
+        return OutputPlan(None)
+    return OutputPlan(local_output_dir(cfg.lm_response_ds_id, cfg.push_lm_responses_to_hf_hub, cfg.output_root),
+                      cfg.lm_response_ds_id, "lm_response_ds_id", {"test_ds_id": cfg.test_ds_id},
+                      cfg.overwrite_input)
+
+
+@guarded_output(output_plan)
 def run(cfg: BatchInferenceConfig) -> int:
     validate(cfg)
     info = distributed.dist_info()
