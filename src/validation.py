@@ -48,63 +48,62 @@ def _first_null(ds: Dataset, column: str) -> int | None:
     return int(pc.index(pc.is_null(arr), True).as_py())
 
 
-def _first_non_null(ds: Dataset, column: str) -> int:
-    import pyarrow.compute as pc
-
-    index = int(pc.index(pc.is_valid(ds.data.column(column)), True).as_py())
-    return max(index, 0)
-
-
 def _bad(what: str, row: int, column: str, value: Any, expected: str) -> UsageError:
     return UsageError(f"{what}: row {row} column '{column}' is {describe(value)}, expected {expected}; fix the input")
 
 
 def check_text_columns(ds: Dataset, columns: Iterable[str], what: str, allow_null: bool = False) -> None:
-    """Each column must hold strings (and no nulls unless `allow_null`)."""
+    """Each column must hold strings (and no nulls unless `allow_null`). A string-typed Arrow
+    column needs only a null count; any other type (including datasets' `Json` feature for a
+    JSON column of mixed types) is scanned for its first non-string value."""
     for column in columns:
         if column not in ds.column_names:
             continue
         feature = ds.features[column]
-        if not (isinstance(feature, Value) and feature.dtype in _TEXT_DTYPES):
-            if isinstance(feature, Value) and feature.dtype == "null":
-                if allow_null:
-                    continue
-                row = 0
-            else:
-                row = _first_non_null(ds, column)
-            raise _bad(what, row, column, ds[row][column], "a string")
-        row = None if allow_null else _first_null(ds, column)
-        if row is not None:
-            raise _bad(what, row, column, None, "a string")
+        if isinstance(feature, Value) and feature.dtype in _TEXT_DTYPES:
+            row = None if allow_null else _first_null(ds, column)
+            if row is not None:
+                raise _bad(what, row, column, None, "a string")
+            continue
+        for row, value in enumerate(ds[column]):
+            if not (isinstance(value, str) or (value is None and allow_null)):
+                raise _bad(what, row, column, value, "a string")
 
 
 def _is_text(feature: Any) -> bool:
     return isinstance(feature, Value) and feature.dtype in _TEXT_DTYPES + ("null",)
 
 
+def _message_problem(messages: Any) -> str | None:
+    """Why a `messages` value is not a list of {role, content} text messages, or None."""
+    if not isinstance(messages, list):
+        return f"is {describe(messages)}, expected a list of {{role, content}} messages"
+    for msg in messages:
+        if not isinstance(msg, dict):
+            return f"holds {describe(msg)} where a {{role, content}} message belongs"
+        if not isinstance(msg.get("role"), str):
+            return f"has a message whose 'role' is {describe(msg.get('role'))}, expected a string"
+        if not isinstance(msg.get("content"), (str, type(None))):
+            return f"has a message whose 'content' is {describe(msg.get('content'))}, expected a string"
+    return None
+
+
 def check_messages_column(ds: Dataset, what: str, column: str = "messages") -> None:
-    """`messages` must be a list of {role, content} mappings with text values."""
+    """`messages` must be a list of {role, content} mappings with text values (null content
+    is allowed: some chat formats use it)."""
     if column not in ds.column_names:
         return
     feature = ds.features[column]
-    expected = "a list of {role, content} messages"
     inner = feature.feature if isinstance(feature, (List, LargeList)) else None
-    if not (isinstance(inner, dict) and _is_text(inner.get("role")) and _is_text(inner.get("content"))):
-        row = _first_non_null(ds, column)
-        value = ds[row][column]
-        if isinstance(value, list) and isinstance(inner, dict):
-            for msg in value:
-                for key in ("role", "content"):
-                    if not isinstance(msg.get(key), (str, type(None))):
-                        raise UsageError(f"{what}: row {row} column '{column}': a message's '{key}' is "
-                                         f"{describe(msg.get(key))}, expected a string; fix the input")
-        raise _bad(what, row, column, value, expected)
-    row = _first_null(ds, column)
-    if row is not None:
-        raise _bad(what, row, column, None, expected)
+    typed = isinstance(inner, dict) and _is_text(inner.get("role")) and _is_text(inner.get("content"))
+    if typed and ds.data.column(column).null_count == 0:
+        values = ds.data.column(column).combine_chunks().flatten().field("role")
+        if values.null_count == 0:
+            return  # the common case: checked by its Arrow type, without a pass over the rows
     for row, messages in enumerate(ds[column]):
-        if any(m is None or m.get("role") is None for m in messages):
-            raise UsageError(f"{what}: row {row} column '{column}' has a message without a role; fix the input")
+        problem = _message_problem(messages)
+        if problem:
+            raise UsageError(f"{what}: row {row} column '{column}' {problem}; fix the input")
 
 
 def check_utf8_files(files: Sequence[str | Path], what: str) -> None:
