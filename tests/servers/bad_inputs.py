@@ -302,24 +302,25 @@ CASES: list[Case] = [
 ]
 
 
-def stage_env(work: Path) -> dict[str, str]:
+def stage_env(work: Path, repo: Path = REPO) -> dict[str, str]:
     """Quiet logs, a private temp folder (sidecars), no inherited key, offline Hub."""
     tmp = work / "tmpdir"
-    tmp.mkdir(exist_ok=True)
+    tmp.mkdir(parents=True, exist_ok=True)
     env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
-    env.update(PYTHONPATH=str(REPO), LLAMADUO_LOG_LEVEL="WARNING", TMPDIR=str(tmp), HF_HUB_OFFLINE="1",
+    env.update(PYTHONPATH=str(repo), LLAMADUO_LOG_LEVEL="WARNING", TMPDIR=str(tmp), HF_HUB_OFFLINE="1",
                HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1", LLAMADUO_CACHE=str(work / "cache"))
     return env
 
 
-def run_case(case: Case, work: Path, url: str, timeout_s: float = 300) -> Outcome:
-    """Build the case in `work`, run its stage as a subprocess, count the server's requests."""
+def run_case(case: Case, work: Path, url: str, timeout_s: float = 300, repo: Path = REPO) -> Outcome:
+    """Build the case in `work`, run its stage (from the checkout `repo`) as a subprocess,
+    count the server's requests."""
     work.mkdir(parents=True, exist_ok=True)
     argv, cleanup = case.build(work, url)
     before = server_stats(url)["total"]
     start = time.monotonic()
     try:
-        res = subprocess.run([sys.executable, *argv], cwd=REPO, env=stage_env(work), capture_output=True,
+        res = subprocess.run([sys.executable, *argv], cwd=repo, env=stage_env(work, repo), capture_output=True,
                              text=True, timeout=timeout_s)
     finally:
         if cleanup is not None:
