@@ -121,6 +121,28 @@ def test_ledger_lost_mid_run_saves_paid_answers_and_the_rerun_pays_only_for_the_
     assert summary["this_run"]["cached"] == paid and summary["judgements"] == n and summary["failures"] == 0
 
 
+def test_ctrl_c_finishes_the_calls_in_flight_so_the_rerun_repeats_none(tmp_path):
+    n = 30
+    data = write_jsonl(tmp_path / "resp.jsonl", response_rows(n))
+    out = tmp_path / "eval"
+    with ProtocolServer(latency=0.3) as server:
+        argv = eval_argv(server.url, data, out, "--eval_workers", "4", "--avg_similarity_threshold", "0",
+                         "--avg_precision_threshold", "0", "--coverage_threshold", "0")
+        proc = start_stage(argv, tmp_path)
+        wait_for(lambda: server.stats()["answered"] >= 5, 120, "judging to start")
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=120)
+        assert proc.returncode == 130 and "Traceback" not in stderr, stderr[-3000:]
+        assert "finishing the calls in flight" in stderr
+        paid = server.stats()["answered"]
+        assert paid < n
+        rerun = run_stage(argv, tmp_path)
+        assert rerun.returncode == 0, rerun.stderr[-3000:]
+        stats = server.stats()
+    assert stats["answered_repeats"] == 0 and stats["answered"] == n
+    assert json.loads((out / "summary.json").read_text())["this_run"]["cached"] == paid
+
+
 # ----------------------------------------------------------------------------- the output lock
 
 

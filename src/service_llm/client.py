@@ -11,6 +11,7 @@ import asyncio
 import dataclasses
 import logging
 import os
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence, TypeVar
@@ -91,6 +92,7 @@ class _RunState:
     budget: Optional[Budget] = None
     #: set when a ledger write failed: no new call starts, the paid answers go to a sidecar
     ledger_error: Optional[str] = None
+    interrupted: bool = False  # the first Ctrl-C: finish (and store) the calls in flight, then stop
 
     def refresh_bar(self) -> None:
         u = self.usage
@@ -99,6 +101,27 @@ class _RunState:
             f"tok={u.input_tokens + u.output_tokens:,} ${u.cost_usd:.4f}",
             refresh=False,
         )
+
+
+def _interrupt_gracefully(state: _RunState, tasks: list[asyncio.Task]) -> bool:
+    """Make the first Ctrl-C stop new calls but let the ones in flight finish and reach the
+    ledger (an answer being generated is billed either way); a second Ctrl-C cancels them.
+    Returns False where a handler cannot be installed (not the main thread, not Unix)."""
+    loop = asyncio.get_running_loop()
+
+    def on_sigint() -> None:
+        if state.interrupted:
+            for task in tasks:
+                task.cancel()
+            return
+        state.interrupted = True
+        logger.warning("interrupted: finishing the calls in flight so none is paid twice (Ctrl-C again to abort)")
+
+    try:
+        loop.add_signal_handler(signal.SIGINT, on_sigint)
+    except (NotImplementedError, RuntimeError, ValueError):
+        return False
+    return True
 
 
 class ServiceLLM:
@@ -297,7 +320,10 @@ class ServiceLLM:
         order), e.g. to append rows to a partial file; every reply is already in the ledger.
         Not callable from inside a running event loop; use `arun` there.
         """
-        return asyncio.run(self.arun(jobs, parse, desc, on_result))
+        try:
+            return asyncio.run(self.arun(jobs, parse, desc, on_result))
+        except asyncio.CancelledError:  # a second Ctrl-C cancelled the calls in flight
+            raise KeyboardInterrupt from None
 
     async def arun(
         self,
@@ -345,7 +371,8 @@ class ServiceLLM:
                                       f"max_input_tokens={self.max_input_tokens:,}", [], SKIPPED_OVERSIZE))
 
         async def worker() -> None:
-            while state.ledger_error is None:  # a ledger that stopped writing: start nothing new
+            # a ledger that stopped writing, or Ctrl-C: start nothing new
+            while state.ledger_error is None and not state.interrupted:
                 try:
                     i = queue.get_nowait()
                 except asyncio.QueueEmpty:
@@ -357,6 +384,7 @@ class ServiceLLM:
 
         try:
             tasks = [asyncio.create_task(worker()) for _ in range(min(self.workers, max(1, len(leaders))))]
+            graceful = _interrupt_gracefully(state, tasks)
             try:
                 await asyncio.gather(*tasks)
             except BaseException:
@@ -369,9 +397,13 @@ class ServiceLLM:
                 f"{self.spec.provider}/{self.spec.model}: {err} (finished work is kept in the ledger)"
             ) from err
         finally:
+            if graceful:
+                asyncio.get_running_loop().remove_signal_handler(signal.SIGINT)
             bar.close()
             await provider.aclose()
             self.usage.add(usage)
+        if state.interrupted:
+            raise KeyboardInterrupt  # after every answer in flight was stored: the rerun repeats none
         if state.ledger_error is not None:
             raise RunFailed(self._save_unsaved(ledger, state))
         if usage.stopped_for_budget:
