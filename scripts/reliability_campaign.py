@@ -34,7 +34,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Iterator
 
@@ -54,10 +55,17 @@ def _quiet_eval(url: str, data: Path, out: Path, *extra: str) -> list[str]:
                      "0", "--avg_precision_threshold", "0", "--coverage_threshold", "0", *extra)
 
 
-def matrix(url: str, work: Path, repo: Path) -> dict:
+def matrix(urls: list[str], work: Path, repo: Path) -> dict:
+    """Every case once; cases run on len(urls) threads, each with its own server, so the
+    requests a case causes are counted for that case alone."""
+    def run_share(k: int) -> list:
+        return [(case, run_case(case, work / f"case{i}", urls[k], repo=repo))
+                for i, case in enumerate(CASES) if i % len(urls) == k]
+
+    with ThreadPoolExecutor(len(urls)) as pool:
+        outcomes = [pair for share in pool.map(run_share, range(len(urls))) for pair in share]
     handled, tracebacks, paid, failures = 0, 0, 0, []
-    for i, case in enumerate(CASES):
-        outcome = run_case(case, work / f"case{i}", url, repo=repo)
+    for case, outcome in outcomes:
         ok = outcome.handled and case.expect in (outcome.error_lines or [""])[0]
         handled += ok
         tracebacks += outcome.traceback
@@ -205,6 +213,7 @@ def main() -> int:
     parser.add_argument("--kills", type=int, default=6, help="kill points per kill campaign (default 6)")
     parser.add_argument("--seed", type=int, default=14)
     parser.add_argument("--only", default="matrix,kill,atomic,lock")
+    parser.add_argument("--jobs", type=int, default=2, help="bad-input cases run in parallel (default 2)")
     parser.add_argument("--repo", type=Path, default=HERE, help="checkout whose stages are run (default: this one)")
     ns = parser.parse_args()
     parts = set(ns.only.split(","))
@@ -216,9 +225,11 @@ def main() -> int:
     start = time.monotonic()
     work = Path(tempfile.mkdtemp(prefix="llamaduo-reliability-"))
     try:
-        with quiet_server("--latency", "0.05") as url:
+        with ExitStack() as stack:
+            urls = [stack.enter_context(quiet_server("--latency", "0.05")) for _ in range(max(1, ns.jobs))]
+            url = urls[0]
             if "matrix" in parts:
-                results["matrix"] = matrix(url, work, repo)
+                results["matrix"] = matrix(urls, work, repo)
             if "kill" in parts:
                 results["kill"] = kill_campaign(url, work, repo, ns.kills, rng)
             if "lock" in parts:

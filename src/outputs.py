@@ -274,17 +274,18 @@ class OutputPlan:
     overwrite_input: bool = False
 
 
-def guarded_output(plan_of: Callable[[Any], OutputPlan]) -> Callable[[F], F]:
-    """Decorate a stage's `run(args)`: refuse an output that is an input, then hold the
-    output lock for the whole run. One line per stage, so the stages' code stays as it is."""
+def guarded_output(plan_of: Callable[..., OutputPlan]) -> Callable[[F], F]:
+    """Decorate a stage's `run(*args)`: refuse an output that is an input, then hold the
+    output lock for the whole run. `plan_of` gets the same arguments. One line per stage, so
+    the stages' code stays as it is."""
     def decorate(run: F) -> F:
         @functools.wraps(run)
-        def wrapper(args: Any, *rest: Any, **kw: Any) -> int:
-            plan = plan_of(args)
+        def wrapper(*args: Any) -> int:
+            plan = plan_of(*args)
             if plan.out_dir is None:
-                return run(args, *rest, **kw)
+                return run(*args)
             check_not_input(plan.out_dir, plan.output_id, plan.key, plan.inputs, plan.overwrite_input)
             with OutputLock(plan.out_dir, plan.key):
-                return run(args, *rest, **kw)
+                return run(*args)
         return wrapper  # type: ignore[return-value]
     return decorate
