@@ -75,21 +75,21 @@ def sft_folder(path: Path) -> Path:
     return path
 
 
-def eval_argv(url: str, data: Path | str, out: Path | str, *extra: str) -> list[str]:
-    return ["evaluation.py", "--service_llm_provider", "openai", "--service_model_name", "mock-judge",
-            "--service_llm_api_key", "sk-test", "--service_llm_base_url", f"{url}/v1",
-            "--rate_limit_per_minute", "0", "--eval_repeat", "1", "--max_retries", "0",
+def service_flags(url: str, model: str) -> list[str]:
+    """The provider keys every service-LLM stage gets in these cases: the protocol server."""
+    return ["--service_llm_provider", "openai", "--service_model_name", model, "--service_llm_api_key", "sk-test",
+            "--service_llm_base_url", f"{url}/v1", "--rate_limit_per_minute", "0", "--max_retries", "0",
             "--prompt_tmpl_path", str(REPO / "config/prompts.toml"),
-            "--pricing_path", str(REPO / "config/pricing.yaml"),
+            "--pricing_path", str(REPO / "config/pricing.yaml")]
+
+
+def eval_argv(url: str, data: Path | str, out: Path | str, *extra: str) -> list[str]:
+    return ["evaluation.py", *service_flags(url, "mock-judge"), "--eval_repeat", "1",
             "--lm_response_ds_id", str(data), "--eval_ds_id", str(out), *extra]
 
 
 def gen_argv(url: str, reference: Path | str, out: Path | str, *extra: str) -> list[str]:
-    return ["data_gen.py", "--service_llm_provider", "openai", "--service_model_name", "gpt-4o-mini",
-            "--service_llm_api_key", "sk-test", "--service_llm_base_url", f"{url}/v1",
-            "--rate_limit_per_minute", "0", "--num_samples", "2", "--max_retries", "0",
-            "--prompt_tmpl_path", str(REPO / "config/prompts.toml"),
-            "--pricing_path", str(REPO / "config/pricing.yaml"),
+    return ["data_gen.py", *service_flags(url, "gpt-4o-mini"), "--num_samples", "2",
             "--reference_ds_id", str(reference), "--synth_ds_id", str(out), *extra]
 
 
