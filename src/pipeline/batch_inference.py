@@ -27,6 +27,7 @@ from src.inference.plan import batches_for_rank, build_work_items, padding_waste
 from src.inference.prompts import PromptRecord, WorkItem, prompt_records, tokenize_prompts
 from src.inference.store import PartialStore, run_key
 from src.outputs import OutputPlan, guarded_output
+from src.validation import check_sft_columns
 
 logger = logging.getLogger("llamaduo.batch_inference")
 
@@ -131,6 +132,7 @@ def run(cfg: BatchInferenceConfig) -> int:
     if info.is_main:
         check_push_possible(cfg.push_lm_responses_to_hf_hub, f"responses to '{cfg.lm_response_ds_id}'")
     ds = load_split(cfg.test_ds_id, cfg.test_ds_split, what="test dataset")
+    check_sft_columns(ds, f"test dataset '{cfg.test_ds_id}' split '{cfg.test_ds_split}'")
     records = prompt_records(ds, what=f"test dataset '{cfg.test_ds_id}' split '{cfg.test_ds_split}'")
     ref = resolve_model_ref(cfg.ft_model_id, cfg.ft_model_revision, cfg.ft_model_config_path)
     tokenizer = load_tokenizer(ref)
