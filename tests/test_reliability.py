@@ -43,6 +43,17 @@ def wait_for(condition, timeout_s: float, what: str) -> None:
         time.sleep(0.02)
 
 
+NO_BAR = ("--avg_similarity_threshold", "0", "--avg_precision_threshold", "0", "--coverage_threshold", "0")
+
+
+def judging(server: ProtocolServer, tmp_path: Path, n: int, workers: int) -> tuple[list[str], Path, subprocess.Popen]:
+    """Start evaluation.py judging n distinct rows; return its argv, output folder and process."""
+    data = write_jsonl(tmp_path / "resp.jsonl", response_rows(n))
+    out = tmp_path / "eval"
+    argv = eval_argv(server.url, data, out, "--eval_workers", str(workers), *NO_BAR)
+    return argv, out, start_stage(argv, tmp_path)
+
+
 def error_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.startswith("error:")]
 
@@ -95,12 +106,8 @@ def test_ledger_lost_mid_run_saves_paid_answers_and_the_rerun_pays_only_for_the_
     starting calls, writes every answer it paid for to a sidecar in the temp folder, exits 1
     with one line; the rerun imports it and asks only for what was never answered."""
     n = 30
-    data = write_jsonl(tmp_path / "resp.jsonl", response_rows(n))
-    out = tmp_path / "eval"
     with ProtocolServer(latency=0.1) as server:
-        argv = eval_argv(server.url, data, out, "--eval_workers", "2", "--avg_similarity_threshold", "0",
-                         "--avg_precision_threshold", "0", "--coverage_threshold", "0")
-        proc = start_stage(argv, tmp_path)
+        argv, out, proc = judging(server, tmp_path, n, workers=2)
         wait_for(lambda: server.stats()["answered"] >= 6 or proc.poll() is not None, 120, "judging to start")
         shutil.rmtree(out)
         stdout, stderr = proc.communicate(timeout=120)
@@ -123,12 +130,8 @@ def test_ledger_lost_mid_run_saves_paid_answers_and_the_rerun_pays_only_for_the_
 
 def test_ctrl_c_finishes_the_calls_in_flight_so_the_rerun_repeats_none(tmp_path):
     n = 30
-    data = write_jsonl(tmp_path / "resp.jsonl", response_rows(n))
-    out = tmp_path / "eval"
     with ProtocolServer(latency=0.3) as server:
-        argv = eval_argv(server.url, data, out, "--eval_workers", "4", "--avg_similarity_threshold", "0",
-                         "--avg_precision_threshold", "0", "--coverage_threshold", "0")
-        proc = start_stage(argv, tmp_path)
+        argv, out, proc = judging(server, tmp_path, n, workers=4)
         wait_for(lambda: server.stats()["answered"] >= 5, 120, "judging to start")
         proc.send_signal(signal.SIGINT)
         _, stderr = proc.communicate(timeout=120)
@@ -148,13 +151,9 @@ def test_ctrl_c_finishes_the_calls_in_flight_so_the_rerun_repeats_none(tmp_path)
 
 def test_second_run_on_the_same_output_exits_2_naming_the_holder(tmp_path):
     n = 80  # ~12 s of judging: the second run starts (~5 s of imports) while the first holds the lock
-    data = write_jsonl(tmp_path / "resp.jsonl", response_rows(n))
-    out = tmp_path / "eval"
     (tmp_path / "second").mkdir()
     with ProtocolServer(latency=0.3) as server:
-        argv = eval_argv(server.url, data, out, "--eval_workers", "2", "--avg_similarity_threshold", "0",
-                         "--avg_precision_threshold", "0", "--coverage_threshold", "0")
-        first = start_stage(argv, tmp_path)
+        argv, _, first = judging(server, tmp_path, n, workers=2)
         wait_for(lambda: server.stats()["total"] >= 1, 120, "the first run to call")
         second = run_stage(argv, tmp_path / "second")
         assert first.poll() is None, "the first run ended before the second one started"
@@ -176,8 +175,7 @@ def test_stale_lock_of_a_dead_process_is_taken_over_with_a_warning(tmp_path):
     (tmp_path / ".eval.lock.owner").write_text(json.dumps(
         {"pid": dead.pid, "host": socket.gethostname(), "started": "2026-01-01T00:00:00"}))
     with ProtocolServer() as server:
-        res = run_stage(eval_argv(server.url, data, out, "--avg_similarity_threshold", "0",
-                                  "--avg_precision_threshold", "0", "--coverage_threshold", "0"), tmp_path)
+        res = run_stage(eval_argv(server.url, data, out, *NO_BAR), tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     assert f"took over the lock on {out} left by pid {dead.pid}" in res.stderr
     assert "that process is gone" in res.stderr
