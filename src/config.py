@@ -105,7 +105,9 @@ def parse_config(
         values = adjust(values)
     instances = _build_dataclasses(dataclass_types, values)
     if print_config:
-        print(yaml.safe_dump(config_to_dict(*instances), sort_keys=False, allow_unicode=True), end="")
+        from src.redact import redact  # URL credentials too, not only credential-named keys
+
+        print(redact(yaml.safe_dump(config_to_dict(*instances), sort_keys=False, allow_unicode=True)), end="")
         for note in (n for inst in instances for n in getattr(inst, "config_notes", lambda: [])()):
             print(f"# {note}")  # e.g. which env variable gave the API key (its name, never its value)
         raise SystemExit(0)
@@ -300,10 +302,9 @@ def _peek_config_path(argv: Sequence[str]) -> Path | None:
 def _load_yaml_mapping(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise UsageError(f"config file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise UsageError(f"config file {path} is not valid YAML: {err}") from err
+    from src.yaml_strict import load_yaml_strict  # UTF-8 only, duplicate keys refused
+
+    data = load_yaml_strict(path, "config file")
     if data is None:
         return {}
     if not isinstance(data, dict):

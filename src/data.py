@@ -165,6 +165,10 @@ def _load_files(files: list[str], ref: str, what: str) -> Dataset:
         raise UsageError(f"{what} '{ref}': unsupported or mixed file types {sorted(suffixes)}; "
                          f"use one of {', '.join(sorted(_BUILDERS))}")
     builder = _BUILDERS[suffixes.pop()]
+    if builder in ("json", "csv"):  # pyarrow would fail later, with a traceback, on bad bytes
+        from src.validation import check_utf8_files
+
+        check_utf8_files(files, what)
     try:
         return datasets.load_dataset(builder, data_files=files, split="train")
     except Exception as err:  # noqa: BLE001 - any parse failure is the user's input problem

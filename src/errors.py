@@ -52,7 +52,10 @@ def run_main(main: Callable[[], int]) -> NoReturn:
     try:
         code = main()
     except LlamaDuoError as err:
-        print(f"error: {err}", file=sys.stderr)
+        from src.redact import redact
+
+        # one line, always: a wrapped library message may span several
+        print(f"error: {redact(' '.join(str(err).split()))}", file=sys.stderr)
         code = err.exit_code
     except KeyboardInterrupt:
         logging.getLogger("llamaduo").warning("interrupted; finished work is kept and a rerun resumes")

@@ -16,21 +16,20 @@ import io
 import json
 import logging
 import os
-import shutil
 import socket
 import uuid
 from pathlib import Path
-from typing import Any, Mapping, Protocol
+from typing import Any, Callable, Mapping, Protocol
 
 import yaml
 from datasets import Dataset, DatasetDict, concatenate_datasets
 
 from src.errors import RunFailed, UsageError
+from src.outputs import staged_output
+from src.redact import redact
 
 logger = logging.getLogger("llamaduo.hub")
 
-SECRET_ENV_VARS = ("SERVICE_LLM_API_KEY", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "OPENAI_API_KEY",
-                   "ANTHROPIC_API_KEY", "GEMINI_API_KEY", "GOOGLE_API_KEY")
 
 
 class HubApi(Protocol):
@@ -130,12 +129,15 @@ def save_output(
     output_root: str = "outputs",
     private: bool | None = None,
     local_only: bool = False,
+    extra_files: Callable[[Path], None] | None = None,
 ) -> Path:
     """Write the splits locally (append or overwrite per split), then push when asked.
 
-    `local_only` keeps the push-mode local folder but skips the push (e.g. a failed
-    evaluation, kept for inspection next to its reports). Returns the local folder. A failed
-    push raises `RunFailed` naming that folder.
+    The folder is replaced atomically (src.outputs.staged_output): the dataset, the jsonl
+    copies, the card and whatever `extra_files(folder)` writes (summary.json, reports, plots)
+    appear together or not at all. `local_only` keeps the push-mode local folder but skips
+    the push (e.g. a failed evaluation, kept for inspection next to its reports). Returns the
+    local folder. A failed push raises `RunFailed` naming that folder.
     """
     out_dir = local_output_dir(output_id, push, output_root)
     empty = [name for name, ds in splits.items() if len(ds) == 0]
@@ -143,10 +145,13 @@ def save_output(
         logger.warning("not writing empty split(s) %s to %s", ", ".join(empty), output_id)
         splits = {name: ds for name, ds in splits.items() if len(ds)}
     appends = {s: bool(append.get(s, False)) if isinstance(append, Mapping) else bool(append) for s in splits}
-    rows = _save_local(dict(splits), out_dir, appends)
-    card = render_dataset_card(stage=stage, config=config, inputs=inputs or {}, rows=rows,
-                               appended=appends, split_names=sorted(rows))
-    (out_dir / "README.md").write_text(card)
+    with staged_output(out_dir) as staging:
+        rows = _save_local(dict(splits), out_dir, staging, appends)
+        card = render_dataset_card(stage=stage, config=config, inputs=inputs or {}, rows=rows,
+                                   appended=appends, split_names=sorted(rows))
+        (staging / "README.md").write_text(card)
+        if extra_files is not None:
+            extra_files(staging)
     logger.info("wrote %s to %s", ", ".join(f"{s}: {n} rows" for s, n in rows.items()), out_dir)
     if push and not local_only:
         try:
@@ -158,10 +163,10 @@ def save_output(
     return out_dir
 
 
-def _save_local(splits: dict[str, Dataset], out_dir: Path, appends: dict[str, bool]) -> dict[str, int]:
-    """Save into `out_dir`, keeping other splits and files; stage then swap, because a
-    dataset cannot be saved over the memory-mapped files it was loaded from."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+def _save_local(splits: dict[str, Dataset], out_dir: Path, staging: Path,
+                appends: dict[str, bool]) -> dict[str, int]:
+    """Write every split (the old ones of `out_dir` kept, appended ones extended) into the
+    empty `staging` folder, which then replaces `out_dir` whole."""
     final: dict[str, Dataset] = {}
     if (out_dir / "dataset_dict.json").is_file():
         from datasets import load_from_disk
@@ -172,15 +177,9 @@ def _save_local(splits: dict[str, Dataset], out_dir: Path, appends: dict[str, bo
             final[name] = concatenate_datasets([final[name], _align_to(ds, final[name])])
         else:
             final[name] = ds
-    staging = out_dir / f".staging-{uuid.uuid4().hex[:8]}"
     DatasetDict(final).save_to_disk(str(staging))
-    for name in final:
-        shutil.rmtree(out_dir / name, ignore_errors=True)
-        os.replace(staging / name, out_dir / name)
-    os.replace(staging / "dataset_dict.json", out_dir / "dataset_dict.json")
-    shutil.rmtree(staging, ignore_errors=True)
     for name, ds in final.items():
-        ds.to_json(str(out_dir / f"{name}.jsonl"), lines=True, force_ascii=False)
+        ds.to_json(str(staging / f"{name}.jsonl"), lines=True, force_ascii=False)
     return {name: len(ds) for name, ds in final.items()}
 
 
@@ -287,13 +286,9 @@ def render_dataset_card(
 
 
 def scrub_secrets(text: str) -> str:
-    """Last line of defence: remove the values of known credential env vars from text that
-    leaves the process (cards, reports), even if a caller forgot to mask a config field."""
-    for var in SECRET_ENV_VARS:
-        value = os.environ.get(var)
-        if value and len(value) >= 6:
-            text = text.replace(value, "***")
-    return text
+    """Last line of defence for text that leaves the process (cards, reports): credential env
+    values and URL credentials are masked (src.redact, the one masking function)."""
+    return redact(text)
 
 
 def _jsonable(value: Any) -> Any:

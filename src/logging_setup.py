@@ -5,6 +5,8 @@ import logging
 import os
 import warnings
 
+from src.redact import RedactingFilter
+
 
 def setup_logging(level: str | int | None = None) -> None:
     """INFO by default (`LLAMADUO_LOG_LEVEL` overrides); quiet the noisy libraries."""
@@ -13,6 +15,9 @@ def setup_logging(level: str | int | None = None) -> None:
     for noisy in ("httpx", "httpx2", "httpcore", "urllib3", "filelock", "fsspec", "datasets", "huggingface_hub"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", category=FutureWarning)
+    for handler in logging.getLogger().handlers:  # URL credentials and keys never reach a log
+        if not any(isinstance(f, RedactingFilter) for f in handler.filters):
+            handler.addFilter(RedactingFilter())
     # bitsandbytes warns on every import, on CPU machines, that its optional `kernels` package is
     # missing. It is irrelevant here (4-bit QLoRA runs only on CUDA, where bitsandbytes has its own
     # kernels), and it was printed by every stage of every round. Only that message is dropped.

@@ -29,6 +29,8 @@ from src.inference.model_ref import ModelRef, resolve_model_ref
 from src.inference.plan import batches_for_rank, build_work_items, padding_waste, plan_batches
 from src.inference.prompts import PromptRecord, WorkItem, prompt_records, tokenize_prompts
 from src.inference.store import PartialStore, run_key
+from src.outputs import OutputPlan, guarded_output
+from src.validation import check_sft_columns
 
 logger = logging.getLogger("llamaduo.batch_inference")
 
@@ -80,6 +82,8 @@ class BatchInferenceConfig:
         "help": "parent folder of the local copy when pushing (the local copy is <output_root>/<repo id>)"})
     data_format: str = data_format_field()
     column_map: Optional[dict] = column_map_field()
+    overwrite_input: bool = field(default=False, metadata={
+        "help": "allow lm_response_ds_id to be test_ds_id (written into it); otherwise refused with exit 2"})
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -115,6 +119,17 @@ def settings_of(cfg: BatchInferenceConfig) -> GenSettings:
                        tuple(cfg.stop_strings or ()))
 
 
+def output_plan(cfg: BatchInferenceConfig) -> OutputPlan:
+    """The folder this run writes and the input it must not replace. Only the main process
+    locks it: the other ranks of the same run write their partial files into it too."""
+    if not cfg.lm_response_ds_id or not distributed.dist_info().is_main:
+        return OutputPlan(None)
+    return OutputPlan(local_output_dir(cfg.lm_response_ds_id, cfg.push_lm_responses_to_hf_hub, cfg.output_root),
+                      cfg.lm_response_ds_id, "lm_response_ds_id", {"test_ds_id": cfg.test_ds_id},
+                      cfg.overwrite_input)
+
+
+@guarded_output(output_plan)
 def run(cfg: BatchInferenceConfig) -> int:
     validate(cfg)
     info = distributed.dist_info()
@@ -130,6 +145,7 @@ def run(cfg: BatchInferenceConfig) -> int:
     what = f"test dataset '{cfg.test_ds_id}' split '{cfg.test_ds_split}'"
     ds = to_messages(load_split(cfg.test_ds_id, cfg.test_ds_split, what="test dataset"), what,
                      cfg.data_format, cfg.column_map)
+    check_sft_columns(ds, what)
     records = prompt_records(ds, what=what)
     ref = resolve_model_ref(cfg.ft_model_id, cfg.ft_model_revision, cfg.ft_model_config_path)
     tokenizer = load_tokenizer(ref)

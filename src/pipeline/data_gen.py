@@ -45,8 +45,10 @@ from src.errors import EXIT_CODES_HELP, EXIT_OK, RunFailed, UsageError
 from src.hub import check_push_possible, local_output_dir, save_output
 from src.logging_setup import setup_logging
 from src.delimiters import render_data
+from src.outputs import OutputPlan, guarded_output, publish_files
 from src.prompts import check_placeholders, load_template
 from src.quality import QualityConfig, QualityFilter
+from src.validation import check_sft_columns
 from src.service_llm import (
     INVALID,
     SKIPPED_BUDGET,
@@ -183,6 +185,10 @@ class DataGenArgs(ServiceLLMArgs):
     # --- input format (reference and test data) ---------------------------------------------
     data_format: str = data_format_field()
     column_map: Optional[dict] = column_map_field()
+    overwrite_input: bool = field(
+        default=False, metadata={"help": "Allow synth_ds_id to be an input (reference_ds_id or test_ds_id), "
+                                         "which it then replaces; otherwise that is refused with exit 2."}
+    )
 
 
 # ------------------------------------------------------------------------------ validation
@@ -249,9 +255,10 @@ class Seed:
 
 def load_seeds(args: DataGenArgs) -> tuple[list[Seed], list[tuple[str, str]]]:
     """Seed rows (instruction, response) and the train texts for the near-dup check."""
+    what = f"reference dataset '{args.reference_ds_id}' split '{args.reference_ds_split}'"
     ds = to_messages(load_split(args.reference_ds_id, args.reference_ds_split, what="reference dataset"),
-                     f"reference dataset '{args.reference_ds_id}' split '{args.reference_ds_split}'",
-                     args.data_format, args.column_map, require_answer=True)
+                     what, args.data_format, args.column_map, require_answer=True)
+    check_sft_columns(ds, what)
     seeds, train = [], []
     for i, row in enumerate(ds):
         instruction = row_instruction(row)
@@ -291,8 +298,9 @@ def load_test_prompts(ref_split: tuple[str, str] | None, data_format: str = "aut
     if ref_split is None:
         return []
     ref, split = ref_split
-    ds = to_messages(load_split(ref, split, what="test dataset"), f"test dataset '{ref}' split '{split}'",
-                     data_format, column_map)
+    what = f"test dataset '{ref}' split '{split}'"
+    ds = to_messages(load_split(ref, split, what="test dataset"), what, data_format, column_map)
+    check_sft_columns(ds, what)
     return [(f"test:{row.get('prompt_id') or i}", row_instruction(row)) for i, row in enumerate(ds)]
 
 
@@ -452,7 +460,8 @@ def make_jobs(picks: Sequence[tuple[int, int]], prep: Prepared, topic: str) -> l
     return [
         # render_data: a seed that contains `</example_instruction>` (any variant) cannot end its block
         Job(render_data(prep.template, instruction=prep.seeds[pos].instruction,
-                        response=prep.seeds[pos].response, topic=topic), sample_index=sample_index)
+                        response=prep.seeds[pos].response, topic=topic), sample_index=sample_index,
+            label=f"seed row {prep.seeds[pos].index}")
         for pos, sample_index in picks
     ]
 
@@ -514,6 +523,17 @@ def run_round(
     return kept, rejected, stats
 
 
+def output_plan(args: DataGenArgs) -> OutputPlan:
+    """The folder this run writes (locked for the run) and the inputs it must not replace."""
+    if args.dry_run or not args.synth_ds_id:
+        return OutputPlan(None)
+    return OutputPlan(local_output_dir(args.synth_ds_id, args.push_synth_ds_to_hf_hub, args.output_root),
+                      args.synth_ds_id, "synth_ds_id",
+                      {"reference_ds_id": args.reference_ds_id, "test_ds_id": args.test_ds_id},
+                      args.overwrite_input)
+
+
+@guarded_output(output_plan)
 def run(args: DataGenArgs) -> int:
     """The whole stage; returns the exit code."""
     prep = prepare(args)
@@ -604,16 +624,20 @@ def finish(args: DataGenArgs, prep: Prepared, kept: list[dict], rejected: list[d
     if rejected:
         splits[REJECTED_SPLIT] = to_dataset(rejected, REJECTED_FEATURES)
     out_dir = prep.out_dir
+
+    def write_summary(folder: Path) -> None:  # inside the atomic replacement, with the splits
+        (folder / "summary.json").write_text(json.dumps(summary, indent=2))
+
     if splits:
         out_dir = save_output(
             splits, args.synth_ds_id, push=args.push_synth_ds_to_hf_hub,
             append=args.synth_ds_append, stage=STAGE, config=config_to_dict(args),
             inputs={"reference": f"{args.reference_ds_id}[{args.reference_ds_split}]",
                     "test": summary["decontamination"]["test_dataset"]},
-            output_root=args.output_root,
+            output_root=args.output_root, extra_files=write_summary,
         )
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    else:
+        publish_files(out_dir, write_summary)
     logger.info("kept %d pairs, rejected %d (%s); stop: %s; summary: %s", len(kept), len(rejected),
                 summary["dropped_by_reason"] or "none", stop, out_dir / "summary.json")
     if not kept and args.allow_empty_result:

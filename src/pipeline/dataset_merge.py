@@ -19,6 +19,8 @@ from src.data import SYNTH_COLUMNS, first_user_message, load_split, normalize_te
 from src.errors import EXIT_OK, UsageError
 from src.formats import check_format_args, column_map_field, data_format_field, to_messages
 from src.hub import check_push_possible, local_output_dir, save_output
+from src.outputs import OutputPlan, guarded_output
+from src.validation import check_sft_columns
 
 logger = logging.getLogger("llamaduo.dataset_merge")
 
@@ -52,6 +54,9 @@ class MergeArgs:
     output_root: str = field(default="outputs", metadata={"help": "local copy root when pushing"})
     data_format: str = data_format_field()
     column_map: Optional[dict] = column_map_field()
+    overwrite_input: bool = field(default=False, metadata={
+        "help": "allow result_ds_id to be first_ds_id or second_ds_id (that input is then replaced); "
+                "otherwise that is refused with exit 2"})
 
 
 def validate(args: MergeArgs) -> None:
@@ -127,8 +132,11 @@ def decontaminate(train: list[dict[str, Any]], test: list[dict[str, Any]]) -> tu
 
 
 def _load(ref: str, split: str, what: str, args: MergeArgs) -> Dataset:
-    return to_messages(load_split(ref, split, what=what), f"{what} '{ref}' split '{split}'",
-                       args.data_format, args.column_map, require_answer="test" not in split)
+    where = f"{what} '{ref}' split '{split}'"
+    ds = to_messages(load_split(ref, split, what=what), where,
+                     args.data_format, args.column_map, require_answer="test" not in split)
+    check_sft_columns(ds, where)
+    return ds
 
 
 def _load_second(args: MergeArgs) -> Dataset:
@@ -142,6 +150,15 @@ def _load_second(args: MergeArgs) -> Dataset:
         return Dataset.from_dict({"messages": []})
 
 
+def output_plan(args: MergeArgs) -> OutputPlan:
+    """The folder this run writes (locked for the run) and the inputs it must not replace."""
+    if not args.result_ds_id:
+        return OutputPlan(None)
+    return OutputPlan(output_dir(args), args.result_ds_id, "result_ds_id",
+                      {"first_ds_id": args.first_ds_id, "second_ds_id": args.second_ds_id}, args.overwrite_input)
+
+
+@guarded_output(output_plan)
 def main(args: MergeArgs) -> int:
     validate(args)
     first_train = _load(args.first_ds_id, args.first_ds_train_split, "first dataset", args)
@@ -170,8 +187,8 @@ def main(args: MergeArgs) -> int:
                 args.result_ds_test_split: args.result_ds_test_append},
         stage="dataset_merge", config=config_to_dict(args),
         inputs={"first": {"id": args.first_ds_id}, "second": {"id": args.second_ds_id}, "counts": counts},
+        extra_files=lambda folder: (folder / "summary.json").write_text(json.dumps(counts, indent=2) + "\n"),
     )
-    (out / "summary.json").write_text(json.dumps(counts, indent=2) + "\n")
     print(f"merged {counts['first_train']} + {counts['second_train']} train rows; dropped "
           f"{dup_count} exact duplicate(s) and {contaminated} test-contaminated row(s); "
           f"wrote train {len(train)}, test {len(test_rows)} -> {out}")

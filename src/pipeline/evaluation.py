@@ -51,8 +51,10 @@ from src.judging import (
 )
 from src.judging.truncation import FINISH_COLUMN, truncated_summary
 from src.logging_setup import setup_logging
+from src.outputs import OutputPlan, guarded_output
 from src.prompts import check_placeholders, load_template, render
 from src.service_llm import PROVIDERS, ServiceLLMArgs
+from src.validation import check_text_columns
 
 logger = logging.getLogger("llamaduo.evaluation")
 
@@ -132,6 +134,10 @@ class EvaluationArgs(ServiceLLMArgs):
     )
     output_root: str = field(
         default="outputs", metadata={"help": "Root of local copies of pushed outputs."}
+    )
+    overwrite_input: bool = field(
+        default=False, metadata={"help": "Allow eval_ds_id to be the input lm_response_ds_id (it is "
+                                         "replaced); otherwise that is refused with exit 2."}
     )
 
 
@@ -249,11 +255,12 @@ def judge_jobs(prompts: Sequence[str], rows: Dataset, repeat: int, tags: set[str
     from src.service_llm.structured import JUDGE_SCHEMA, parse_judgement
 
     jobs = []
-    for prompt, *texts in zip(prompts, *(rows[c] for c in INPUT_COLUMNS), strict=True):
+    for i, (prompt, *texts) in enumerate(zip(prompts, *(rows[c] for c in INPUT_COLUMNS), strict=True)):
         raw = [str(t or "") for t in texts]  # as given, and as the judge saw them (neutralised)
         quoted = tuple(raw + [neutralize_tags(t, tags) for t in raw])
         parse = functools.partial(parse_judgement, quoted=quoted, data_tags=tags)
-        jobs += [Job(prompt, sample_index=r, schema=JUDGE_SCHEMA, parse=parse) for r in range(repeat)]
+        jobs += [Job(prompt, sample_index=r, schema=JUDGE_SCHEMA, parse=parse, label=f"row {i}")
+                 for r in range(repeat)]
     return jobs
 
 
@@ -281,13 +288,14 @@ def ledger_totals(results: Sequence[Any]) -> dict[str, Any]:
     """Tokens and cost of every completion behind these judgements, ledger hits included
     (a hit carries the cost it had when it was paid for), so a resumed evaluation reports
     what the whole evaluation cost, not just its last leg."""
-    comps = [c for res in results for c in res.completions]
+    comps = [c for res in results if not res.shared for c in res.completions]  # shared: counted once
     return {
         "input_tokens": sum(c.input_tokens for c in comps),
         "output_tokens": sum(c.output_tokens for c in comps),
         "cost_usd": sum(c.cost_usd for c in comps),
         "completions": len(comps),
         "cached": sum(1 for c in comps if c.cached),
+        "shared": sum(1 for res in results if res.shared),
     }
 
 
@@ -366,6 +374,7 @@ def build_summary(args: EvaluationArgs, rows: Sequence[RowScore], outcome: Judge
         "tokens": _tokens(usage),
         "calls": int(usage.get("completions", 0)),
         "cached_calls": int(usage.get("cached", 0)),
+        "shared_calls": int(usage.get("shared", 0)),  # identical judgements answered by one call
         "this_run": usage.get("this_run", {}),
         "stopped_for_budget": outcome.stopped_for_budget,
         "lm_response_ds_id": args.lm_response_ds_id,
@@ -398,6 +407,16 @@ def dry_run(llm: Any, template: str, ds: Dataset, args: EvaluationArgs) -> int:
 
 
 
+def output_plan(args: EvaluationArgs) -> OutputPlan:
+    """The folder this run writes (locked for the run) and the input it must not replace."""
+    if args.dry_run or not args.eval_ds_id:
+        return OutputPlan(None)
+    return OutputPlan(local_output_dir(args.eval_ds_id, args.push_eval_to_hf_hub, args.output_root),
+                      args.eval_ds_id, "eval_ds_id", {"lm_response_ds_id": args.lm_response_ds_id},
+                      args.overwrite_input)
+
+
+@guarded_output(output_plan)
 def run(args: EvaluationArgs) -> int:
     """The whole stage; returns the exit code (0 qualified, 3 not qualified)."""
     validate_args(args)
@@ -413,15 +432,13 @@ def run(args: EvaluationArgs) -> int:
                                    default_ledger_path=out_dir / LEDGER_NAME)
     ds = load_split(args.lm_response_ds_id, args.lm_response_ds_split,
                     required_columns=INPUT_COLUMNS, what="response dataset")
+    check_text_columns(ds, INPUT_COLUMNS, f"response dataset '{args.lm_response_ds_id}'")
     thresholds = Thresholds(args.avg_similarity_threshold, args.avg_precision_threshold,
                             args.coverage_threshold, args.max_failure_ratio)
     date = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
     if args.dry_run:
         return dry_run(llm, template, ds, args)
-    # A verdict left by an earlier run must not pass for this one's if this one dies.
-    for name in (SUMMARY_NAME, REPORT_NAME):
-        (out_dir / name).unlink(missing_ok=True)
     if reference:
         if args.eval_repeat > 1:
             logger.info("reference judge is deterministic: each row is scored once "
@@ -441,15 +458,16 @@ def run(args: EvaluationArgs) -> int:
     summary = build_summary(args, rows, outcome, thresholds, ds, date, out_dir)
     failed = too_many_failures(summary) or outcome.stopped_for_budget
     summary["exit_code"] = EXIT_FAILED if failed else (EXIT_OK if summary["qualified"] else EXIT_NOT_QUALIFIED)
-    write_reports(out_dir, summary, out_ds, rows, thresholds)
-    # A failed evaluation is kept locally for inspection but never pushed.
+    # A failed evaluation is kept locally for inspection but never pushed. The reports are
+    # written into the same atomic replacement as the dataset: never one without the other.
     save_output({args.eval_ds_split: out_ds}, args.eval_ds_id,
                 push=args.push_eval_to_hf_hub, local_only=failed, append=args.eval_ds_append,
                 stage="evaluation", config=config_to_dict(args),
                 inputs={"lm_response_ds_id": args.lm_response_ds_id,
                         "lm_response_ds_split": args.lm_response_ds_split,
                         "model_ids": summary["model_ids"]},
-                output_root=args.output_root)
+                output_root=args.output_root,
+                extra_files=lambda folder: write_reports(folder, summary, out_ds, rows, thresholds))
     print(one_screen_summary(summary, out_dir))
     if outcome.stopped_for_budget:
         raise RunFailed(f"max_cost_usd was reached before every row was judged; partial "

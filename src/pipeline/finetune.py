@@ -25,6 +25,7 @@ from src.config import config_to_dict, parse_config
 from src.formats import check_format_args, column_map_field, data_format_field
 from src.errors import EXIT_CODES_HELP, EXIT_OK, RunFailed, UsageError
 from src.logging_setup import setup_logging
+from src.outputs import OutputPlan, guarded_output
 
 logger = logging.getLogger("llamaduo.finetune")
 
@@ -340,6 +341,15 @@ def load_tokenizer(script: Any, model_args: Any, sft: Any, base: str) -> Any:
 # --------------------------------------------------------------------------- run
 
 
+def output_plan(script: Any, model_args: Any, sft: Any) -> OutputPlan:
+    """Lock output_dir for the run (main process only: the other ranks write into it too).
+    Not replaced atomically: checkpoints are written, and resumed from, in place."""
+    if not sft.output_dir or not _is_main_process():
+        return OutputPlan(None)
+    return OutputPlan(Path(sft.output_dir), str(sft.output_dir), "output_dir")
+
+
+@guarded_output(output_plan)
 def run(script: Any, model_args: Any, sft: Any) -> int:
     from src.chat_template import tokenize_dataset
     from src.hub import check_push_possible

@@ -139,6 +139,21 @@ class ServiceLLMArgs:
         default="config/pricing.yaml",
         metadata={"help": "YAML of USD prices per 1M input/output tokens, per model."},
     )
+    max_input_tokens: int = field(
+        default=0,
+        metadata={
+            "help": "Largest prompt, in estimated tokens (~4 characters each), sent in one call. "
+            "0: the model's context window minus max output tokens where known "
+            "(src/service_llm/limits.py), else 100000. Checked before any call."
+        },
+    )
+    oversize_rows: str = field(
+        default="refuse",
+        metadata={
+            "help": "A prompt over max_input_tokens: `refuse` (exit 2 before any call, naming the "
+            "first one) or `skip` (not sent; counted as skipped_oversize and reported as failed)."
+        },
+    )
 
     def config_notes(self) -> list[str]:
         """Settings taken from the environment, by variable name (for `--print-config`)."""

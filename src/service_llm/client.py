@@ -8,8 +8,10 @@ back one `JobResult` per job, in input order, with nothing to clean up.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence, TypeVar
@@ -18,7 +20,9 @@ from tqdm.auto import tqdm
 
 from src.errors import RunFailed, UsageError
 from src.service_llm.args import ServiceLLMArgs
-from src.service_llm.ledger import Ledger, ledger_key
+from src.service_llm import sidecar
+from src.service_llm.ledger import Ledger, LedgerWriteError, check_location, ledger_key
+from src.service_llm.limits import default_max_input_tokens
 from src.service_llm.pricing import Pricing, estimate_tokens
 from src.service_llm.providers import (
     Provider,
@@ -33,6 +37,7 @@ from src.service_llm.records import (
     INVALID,
     OK,
     SKIPPED_BUDGET,
+    SKIPPED_OVERSIZE,
     Completion,
     Estimate,
     InvalidReply,
@@ -74,6 +79,10 @@ def _check_values(args: ServiceLLMArgs, workers: int) -> None:
         raise UsageError(f"max_cost_usd must be > 0 (omit it for no limit), got {args.max_cost_usd}")
     if args.no_cache and args.refresh_cache:
         raise UsageError("no_cache and refresh_cache exclude each other")
+    if args.max_input_tokens < 0:
+        raise UsageError(f"max_input_tokens must be >= 0 (0 = derived from the model), got {args.max_input_tokens}")
+    if args.oversize_rows not in ("refuse", "skip"):
+        raise UsageError(f"oversize_rows must be 'refuse' or 'skip', got '{args.oversize_rows}'")
 
 
 @dataclass
@@ -84,6 +93,9 @@ class _RunState:
     bar: tqdm
     reach: Reachability  # stops the run when the provider cannot be reached at all
     budget: Optional[Budget] = None
+    #: set when a ledger write failed: no new call starts, the paid answers go to a sidecar
+    ledger_error: Optional[str] = None
+    interrupted: bool = False  # the first Ctrl-C: finish (and store) the calls in flight, then stop
 
     def refresh_bar(self) -> None:
         u = self.usage
@@ -92,6 +104,27 @@ class _RunState:
             f"tok={u.input_tokens + u.output_tokens:,} ${u.cost_usd:.4f}",
             refresh=False,
         )
+
+
+def _interrupt_gracefully(state: _RunState, tasks: list[asyncio.Task]) -> bool:
+    """Make the first Ctrl-C stop new calls but let the ones in flight finish and reach the
+    ledger (an answer being generated is billed either way); a second Ctrl-C cancels them.
+    Returns False where a handler cannot be installed (not the main thread, not Unix)."""
+    loop = asyncio.get_running_loop()
+
+    def on_sigint() -> None:
+        if state.interrupted:
+            for task in tasks:
+                task.cancel()
+            return
+        state.interrupted = True
+        logger.warning("interrupted: finishing the calls in flight so none is paid twice (Ctrl-C again to abort)")
+
+    try:
+        loop.add_signal_handler(signal.SIGINT, on_sigint)
+    except (NotImplementedError, RuntimeError, ValueError):
+        return False
+    return True
 
 
 class ServiceLLM:
@@ -111,6 +144,8 @@ class ServiceLLM:
         max_cost_usd: Optional[float],
         pricing: Pricing,
         show_progress: bool = True,
+        max_input_tokens: int = 0,
+        oversize_rows: str = "refuse",
     ) -> None:
         self.spec = spec
         self.workers = workers
@@ -123,6 +158,8 @@ class ServiceLLM:
         self.max_cost_usd = max_cost_usd
         self.pricing = pricing
         self.show_progress = show_progress
+        self.max_input_tokens = max_input_tokens or default_max_input_tokens(spec.model, spec.max_output_tokens)
+        self.oversize_rows = oversize_rows
         #: first backoff ceiling in seconds (doubles per retry, capped at 60 s); tests shorten it
         self.backoff_initial_s = 1.0
         self.usage = Usage()  # cumulative over every run() of this object
@@ -160,7 +197,7 @@ class ServiceLLM:
             ledger_path = None
         else:
             ledger_path = Path(args.ledger_path or default_ledger_path or default_ledger_location())
-        return cls(
+        client = cls(
             spec,
             workers=workers,
             rate_limit_per_minute=args.rate_limit_per_minute,
@@ -172,7 +209,17 @@ class ServiceLLM:
             max_cost_usd=args.max_cost_usd,
             pricing=pricing,
             show_progress=show_progress,
+            max_input_tokens=args.max_input_tokens,
+            oversize_rows=args.oversize_rows,
         )
+        if ledger_path is not None and not args.dry_run:
+            # a ledger that cannot be written is exit 2 now, not a traceback after paid calls;
+            # an existing file is opened, schema-checked and write-probed, a new one is created
+            # (and probed) by the first run() before its first call
+            check_location(ledger_path, create=False)
+            if ledger_path.exists():
+                client._ledger = Ledger(ledger_path)
+        return client
 
     @property
     def model(self) -> str:
@@ -185,7 +232,9 @@ class ServiceLLM:
 
     def describe(self) -> str:
         """A one-line, key-free description for logs and reports."""
-        where = f" at {self.spec.base_url}" if self.spec.base_url else ""
+        from src.redact import redact
+
+        where = f" at {redact(self.spec.base_url)}" if self.spec.base_url else ""
         rpm = self.rate_limit_per_minute or "unlimited"
         return f"{self.spec.provider}/{self.spec.model}{where} (workers={self.workers}, rpm={rpm})"
 
@@ -219,15 +268,21 @@ class ServiceLLM:
         """Count the calls `run(jobs)` would make (ledger hits excluded) and estimate tokens
         and cost, without calling anything. `expected_output_tokens` is the typical reply
         length for this stage (default 256); the maximum uses the gen config's token cap."""
+        self.oversize_jobs(jobs)  # refuse mode: the dry run says so too
         # a dry run creates no file: only an existing ledger is consulted
         exists = self.ledger_path is not None and self.ledger_path.exists()
         ledger = self._open_ledger() if exists and not self.refresh_cache else None
         cached = 0
         input_tokens = 0
         calls = 0
+        seen: set[str] = set()
         for job in jobs:
             messages = [{"role": "user", "content": job.prompt}]
-            if ledger is not None and ledger.get(self._key(messages, job.sample_index, job.schema)) is not None:
+            key = self._key(messages, job.sample_index, job.schema)
+            if key in seen or estimate_tokens(job.prompt) > self.max_input_tokens:
+                continue  # a duplicate shares its twin's call; an oversize prompt is never sent
+            seen.add(key)
+            if ledger is not None and ledger.get(key) is not None:
                 cached += 1
                 continue
             calls += 1
@@ -270,7 +325,10 @@ class ServiceLLM:
         order), e.g. to append rows to a partial file; every reply is already in the ledger.
         Not callable from inside a running event loop; use `arun` there.
         """
-        return asyncio.run(self.arun(jobs, parse, desc, on_result))
+        try:
+            return asyncio.run(self.arun(jobs, parse, desc, on_result))
+        except asyncio.CancelledError:  # a second Ctrl-C cancelled the calls in flight
+            raise KeyboardInterrupt from None
 
     async def arun(
         self,
@@ -280,14 +338,16 @@ class ServiceLLM:
         on_result: Optional[Callable[[int, JobResult[T]], None]] = None,
     ) -> list[JobResult[T]]:
         """The async form of `run` (same contract)."""
+        oversize = self.oversize_jobs(jobs)
         usage = Usage()
         self.last_run = usage
         ledger = self._open_ledger()
         provider = make_provider(self.spec)
         pacer = Pacer(self.rate_limit_per_minute, self.tokens_per_minute, log=self.pacer_log)
         results: list[Optional[JobResult[T]]] = [None] * len(jobs)
+        leaders, followers = self._single_flight(jobs, skip=oversize)
         queue: asyncio.Queue[int] = asyncio.Queue()
-        for i in range(len(jobs)):
+        for i in leaders:
             queue.put_nowait(i)
         bar = tqdm(total=len(jobs), desc=desc, unit="job", disable=not self.show_progress,
                    dynamic_ncols=True, mininterval=0.5)
@@ -295,26 +355,42 @@ class ServiceLLM:
         state = _RunState(usage=usage, bar=bar, budget=budget,
                           reach=Reachability(self.spec.provider, self.spec.base_url))
 
+        def finish(i: int, result: JobResult[T]) -> None:
+            results[i] = result
+            if result.shared:
+                usage.shared += 1
+            if result.status == OK:
+                usage.ok += 1
+            elif result.status == SKIPPED_BUDGET:
+                usage.skipped_budget += 1
+            elif result.status == SKIPPED_OVERSIZE:
+                usage.skipped_oversize += 1
+            else:
+                usage.failed += 1
+            state.refresh_bar()
+            bar.update(1)
+            if on_result is not None:
+                on_result(i, result)
+
+        for i in oversize:
+            finish(i, JobResult(None, f"not sent: ~{estimate_tokens(jobs[i].prompt):,} input tokens > "
+                                      f"max_input_tokens={self.max_input_tokens:,}", [], SKIPPED_OVERSIZE))
+
         async def worker() -> None:
-            while True:
+            # a ledger that stopped writing, or Ctrl-C: start nothing new
+            while state.ledger_error is None and not state.interrupted:
                 try:
                     i = queue.get_nowait()
                 except asyncio.QueueEmpty:
                     return
-                results[i] = await self._run_job(jobs[i], parse, provider, pacer, ledger, state)
-                if results[i].status == OK:
-                    usage.ok += 1
-                elif results[i].status == SKIPPED_BUDGET:
-                    usage.skipped_budget += 1
-                else:
-                    usage.failed += 1
-                state.refresh_bar()
-                bar.update(1)
-                if on_result is not None:
-                    on_result(i, results[i])
+                result = await self._run_job(jobs[i], parse, provider, pacer, ledger, state)
+                finish(i, result)
+                for j in followers.get(i, ()):  # identical jobs share this one call
+                    finish(j, dataclasses.replace(result, shared=True))
 
         try:
-            tasks = [asyncio.create_task(worker()) for _ in range(min(self.workers, max(1, len(jobs))))]
+            tasks = [asyncio.create_task(worker()) for _ in range(min(self.workers, max(1, len(leaders))))]
+            graceful = _interrupt_gracefully(state, tasks)
             try:
                 await asyncio.gather(*tasks)
             except BaseException:
@@ -327,16 +403,70 @@ class ServiceLLM:
                 f"{self.spec.provider}/{self.spec.model}: {err} (finished work is kept in the ledger)"
             ) from err
         finally:
+            if graceful:
+                asyncio.get_running_loop().remove_signal_handler(signal.SIGINT)
             bar.close()
             await provider.aclose()
             self.usage.add(usage)
+        if state.interrupted:
+            raise KeyboardInterrupt  # after every answer in flight was stored: the rerun repeats none
+        if state.ledger_error is not None:
+            raise RunFailed(self._save_unsaved(ledger, state))
         if usage.stopped_for_budget:
             logger.warning(
                 "max_cost_usd=%.4f reached: %d job(s) were not run; finished work is kept, "
                 "a rerun with a higher budget resumes from the ledger",
                 self.max_cost_usd, usage.skipped_budget,
             )
+        if oversize:
+            logger.warning("%d job(s) were not sent: their prompt exceeds max_input_tokens=%d",
+                           len(oversize), self.max_input_tokens)
         return results  # type: ignore[return-value]
+
+    def oversize_jobs(self, jobs: Sequence[Job]) -> list[int]:
+        """Indices of jobs whose prompt exceeds max_input_tokens. With `oversize_rows: refuse`
+        the first one is a UsageError (exit 2), raised before any call is made."""
+        over = [i for i, job in enumerate(jobs) if estimate_tokens(job.prompt) > self.max_input_tokens]
+        if over and self.oversize_rows == "refuse":
+            job = jobs[over[0]]
+            name = job.label or f"job {over[0]}"
+            raise UsageError(
+                f"{name}: its prompt is ~{estimate_tokens(job.prompt):,} tokens, over max_input_tokens="
+                f"{self.max_input_tokens:,} for {self.spec.model} ({len(over)} such prompt(s)); shorten "
+                f"the input, raise max_input_tokens, or set oversize_rows: skip"
+            )
+        return over
+
+    def _single_flight(self, jobs: Sequence[Job], skip: Sequence[int]) -> tuple[list[int], dict[int, list[int]]]:
+        """The first job of each distinct request (the leaders, which are called) and, per
+        leader, the later identical jobs that share its answer. Identical means the same
+        ledger key: provider, model, generation config, messages and sample index. Without
+        this, identical rows paid once each and the last ledger write won, so a rerun
+        reported different numbers from the run it resumed."""
+        first: dict[str, int] = {}
+        followers: dict[int, list[int]] = {}
+        skipped = set(skip)
+        for i, job in enumerate(jobs):
+            if i in skipped:
+                continue
+            key = self._key([{"role": "user", "content": job.prompt}], job.sample_index, job.schema)
+            if key in first:
+                followers.setdefault(first[key], []).append(i)
+            else:
+                first[key] = i
+        return list(first.values()), followers
+
+    def _save_unsaved(self, ledger: Optional[Ledger], state: _RunState) -> str:
+        """Write the paid answers the ledger could not take to a sidecar; the one-line reason."""
+        rows = ledger.paid_rows() if ledger is not None else []
+        try:
+            where = sidecar.save(self.ledger_path, rows)
+        except OSError as err:
+            return (f"the ledger {self.ledger_path} stopped accepting writes ({state.ledger_error}) and "
+                    f"{len(rows)} paid answer(s) could not be saved anywhere: {err}")
+        return (f"the ledger {self.ledger_path} stopped accepting writes ({state.ledger_error}); no new "
+                f"call was started, and {len(rows)} paid answer(s) were saved to {where}, which the next "
+                f"run imports")
 
     async def _run_job(
         self,
@@ -404,6 +534,8 @@ class ServiceLLM:
             if hit is not None:
                 state.usage.cached += 1
                 return hit
+        if state.ledger_error is not None:  # nothing new is paid for once the ledger fails
+            return JobResult(None, f"not run: the ledger stopped accepting writes ({state.ledger_error})", [], ERROR)
         prompt_text = "\n".join(m["content"] for m in messages)
         est_in = estimate_tokens(prompt_text)
         reserved: float | None = 0.0
@@ -445,8 +577,13 @@ class ServiceLLM:
             cached=False,
         )
         if ledger is not None:  # persisted before the result is used (crash-safe resume)
-            ledger.put(key, completion, provider=self.spec.provider, sample_index=sample_index,
-                       messages=messages)
+            try:
+                ledger.put(key, completion, provider=self.spec.provider, sample_index=sample_index,
+                           messages=messages)
+            except LedgerWriteError as err:  # kept in memory by the ledger; saved at the end
+                if state.ledger_error is None:
+                    logger.error("ledger write failed (%s): no new call starts", err)
+                state.ledger_error = str(err)
         u = state.usage
         u.calls += 1
         u.input_tokens += completion.input_tokens

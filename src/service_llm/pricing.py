@@ -12,8 +12,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-import yaml
-
 from src.errors import UsageError
 
 logger = logging.getLogger("llamaduo.service_llm")
@@ -44,10 +42,9 @@ class Pricing:
         path = Path(path)
         if not path.is_file():
             raise UsageError(f"pricing file not found: {path} (see config/pricing.yaml)")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise UsageError(f"pricing file {path} is not valid YAML: {err}") from err
+        from src.yaml_strict import load_yaml_strict
+
+        data = load_yaml_strict(path, "pricing file") or {}
         models = data.get("models", data) if isinstance(data, dict) else None
         if not isinstance(models, dict):
             raise UsageError(f"pricing file {path}: expected a mapping 'models: {{name: {{input: .., output: ..}}}}'")

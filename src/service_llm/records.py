@@ -14,6 +14,7 @@ OK = "ok"
 INVALID = "invalid"  # every reply (first ask + re-asks) failed the stage's schema
 ERROR = "error"  # the call itself failed (retries exhausted, permanent API error)
 SKIPPED_BUDGET = "skipped_budget"  # never called: --max-cost-usd was reached first
+SKIPPED_OVERSIZE = "skipped_oversize"  # never called: the prompt exceeds max_input_tokens
 
 
 class InvalidReply(ValueError):
@@ -69,6 +70,7 @@ class Job:
     sample_index: int = 0
     schema: Optional[ResponseSchema] = None
     parse: Optional[Callable[[str], Any]] = field(default=None, compare=False)
+    label: str = ""  # how errors name this job to the user, e.g. "row 17"; not part of any key
 
 
 @dataclass
@@ -83,6 +85,9 @@ class JobResult(Generic[T]):
     completions: list[Completion] = field(default_factory=list)
     status: str = OK
     retries: int = 0
+    #: True for a duplicate job served by an identical job's call (single-flight): its
+    #: completions are that job's, so totals must count them once
+    shared: bool = False
 
     @property
     def ok(self) -> bool:
@@ -107,7 +112,9 @@ class Usage:
     """Running totals, readable for a stage's summary (`ServiceLLM.usage`, `.last_run`).
 
     `calls` are requests that reached the provider and succeeded (paid); `cached` are ledger
-    hits (free); `retries` counts retried attempts; `cost_usd` is new spend only.
+    hits (free); `retries` counts retried attempts; `cost_usd` is new spend only; `shared`
+    counts duplicate jobs answered by an identical job's call; `skipped_oversize` jobs whose
+    prompt exceeded max_input_tokens (never sent).
     """
 
     calls: int = 0
@@ -116,14 +123,16 @@ class Usage:
     ok: int = 0
     failed: int = 0
     skipped_budget: int = 0
+    skipped_oversize: int = 0
+    shared: int = 0
     input_tokens: int = 0
     output_tokens: int = 0
     cost_usd: float = 0.0
     stopped_for_budget: bool = False
 
     def add(self, other: "Usage") -> None:
-        for name in ("calls", "cached", "retries", "ok", "failed", "skipped_budget",
-                     "input_tokens", "output_tokens", "cost_usd"):
+        for name in ("calls", "cached", "retries", "ok", "failed", "skipped_budget", "skipped_oversize",
+                     "shared", "input_tokens", "output_tokens", "cost_usd"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.stopped_for_budget = self.stopped_for_budget or other.stopped_for_budget
 
@@ -135,6 +144,8 @@ class Usage:
             "ok": self.ok,
             "failed": self.failed,
             "skipped_budget": self.skipped_budget,
+            "skipped_oversize": self.skipped_oversize,
+            "shared": self.shared,
             "input_tokens": self.input_tokens,
             "output_tokens": self.output_tokens,
             "cost_usd": round(self.cost_usd, 6),

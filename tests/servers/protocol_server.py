@@ -72,8 +72,10 @@ Conventions other tests rely on:
 * Token usage in replies: ceil(chars / 4) of the prompt and of the reply text.
 * Request counting: `stats()` / `GET /_stats` -> {"total", "accepted", "by_path",
   "by_provider", "rpm_rejections", "faults", "max_repeats", "distinct_requests",
-  "max_window_count"}; `GET /_stats?detail=1` adds "by_request" (counts per hash of
-  provider + messages + seed: a value > 1 means the same request came twice).
+  "max_window_count", "answered", "answered_repeats"}; `GET /_stats?detail=1` adds
+  "by_request" (counts per hash of provider + messages + seed: a value > 1 means the same
+  request came twice). `answered` counts successful (billable) answers; `answered_repeats`
+  how many of them answered a request already answered once (a paid call made twice).
 """
 from __future__ import annotations
 
@@ -362,6 +364,7 @@ class ProtocolServer:
             self.by_path: Counter = Counter()
             self.by_provider: Counter = Counter()
             self.by_request: Counter = Counter()
+            self.answered: Counter = Counter()  # request key -> successful (200, billable) answers
             self.faults: Counter = Counter()
             self.rpm_rejections = 0
             self._attempts: Counter = Counter()  # (provider, fault spec, first message) -> requests
@@ -387,6 +390,8 @@ class ProtocolServer:
                 "structured": dict(self.structured_ok),
                 "structured_bad": dict(self.structured_bad),
                 "plain_judge": dict(self.plain_judge),
+                "answered": sum(self.answered.values()),
+                "answered_repeats": sum(n - 1 for n in self.answered.values() if n > 1),
             }
             if detail:
                 out["by_request"] = dict(self.by_request)
@@ -582,6 +587,8 @@ class ProtocolServer:
                     self._send_json(200, _reply(provider, model, None, _tokens(prompt_text)))
                     return
                 text = server.answer_text(provider, first, seed, fault, structured)
+                with server._lock:
+                    server.answered[request_key] += 1
                 tool = None
                 if structured and provider.startswith("anthropic"):
                     tool = (body["tool_choice"]["name"],
