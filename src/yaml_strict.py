@@ -6,6 +6,7 @@ a traceback. Both are user mistakes that must exit 2 with one line naming the fi
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -13,13 +14,18 @@ import yaml
 
 from src.errors import UsageError
 
+logger = logging.getLogger("llamaduo.config")
+
 
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """SafeLoader that refuses a key repeated within one mapping (merge keys `<<` excepted)."""
+    """SafeLoader that refuses a key repeated within one mapping with another value (merge keys
+    `<<` excepted). A key repeated with the SAME value is harmless and is accepted with a
+    warning: the original LlamaDuo's own synth_data_gen.yaml repeats `prompt_tmpl_path`, and
+    migrating users' files must load unchanged (issue 17)."""
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
-        seen: dict[Any, int] = {}
-        for key_node, _ in node.value:
+        seen: dict[Any, tuple[int, Any]] = {}
+        for key_node, value_node in node.value:
             if key_node.tag == "tag:yaml.org,2002:merge":
                 continue
             key = self.construct_object(key_node, deep=True)
@@ -28,9 +34,16 @@ class _UniqueKeyLoader(yaml.SafeLoader):
             except TypeError:
                 continue  # the base class reports unhashable keys itself
             line = key_node.start_mark.line + 1
+            value = self.construct_object(value_node, deep=True)
             if key in seen:
-                raise _DuplicateKey(f"key '{key}' appears twice (lines {seen[key]} and {line})")
-            seen[key] = line
+                first_line, first_value = seen[key]
+                if first_value != value:
+                    raise _DuplicateKey(f"key '{key}' appears twice with different values "
+                                        f"(lines {first_line} and {line})")
+                logger.warning("%s: key '%s' appears twice with the same value (lines %d and %d); "
+                               "one is enough", self.name, key, first_line, line)
+                continue
+            seen[key] = (line, value)
         return super().construct_mapping(node, deep=deep)
 
 
@@ -53,7 +66,12 @@ def load_yaml_strict(path: Path, what: str = "config file") -> Any:
     """Parse a YAML file as UTF-8 with unique keys; every problem is a one-line UsageError."""
     text = read_text_utf8(path, what)
     try:
-        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+        loader = _UniqueKeyLoader(text)
+        loader.name = str(path)
+        try:
+            return loader.get_single_data()
+        finally:
+            loader.dispose()
     except _DuplicateKey as err:
         raise UsageError(f"{what} {path}: {err}; keep one") from None
     except yaml.YAMLError as err:

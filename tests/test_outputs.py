@@ -94,8 +94,11 @@ def test_redact_leaves_ordinary_text_and_masks_key_env_values(monkeypatch):
 def test_strict_yaml_names_a_repeated_key_and_refuses_other_encodings(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("a: 1\nnested:\n  b: 2\n  b: 3\n")
-    with pytest.raises(UsageError, match=r"key 'b' appears twice \(lines 3 and 4\)"):
+    with pytest.raises(UsageError, match=r"key 'b' appears twice with different values \(lines 3 and 4\)"):
         load_yaml_strict(path)
+    # the same value twice (the original LlamaDuo's synth_data_gen.yaml does it) loads, with a warning
+    path.write_text("a: 1\nnested:\n  b: 2\n  b: 2\n")
+    assert load_yaml_strict(path) == {"a": 1, "nested": {"b": 2}}
     path.write_bytes("a: 1\n".encode("utf-16"))
     with pytest.raises(UsageError, match="not UTF-8 text .it looks like UTF-16."):
         load_yaml_strict(path)
