@@ -59,14 +59,18 @@ def validate(args: MergeArgs) -> None:
     check_push_possible(args.push_result_ds_to_hf_hub, f"result dataset '{args.result_ds_id}'")
 
 
-def align(ds: Dataset, source: str) -> list[dict[str, Any]]:
-    """Rows with exactly SYNTH_COLUMNS; fills are marked and counted, never silent."""
+def align(ds: Dataset, source: str, keep_extra: bool = False) -> list[dict[str, Any]]:
+    """Rows with SYNTH_COLUMNS; fills are marked and counted, never silent. `keep_extra` keeps
+    the other columns too (test rows: `test`, `entry_point`, ... feed execution-based evaluation)."""
     rename = {old: new for old, new in PLURAL_SPELLINGS.items() if old in ds.column_names and new not in ds.column_names}
     fills: Counter[str] = Counter()
     rows = []
     for raw in ds:
         row = {rename.get(k, k): v for k, v in raw.items()}
-        rows.append(_align_row(row, fills))
+        aligned = _align_row(row, fills)
+        if keep_extra:
+            aligned.update({k: v for k, v in row.items() if k not in aligned})
+        rows.append(aligned)
     for column, count in fills.items():
         logger.info("%s: filled column '%s' in %d row(s)", source, column, count)
     return rows
@@ -140,14 +144,16 @@ def main(args: MergeArgs) -> int:
 
     first_rows, second_rows = align(first_train, "first dataset"), align(second_train, "second dataset")
     train, dup_count = dedup(first_rows + second_rows)
-    test_rows, test_dups = dedup([row for ds, (_, _, what) in zip(tests, test_sources) for row in align(ds, what)])
+    test_rows, test_dups = dedup([row for ds, (_, _, what) in zip(tests, test_sources)
+                                  for row in align(ds, what, keep_extra=True)])
     train, contaminated = decontaminate(train, test_rows)
     if not train:
         raise UsageError("the merged train split is empty after deduplication and decontamination")
 
     splits = {args.result_ds_train_split: Dataset.from_list(train)}
     if test_rows:
-        splits[args.result_ds_test_split] = Dataset.from_list(test_rows)
+        columns = list(dict.fromkeys(k for row in test_rows for k in row))  # every source's columns
+        splits[args.result_ds_test_split] = Dataset.from_list([{c: row.get(c) for c in columns} for row in test_rows])
     counts = {"first_train": len(first_rows), "second_train": len(second_rows), "exact_duplicates_dropped": dup_count,
               "contaminated_dropped": contaminated, "test_duplicates_dropped": test_dups,
               "train": len(train), "test": len(test_rows)}
