@@ -18,7 +18,7 @@ from typing import Hashable, Optional, Sequence
 
 from src.judging.aggregate import mean_ci95
 
-K_VALUES = (1, 5, 10, 20, 50, 100)
+K_VALUES = (1, 2, 5, 10, 20, 50, 100)
 LISTED_ROWS = 20  # judge-pass/test-fail rows listed by index in summary.json
 
 
