@@ -188,12 +188,12 @@ def test_reference_judge_does_not_reward_copying_the_stub(judge):
     for r in rows:
         ref = f"```python\n{r['prompt']}{r['canonical_solution']}```"
         copy = f"```python\n{r['prompt']}    pass\n```"
-        body = f"Sure:\n```python\n{r['prompt']}{r['canonical_solution']}```"
+        body = f"```python\n{r['prompt']}{r['canonical_solution']}```"
         old_copy, = judge.score([copy], [ref])  # without the instruction: the copy looks great
         assert old_copy.similarity > 80 and old_copy.precision > 95
         copied, answered = judge.score([copy, body], [ref, ref], [r["prompt"]] * 2)
         assert copied.similarity < 60 and copied.precision < 10
-        assert answered.similarity > 85 and answered.precision > 90  # "Sure:" is not in the reference
+        assert answered.similarity > 95 and answered.precision > 95
     assert "not copied from the instruction" in REFERENCE_EVALUATOR and "not correctness" in REFERENCE_EVALUATOR
 
 
