@@ -23,6 +23,11 @@ The layers, outermost first (see docs/evaluation.md, "The safety model and its l
    determined attacker: `ctypes` reaches libc directly and bypasses it. rlimits are not a
    security boundary either; use a container or VM for untrusted code at scale.
 
+Entry point: when the answer does not define `entry_point` but defines exactly one top-level
+function, that function is tested under the entry point's name. WHY: prompts that describe a
+function without naming it ("Write a Python function that returns the product of a list")
+should be judged on behaviour, not on guessing the reference's name.
+
 A run passes only if the test completes and the program then prints a per-run nonce it
 read from stdin, so a candidate that calls `sys.exit(0)` / `os._exit(0)` early does not pass.
 """
@@ -157,7 +162,12 @@ def _main():
         exec(code, ns)
         stage = "the test"
         if entry and entry not in ns:
-            _fail("entry point %r is not defined by the candidate" % entry)
+            own = [v for v in ns.values() if type(v).__name__ == "function"
+                   and getattr(v, "__code__", None) is not None and v.__code__.co_filename == "candidate.py"]
+            if len(own) != 1:
+                _fail("missing entry point: the candidate defines no %r (and not exactly one function "
+                      "to test in its place)" % entry)
+            ns[entry] = own[0]
         exec(test_code, ns)
         if callable(ns.get("check")):
             if not entry:

@@ -54,7 +54,10 @@ def test_correct_code_passes_both_test_shapes():
 
 @pytest.mark.parametrize("code, test, entry, reason", [
     ("def f(x)\n    return 2\n", TEST, "f", "SyntaxError in the candidate: expected ':' (line 1)"),
-    ("def g(x):\n    return 2\n", TEST, "f", "entry point 'f' is not defined by the candidate"),
+    ("def g(x):\n    return 2\n\ndef h():\n    pass\n", TEST, "f",
+     "missing entry point: the candidate defines no 'f' (and not exactly one function to test in its place)"),
+    ("import math\nx = 2\n", TEST, "f",
+     "missing entry point: the candidate defines no 'f' (and not exactly one function to test in its place)"),
     ("def f(x):\n    return {}[x]\n", TEST, "f", "KeyError: 1"),
     ("def f(x):\n    return f(x)\n", TEST, "f", "RecursionError: maximum recursion depth exceeded"),
     ("def f(x):\n    return 2\n", "def check(candidate):\n    assert candidate(1) == 2\n", None,
@@ -66,6 +69,13 @@ def test_correct_code_passes_both_test_shapes():
 def test_failures_carry_a_reason(code, test, entry, reason):
     res = run(code, test, entry)
     assert (res.passed, res.reason) == (False, reason)
+
+
+def test_a_single_function_with_another_name_is_tested_as_the_entry_point():
+    """Prompts that do not name the function: behaviour is tested, not the guessed name."""
+    assert run("import math\ndef plus_one(x):\n    return x + 1\n").passed
+    assert run("def plus_one(x):\n    return x + 1\n", "def check(candidate):\n    assert candidate(1) == 2\n").passed
+    assert run("def plus_one(x):\n    return x\n").reason == "AssertionError"
 
 
 def test_printing_the_pass_marker_does_not_pass():

@@ -140,6 +140,11 @@ def execution_lines(summary: dict) -> list[str]:
     return lines
 
 
+def _samples(ex: dict) -> str:
+    low, high = ex.get("samples_per_prompt") or ("?", "?")
+    return str(low) if low == high else f"{low}-{high}"
+
+
 def _fmt(x: Any, nd: int = 1) -> str:
     return "n/a" if x is None else f"{x:.{nd}f}"
 
@@ -151,7 +156,7 @@ def execution_report(summary: dict, rows: Sequence[dict]) -> list[str]:
     if not ex:
         return []
     out = ["## Unit tests (execution)", "", *[f"- {line}" for line in execution_lines(summary)],
-           f"- pass@k (unbiased estimator over {ex.get('samples_per_prompt', '?')} samples per prompt): "
+           f"- pass@k (unbiased estimator over {_samples(ex)} sample(s) per prompt): "
            + (", ".join(f"pass@{k} {100 * v:.1f}%" for k, v in ex["pass_at_k"].items()) or "n/a"),
            f"- failure kinds: " + (", ".join(f"{k} ({n})" for k, n in ex["failure_reasons"].items()) or "none"),
            f"- limits per run: {ex['timeout_s']:g} s wall clock, {ex['memory_mb']} MB address space", ""]
