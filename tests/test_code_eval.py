@@ -78,7 +78,8 @@ def write_batch(path: Path, candidates_per_task: list[list[str]], **cols) -> Pat
         for task, cands in zip(humaneval_rows(), candidates_per_task):
             for k, cand in enumerate(cands):
                 fh.write(json.dumps({
-                    "instructions": task["prompt"], "target_responses": fence(task["prompt"] + task["canonical_solution"]),
+                    "instructions": task["prompt"],
+                    "target_responses": fence(task["prompt"] + task["canonical_solution"]),
                     "candidate_responses": cand, "model_id": "m", "model_sha": "s", "prompt_id": task["task_id"],
                     "repeat_index": k, "test": task["test"], "entry_point": task["entry_point"], **cols}) + "\n")
     return path
@@ -142,7 +143,8 @@ def test_judge_passing_rows_that_fail_are_listed(tmp_path):
     the tests do not; the report names the row."""
     tasks = humaneval_rows()
     wrong = fence(tasks[2]["prompt"] + tasks[2]["canonical_solution"].replace("balance < 0", "balance > 0"))
-    data = write_batch(tmp_path / "batch.jsonl", [[correct(tasks[0])], [correct(tasks[1])], [wrong], [correct(tasks[3])]])
+    cands = [[correct(tasks[0])], [correct(tasks[1])], [wrong], [correct(tasks[3])]]
+    data = write_batch(tmp_path / "batch.jsonl", cands)
     assert main(argv(data, tmp_path / "eval", "--allow_code_execution")) == EXIT_OK
     ag = json.loads((tmp_path / "eval" / "summary.json").read_text())["execution"]["agreement"]
     assert ag["judge_pass_test_fail"] == {"count": 1, "rows": [2]}
