@@ -172,18 +172,23 @@ def tokenize_dataset(dataset: Any, tokenizer: Any, *, train_on_prompt: bool, add
                      num_proc: int | None, desc: str, max_length: int | None = None) -> Any:
     """Map a `messages` dataset to `input_ids`/`labels` (all other columns dropped).
 
-    `max_length` truncates (keeping the start) and drops rows left without any trained token;
-    only needed where TRL does not truncate itself (padding-free training without packing).
+    `max_length` truncates as `truncate_tokenized` does; only needed where TRL does not
+    truncate itself (padding-free training without packing).
     """
     def _map(row: dict) -> dict:
-        out = tokenize_conversation(tokenizer, row["messages"], train_on_prompt=train_on_prompt,
-                                    add_special_tokens=add_special_tokens)
-        return {k: v[:max_length] for k, v in out.items()} if max_length else out
+        return tokenize_conversation(tokenizer, row["messages"], train_on_prompt=train_on_prompt,
+                                     add_special_tokens=add_special_tokens)
 
     out = dataset.map(_map, remove_columns=dataset.column_names, num_proc=num_proc, desc=desc)
-    if max_length:
-        out = out.filter(lambda row: any(t != IGNORE_INDEX for t in row["labels"]), num_proc=num_proc)
-    return out
+    return truncate_tokenized(out, max_length, num_proc) if max_length else out
+
+
+def truncate_tokenized(dataset: Any, max_length: int, num_proc: int | None) -> Any:
+    """Cut tokenized rows to `max_length` (keeping the start) and drop rows left without any
+    trained token, as TRL does; for the paths where TRL does not truncate itself."""
+    out = dataset.map(lambda row: {k: row[k][:max_length] for k in ("input_ids", "labels")}, num_proc=num_proc,
+                      desc="Truncating to max_length")
+    return out.filter(lambda row: any(t != IGNORE_INDEX for t in row["labels"]), num_proc=num_proc)
 
 
 def end_of_turn_ids(tokenizer: Any) -> list[int]:

@@ -12,6 +12,10 @@ why each part exists:
 * Unknown keys and flags fail with the closest valid names (difflib), before any work.
 * Every boolean gets `--flag` / `--no-flag`, so a YAML `true` can be turned off from the CLI.
 * Renamed keys (alignment-handbook -> TRL 1.x) are mapped with one warning each.
+* YAML keys accept the dash spelling (`lm-response-append`), as CLI flags do; `--config` is an
+  alias of `--from-config` (as in TRL), and a lone `.yaml` path as the first argument works too.
+* Legacy keys of the original LlamaDuo (a short, named list per stage, see src/legacy_keys.py)
+  are mapped or accepted with a note; any other unknown key still fails.
 * `--print-config` prints the merged config with secrets masked and exits 0.
 
 All failures raise `UsageError` (exit code 2).
@@ -54,6 +58,7 @@ def parse_config(
     renamed_keys: Mapping[str, str] | None = None,
     key_transforms: Mapping[str, tuple[Callable[[Any], Any], Callable[[Any], dict]]] | None = None,
     adjust: Callable[[dict], dict] | None = None,
+    legacy_keys: Mapping[str, tuple[Callable[[Any], Any], Callable[[Any, Mapping[str, Any]], dict]]] | None = None,
     parser_cls: type[HfArgumentParser] = HfArgumentParser,
     prog: str | None = None,
 ) -> tuple[Any, ...]:
@@ -68,18 +73,23 @@ def parse_config(
             `attn_implementation: flash_attention_2`).
         adjust: applied to the merged {key: value} dict just before the dataclasses are built,
             e.g. to pick CPU-friendly defaults the dataclass' `__post_init__` would reject.
+        legacy_keys: the original tool's keys that are no plain rename: key -> (type converter,
+            fn(value, other values) -> {key: value} updates, which override). See src/legacy_keys.py.
     """
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = _positional_config(list(sys.argv[1:] if argv is None else argv))
     renamed_keys = dict(renamed_keys or {})
     key_transforms = dict(key_transforms or {})
-    parser = _build_parser(dataclass_types, parser_cls, description, epilog, prog, key_transforms)
+    legacy_keys = dict(legacy_keys or {})
+    parser = _build_parser(dataclass_types, parser_cls, description, epilog, prog,
+                           {**key_transforms, **legacy_keys})
     argv = _rename_cli_flags(argv, renamed_keys)
 
     config_path = _peek_config_path(argv)
     if config_path is not None:
-        file_values = _load_yaml_mapping(config_path)
+        file_values = _undash_keys(_load_yaml_mapping(config_path), source=str(config_path))
         file_values = _apply_renames(file_values, renamed_keys, source=str(config_path))
         file_values = _apply_transforms(file_values, key_transforms, parser)
+        file_values = _apply_legacy(file_values, legacy_keys)
         _check_known(file_values, parser, where=f"config file {config_path}")
         parser.set_defaults(**{k: _check_yaml_value(k, v, parser) for k, v in file_values.items()})
 
@@ -90,11 +100,14 @@ def parse_config(
     print_config = values.pop("print_config", False)
     values.pop("from_config", None)
     values = _apply_cli_transforms(values, key_transforms)
+    values = _apply_cli_legacy(values, legacy_keys, _explicit_dests(argv, parser))
     if adjust is not None:
         values = adjust(values)
     instances = _build_dataclasses(dataclass_types, values)
     if print_config:
         print(yaml.safe_dump(config_to_dict(*instances), sort_keys=False, allow_unicode=True), end="")
+        for note in (n for inst in instances for n in getattr(inst, "config_notes", lambda: [])()):
+            print(f"# {note}")  # e.g. which env variable gave the API key (its name, never its value)
         raise SystemExit(0)
     return instances
 
@@ -140,8 +153,9 @@ def _build_parser(
         allow_abbrev=False,
     )
     parser.add_argument(
-        "--from-config", "--from_config", dest="from_config", metavar="YAML",
-        help="load settings from a YAML mapping; any explicit CLI flag overrides the file",
+        *_CONFIG_FLAGS, dest="from_config", metavar="YAML",
+        help="load settings from a YAML mapping (--config is an alias, as in TRL); any explicit "
+             "CLI flag overrides the file",
     )
     parser.add_argument(
         "--print-config", "--print_config", dest="print_config", action="store_true",
@@ -227,9 +241,58 @@ def _use_json_for_dict_fields(parser: argparse.ArgumentParser) -> None:
 # --------------------------------------------------------------------------- YAML handling
 
 
+_CONFIG_FLAGS = ("--from-config", "--from_config", "--config")
+_YAML_SUFFIXES = (".yaml", ".yml")
+
+
+def _positional_config(argv: list[str]) -> list[str]:
+    """`script.py config.yaml [flags]` means `--from-config config.yaml`, as the original's
+    alignment-handbook scripts took it; only the first token, and only a .yaml/.yml path."""
+    if argv and not argv[0].startswith("-") and argv[0].lower().endswith(_YAML_SUFFIXES):
+        return ["--from-config", *argv]
+    return argv
+
+
+def _undash_keys(values: dict[str, Any], source: str) -> dict[str, Any]:
+    """YAML keys accept the dash spelling, as CLI flags do (`lm-response-append: false`)."""
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        name = str(key).replace("-", "_")
+        if name in out:
+            raise UsageError(f"config file {source}: key '{key}' is given twice (also as '{name}')")
+        out[name] = value
+    return out
+
+
+def _apply_legacy(values: dict[str, Any], legacy: Mapping) -> dict[str, Any]:
+    """Pop each legacy key and apply its updates (they override: `rate_limit_on: false` must
+    turn pacing off even when the same file sets `rate_limit_per_minute`)."""
+    out = dict(values)
+    for key, (_, fn) in legacy.items():
+        if key in out:
+            out.update(fn(out.pop(key), out))
+    return out
+
+
+def _apply_cli_legacy(values: dict[str, Any], legacy: Mapping, explicit: set[str]) -> dict[str, Any]:
+    """A legacy key given as a CLI flag: its updates lose only to the other explicit flags."""
+    out = dict(values)
+    for key, (_, fn) in legacy.items():
+        if key in out:
+            updates = fn(out.pop(key), {k: v for k, v in out.items() if k in explicit})
+            out.update({k: v for k, v in updates.items() if k not in explicit})
+    return out
+
+
+def _explicit_dests(argv: Sequence[str], parser: argparse.ArgumentParser) -> set[str]:
+    """Destinations of the flags actually typed on the command line."""
+    actions = parser._option_string_actions
+    return {actions[t.split("=")[0]].dest for t in argv if t.split("=")[0] in actions}
+
+
 def _peek_config_path(argv: Sequence[str]) -> Path | None:
     pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-    pre.add_argument("--from-config", "--from_config", "--config", dest="from_config")
+    pre.add_argument(*_CONFIG_FLAGS, dest="from_config")
     ns, _ = pre.parse_known_args(argv)
     return Path(ns.from_config) if ns.from_config else None
 

@@ -174,8 +174,15 @@ def _load_files(files: list[str], ref: str, what: str) -> Dataset:
 
 
 def _load_hub(ref: str, revision: str | None, what: str) -> dict[str, Dataset]:
-    from src.hub import ensure_hub_reachable  # the one module that knows how to talk to the Hub
+    from src.hub import ensure_hub_reachable, hub_offline  # the one module that knows how to talk to the Hub
 
+    if hub_offline():
+        from src.hub_cache import cached_dataset_dir
+
+        cached = cached_dataset_dir(ref, revision)
+        if cached is not None:
+            logger.info("%s '%s': HF_HUB_OFFLINE is set; using the cached copy in %s", what, ref, cached)
+            return _load_local_dir(cached, what)
     ensure_hub_reachable(f"{what} '{ref}'")
     try:
         loaded = datasets.load_dataset(ref, revision=revision)

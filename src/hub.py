@@ -75,8 +75,8 @@ def ensure_hub_reachable(what: str) -> None:
     if _api is not None:
         return
     if hub_offline():
-        raise UsageError(f"{what} is not a local path and HF_HUB_OFFLINE is set, so the Hub cannot be used; "
-                         f"check the path, or unset HF_HUB_OFFLINE to use a Hub id")
+        raise UsageError(f"{what} is neither a local path nor in the local Hugging Face cache, and HF_HUB_OFFLINE "
+                         f"is set, so the Hub cannot be used; check the path, or unset HF_HUB_OFFLINE to download it")
     try:
         socket.create_connection(("huggingface.co", 443), timeout=3).close()
     except OSError as err:

@@ -13,3 +13,12 @@ def setup_logging(level: str | int | None = None) -> None:
     for noisy in ("httpx", "httpx2", "httpcore", "urllib3", "filelock", "fsspec", "datasets", "huggingface_hub"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", category=FutureWarning)
+    # bitsandbytes warns on every import, on CPU machines, that its optional `kernels` package is
+    # missing. It is irrelevant here (4-bit QLoRA runs only on CUDA, where bitsandbytes has its own
+    # kernels), and it was printed by every stage of every round. Only that message is dropped.
+    logging.getLogger("bitsandbytes").addFilter(_drop_kernels_notice)
+    logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(_drop_kernels_notice)
+
+
+def _drop_kernels_notice(record: logging.LogRecord) -> bool:
+    return "kernels-community" not in record.getMessage()

@@ -96,7 +96,7 @@ def test_missing_prompt_columns(tiny_model_dir, tmp_path, no_model_load):
     data = tmp_path / "d"
     data.mkdir()
     (data / "test_sft.jsonl").write_text(json.dumps({"question": "q", "answer": "a"}) + "\n")
-    with pytest.raises(UsageError, match=r"neither a 'messages' nor a 'prompt' column.*question, answer"):
+    with pytest.raises(UsageError, match=r"no known data format in columns question, answer.*column_map"):
         bi.main(argv_for(tiny_model_dir, data, tmp_path / "out"))
 
 
@@ -138,7 +138,8 @@ def test_output_columns_order_and_sha(tiny_model_dir, tmp_path):
     data = write_split(tmp_path / "data", system="You answer in Python.")
     out = run_stage(tiny_model_dir, data, tmp_path / "out", repeat=2)
     assert out.column_names == ["instructions", "target_responses", "candidate_responses", "model_id",
-                                "model_sha", "prompt_id", "repeat_index", "category"]  # category: carried
+                                "model_sha", "prompt_id", "repeat_index", "finish_reason",
+                                "category"]  # category: carried from the test split
     assert len(out) == 2 * len(PROMPTS)
     assert out["prompt_id"] == [f"p{i}" for i in range(len(PROMPTS)) for _ in range(2)]
     assert out["repeat_index"] == [0, 1] * len(PROMPTS)
@@ -163,7 +164,7 @@ def test_test_split_columns_are_carried_next_to_each_answer(tiny_model_dir, tmp_
                                  "messages": [{"role": "user", "content": p},
                                               {"role": "assistant", "content": f"answer {i}"}]}) + "\n")
     out = run_stage(tiny_model_dir, data, tmp_path / "out", repeat=2)
-    assert out.column_names[7:] == ["test", "entry_point", "difficulty"]  # not messages/prompt
+    assert out.column_names[8:] == ["test", "entry_point", "difficulty"]  # not messages/prompt
     assert out["test"] == [f"assert f({i}) == {i}" for i in range(len(PROMPTS)) for _ in range(2)]
     assert out["entry_point"] == [f"f{i}" for i in range(len(PROMPTS)) for _ in range(2)]
     assert out["difficulty"] == [i * 1.5 for i in range(len(PROMPTS)) for _ in range(2)]
@@ -183,6 +184,57 @@ def test_prompt_column_only_dataset(tiny_model_dir, tmp_path):
     out = run_stage(tiny_model_dir, data, tmp_path / "out")
     assert out["instructions"] == PROMPTS
     assert out["target_responses"] == [""] * len(PROMPTS)
+
+
+def _with_extra_stop_tokens(model_dir: Path, dest: Path, prompts) -> Path:
+    """A copy of the model whose generation_config also stops on the token it greedily emits
+    first for each prompt: the model really ends its turn, as a trained model does with eos."""
+    import shutil
+
+    from transformers import AutoModelForCausalLM, GenerationConfig
+
+    ref = resolve_model_ref(str(model_dir))
+    tok = load_tokenizer(ref)
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir))
+    firsts = set()
+    for ids in tokenize_prompts(_records(prompts), tok, 4):
+        with torch.inference_mode():
+            firsts.add(int(model(torch.tensor([list(ids)])).logits[0, -1].argmax()))
+    shutil.copytree(model_dir, dest)
+    cfg = GenerationConfig.from_pretrained(str(dest))
+    cfg.eos_token_id = [tok.eos_token_id, *sorted(firsts)]
+    cfg.save_pretrained(str(dest))
+    return dest
+
+
+def test_finish_reason_length_and_stop(tiny_model_dir, test_split, tmp_path):
+    """Random weights never end their turn within 4 tokens: every answer is cut ("length");
+    a model that emits its stop token at once finishes every answer ("stop")."""
+    cut = run_stage(tiny_model_dir, test_split, tmp_path / "cut", max_new_tokens=4, do_sample="false")
+    assert cut["finish_reason"] == ["length"] * len(PROMPTS)
+    stopping = _with_extra_stop_tokens(tiny_model_dir, tmp_path / "stopping", PROMPTS)
+    done = run_stage(stopping, test_split, tmp_path / "stop", max_new_tokens=4, do_sample="false")
+    assert done["finish_reason"] == ["stop"] * len(PROMPTS)
+
+
+def test_vllm_finish_reason_is_mapped_from_its_completion_output():
+    """vLLM cannot run here (no CUDA); this stands in for its CompletionOutput with the three
+    documented fields the backend reads. "abort" is not a cut at the token limit."""
+    from types import SimpleNamespace
+
+    from src.inference.vllm_backend import _generated
+
+    for theirs, ours in (("length", "length"), ("stop", "stop"), ("abort", "stop")):
+        out = _generated(SimpleNamespace(text=" def f(): ", token_ids=[1, 2, 3], finish_reason=theirs))
+        assert (out.text, out.new_tokens, out.finish_reason) == ("def f():", 3, ours)
+
+
+def test_finish_reason_of_partial_records_from_older_runs():
+    """Partial files written before finish_reason existed still resume into the column."""
+    assert bi.finish_reason_of({"finish_reason": "stop", "new_tokens": 8}, 8) == "stop"
+    assert bi.finish_reason_of({"new_tokens": 8}, 8) == "length"
+    assert bi.finish_reason_of({"new_tokens": 3}, 8) == "stop"
+    assert bi.finish_reason_of({}, 8) is None
 
 
 # --------------------------------------------------------------------------- seeds
@@ -208,11 +260,14 @@ def tiny_generator(tiny_model_dir):
     return tok, load_model(ref, tok, "cpu", torch.float32)
 
 
-def _items(tok, prompts=PROMPTS, repeat=1, seed=0):
-    ds_rows = [{"prompt": p, "prompt_id": f"p{i}"} for i, p in enumerate(prompts)]
+def _records(prompts):
     from datasets import Dataset
 
-    recs = prompt_records(Dataset.from_list(ds_rows))
+    return prompt_records(Dataset.from_list([{"prompt": p, "prompt_id": f"p{i}"} for i, p in enumerate(prompts)]))
+
+
+def _items(tok, prompts=PROMPTS, repeat=1, seed=0):
+    recs = _records(prompts)
     return build_work_items(recs, tokenize_prompts(recs, tok, 2), repeat, seed)
 
 
@@ -233,7 +288,9 @@ def test_decodes_only_new_tokens_and_cuts_at_end_of_turn(tiny_generator):
     assert im_end in stop_token_ids(tok)
     words = tok("def add(a, b):", add_special_tokens=False)["input_ids"]
     out = gen._decode(words + [im_end] + tok("junk after the end", add_special_tokens=False)["input_ids"])
-    assert (out.text, out.new_tokens) == ("def add(a, b):", len(words))
+    assert (out.text, out.new_tokens, out.finish_reason) == ("def add(a, b):", len(words), "stop")
+    cut = gen._decode(words)  # no end-of-turn token: max_new_tokens ended the answer
+    assert (cut.text, cut.new_tokens, cut.finish_reason) == ("def add(a, b):", len(words), "length")
     # Real generate call: the prompt (and its template) never appears in the decoded answer.
     items = _items(tok, prompts=["Reverse a string UNIQUE-MARKER-42"])
     gen_s = HFGenerator(model, tok, GenSettings(8, True, 1.0, 1.0, 0))
@@ -248,7 +305,7 @@ def test_real_model_stops_at_end_of_turn(embedded_model_dir):
     model = load_model(ref, tok, "cpu", torch.float32)
     gen = HFGenerator(model, tok, GenSettings(60, False, 0.0, 1.0, 0))
     out = gen.generate(_items(tok, prompts=["What is the capital of France? Answer in one short sentence."]))[0]
-    assert 0 < out.new_tokens < 60
+    assert 0 < out.new_tokens < 60 and out.finish_reason == "stop"
     assert "Paris" in out.text
     assert "<|im_end|>" not in out.text and "assistant" not in out.text.lower()[:20]
 

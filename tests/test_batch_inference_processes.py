@@ -66,7 +66,7 @@ def _reference(model: Path, data: Path, out: Path, max_new_tokens: int) -> list[
 
 def _responses(out: Path) -> list[tuple]:
     ds = load_from_disk(str(out))["batch_infer"]
-    return list(zip(ds["prompt_id"], ds["repeat_index"], ds["candidate_responses"]))
+    return list(zip(ds["prompt_id"], ds["repeat_index"], ds["candidate_responses"], ds["finish_reason"]))
 
 
 def test_killed_run_resumes_where_it_stopped(repo_root, tiny_model_dir, tmp_path):

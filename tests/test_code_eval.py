@@ -126,6 +126,9 @@ def test_humaneval_rows_give_pass_at_k_and_judge_agreement(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "pass@1 (unit tests): 37.5% (3/8 rows passed, 4 prompts)" in printed
     assert "threshold >= 50: not met" in printed
+    verdict = next(line for line in printed.splitlines() if line.startswith("verdict:"))
+    assert verdict.startswith("verdict: NOT QUALIFIED") and "pass@1 % (unit tests) 37.5 < 50 (bar)" in verdict
+    assert summary["criteria"][-1] == {"name": "pass@1 % (unit tests)", "value": 37.5, "bar": 50.0, "passed": False}
 
 
 def test_copied_stubs_neither_pass_nor_qualify(tmp_path):

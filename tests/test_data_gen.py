@@ -245,9 +245,9 @@ def test_bad_input_exits_2_before_any_call(server, tmp_path, case):
     out = tmp_path / "synth"
     argv = args_for(server, out, "--num_samples", "2")
     if case == "no_messages":
-        write_jsonl(tmp_path / "ref" / "train_sft.jsonl", [{"prompt": "x", "response": "y"}])
+        write_jsonl(tmp_path / "ref" / "train_sft.jsonl", [{"prompt": "x", "label": "y"}])
         argv[argv.index("--reference_ds_id") + 1] = str(tmp_path / "ref")
-        pattern = "missing column.*messages"
+        pattern = "has prompts but no answers.*column_map"
     elif case == "num_samples":
         argv += ["--num_samples", "0"]
         pattern = "num_samples must be >= 1"

@@ -96,11 +96,11 @@ def test_merge_bad_inputs_exit_2(repo_root, datasets_dir, extra, pattern):
 
 
 def test_merge_missing_messages_column_exit_2(repo_root, datasets_dir):
-    write_jsonl(datasets_dir / "bad.jsonl", [{"prompt": "x", "response": "y"}])
+    write_jsonl(datasets_dir / "bad.jsonl", [{"prompt": "x", "label": "y"}])
     proc = run_merge(repo_root, "--first-ds-id", str(datasets_dir / "first"), "--second-ds-id",
                      str(datasets_dir / "bad.jsonl"), "--result-ds-id", str(datasets_dir / "m"))
     assert proc.returncode == 2
-    assert "missing column(s) messages; present columns: prompt, response" in proc.stderr
+    assert "has prompts but no answers (columns: prompt, label); map the answer column with column_map" in proc.stderr
 
 
 def test_optional_second_dataset_without_train_split(repo_root, datasets_dir):

@@ -148,7 +148,7 @@ def test_the_broken_model_sentinel_does_fail_on_load(broken_model_dir: Path, sft
 
 def _bad_cases(tmp: Path, data: Path) -> dict[str, tuple[list[str], str]]:
     no_messages = tmp / "no_messages"
-    _write_jsonl(no_messages / "train_sft.jsonl", [{"prompt": "p", "response": "r"}])
+    _write_jsonl(no_messages / "train_sft.jsonl", [{"prompt": "p", "label": "r"}])
     no_reply = tmp / "no_reply"
     _write_jsonl(no_reply / "train_sft.jsonl", _rows(3, with_assistant=False))
     used = tmp / "used_out"
@@ -158,7 +158,7 @@ def _bad_cases(tmp: Path, data: Path) -> dict[str, tuple[list[str], str]]:
     unknown.write_text("lora_rank: 8\n")
     return {
         "unknown-key": (["--from-config", str(unknown)], "unknown key 'lora_rank'.*lora_r"),
-        "no-messages-column": (["--dataset-id", str(no_messages)], "missing column.*messages"),
+        "no-messages-column": (["--dataset-id", str(no_messages)], "has prompts but no answers.*column_map"),
         "no-assistant-turn": (["--dataset-id", str(no_reply)], "no assistant turn"),
         "fraction-zero": (["--dataset-id", "", "--dataset-mixer", json.dumps({str(data): 0.0})], r"\(0, 1\]"),
         "fraction-too-big": (["--dataset-id", "", "--dataset-mixer", json.dumps({str(data): 1.5})], r"\(0, 1\]"),
@@ -303,7 +303,7 @@ def test_alignment_handbook_sample_config_loads_unchanged(repo_root: Path, caplo
         script, model_args, sft = parse_args(["--from-config", str(repo_root / "config/sample_config.yaml")])
     renamed = [r.getMessage() for r in caplog.records if "is renamed to" in r.getMessage()]
     assert len(renamed) == 4  # max_seq_length, evaluation_strategy, torch_dtype, warmup_ratio: once each
-    assert script.dataset_mixer == {"sayakpaul/no_robots_only_coding": 1.0}
+    assert script.dataset_mixer == {"data/demo": 1.0}  # the real set chains on one reference dataset
     assert script.dataset_splits == ["train_sft", "test_sft"] and script.preprocessing_num_workers == 12
     assert script.overwrite_output_dir is True and script.merge_adapter is True
     assert model_args.dtype == "bfloat16" and model_args.use_peft and model_args.lora_r == 8

@@ -34,9 +34,9 @@ def build(**kw) -> ServiceLLM:
     (dict(service_llm_provider="openai"), "needs an API key"),
     (dict(service_llm_provider="anthropic"), "needs an API key"),
     (dict(service_llm_provider="gemini"), "needs an API key"),
-    (dict(service_llm_provider="gemini-vertex"), "needs GCP_PROJECT_ID / gcp_project_id and GCP_LOCATION"),
+    (dict(service_llm_provider="gemini-vertex"), "needs gcp_project_id / GCP_PROJECT_ID / GOOGLE_CLOUD_PROJECT and gcp_location / GCP_LOCATION"),
     (dict(service_llm_provider="anthropic-vertex", gcp_project_id="p", gcp_location="l"), "no Google credentials"),
-    (dict(service_llm_provider="anthropic-bedrock"), "needs AWS_LOCATION"),
+    (dict(service_llm_provider="anthropic-bedrock"), "needs an AWS region; looked at aws_location, AWS_LOCATION"),
     (dict(service_llm_provider="anthropic-bedrock", aws_location="us-east-1"), "no AWS credentials"),
     (dict(service_llm_provider="openai", service_llm_api_key="k", service_llm_gen_config_path="nope.yaml"),
      "service_llm_gen_config_path not found: nope.yaml"),
@@ -71,7 +71,7 @@ def test_bad_gen_config_keys_are_refused(tmp_path):
 def test_valid_configurations_build_offline(tmp_path, monkeypatch):
     monkeypatch.setenv("SERVICE_LLM_API_KEY", "from-env")
     assert build(service_llm_provider="openai").spec.api_key == "from-env"
-    assert build(service_llm_provider="openai").model == "gpt-4o"  # the provider default
+    assert build(service_llm_provider="openai").model == "gpt-4.1"  # the provider default
     assert build(service_llm_provider="anthropic").spec.gen_config["max_tokens"] == 4096
     assert build(service_llm_provider="gemini").spec.gen_config["max_output_tokens"] == 4096
     monkeypatch.delenv("SERVICE_LLM_API_KEY")

@@ -33,6 +33,7 @@ class GenSettings:
     temperature: float
     top_p: float
     seed: int
+    stop_strings: tuple[str, ...] = ()
 
     @property
     def sampling(self) -> bool:
@@ -40,10 +41,18 @@ class GenSettings:
         return self.do_sample and self.temperature > 0
 
 
+FINISH_STOP, FINISH_LENGTH = "stop", "length"
+
+
 @dataclass(frozen=True)
 class Generated:
+    """One answer. `finish_reason` is "stop" when the model ended its turn (eos/end-of-turn)
+    and "length" when max_new_tokens cut it off: a cut answer is usually unfinished code, and
+    evaluation must be able to say how many there were."""
+
     text: str
     new_tokens: int
+    finish_reason: str = FINISH_STOP
 
 
 def load_tokenizer(ref: ModelRef):
@@ -128,6 +137,8 @@ class HFGenerator:
         self.tokenizer = tokenizer
         self.settings = settings
         self.stop_ids = stop_token_ids(tokenizer, getattr(model, "generation_config", None))
+        added = getattr(tokenizer, "added_tokens_encoder", {})
+        self.stop_ids += [added[s] for s in settings.stop_strings if s in added and added[s] not in self.stop_ids]
         # Greedy at the library level: sampling, when asked for, is done per row by PerRowSampler.
         # Every sampling knob is set explicitly so the model's own generation_config.json
         # (often do_sample/temperature/top_p) cannot leak in.
@@ -154,11 +165,24 @@ class HFGenerator:
         return [self._decode(row) for row in out[:, input_ids.shape[1]:].tolist()]
 
     def _decode(self, new_ids: list[int]) -> Generated:
-        """Cut at the first stop token, then decode only those new tokens."""
+        """Cut at the first stop token, then decode only those new tokens. No stop token means
+        the row ran to max_new_tokens (generate only ends a row early on a stop token)."""
         stops = set(self.stop_ids)
-        end = next((i for i, t in enumerate(new_ids) if t in stops), len(new_ids))
-        text = self.tokenizer.decode(new_ids[:end], skip_special_tokens=True)
-        return Generated(text.strip(), end)
+        end = next((i for i, t in enumerate(new_ids) if t in stops), None)
+        reason = FINISH_LENGTH if end is None else FINISH_STOP
+        end = len(new_ids) if end is None else end
+        decoded = self.tokenizer.decode(new_ids[:end], skip_special_tokens=True)
+        text = cut_at_stop_strings(decoded, self.settings.stop_strings)
+        if len(text) < len(decoded):  # a stop string ended the answer, not the token limit
+            reason = FINISH_STOP
+        return Generated(text.strip(), end, reason)
+
+
+def cut_at_stop_strings(text: str, stops: Sequence[str]) -> str:
+    """The text before the first stop string (stop strings that are special tokens are already
+    stop token ids, see `stop_token_ids`)."""
+    cut = min((i for i in (text.find(s) for s in stops if s) if i >= 0), default=len(text))
+    return text[:cut]
 
 
 def left_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Sequence
 
 from src.errors import UsageError
-from src.inference.hf_backend import Generated, GenSettings
+from src.inference.hf_backend import FINISH_LENGTH, FINISH_STOP, Generated, GenSettings
 from src.inference.model_ref import ModelRef
 from src.inference.prompts import WorkItem
 
@@ -72,8 +72,17 @@ class VLLMGenerator:
         params = [SamplingParams(n=1, max_tokens=s.max_new_tokens, seed=it.seed,
                                  temperature=s.temperature if s.sampling else 0.0,
                                  top_p=s.top_p if s.sampling else 1.0,
-                                 stop_token_ids=self.stop_ids, skip_special_tokens=True)
+                                 stop_token_ids=self.stop_ids, stop=list(s.stop_strings) or None,
+                                 skip_special_tokens=True)
                   for it in items]
         prompts = [TokensPrompt(prompt_token_ids=list(it.input_ids)) for it in items]
         outs = self.llm.generate(prompts, params, lora_request=self.lora, use_tqdm=False)
-        return [Generated(o.outputs[0].text.strip(), len(o.outputs[0].token_ids)) for o in outs]
+        return [_generated(o.outputs[0]) for o in outs]
+
+
+def _generated(out) -> Generated:
+    """vLLM's CompletionOutput -> Generated. Its finish_reason is "length" when max_tokens cut
+    the answer and "stop" on a stop token/string; anything else (an aborted request) is not a
+    cut at the token limit, so it maps to "stop"."""
+    reason = FINISH_LENGTH if out.finish_reason == FINISH_LENGTH else FINISH_STOP
+    return Generated(out.text.strip(), len(out.token_ids), reason)

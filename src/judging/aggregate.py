@@ -7,7 +7,9 @@ Design choices (each one changes the number users act on, so they are spelled ou
 - The failure ratio is failed judgements / all judgements (one judgement = one repeat of
   one row), because that is what the service LLM did or did not deliver.
 - The 95% confidence interval of a mean is the Student-t interval over the row means
-  (rows are the independent units; repeats of a row are not independent samples).
+  (rows are the independent units; repeats of a row are not independent samples), clipped
+  to the 0-100 score scale: with few rows the t interval can reach far beyond it (a 2-row
+  run gave [-516.8, 626.8]), and a bound no score can take says nothing.
 - Agreement between repeats is the mean, over rows with >= 2 valid repeats, of each row's
   sample standard deviation (ddof=1). A single repeat says nothing about agreement, so
   those rows get None rather than a misleading 0.
@@ -22,6 +24,7 @@ from typing import Iterable, Sequence
 from scipy.special import stdtrit  # the t quantile; scipy.stats would add ~4 s of import
 
 SCORES = ("similarity", "precision")
+SCALE = (0.0, 100.0)
 
 
 @dataclass(frozen=True)
@@ -91,8 +94,10 @@ def aggregate_row(judgements: Iterable[RepeatScore]) -> RowScore:
     )
 
 
-def mean_ci95(values: Sequence[float]) -> tuple[float | None, list[float] | None]:
-    """Mean and Student-t 95% confidence interval; the interval is None below 2 values."""
+def mean_ci95(values: Sequence[float],
+              bounds: tuple[float, float] = SCALE) -> tuple[float | None, list[float] | None]:
+    """Mean and Student-t 95% confidence interval, clipped to `bounds` (the scale the values
+    live on); the interval is None below 2 values."""
     if not values:
         return None, None
     mean = float(statistics.fmean(values))
@@ -100,7 +105,8 @@ def mean_ci95(values: Sequence[float]) -> tuple[float | None, list[float] | None
         return mean, None
     sem = statistics.stdev(values) / math.sqrt(len(values))
     half = float(stdtrit(len(values) - 1, 0.975)) * sem
-    return mean, [mean - half, mean + half]
+    lo, hi = bounds
+    return mean, [max(lo, mean - half), min(hi, mean + half)]
 
 
 def coverage(values: Sequence[float], threshold: float) -> float | None:
@@ -156,12 +162,19 @@ def summarize(rows: Sequence[RowScore], thresholds: Thresholds) -> dict:
         out[f"coverage_{name}"] = _round(coverage(vals, thresholds.coverage))
         out[f"mean_std_{name}"] = _round(_mean(stds))
     # Compare the unrounded means: 69.99996 must not round its way to a pass at 70.
-    out["qualified"] = bool(
-        scored
-        and means["similarity"] >= thresholds.similarity
-        and means["precision"] >= thresholds.precision
-    )
+    out["criteria"] = [
+        criterion(f"mean {name}", means[name], getattr(thresholds, name)) for name in SCORES
+    ]
+    out["qualified"] = bool(scored) and all(c["passed"] for c in out["criteria"])
     return out
+
+
+def criterion(name: str, value: float | None, bar: float) -> dict:
+    """One pass/fail criterion of `qualified`, as the verdict line shows it: the measured
+    value beside its bar. Other checks (e.g. a pass rate) append their own to
+    summary["criteria"]; `qualified` is the AND over the list."""
+    return {"name": name, "value": _round(value, 6), "bar": bar,
+            "passed": value is not None and value >= bar}
 
 
 def too_many_failures(summary: dict) -> bool:

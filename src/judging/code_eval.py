@@ -19,6 +19,7 @@ from typing import Any, Optional, Sequence
 from datasets import Dataset, Value
 
 from src.errors import UsageError
+from src.judging.aggregate import criterion
 from src.judging.passk import group_results, judge_agreement, pass_rate_stats
 from src.sandbox import ExecJob, SandboxLimits, extract_code, run_many
 
@@ -83,8 +84,9 @@ def _prompt_keys(ds: Dataset) -> list[str]:
 
 
 def evaluate_code(ds: Dataset, settings: ExecSettings, judge_scores: dict[str, Sequence[Optional[float]]],
-                  judge_thresholds: dict[str, float]) -> tuple[dict[str, list], dict]:
-    """Run every tested row; return (per-row columns, summary.json's `execution` object)."""
+                  judge_thresholds: dict[str, float]) -> tuple[dict[str, list], dict, Optional[dict]]:
+    """Run every tested row; return (per-row columns, summary.json's `execution` object, the
+    pass-rate criterion for summary["criteria"] or None when no pass_rate_threshold is set)."""
     jobs, tested = _jobs(ds)
     todo = [i for i, t in enumerate(tested) if t]
     limits = SandboxLimits(timeout_s=settings.timeout_s, memory_mb=settings.memory_mb)
@@ -106,10 +108,13 @@ def evaluate_code(ds: Dataset, settings: ExecSettings, judge_scores: dict[str, S
                "failure_reasons": _reason_counts(reasons, passed),
                "timeout_s": settings.timeout_s, "memory_mb": settings.memory_mb,
                "agreement": judge_agreement(passed, judge_scores, judge_thresholds)}
-    summary["qualified"] = (None if settings.pass_rate_threshold is None
-                            else summary["pass_rate"] is not None
-                            and summary["pass_rate"] >= settings.pass_rate_threshold)
-    return columns, summary
+    crit = None
+    if settings.pass_rate_threshold is not None:
+        # compare the unrounded rate: 34.99996 must not round its way to a pass at 35
+        raw = 100 * sum(per_prompt.values()) / len(per_prompt) if per_prompt else None
+        crit = criterion("pass@1 % (unit tests)", raw, settings.pass_rate_threshold)
+    summary["qualified"] = None if crit is None else crit["passed"]
+    return columns, summary, crit
 
 
 def _reason_counts(reasons: Sequence[Optional[str]], passed: Sequence[Optional[bool]]) -> dict[str, int]:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from src.judging.code_eval import execution_lines
+from src.judging.truncation import is_cut, truncation_line
 
 HISTOGRAM_NAME = "scores_histogram.png"
 WORST_ROWS = 5
@@ -83,19 +84,41 @@ def _first_reason(reasons: Sequence[str] | None) -> str:
     return ""
 
 
+def _measured(c: dict) -> str:
+    """`mean similarity 62.1 < 80 (bar)`: the value beside its bar, with as many decimals as
+    it takes for the printed value to agree with the comparison (79.99996 is not "80.0 < 80")."""
+    value, bar = c.get("value"), c["bar"]
+    if value is None:
+        return f"{c['name']} n/a (bar {bar:g})"
+    nd = 1
+    while nd < 6 and (float(f"{value:.{nd}f}") >= bar) != c["passed"]:
+        nd += 1
+    return f"{c['name']} {value:.{nd}f} {'>=' if c['passed'] else '<'} {bar:g}{'' if c['passed'] else ' (bar)'}"
+
+
+def verdict_line(summary: dict) -> str:
+    """`verdict: NOT QUALIFIED: mean similarity 62.1 < 80 (bar); mean precision 85.0 >= 80`:
+    every criterion's measured value next to its bar, so the line reports a measurement,
+    never a statement about the bar alone."""
+    verdict = "QUALIFIED" if summary["qualified"] else "NOT QUALIFIED"
+    criteria = summary.get("criteria") or []
+    if not summary.get("scored_rows"):
+        return f"verdict: {verdict}: no row was scored"
+    return f"verdict: {verdict}: " + "; ".join(_measured(c) for c in criteria)
+
+
 def summary_lines(summary: dict) -> list[str]:
     """The key numbers, one per line; shared by report.md and the terminal."""
     s = summary
-    verdict = "QUALIFIED" if s["qualified"] else "NOT QUALIFIED"
     tokens = s.get("tokens") or {}
     this_run = s.get("this_run") or {}
     return [
-        f"verdict: {verdict} (mean similarity >= {s['avg_similarity_threshold']:g} "
-        f"and mean precision >= {s['avg_precision_threshold']:g})",
+        verdict_line(s),
         f"evaluator: {s.get('evaluator', '?')}",
         f"rows: {s['rows']} (scored {s['scored_rows']}, failed {s['failed_rows']}); "
         f"judgements: {s['judgements']} ({s.get('eval_repeat', '?')} per row), failures {s['failures']} "
         f"({_fmt_pct(s['failure_ratio'])}, max {_fmt_pct(s['max_failure_ratio'])})",
+        truncation_line(s),
         f"mean similarity: {_fmt(s['mean_similarity'])}  95% CI {_fmt_ci(s['similarity_ci95'])}  "
         f"coverage(>= {s['coverage_threshold']:g}) {_fmt_pct(s['coverage_similarity'])}  "
         f"mean std over repeats {_fmt(s['mean_std_similarity'], 2)}",
@@ -150,7 +173,8 @@ def render_report(summary: dict, rows: Sequence[dict], histogram_name: str = HIS
         out.append("No scored rows.")
     for i, r in enumerate(worst, 1):
         out += [
-            f"### {i}. similarity {_fmt(r['similarity_scores'])}, precision {_fmt(r['precision_scores'])}",
+            f"### {i}. similarity {_fmt(r['similarity_scores'])}, precision {_fmt(r['precision_scores'])}"
+            + (" (answer cut at max_new_tokens)" if is_cut(r) else ""),
             "",
             f"**Instruction:** {_clip(r.get('instructions'), 200)}",
             "",
@@ -168,4 +192,18 @@ def render_report(summary: dict, rows: Sequence[dict], histogram_name: str = HIS
         if len(failed) > 20:
             out.append(f"- … and {len(failed) - 20} more (see the `failure_reason` column)")
         out.append("")
+    out += rows_table(rows)
     return "\n".join(out)
+
+
+def rows_table(rows: Sequence[dict]) -> list[str]:
+    """Every row on one line, so cut answers (`cut`: yes / no / ? when batch inference did not
+    record finish_reason) can be found next to their scores."""
+    out = ["## All rows", "", "| # | prompt_id | repeat | similarity | precision | cut |", "|---|---|---|---|---|---|"]
+    for i, r in enumerate(rows):
+        cut = {True: "**yes**", False: "no", None: "?"}[is_cut(r)]
+        pid = str(r.get("prompt_id", "-"))
+        pid = pid if len(pid) <= 16 else pid[:12] + "…"  # sha256 ids: 12 hex digits still identify the row
+        out.append(f"| {i} | {pid} | {r.get('repeat_index', '-')} | {_fmt(r.get('similarity_scores'))} | "
+                   f"{_fmt(r.get('precision_scores'))} | {cut} |")
+    return out + [""]

@@ -16,13 +16,16 @@ from datasets import Dataset
 from tqdm.auto import tqdm
 
 from src.config import config_to_dict, parse_config
+from src.formats import check_format_args, column_map_field, data_format_field, to_messages
+from src.legacy_keys import BATCH_INFERENCE_LEGACY
 from src.data import RESPONSE_COLUMNS, load_split
 from src.errors import EXIT_CODES_HELP, EXIT_OK, RunFailed, UsageError
 from src.logging_setup import setup_logging
 from src.hub import check_push_possible, local_output_dir, save_output
 from src.inference import distributed
 from src.inference.carry import carry_columns
-from src.inference.hf_backend import GenSettings, HFGenerator, load_model, load_tokenizer, stop_token_ids
+from src.inference.hf_backend import (FINISH_LENGTH, FINISH_STOP, GenSettings, HFGenerator, load_model,
+                                      load_tokenizer, stop_token_ids)
 from src.inference.model_ref import ModelRef, resolve_model_ref
 from src.inference.plan import batches_for_rank, build_work_items, padding_waste, plan_batches
 from src.inference.prompts import PromptRecord, WorkItem, prompt_records, tokenize_prompts
@@ -31,7 +34,7 @@ from src.inference.store import PartialStore, run_key
 logger = logging.getLogger("llamaduo.batch_inference")
 
 STAGE = "batch_inference"
-OUTPUT_COLUMNS = (*RESPONSE_COLUMNS, "prompt_id", "repeat_index")
+OUTPUT_COLUMNS = (*RESPONSE_COLUMNS, "prompt_id", "repeat_index", "finish_reason")
 # vLLM batches continuously inside one call; hand it large chunks and only use them as the
 # unit of incremental saving.
 VLLM_CHUNK = 256
@@ -67,18 +70,24 @@ class BatchInferenceConfig:
     max_new_tokens: int = field(default=1024, metadata={"help": "most tokens generated per answer"})
     do_sample: bool = field(default=True, metadata={"help": "sample (true) or decode greedily (false)"})
     seed: int = field(default=42, metadata={"help": "base seed; each (prompt, repeat) derives its own from it"})
+    stop_strings: list[str] = field(default_factory=list, metadata={
+        "help": "extra stop strings: an answer is cut before the first one (end-of-turn tokens and eos "
+                "always stop); the original's ft_model_gen_config_path fills it"})
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = field(default="auto", metadata={
         "help": "weights dtype; auto = bf16 on GPUs and on CPUs with fast bf16, else fp32"})
     backend: Literal["hf", "vllm"] = field(default="hf", metadata={"help": "hf (transformers) or vllm (GPU)"})
     tensor_parallel_size: int = field(default=1, metadata={"help": "GPUs per model replica (vllm backend)"})
     output_root: str = field(default="outputs", metadata={
         "help": "parent folder of the local copy when pushing (the local copy is <output_root>/<repo id>)"})
+    data_format: str = data_format_field()
+    column_map: Optional[dict] = column_map_field()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     setup_logging()
     (cfg,) = parse_config(BatchInferenceConfig, argv=argv, epilog=EXIT_CODES_HELP,
-                          description="Generate the fine-tuned model's answers to every test prompt.")
+                          description="Generate the fine-tuned model's answers to every test prompt.",
+                          legacy_keys=BATCH_INFERENCE_LEGACY)
     return run(cfg)
 
 
@@ -99,10 +108,12 @@ def validate(cfg: BatchInferenceConfig) -> None:
         raise UsageError(f"top_p must be in (0, 1], got {cfg.top_p}")
     if cfg.load_in_8bit and cfg.load_in_4bit:
         raise UsageError("load_in_8bit and load_in_4bit are both set; choose one")
+    check_format_args(cfg.data_format, cfg.column_map)
 
 
 def settings_of(cfg: BatchInferenceConfig) -> GenSettings:
-    return GenSettings(cfg.max_new_tokens, cfg.do_sample, cfg.temperature, cfg.top_p, cfg.seed)
+    return GenSettings(cfg.max_new_tokens, cfg.do_sample, cfg.temperature, cfg.top_p, cfg.seed,
+                       tuple(cfg.stop_strings or ()))
 
 
 def run(cfg: BatchInferenceConfig) -> int:
@@ -117,8 +128,10 @@ def run(cfg: BatchInferenceConfig) -> int:
                              "not under torchrun/accelerate launch")
     if info.is_main:
         check_push_possible(cfg.push_lm_responses_to_hf_hub, f"responses to '{cfg.lm_response_ds_id}'")
-    ds = load_split(cfg.test_ds_id, cfg.test_ds_split, what="test dataset")
-    records = prompt_records(ds, what=f"test dataset '{cfg.test_ds_id}' split '{cfg.test_ds_split}'")
+    what = f"test dataset '{cfg.test_ds_id}' split '{cfg.test_ds_split}'"
+    ds = to_messages(load_split(cfg.test_ds_id, cfg.test_ds_split, what="test dataset"), what,
+                     cfg.data_format, cfg.column_map)
+    records = prompt_records(ds, what=what)
     ref = resolve_model_ref(cfg.ft_model_id, cfg.ft_model_revision, cfg.ft_model_config_path)
     tokenizer = load_tokenizer(ref)
     settings = settings_of(cfg)
@@ -135,7 +148,7 @@ def run(cfg: BatchInferenceConfig) -> int:
         distributed.barrier(info)
         if not info.is_main:
             return EXIT_OK
-        out = assemble(records, store.load(), cfg.repeat, cfg.ft_model_id, sha)
+        out = assemble(records, store.load(), cfg.repeat, cfg.ft_model_id, sha, cfg.max_new_tokens)
         out = carry_columns(out, ds, [r.row_index for r in records for _ in range(cfg.repeat)])
         folder = save_output({cfg.lm_response_ds_split: out}, cfg.lm_response_ds_id,
                              push=cfg.push_lm_responses_to_hf_hub, append=cfg.lm_response_append, stage=STAGE,
@@ -192,7 +205,7 @@ def _generate_missing(cfg: BatchInferenceConfig, info: distributed.DistInfo, ref
         for batch in todo:
             outs = generator.generate(batch)
             store.append({"row_index": it.row_index, "repeat_index": it.repeat_index, "prompt_id": it.prompt_id,
-                          "candidate_responses": o.text, "new_tokens": o.new_tokens}
+                          "candidate_responses": o.text, "new_tokens": o.new_tokens, "finish_reason": o.finish_reason}
                          for it, o in zip(batch, outs) if it.key not in done)
             tokens += sum(o.new_tokens for o in outs)
             bar.update(len(batch))
@@ -221,7 +234,7 @@ def _make_generator(cfg: BatchInferenceConfig, info: distributed.DistInfo, ref: 
 
 
 def assemble(records: Sequence[PromptRecord], done: dict[tuple[int, int], dict[str, Any]], repeat: int,
-             model_id: str, sha: str) -> Dataset:
+             model_id: str, sha: str, max_new_tokens: int | None = None) -> Dataset:
     """The response dataset in original order: each prompt's repeats together, by row index."""
     missing = [(r.row_index, k) for r in records for k in range(repeat) if (r.row_index, k) not in done]
     if missing:
@@ -237,7 +250,19 @@ def assemble(records: Sequence[PromptRecord], done: dict[tuple[int, int], dict[s
             rows["model_sha"].append(sha)
             rows["prompt_id"].append(r.prompt_id)
             rows["repeat_index"].append(k)
+            rows["finish_reason"].append(finish_reason_of(done[(r.row_index, k)], max_new_tokens))
     return Dataset.from_dict(rows)
+
+
+def finish_reason_of(record: dict[str, Any], max_new_tokens: int | None) -> str | None:
+    """The record's finish_reason. A partial file written before the column existed has only
+    `new_tokens`; the hf backend stops a row early only on a stop token, so a row that used
+    every allowed token was cut ("length"). None when neither is known."""
+    if record.get("finish_reason"):
+        return record["finish_reason"]
+    if max_new_tokens is None or record.get("new_tokens") is None:
+        return None
+    return FINISH_LENGTH if record["new_tokens"] >= max_new_tokens else FINISH_STOP
 
 
 def _card_config(cfg: BatchInferenceConfig) -> dict[str, Any]:

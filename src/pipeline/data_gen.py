@@ -30,6 +30,8 @@ import numpy as np
 from datasets import Dataset, Features, List, Value
 
 from src.config import config_to_dict, parse_config
+from src.formats import check_format_args, column_map_field, data_format_field, to_messages
+from src.legacy_keys import SERVICE_LLM_LEGACY
 from src.data import (
     SYNTH_COLUMNS,
     assistant_reply,
@@ -42,7 +44,8 @@ from src.data import (
 from src.errors import EXIT_CODES_HELP, EXIT_OK, RunFailed, UsageError
 from src.hub import check_push_possible, local_output_dir, save_output
 from src.logging_setup import setup_logging
-from src.prompts import check_placeholders, load_template, render
+from src.delimiters import render_data
+from src.prompts import check_placeholders, load_template
 from src.quality import QualityConfig, QualityFilter
 from src.service_llm import (
     INVALID,
@@ -177,6 +180,9 @@ class DataGenArgs(ServiceLLMArgs):
     output_root: str = field(
         default="outputs", metadata={"help": "Local copies of pushed outputs go to <output_root>/<synth_ds_id>."}
     )
+    # --- input format (reference and test data) ---------------------------------------------
+    data_format: str = data_format_field()
+    column_map: Optional[dict] = column_map_field()
 
 
 # ------------------------------------------------------------------------------ validation
@@ -185,6 +191,10 @@ class DataGenArgs(ServiceLLMArgs):
 def validate_values(args: DataGenArgs) -> list[str]:
     """Range checks the config parser cannot do (types are checked there)."""
     problems = []
+    try:
+        check_format_args(args.data_format, args.column_map)
+    except UsageError as err:
+        problems.append(str(err))
     if args.num_samples < 1:
         problems.append(f"num_samples must be >= 1, got {args.num_samples}")
     if not args.reference_ds_id:
@@ -239,8 +249,9 @@ class Seed:
 
 def load_seeds(args: DataGenArgs) -> tuple[list[Seed], list[tuple[str, str]]]:
     """Seed rows (instruction, response) and the train texts for the near-dup check."""
-    ds = load_split(args.reference_ds_id, args.reference_ds_split, required_columns=("messages",),
-                    what="reference dataset")
+    ds = to_messages(load_split(args.reference_ds_id, args.reference_ds_split, what="reference dataset"),
+                     f"reference dataset '{args.reference_ds_id}' split '{args.reference_ds_split}'",
+                     args.data_format, args.column_map, require_answer=True)
     seeds, train = [], []
     for i, row in enumerate(ds):
         instruction = row_instruction(row)
@@ -275,16 +286,13 @@ def resolve_test_split(args: DataGenArgs) -> tuple[str, str] | None:
     return None
 
 
-def load_test_prompts(ref_split: tuple[str, str] | None) -> list[tuple[str, str]]:
+def load_test_prompts(ref_split: tuple[str, str] | None, data_format: str = "auto",
+                      column_map: Optional[dict] = None) -> list[tuple[str, str]]:
     if ref_split is None:
         return []
     ref, split = ref_split
-    ds = load_split(ref, split, what="test dataset")
-    if "prompt" not in ds.column_names and "messages" not in ds.column_names:
-        raise UsageError(
-            f"test dataset '{ref}' split '{split}' needs a `prompt` or `messages` column; "
-            f"present columns: {', '.join(ds.column_names)}"
-        )
+    ds = to_messages(load_split(ref, split, what="test dataset"), f"test dataset '{ref}' split '{split}'",
+                     data_format, column_map)
     return [(f"test:{row.get('prompt_id') or i}", row_instruction(row)) for i, row in enumerate(ds)]
 
 
@@ -293,8 +301,9 @@ def load_existing(args: DataGenArgs, out_dir: Path) -> list[tuple[str, str]]:
     load), and the local output split when appending to it (may not exist yet)."""
     rows: list[tuple[str, str]] = []
     if args.existing_ds_id:
-        ds = canonical_synth_columns(load_split(args.existing_ds_id, args.existing_ds_split,
-                                                what="existing dataset (existing_ds_id)"))
+        ds = canonical_synth_columns(to_messages(
+            load_split(args.existing_ds_id, args.existing_ds_split, what="existing dataset (existing_ds_id)"),
+            f"existing dataset '{args.existing_ds_id}'", column_map=args.column_map))
         rows += [(f"existing:{row.get('prompt_id') or i}", row_instruction(row)) for i, row in enumerate(ds)]
     if args.synth_ds_append and args.dedup_against_existing and out_dir.exists():
         try:
@@ -434,15 +443,16 @@ def prepare(args: DataGenArgs) -> Prepared:
                                default_ledger_path=out_dir / "service_llm_ledger.sqlite")
     seeds, train = load_seeds(args)
     test_ref = resolve_test_split(args)
-    test = load_test_prompts(test_ref)
+    test = load_test_prompts(test_ref, args.data_format, args.column_map)
     existing = load_existing(args, out_dir)
     return Prepared(template, seeds, train, test, test_ref, existing, out_dir, llm)
 
 
 def make_jobs(picks: Sequence[tuple[int, int]], prep: Prepared, topic: str) -> list[Job]:
     return [
-        Job(render(prep.template, instruction=prep.seeds[pos].instruction,
-                   response=prep.seeds[pos].response, topic=topic), sample_index=sample_index)
+        # render_data: a seed that contains `</example_instruction>` (any variant) cannot end its block
+        Job(render_data(prep.template, instruction=prep.seeds[pos].instruction,
+                        response=prep.seeds[pos].response, topic=topic), sample_index=sample_index)
         for pos, sample_index in picks
     ]
 
@@ -634,6 +644,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         DataGenArgs, argv=argv,
         description="Generate synthetic instruction/response pairs like the seed dataset, "
         "deduplicated and decontaminated against the test split.",
-        epilog=EXIT_CODES_HELP, prog="data_gen.py",
+        epilog=EXIT_CODES_HELP, prog="data_gen.py", legacy_keys=SERVICE_LLM_LEGACY,
     )
     return run(args)

@@ -17,6 +17,7 @@ from datasets import Dataset
 from src.config import config_to_dict
 from src.data import SYNTH_COLUMNS, first_user_message, load_split, normalize_text, prompt_id_for
 from src.errors import EXIT_OK, UsageError
+from src.formats import check_format_args, column_map_field, data_format_field, to_messages
 from src.hub import check_push_possible, local_output_dir, save_output
 
 logger = logging.getLogger("llamaduo.dataset_merge")
@@ -49,6 +50,8 @@ class MergeArgs:
     result_ds_train_append: bool = field(default=False, metadata={"help": "append to the result's train split"})
     result_ds_test_append: bool = field(default=False, metadata={"help": "append to the result's test split"})
     output_root: str = field(default="outputs", metadata={"help": "local copy root when pushing"})
+    data_format: str = data_format_field()
+    column_map: Optional[dict] = column_map_field()
 
 
 def validate(args: MergeArgs) -> None:
@@ -56,21 +59,19 @@ def validate(args: MergeArgs) -> None:
     for key in ("first_ds_id", "second_ds_id", "result_ds_id"):
         if not getattr(args, key):
             raise UsageError(f"{key} is required")
+    check_format_args(args.data_format, args.column_map)
     check_push_possible(args.push_result_ds_to_hf_hub, f"result dataset '{args.result_ds_id}'")
 
 
-def align(ds: Dataset, source: str, keep_extra: bool = False) -> list[dict[str, Any]]:
-    """Rows with SYNTH_COLUMNS; fills are marked and counted, never silent. `keep_extra` keeps
-    the other columns too (test rows: `test`, `entry_point`, ... feed execution-based evaluation)."""
+def align(ds: Dataset, source: str) -> list[dict[str, Any]]:
+    """Rows with SYNTH_COLUMNS first, then the dataset's other columns (`test`, `entry_point`...,
+    kept as they are); fills are marked and counted, never silent."""
     rename = {old: new for old, new in PLURAL_SPELLINGS.items() if old in ds.column_names and new not in ds.column_names}
     fills: Counter[str] = Counter()
     rows = []
     for raw in ds:
         row = {rename.get(k, k): v for k, v in raw.items()}
-        aligned = _align_row(row, fills)
-        if keep_extra:
-            aligned.update({k: v for k, v in row.items() if k not in aligned})
-        rows.append(aligned)
+        rows.append(_align_row(row, fills))
     for column, count in fills.items():
         logger.info("%s: filled column '%s' in %d row(s)", source, column, count)
     return rows
@@ -92,7 +93,14 @@ def _align_row(row: dict[str, Any], fills: Counter) -> dict[str, Any]:
             fills[f"{column} (as '{MISSING}')"] += 1
             value = MISSING
         out[column] = str(value)
-    return {c: out[c] for c in SYNTH_COLUMNS}
+    extras = {k: v for k, v in row.items() if k not in SYNTH_COLUMNS}
+    return {**{c: out[c] for c in SYNTH_COLUMNS}, **extras}
+
+
+def rows_to_dataset(rows: list[dict[str, Any]]) -> Dataset:
+    """One table from rows whose extra columns differ by source (None where a source lacks one)."""
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    return Dataset.from_list([{c: row.get(c) for c in columns} for row in rows])
 
 
 def _messages_key(row: dict[str, Any]) -> str:
@@ -118,16 +126,17 @@ def decontaminate(train: list[dict[str, Any]], test: list[dict[str, Any]]) -> tu
     return kept, len(train) - len(kept)
 
 
-def _load(ref: str, split: str, what: str) -> Dataset:
-    return load_split(ref, split, required_columns=("messages",), what=what)
+def _load(ref: str, split: str, what: str, args: MergeArgs) -> Dataset:
+    return to_messages(load_split(ref, split, what=what), f"{what} '{ref}' split '{split}'",
+                       args.data_format, args.column_map, require_answer="test" not in split)
 
 
 def _load_second(args: MergeArgs) -> Dataset:
     """The second train split, or an empty one when it may be absent (`second_ds_optional`)."""
     try:
-        return _load(args.second_ds_id, args.second_ds_train_split, "second dataset")
+        return _load(args.second_ds_id, args.second_ds_train_split, "second dataset", args)
     except UsageError as err:
-        if not args.second_ds_optional or "missing column" in str(err):
+        if not args.second_ds_optional or any(s in str(err) for s in ("missing column", "data format", "no answers")):
             raise
         logger.warning("second dataset has no usable train rows (%s); merging the first dataset alone", err)
         return Dataset.from_dict({"messages": []})
@@ -135,25 +144,23 @@ def _load_second(args: MergeArgs) -> Dataset:
 
 def main(args: MergeArgs) -> int:
     validate(args)
-    first_train = _load(args.first_ds_id, args.first_ds_train_split, "first dataset")
+    first_train = _load(args.first_ds_id, args.first_ds_train_split, "first dataset", args)
     second_train = _load_second(args)
     test_sources = [(args.first_ds_id, args.first_ds_test_split, "first dataset")] if args.first_ds_test_split else []
     if args.second_ds_test_split:
         test_sources.append((args.second_ds_id, args.second_ds_test_split, "second dataset"))
-    tests = [_load(ref, split, what) for ref, split, what in test_sources]
+    tests = [_load(ref, split, what, args) for ref, split, what in test_sources]
 
     first_rows, second_rows = align(first_train, "first dataset"), align(second_train, "second dataset")
     train, dup_count = dedup(first_rows + second_rows)
-    test_rows, test_dups = dedup([row for ds, (_, _, what) in zip(tests, test_sources)
-                                  for row in align(ds, what, keep_extra=True)])
+    test_rows, test_dups = dedup([row for ds, (_, _, what) in zip(tests, test_sources) for row in align(ds, what)])
     train, contaminated = decontaminate(train, test_rows)
     if not train:
         raise UsageError("the merged train split is empty after deduplication and decontamination")
 
-    splits = {args.result_ds_train_split: Dataset.from_list(train)}
+    splits = {args.result_ds_train_split: rows_to_dataset(train)}
     if test_rows:
-        columns = list(dict.fromkeys(k for row in test_rows for k in row))  # every source's columns
-        splits[args.result_ds_test_split] = Dataset.from_list([{c: row.get(c) for c in columns} for row in test_rows])
+        splits[args.result_ds_test_split] = rows_to_dataset(test_rows)
     counts = {"first_train": len(first_rows), "second_train": len(second_rows), "exact_duplicates_dropped": dup_count,
               "contaminated_dropped": contaminated, "test_duplicates_dropped": test_dups,
               "train": len(train), "test": len(test_rows)}

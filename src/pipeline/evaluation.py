@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import datetime as dt
 import difflib
+import functools
 import json
 import logging
-import re
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +23,9 @@ from datasets import Dataset, Features, List, Value
 from tqdm.auto import tqdm
 
 from src.config import config_to_dict, parse_config
+from src.legacy_keys import SERVICE_LLM_LEGACY
 from src.data import load_split
+from src.delimiters import delimiter_tags, neutralize_tags
 from src.errors import (
     EXIT_CODES_HELP,
     EXIT_FAILED,
@@ -48,6 +50,7 @@ from src.judging import (
     too_many_failures,
     write_histogram,
 )
+from src.judging.truncation import FINISH_COLUMN, truncated_summary
 from src.logging_setup import setup_logging
 from src.prompts import check_placeholders, load_template, render
 from src.service_llm import PROVIDERS, ServiceLLMArgs
@@ -106,6 +109,11 @@ class EvaluationArgs(ServiceLLMArgs):
     )
     coverage_threshold: float = field(
         default=50.0, metadata={"help": "Coverage = share of rows scoring >= this (0-100), per score."}
+    )
+    allow_low_threshold: bool = field(
+        default=False, metadata={"help": "Accept a score threshold in (0, 1]. Thresholds are on the "
+                                         "0-100 scale, so 0.8 is almost surely meant as 80 and is "
+                                         "refused (exit 2) unless this is set."}
     )
     max_failure_ratio: float = field(
         default=0.1, metadata={"help": "The run fails (exit 1) if more than this share (0-1) of "
@@ -171,6 +179,9 @@ def validate_args(args: EvaluationArgs) -> None:
         value = getattr(args, name)
         if not 0 <= value <= 100:
             raise UsageError(f"{name} must be within 0-100, got {value:g}")
+        if 0 < value <= 1 and not args.allow_low_threshold:
+            raise UsageError(f"{name}={value:g} is on the 0-100 scale: did you mean {value * 100:g}? "
+                             "(set allow_low_threshold: true to keep it)")
     if not 0 <= args.max_failure_ratio <= 1:
         raise UsageError(f"max_failure_ratio must be within 0-1, got {args.max_failure_ratio:g}")
 
@@ -184,23 +195,8 @@ def load_eval_template(path: str) -> str:
 
 # --------------------------------------------------------------------------- prompts
 
-_TAG = re.compile(r"<\s*/?\s*([A-Za-z_][\w-]*)\s*>")
-
-
-def delimiter_tags(template: str) -> set[str]:
-    """Tag names the template uses to wrap data, e.g. {'candidate_answer', ...}."""
-    return {t.lower() for t in _TAG.findall(template)}
-
-
-def neutralize_tags(text: str, tags: set[str]) -> str:
-    """Escape the template's own delimiter tags inside a value (`</candidate_answer>` ->
-    `&lt;/candidate_answer&gt;`), so a candidate cannot close its block early and write text
-    that reads as the judge's instructions. Case and inner spaces do not help an attacker
-    (`< /Candidate_Answer >` is escaped too); other `<...>` (code, generics) is left alone."""
-    if not tags:
-        return text
-    return _TAG.sub(lambda m: m.group(0).replace("<", "&lt;").replace(">", "&gt;")
-                    if m.group(1).lower() in tags else m.group(0), text)
+# Tag neutralisation (every variant: case, spaces, attributes, full-width, zero-width) lives
+# in src/delimiters.py; `delimiter_tags` and `neutralize_tags` are re-exported from here.
 
 
 def render_eval_prompts(template: str, rows: Dataset, batch_size: int) -> list[str]:
@@ -266,11 +262,26 @@ def _import_matplotlib() -> None:
     import matplotlib.pyplot  # noqa: F401
 
 
-def judge_with_service(llm: Any, prompts: Sequence[str], repeat: int) -> JudgeOutcome:
-    """Judge each prompt `repeat` times; results come back in job order."""
-    from src.service_llm import Job, parse_judgement
+def judge_jobs(prompts: Sequence[str], rows: Dataset, repeat: int, tags: set[str]) -> list[Any]:
+    """One job per (row, repeat): native structured output asked for (JUDGE_SCHEMA), and a
+    parser bound to the row's own texts, so that a verdict planted in the candidate (or
+    echoed back by the judge) is never the one read (structured.extract_last_valid)."""
+    from src.service_llm import Job
+    from src.service_llm.structured import JUDGE_SCHEMA, parse_judgement
 
-    jobs = [Job(p, sample_index=r) for p in prompts for r in range(repeat)]
+    jobs = []
+    for prompt, *texts in zip(prompts, *(rows[c] for c in INPUT_COLUMNS), strict=True):
+        raw = [str(t or "") for t in texts]  # as given, and as the judge saw them (neutralised)
+        quoted = tuple(raw + [neutralize_tags(t, tags) for t in raw])
+        parse = functools.partial(parse_judgement, quoted=quoted, data_tags=tags)
+        jobs += [Job(prompt, sample_index=r, schema=JUDGE_SCHEMA, parse=parse) for r in range(repeat)]
+    return jobs
+
+
+def judge_with_service(llm: Any, prompts: Sequence[str], repeat: int, jobs: Sequence[Any]) -> JudgeOutcome:
+    """Judge each prompt `repeat` times (`jobs` from judge_jobs); results come back in job order."""
+    from src.service_llm import parse_judgement
+
     logger.info("judging %d rows x %d repeats with %s", len(prompts), repeat, llm.describe())
     # Judging waits on the network; import the report's plotting library meanwhile (after a
     # second, so the import does not hold the GIL while the first requests are being sent).
@@ -383,6 +394,7 @@ def build_summary(args: EvaluationArgs, rows: Sequence[RowScore], outcome: Judge
         "lm_response_ds_id": args.lm_response_ds_id,
         "lm_response_ds_split": args.lm_response_ds_split,
         "model_ids": model_ids,
+        "truncated": truncated_summary(ds[FINISH_COLUMN] if FINISH_COLUMN in ds.column_names else None),
         "date": date,
         "output_dir": str(out_dir),
     })
@@ -399,10 +411,8 @@ def dry_run(llm: Any, template: str, ds: Dataset, args: EvaluationArgs) -> int:
     if llm is None:
         print(f"dry run: {len(ds)} rows for the offline reference judge; no service-LLM calls, cost $0")
         return EXIT_OK
-    from src.service_llm import Job
-
     prompts = render_eval_prompts(template, ds, args.eval_data_preprocess_bs)
-    jobs = [Job(p, sample_index=r) for p in prompts for r in range(args.eval_repeat)]
+    jobs = judge_jobs(prompts, ds, args.eval_repeat, delimiter_tags(template))
     try:
         print(llm.estimate(jobs, expected_output_tokens=JUDGE_REPLY_TOKENS).summary())
     finally:
@@ -419,12 +429,14 @@ def execution_settings(args: EvaluationArgs) -> code_eval.ExecSettings:
 def run_execution(out_ds: Dataset, rows: Sequence[RowScore], thresholds: Thresholds,
                   settings: code_eval.ExecSettings, summary: dict) -> Dataset:
     """Run the answers against their tests: add the per-row columns, put the `execution`
-    object into the summary, and make a set pass_rate_threshold part of `qualified`."""
-    columns, summary["execution"] = code_eval.evaluate_code(
+    object into the summary, and make a set pass_rate_threshold one of the `criteria` of
+    `qualified` (the verdict line then shows the measured pass rate beside its bar)."""
+    columns, summary["execution"], crit = code_eval.evaluate_code(
         out_ds, settings, {"similarity": [r.similarity for r in rows], "precision": [r.precision for r in rows]},
         {"similarity": thresholds.similarity, "precision": thresholds.precision})
-    if summary["execution"]["qualified"] is False:
-        summary["qualified"] = False
+    if crit is not None:
+        summary["criteria"].append(crit)
+        summary["qualified"] = summary["qualified"] and crit["passed"]
     return add_columns(out_ds, columns, code_eval.EXEC_FEATURES)
 
 
@@ -464,7 +476,8 @@ def run(args: EvaluationArgs) -> int:
     else:
         prompts = render_eval_prompts(template, ds, args.eval_data_preprocess_bs)
         try:
-            outcome = judge_with_service(llm, prompts, args.eval_repeat)
+            jobs = judge_jobs(prompts, ds, args.eval_repeat, delimiter_tags(template))
+            outcome = judge_with_service(llm, prompts, args.eval_repeat, jobs)
         finally:
             llm.close()
 
@@ -510,5 +523,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     for noisy in ("httpx", "httpx2", "openai", "anthropic", "google_genai"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     (args,) = parse_config(EvaluationArgs, argv=argv, description=DESCRIPTION,
-                           epilog=EXIT_CODES_HELP, prog="evaluation.py")
+                           epilog=EXIT_CODES_HELP, prog="evaluation.py", legacy_keys=SERVICE_LLM_LEGACY)
     return run(args)

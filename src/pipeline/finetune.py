@@ -3,7 +3,8 @@
 Flow (every check that can fail on bad input runs before any weights load):
   config (alignment-handbook YAML keys accepted) -> value checks, output-dir state, push
   possible -> tokenizer + chat template -> datasets (mixer, splits, `messages`, assistant turns)
-  -> tokenized with labels on the assistant replies only -> [load model] -> LoRA target check
+  -> tokenized with labels on the assistant replies only -> conversations longer than max_length
+  counted and dropped/refused/kept (`truncation`) -> [load model] -> LoRA target check
   -> train (resumable) -> adapter/model + tokenizer/template + generation config + summary +
   model card -> optional merged copy -> optional push through `src.hub`.
 
@@ -18,9 +19,10 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Literal, Optional, Sequence
 
 from src.config import config_to_dict, parse_config
+from src.formats import check_format_args, column_map_field, data_format_field
 from src.errors import EXIT_CODES_HELP, EXIT_OK, RunFailed, UsageError
 from src.logging_setup import setup_logging
 
@@ -54,6 +56,8 @@ class ScriptArgs:
     dataset_splits: list[str] = field(default_factory=lambda: ["train_sft", "test_sft"], metadata={
         "help": "splits to load from every dataset: names containing 'train' are trained on, names containing "
                 "'test' are the eval set (used only when eval_strategy is not 'no')"})
+    data_format: str = data_format_field()
+    column_map: Optional[dict] = column_map_field()
     preprocessing_num_workers: Optional[int] = field(default=None, metadata={
         "help": "processes for tokenizing the data (alignment-handbook key; default: dataset_num_proc)"})
     tokenizer_name_or_path: Optional[str] = field(default=None, metadata={
@@ -71,6 +75,10 @@ class ScriptArgs:
         "help": "on a CPU: score only the labelled tokens with a plain log-softmax LM head, and attend "
                 "within each conversation of padding-free/packed batches (src/sft_cpu.py). Same loss and "
                 "gradients as TRL's GPU-minded defaults, about 2x the tokens/s (bench/finetune_throughput.py)"})
+    truncation: Literal["drop", "error", "keep"] = field(default="drop", metadata={
+        "help": "conversations longer than max_length (cutting one drops its reply's end-of-turn label): "
+                "drop = train without them, with a warning; error = exit 2 before training, naming how many "
+                "and a max_length that fits; keep = train on them cut, with a warning"})
 
 
 # --------------------------------------------------------------------------- config
@@ -300,8 +308,12 @@ def resolve_base(model_args: Any) -> str:
         return str(path.resolve())
     if name.startswith((".", "/", "~")) or name.count("/") > 1:
         raise UsageError(f"model_name_or_path {name}: path not found")
-    from src.hub import ensure_hub_reachable
+    from src.hub import ensure_hub_reachable, hub_offline
+    from src.hub_cache import is_model_cached
 
+    if hub_offline() and is_model_cached(name, model_args.model_revision):
+        logger.info("model '%s': HF_HUB_OFFLINE is set; loading the copy in the local Hugging Face cache", name)
+        return name
     ensure_hub_reachable(f"model '{name}'")
     return name
 
@@ -332,33 +344,49 @@ def run(script: Any, model_args: Any, sft: Any) -> int:
     from src.chat_template import tokenize_dataset
     from src.hub import check_push_possible
     from src.pipeline.finetune_data import load_mixed, resolve_mixer
+    from src.pipeline.finetune_truncation import apply_truncation_policy
 
     started = time.time()
     check_values(script, model_args, sft)
+    check_format_args(script.data_format, script.column_map)
     mixer = resolve_mixer(script.dataset_mixer, script.dataset_id)
     want_eval = str(getattr(sft.eval_strategy, "value", sft.eval_strategy)) != "no"
     resume = prepare_output_dir(script, sft)
     push, sft.push_to_hub = bool(sft.push_to_hub), False  # pushing goes through src.hub, once, at the end
     check_push_possible(push, f"the fine-tuned model '{sft.hub_model_id}'")
+    from src.models import is_embedded_alias
 
-    data = load_mixed(mixer, script.dataset_splits, seed=sft.seed, want_eval=want_eval)
+    # a Hub id that cannot be used (offline and not cached) fails before the data is read
+    early_base = None if is_embedded_alias(model_args.model_name_or_path) else resolve_base(model_args)
+
+    data = load_mixed(mixer, script.dataset_splits, seed=sft.seed, want_eval=want_eval,
+                      data_format=script.data_format, column_map=script.column_map)
     if want_eval and data.eval is None:
         raise UsageError(f"eval_strategy={sft.eval_strategy} needs a test split in dataset_splits "
                          f"(got {script.dataset_splits}); or set eval_strategy: no")
-    base = resolve_base(model_args)  # may convert the embedded model once: after the cheap checks
+    base = early_base or resolve_base(model_args)  # may convert the embedded model once: after the cheap checks
     tokenizer = load_tokenizer(script, model_args, sft, base)
     kwargs = sft.dataset_kwargs if isinstance(sft.dataset_kwargs, dict) else {}
     num_proc = script.preprocessing_num_workers or sft.dataset_num_proc
     # TRL refuses padding_free without packing while max_length is set, because it would not
     # truncate; the truncation is done here instead, so `padding_free: true` just works.
+    limit = sft.max_length
     self_truncate = bool(sft.padding_free and not sft.packing and sft.max_length)
     tok_kwargs = {"train_on_prompt": script.train_on_prompt, "num_proc": num_proc,
-                  "add_special_tokens": bool(kwargs.get("add_special_tokens", False)),
-                  "max_length": sft.max_length if self_truncate else None}
+                  "add_special_tokens": bool(kwargs.get("add_special_tokens", False))}
     if self_truncate:
         sft.max_length = None
-    train_ds = tokenize_dataset(data.train, tokenizer, desc="Tokenizing train data", **tok_kwargs)
-    eval_ds = tokenize_dataset(data.eval, tokenizer, desc="Tokenizing eval data", **tok_kwargs) if want_eval else None
+    fit = {"truncate_here": self_truncate, "num_proc": num_proc}
+    train_ds, cut = apply_truncation_policy(
+        tokenize_dataset(data.train, tokenizer, desc="Tokenizing train data", **tok_kwargs), limit,
+        script.truncation, "training data", **fit)
+    truncation = cut.as_dict()
+    eval_ds = None
+    if want_eval:
+        eval_ds, eval_cut = apply_truncation_policy(
+            tokenize_dataset(data.eval, tokenizer, desc="Tokenizing eval data", **tok_kwargs), limit,
+            script.truncation, "eval data", **fit)
+        truncation["eval"] = eval_cut.as_dict()
     n_tokens = sum(len(x) for x in train_ds["input_ids"])
     logger.info("training data: %d conversations, %d tokens, from %s", len(train_ds), n_tokens, mixer)
 
@@ -370,7 +398,7 @@ def run(script: Any, model_args: Any, sft: Any) -> int:
     trainer.save_model(sft.output_dir)
     if trainer.is_world_process_zero():
         _finish(trainer, script, model_args, sft, base, tokenizer, data, metrics, n_tokens, resume, push,
-                started)
+                started, truncation)
     return EXIT_OK
 
 
@@ -422,7 +450,8 @@ def _cpu_fast_path(script: Any, model_args: Any, sft: Any) -> str | None:
 
 
 def _finish(trainer: Any, script: Any, model_args: Any, sft: Any, base: str, tokenizer: Any, data: Any,
-            metrics: dict, n_tokens: int, resume: str | None, push: bool, started: float) -> None:
+            metrics: dict, n_tokens: int, resume: str | None, push: bool, started: float,
+            truncation: dict) -> None:
     """Main process only: everything inference and people need next to the weights."""
     from src.hub import push_model_folder
     from src.pipeline.finetune_model import SUMMARY_FILE, model_card, save_merged, write_generation_config
@@ -436,7 +465,7 @@ def _finish(trainer: Any, script: Any, model_args: Any, sft: Any, base: str, tok
         "adapter": bool(model_args.use_peft), "world_size": sft.world_size,
         "global_step": trainer.state.global_step, "resumed_from": resume,
         "train_rows": len(data.train), "eval_rows": len(data.eval) if data.eval is not None else 0,
-        "train_tokens": n_tokens, "first_loss": losses[0] if losses else None,
+        "train_tokens": n_tokens, "truncation": truncation, "first_loss": losses[0] if losses else None,
         "last_loss": losses[-1] if losses else None, "losses": losses, "metrics": metrics,
         "data": data.sources, "seconds": round(time.time() - started, 1),
         "attn_implementation": getattr(trainer.model.config, "_attn_implementation", None),

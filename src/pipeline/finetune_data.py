@@ -15,6 +15,7 @@ from datasets import Dataset, Features, Value, concatenate_datasets
 
 from src.chat_template import check_conversations
 from src.data import load_split
+from src.formats import to_messages
 from src.errors import UsageError
 
 logger = logging.getLogger("llamaduo.finetune")
@@ -61,7 +62,8 @@ def classify_splits(splits: Sequence[str]) -> tuple[list[str], list[str]]:
     return train, test
 
 
-def load_mixed(mixer: Mapping[str, float], splits: Sequence[str], *, seed: int, want_eval: bool) -> MixedData:
+def load_mixed(mixer: Mapping[str, float], splits: Sequence[str], *, seed: int, want_eval: bool,
+               data_format: str = "auto", column_map: Mapping[str, str] | None = None) -> MixedData:
     """Load, check and mix every dataset; raises UsageError on any bad input (before model load)."""
     train_splits, test_splits = classify_splits(splits)
     train_parts: list[Dataset] = []
@@ -69,14 +71,14 @@ def load_mixed(mixer: Mapping[str, float], splits: Sequence[str], *, seed: int, 
     sources: list[dict[str, Any]] = []
     for ref, frac in mixer.items():
         for split in train_splits:
-            ds = _load_messages(ref, split)
+            ds = _load_messages(ref, split, data_format, column_map)
             n = max(1, int(frac * len(ds)))
             ds = ds.shuffle(seed=seed).select(range(n)) if n < len(ds) else ds
             train_parts.append(ds)
             sources.append({"dataset": ref, "split": split, "fraction": frac, "rows": len(ds)})
         if want_eval:
             for split in test_splits:
-                ds = _load_messages(ref, split)
+                ds = _load_messages(ref, split, data_format, column_map)
                 eval_parts.append(ds)
                 sources.append({"dataset": ref, "split": split, "fraction": 1.0, "rows": len(ds)})
     train = concatenate_datasets(train_parts).shuffle(seed=seed)
@@ -84,8 +86,11 @@ def load_mixed(mixer: Mapping[str, float], splits: Sequence[str], *, seed: int, 
     return MixedData(train=train, eval=evaluation, sources=sources)
 
 
-def _load_messages(ref: str, split: str) -> Dataset:
-    ds = load_split(ref, split, required_columns=("messages",), what="training dataset")
+def _load_messages(ref: str, split: str, data_format: str = "auto",
+                   column_map: Mapping[str, str] | None = None) -> Dataset:
+    what = f"training dataset '{ref}' split '{split}'"
+    ds = to_messages(load_split(ref, split, what="training dataset"), what, data_format, column_map,
+                     require_answer=True)
     check_conversations(ds["messages"], f"training dataset '{ref}' split '{split}'")
     # Only role/content, as plain strings: datasets from different sources (extra keys such
     # as `name`, other string types) must concatenate into one schema.

@@ -24,7 +24,7 @@ Usage from a stage::
         else:      record_failure(res.error)   # a reason; never a crash, never a 0
     summary["service_llm"] = llm.last_run.as_dict()   # calls, cached, tokens, cost...
     if llm.last_run.stopped_for_budget: ...            # --max-cost-usd was reached
-    evaluator_name = llm.model                          # e.g. "gemini-1.5-flash"
+    evaluator_name = llm.model                          # e.g. "gemini-2.5-flash"
 
 Ledger: every reply is stored (SQLite, WAL) before it is used, keyed by provider, model, gen
 config, conversation and sample index, so a rerun or a restart after kill -9 pays for nothing
@@ -33,11 +33,13 @@ twice. Pass `default_ledger_path` inside the stage's output folder. Tests: point
 
 Parts (one concern each):
     args.py        ServiceLLMArgs, the shared config keys (a dataclass mixin)
-    records.py     Completion, Job, JobResult, Usage, Estimate, InvalidReply
+    records.py     Completion, Job, JobResult, Usage, Estimate, InvalidReply, ResponseSchema
     providers.py   one thin adapter per SDK (the only module importing an SDK)
     scheduler.py   concurrency, smooth RPM/TPM pacing, retries with backoff (tenacity)
     ledger.py      SQLite (WAL) response ledger: cache, resume after kill -9, tokens & cost
     structured.py  JSON extraction, the eval / synth schemas, the re-ask message
+    schema_wire.py a Job's ResponseSchema in each provider's wire form (native structured output)
+    reachability.py stop a run whose provider cannot be reached at all (exit 1)
     pricing.py     config/pricing.yaml -> USD per call; token estimates for --dry-run
     client.py      ServiceLLM: ties the parts together behind `run` / `estimate`
 
@@ -55,9 +57,11 @@ from src.service_llm.records import (
     InvalidReply,
     Job,
     JobResult,
+    ResponseSchema,
     Usage,
 )
 from src.service_llm.structured import (
+    JUDGE_SCHEMA,
     Judgement,
     SynthPair,
     extract_json,
@@ -74,11 +78,13 @@ __all__ = [
     "InvalidReply",
     "Job",
     "JobResult",
+    "ResponseSchema",
     "Usage",
     "OK",
     "INVALID",
     "ERROR",
     "SKIPPED_BUDGET",
+    "JUDGE_SCHEMA",
     "Judgement",
     "SynthPair",
     "extract_json",

@@ -38,7 +38,8 @@ class ServiceLLMArgs:
         repr=False,  # a stage that logs its args must not log the key
         metadata={
             "secret": True,
-            "help": "API key (openai, anthropic, gemini). Default: env SERVICE_LLM_API_KEY. "
+            "help": "API key (openai, anthropic, gemini). Default: env SERVICE_LLM_API_KEY, then the "
+            "provider's own (OPENAI_API_KEY, ANTHROPIC_API_KEY, GOOGLE_API_KEY / GEMINI_API_KEY). "
             "For *-vertex it is used as an OAuth access token if set; for anthropic-bedrock as "
             "a Bedrock API key. Never logged or stored.",
         },
@@ -46,24 +47,27 @@ class ServiceLLMArgs:
     service_model_name: str = field(
         default="",
         metadata={
-            "help": "Model name at the provider (e.g. gpt-4o, claude-3-5-sonnet-20240620, "
-            "gemini-1.5-flash). Empty: the provider's default. For `local`: a local folder, a "
+            "help": "Model name at the provider (e.g. gpt-4.1, claude-sonnet-4-5, "
+            "gemini-2.5-flash). Empty: the provider's default. For `local`: a local folder, a "
             "Hub id in the local cache, or the alias smollm2-135m-instruct (the default)."
         },
     )
     service_llm_gen_config_path: Optional[str] = field(
         default=None,
         metadata={
-            "help": "YAML file of generation kwargs passed to the provider SDK. Default: "
-            "config/gemini_gen_configs.yaml (gemini*), config/gpt_gen_configs.yaml (openai), "
-            "config/claude_gen_configs.yaml (anthropic*); none for local."
+            "help": "YAML of generation settings: provider-neutral (temperature, max_tokens, top_p, "
+            "stop, seed; mapped to each provider's names), a provider's own names, or extras under "
+            "an openai:/anthropic:/gemini:/local: section. Default: config/service_llm_gen.yaml "
+            "(hosted providers); none for local."
         },
     )
     gcp_project_id: Optional[str] = field(
-        default=None, metadata={"help": "GCP project for *-vertex providers. Default: env GCP_PROJECT_ID."}
+        default=None, metadata={"help": "GCP project for *-vertex providers. Default: env GCP_PROJECT_ID, "
+                                        "then GOOGLE_CLOUD_PROJECT (anthropic-vertex: ANTHROPIC_VERTEX_PROJECT_ID first)."}
     )
     gcp_location: Optional[str] = field(
-        default=None, metadata={"help": "GCP region for *-vertex providers. Default: env GCP_LOCATION."}
+        default=None, metadata={"help": "GCP region for *-vertex providers. Default: env GCP_LOCATION, "
+                                        "then GOOGLE_CLOUD_LOCATION (anthropic-vertex: CLOUD_ML_REGION first)."}
     )
     aws_location: Optional[str] = field(
         default=None,
@@ -102,7 +106,8 @@ class ServiceLLMArgs:
         default=None,
         metadata={
             "help": "Base URL of the API, e.g. an OpenAI-compatible server (vLLM, Ollama, "
-            "llama.cpp, TGI: http://localhost:8000/v1) or a proxy."
+            "llama.cpp, TGI: http://localhost:8000/v1) or a proxy. Default: env OPENAI_BASE_URL "
+            "(openai), ANTHROPIC_BASE_URL (anthropic)."
         },
     )
     ledger_path: Optional[str] = field(
@@ -134,3 +139,9 @@ class ServiceLLMArgs:
         default="config/pricing.yaml",
         metadata={"help": "YAML of USD prices per 1M input/output tokens, per model."},
     )
+
+    def config_notes(self) -> list[str]:
+        """Settings taken from the environment, by variable name (for `--print-config`)."""
+        from src.service_llm.credentials import describe
+
+        return describe(self)

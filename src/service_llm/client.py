@@ -38,8 +38,10 @@ from src.service_llm.records import (
     InvalidReply,
     Job,
     JobResult,
+    ResponseSchema,
     Usage,
 )
+from src.service_llm.reachability import Reachability
 from src.service_llm.scheduler import CallFailed, Pacer, call_with_retries
 from src.service_llm.structured import reask_message
 
@@ -80,6 +82,7 @@ class _RunState:
 
     usage: Usage
     bar: tqdm
+    reach: Reachability  # stops the run when the provider cannot be reached at all
     budget: Optional[Budget] = None
 
     def refresh_bar(self) -> None:
@@ -200,11 +203,13 @@ class ServiceLLM:
             self._ledger.close()
             self._ledger = None
 
-    def _key(self, messages: Sequence[dict], sample_index: int) -> str:
+    def _key(self, messages: Sequence[dict], sample_index: int, schema: Optional[ResponseSchema] = None) -> str:
+        # a schema changes the request (and the reply's shape): it is part of the key
+        gen = self.spec.gen_config if schema is None else {**self.spec.gen_config, "response_schema": schema.as_dict()}
         return ledger_key(
             provider=self.spec.provider,
             model=self.spec.model,
-            gen_config=self.spec.gen_config,
+            gen_config=gen,
             messages=messages,
             sample_index=sample_index,
         )
@@ -222,7 +227,7 @@ class ServiceLLM:
         calls = 0
         for job in jobs:
             messages = [{"role": "user", "content": job.prompt}]
-            if ledger is not None and ledger.get(self._key(messages, job.sample_index)) is not None:
+            if ledger is not None and ledger.get(self._key(messages, job.sample_index, job.schema)) is not None:
                 cached += 1
                 continue
             calls += 1
@@ -287,7 +292,8 @@ class ServiceLLM:
         bar = tqdm(total=len(jobs), desc=desc, unit="job", disable=not self.show_progress,
                    dynamic_ncols=True, mininterval=0.5)
         budget = Budget(self.max_cost_usd, usage) if self.max_cost_usd is not None else None
-        state = _RunState(usage=usage, bar=bar, budget=budget)
+        state = _RunState(usage=usage, bar=bar, budget=budget,
+                          reach=Reachability(self.spec.provider, self.spec.base_url))
 
         async def worker() -> None:
             while True:
@@ -346,8 +352,9 @@ class ServiceLLM:
         completions: list[Completion] = []
         retries_before = state.usage.retries
         reason = ""
+        parse = job.parse or parse
         for _attempt in range(self.max_reasks + 1):
-            outcome = await self._complete(messages, job.sample_index, provider, pacer, ledger, state)
+            outcome = await self._complete(messages, job.sample_index, provider, pacer, ledger, state, job.schema)
             if isinstance(outcome, JobResult):  # a call error or the budget: stop this job
                 outcome.completions = completions
                 outcome.retries = state.usage.retries - retries_before
@@ -388,9 +395,10 @@ class ServiceLLM:
         pacer: Pacer,
         ledger: Optional[Ledger],
         state: _RunState,
+        schema: Optional[ResponseSchema] = None,
     ) -> Completion | JobResult:
         """One logical call: a ledger hit, or a paced, retried, recorded provider call."""
-        key = self._key(messages, sample_index)
+        key = self._key(messages, sample_index, schema)
         if ledger is not None and not self.refresh_cache:
             hit = ledger.get(key)
             if hit is not None:
@@ -414,7 +422,7 @@ class ServiceLLM:
 
         try:
             raw = await call_with_retries(
-                lambda: provider.complete(messages, sample_index),
+                lambda: state.reach.watch(provider.complete(messages, sample_index, schema)),
                 pacer=pacer,
                 reserve_tokens=reserve,
                 max_retries=self.max_retries,

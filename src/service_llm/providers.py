@@ -17,7 +17,10 @@ import asyncio
 import email.utils
 import importlib.util
 import inspect
+import json
+import logging
 import os
+import socket
 import time
 import urllib.parse
 from dataclasses import dataclass, field
@@ -27,9 +30,20 @@ from typing import Any, Optional, Protocol, Sequence
 import yaml
 
 from src.errors import UsageError
+from src.service_llm import credentials, gen_settings
 from src.service_llm.args import PROVIDERS, ServiceLLMArgs
 from src.service_llm.pricing import estimate_tokens
-from src.service_llm.records import FatalError, PermanentError, TransientError
+from src.service_llm import schema_wire
+from src.service_llm.records import (
+    FatalError,
+    PermanentError,
+    ResponseSchema,
+    StructuredOutputRejected,
+    TransientError,
+    UnreachableError,
+)
+
+logger = logging.getLogger("llamaduo.service_llm")
 
 __all__ = [
     "FatalError",
@@ -41,26 +55,27 @@ __all__ = [
 ]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+logger = logging.getLogger("llamaduo.service_llm")
 
+# Chosen 2026-12-02. openai/anthropic: names in the installed SDKs' model Literals
+# (openai.types.ChatModel, anthropic.types.Model; tests/test_gen_settings.py checks them; the
+# vertex/bedrock ids are the same model's platform spelling); google-genai ships no list.
+# Non-reasoning models, so the shared temperature/max_tokens settings apply unchanged.
 DEFAULT_MODELS = {
-    "openai": "gpt-4o",
-    "anthropic": "claude-3-5-sonnet-20240620",
-    "anthropic-vertex": "claude-3-5-sonnet@20240620",
-    "anthropic-bedrock": "anthropic.claude-3-5-sonnet-20240620-v1:0",
-    "gemini": "gemini-1.5-flash",
-    "gemini-vertex": "gemini-1.5-flash",
+    "openai": "gpt-4.1",
+    "anthropic": "claude-sonnet-4-5",
+    "anthropic-vertex": "claude-sonnet-4-5@20250929",
+    "anthropic-bedrock": "anthropic.claude-sonnet-4-5-20250929-v1:0",
+    "gemini": "gemini-2.5-flash",
+    "gemini-vertex": "gemini-2.5-flash",
     "local": "smollm2-135m-instruct",
 }
-DEFAULT_GEN_CONFIGS = {
-    "openai": "config/gpt_gen_configs.yaml",
-    "anthropic": "config/claude_gen_configs.yaml",
-    "anthropic-vertex": "config/claude_gen_configs.yaml",
-    "anthropic-bedrock": "config/claude_gen_configs.yaml",
-    "gemini": "config/gemini_gen_configs.yaml",
-    "gemini-vertex": "config/gemini_gen_configs.yaml",
-}
+# One provider-neutral file for every hosted provider (src/service_llm/gen_settings.py).
+NEUTRAL_GEN_CONFIG = "config/service_llm_gen.yaml"
+DEFAULT_GEN_CONFIGS = {p: NEUTRAL_GEN_CONFIG for p in ("openai", "anthropic", "anthropic-vertex",
+                                                       "anthropic-bedrock", "gemini", "gemini-vertex")}
 LOCAL_GEN_KEYS = {"max_new_tokens", "max_tokens", "max_output_tokens", "temperature", "top_p",
-                  "top_k", "do_sample", "repetition_penalty"}
+                  "top_k", "do_sample", "repetition_penalty", "stop_strings"}
 LOCAL_BATCH_SIZE = 8
 LOCAL_GEN_DEFAULTS = {"max_new_tokens": 256, "do_sample": True, "temperature": 0.7, "top_p": 0.9}
 ANTHROPIC_DEFAULT_MAX_TOKENS = 4096  # the Messages API refuses a call without max_tokens
@@ -95,7 +110,8 @@ class ProviderSpec:
 
 
 class Provider(Protocol):
-    async def complete(self, messages: Sequence[dict], sample_index: int) -> RawCompletion: ...
+    async def complete(self, messages: Sequence[dict], sample_index: int,
+                       schema: Optional[ResponseSchema] = None) -> RawCompletion: ...
 
     async def aclose(self) -> None: ...
 
@@ -233,24 +249,26 @@ def resolve_spec(args: ServiceLLMArgs) -> ProviderSpec:
         raise UsageError(
             f"unknown service_llm_provider '{args.service_llm_provider}'; choose one of: {', '.join(PROVIDERS)}"
         )
-    base_url = _check_url(args.service_llm_base_url) if args.service_llm_base_url else None
+    url = credentials.base_url(provider, args)
+    base_url = _check_url(url.value) if url.value else None
     model = (args.service_model_name or "").strip() or DEFAULT_MODELS[provider]
-    api_key = args.service_llm_api_key or os.environ.get("SERVICE_LLM_API_KEY") or None
-    project = args.gcp_project_id or os.environ.get("GCP_PROJECT_ID")
-    location = args.gcp_location or os.environ.get("GCP_LOCATION")
-    region = (args.aws_location or os.environ.get("AWS_LOCATION") or os.environ.get("AWS_REGION")
-              or os.environ.get("AWS_DEFAULT_REGION"))
+    key = credentials.api_key(provider, args)
+    api_key = key.value
+    project_s, location_s = credentials.gcp_project(provider, args), credentials.gcp_location(provider, args)
+    project, location = project_s.value, location_s.value
+    region = credentials.aws_region(args).value
 
     if provider in ("anthropic", "gemini") or (provider == "openai" and base_url is None):
         if not api_key:
-            hint = (" (or set service_llm_base_url for a keyless OpenAI-compatible server)"
+            hint = (" (or set service_llm_base_url / OPENAI_BASE_URL for a keyless OpenAI-compatible server)"
                     if provider == "openai" else "")
             raise UsageError(
-                f"provider {provider} needs an API key: set SERVICE_LLM_API_KEY or service_llm_api_key{hint}"
+                f"provider {provider} needs an API key; looked at {', '.join(key.looked_at)}: none is set{hint}"
             )
+    for line in credentials.describe(args):
+        logger.info("service LLM %s: %s", provider, line)
     if provider.endswith("-vertex"):
-        missing = [n for n, v in (("GCP_PROJECT_ID / gcp_project_id", project),
-                                  ("GCP_LOCATION / gcp_location", location)) if not v]
+        missing = [" / ".join(s.looked_at) for s in (project_s, location_s) if not s.value]
         if missing:
             raise UsageError(f"provider {provider} needs {' and '.join(missing)}")
         if not api_key and not _google_credentials_present():
@@ -260,7 +278,8 @@ def resolve_spec(args: ServiceLLMArgs) -> ProviderSpec:
             )
     if provider == "anthropic-bedrock":
         if not region:
-            raise UsageError("provider anthropic-bedrock needs AWS_LOCATION / aws_location (an AWS region)")
+            raise UsageError("provider anthropic-bedrock needs an AWS region; looked at "
+                             + ", ".join(credentials.aws_region(args).looked_at) + ": none is set")
         if not api_key and not os.environ.get("AWS_BEARER_TOKEN_BEDROCK"):
             if not _aws_credentials_present():
                 raise UsageError(
@@ -274,7 +293,9 @@ def resolve_spec(args: ServiceLLMArgs) -> ProviderSpec:
                 )
     # the generation config last: validating it imports the SDK (slow), the checks above are cheap
     where = args.service_llm_gen_config_path or DEFAULT_GEN_CONFIGS.get(provider, "(defaults)")
-    gen = _validate_gen_config(provider, _load_gen_config(args, provider), where)
+    neutral = gen_settings.to_provider(provider, model, _load_gen_config(args, provider), where, base_url,
+                                       _allowed_keys(provider))
+    gen = _validate_gen_config(provider, neutral, where)
     max_out = next((gen[k] for k in _MAX_TOKEN_KEYS if k in gen), FALLBACK_MAX_OUTPUT_TOKENS)
     if provider == "local":
         _check_local_model(model)
@@ -327,8 +348,34 @@ def _status_error(status: int, message: str, headers: Any = None) -> Exception:
     return PermanentError(text)
 
 
+_CONNECT_FAILURES = ("ConnectError", "ConnectTimeout", "ClientConnectorError", "ClientConnectorDNSError",
+                     "ConnectionRefusedError", "gaierror")
+
+
+def _never_connected(err: BaseException) -> Optional[BaseException]:
+    """The exception in `err`'s cause chain that says no connection was ever made
+    (refused, DNS failure, connect timeout), or None: a dropped or timed-out request did
+    reach the server and is an ordinary transient error."""
+    seen = 0
+    node: Optional[BaseException] = err
+    while node is not None and seen < 10:
+        if isinstance(node, (ConnectionRefusedError, socket.gaierror)) or type(node).__name__ in _CONNECT_FAILURES:
+            return node
+        node = node.__cause__ or node.__context__
+        seen += 1
+    return None
+
+
+def _unreachable(err: BaseException) -> Optional[UnreachableError]:
+    root = _never_connected(err)
+    return None if root is None else UnreachableError(f"{type(root).__name__}: {root}"[:300])
+
+
 def _network_error(err: BaseException) -> Optional[TransientError]:
     """httpx/anyio/asyncio timeouts and dropped connections, whatever library raised them."""
+    unreachable = _unreachable(err)
+    if unreachable is not None:
+        return unreachable
     name = type(err).__name__
     module = type(err).__module__ or ""
     if isinstance(err, (asyncio.TimeoutError, TimeoutError)) or "Timeout" in name:
@@ -340,7 +387,41 @@ def _network_error(err: BaseException) -> Optional[TransientError]:
 
 
 # ============================================================================ adapters
-class OpenAIProvider:
+class _StructuredFallback:
+    """`complete` for the SDK adapters: ask for native structured output when the job has
+    a schema; if the server refuses those fields (an OpenAI-compatible server without
+    `response_format`, a proxy without tools), warn once and send this and every later
+    request of the run as plain text, which the stage's parser reads the same way."""
+
+    spec: ProviderSpec
+    native_structured: bool = True
+
+    async def _call(self, messages: Sequence[dict], sample_index: int,
+                    schema: Optional[ResponseSchema]) -> RawCompletion:
+        raise NotImplementedError
+
+    async def complete(self, messages: Sequence[dict], sample_index: int,
+                       schema: Optional[ResponseSchema] = None) -> RawCompletion:
+        if schema is not None and self.native_structured:
+            try:
+                return await self._call(messages, sample_index, schema)
+            except StructuredOutputRejected as err:
+                if self.native_structured:
+                    self.native_structured = False
+                    where = f" at {self.spec.base_url}" if self.spec.base_url else ""
+                    logger.warning("%s%s does not take structured output (%s); continuing with plain-text "
+                                   "replies", self.spec.provider, where, str(err)[:200])
+        # the plain-text resend takes no pacing slot of its own: it happens at most once per
+        # request that was in flight when the server first refused, and a refusal costs nothing
+        return await self._call(messages, sample_index, None)
+
+    @staticmethod
+    def _check_rejection(schema: Optional[ResponseSchema], status: int, message: str) -> None:
+        if schema is not None and schema_wire.rejects_structured(status, message):
+            raise StructuredOutputRejected(f"HTTP {status}: {message}"[:300])
+
+
+class OpenAIProvider(_StructuredFallback):
     """Chat Completions through AsyncOpenAI (api.openai.com or any OpenAI-compatible server)."""
 
     def __init__(self, spec: ProviderSpec) -> None:
@@ -355,18 +436,22 @@ class OpenAIProvider:
             timeout=spec.timeout_s,
         )
 
-    async def complete(self, messages: Sequence[dict], sample_index: int) -> RawCompletion:
+    async def _call(self, messages: Sequence[dict], sample_index: int,
+                    schema: Optional[ResponseSchema]) -> RawCompletion:
         openai = self._openai
         gen = dict(self.spec.gen_config)
         gen["seed"] = int(gen.get("seed", 0)) + sample_index
+        if schema is not None:
+            gen.update(schema_wire.openai_kwargs(schema))
         start = time.monotonic()
         try:
             resp = await self.client.chat.completions.create(model=self.spec.model, messages=list(messages), **gen)
-        except openai.APITimeoutError:
-            raise TransientError(f"timeout after {self.spec.timeout_s:g}s") from None
+        except openai.APITimeoutError as err:
+            raise _unreachable(err) or TransientError(f"timeout after {self.spec.timeout_s:g}s") from None
         except openai.APIConnectionError as err:
-            raise TransientError(f"connection error: {err.__cause__ or err}"[:300]) from None
+            raise _unreachable(err) or TransientError(f"connection error: {err.__cause__ or err}"[:300]) from None
         except openai.APIStatusError as err:
+            self._check_rejection(schema, err.status_code, err.message)
             raise _status_error(err.status_code, err.message, err.response.headers) from None
         latency = time.monotonic() - start
         usage = getattr(resp, "usage", None)
@@ -386,7 +471,7 @@ class OpenAIProvider:
         await self.client.close()
 
 
-class AnthropicProvider:
+class AnthropicProvider(_StructuredFallback):
     """Messages API through AsyncAnthropic, AsyncAnthropicVertex or AsyncAnthropicBedrock."""
 
     def __init__(self, spec: ProviderSpec) -> None:
@@ -407,22 +492,27 @@ class AnthropicProvider:
                 aws_region=spec.aws_location, api_key=spec.api_key, **common,
             )
 
-    async def complete(self, messages: Sequence[dict], sample_index: int) -> RawCompletion:
+    async def _call(self, messages: Sequence[dict], sample_index: int,
+                    schema: Optional[ResponseSchema]) -> RawCompletion:
         anthropic = self._anthropic
+        gen = dict(self.spec.gen_config)
+        if schema is not None:
+            gen.update(schema_wire.anthropic_kwargs(schema))
         start = time.monotonic()
         try:
-            resp = await self.client.messages.create(
-                model=self.spec.model, messages=list(messages), **self.spec.gen_config
-            )
-        except anthropic.APITimeoutError:
-            raise TransientError(f"timeout after {self.spec.timeout_s:g}s") from None
+            resp = await self.client.messages.create(model=self.spec.model, messages=list(messages), **gen)
+        except anthropic.APITimeoutError as err:
+            raise _unreachable(err) or TransientError(f"timeout after {self.spec.timeout_s:g}s") from None
         except anthropic.APIConnectionError as err:
-            raise TransientError(f"connection error: {err.__cause__ or err}"[:300]) from None
+            raise _unreachable(err) or TransientError(f"connection error: {err.__cause__ or err}"[:300]) from None
         except anthropic.APIStatusError as err:
+            self._check_rejection(schema, err.status_code, err.message)
             raise _status_error(err.status_code, err.message, err.response.headers) from None
         latency = time.monotonic() - start
         blocks = resp.content or []
-        text = "".join(getattr(b, "text", "") for b in blocks if getattr(b, "type", "") == "text")
+        tool_input = _tool_input(blocks, schema)
+        text = tool_input if tool_input is not None else "".join(
+            getattr(b, "text", "") for b in blocks if getattr(b, "type", "") == "text")
         finish = resp.stop_reason or ("no_content" if not blocks else "")
         usage = resp.usage
         return RawCompletion(text, usage.input_tokens, usage.output_tokens, resp.model or self.spec.model,
@@ -432,7 +522,18 @@ class AnthropicProvider:
         await self.client.close()
 
 
-class GeminiProvider:
+def _tool_input(blocks: Sequence[Any], schema: Optional[ResponseSchema]) -> Optional[str]:
+    """The forced tool's input as JSON text: with a schema the answer is that tool_use
+    block, never the text blocks around it (which may quote the data)."""
+    if schema is None:
+        return None
+    for block in blocks:
+        if getattr(block, "type", "") == "tool_use" and getattr(block, "name", "") == schema.name:
+            return json.dumps(getattr(block, "input", None), ensure_ascii=False)
+    return None
+
+
+class GeminiProvider(_StructuredFallback):
     """generateContent through google-genai (`Client(...).aio`), AI Studio or Vertex AI."""
 
     def __init__(self, spec: ProviderSpec) -> None:
@@ -455,7 +556,8 @@ class GeminiProvider:
             self.client = genai.Client(vertexai=True, project=spec.gcp_project_id, location=spec.gcp_location,
                                        credentials=credentials, http_options=http)
 
-    async def complete(self, messages: Sequence[dict], sample_index: int) -> RawCompletion:
+    async def _call(self, messages: Sequence[dict], sample_index: int,
+                    schema: Optional[ResponseSchema]) -> RawCompletion:
         types, errors = self._types, self._errors
         contents = [
             types.Content(role="model" if m["role"] == "assistant" else "user", parts=[types.Part(text=m["content"])])
@@ -463,6 +565,8 @@ class GeminiProvider:
         ]
         gen = dict(self.spec.gen_config)
         gen["seed"] = int(gen.get("seed", 0)) + sample_index
+        if schema is not None:
+            gen.update(schema_wire.gemini_kwargs(schema))
         start = time.monotonic()
         try:
             resp = await self.client.aio.models.generate_content(
@@ -470,6 +574,7 @@ class GeminiProvider:
             )
         except errors.APIError as err:
             headers = getattr(getattr(err, "response", None), "headers", None)
+            self._check_rejection(schema, int(err.code or 0), str(err.message or err))
             raise _status_error(int(err.code or 0), str(err.message or err), headers) from None
         except Exception as err:
             mapped = _network_error(err)
@@ -541,7 +646,8 @@ class LocalProvider:
                 gen.pop(key, None)
         torch.manual_seed(min(index for _, index in batch))
         with torch.no_grad():
-            out = model.generate(**enc, **gen, pad_token_id=tok.pad_token_id)
+            stop = {"tokenizer": tok} if gen.get("stop_strings") else {}  # generate() needs it for stop strings
+            out = model.generate(**enc, **gen, **stop, pad_token_id=tok.pad_token_id)
         latency = time.monotonic() - start
         prompt_len = enc["input_ids"].shape[1]
         stops = {tok.eos_token_id, tok.pad_token_id} - {None}
@@ -569,7 +675,10 @@ class LocalProvider:
                 if not fut.done():
                     fut.set_result(out)
 
-    async def complete(self, messages: Sequence[dict], sample_index: int) -> RawCompletion:
+    async def complete(self, messages: Sequence[dict], sample_index: int,
+                       schema: Optional[ResponseSchema] = None) -> RawCompletion:
+        """`schema` is not enforced here (no constrained decoding): the reply is free text,
+        read by the stage's parser like any text-fallback reply."""
         fut = asyncio.get_running_loop().create_future()
         self._pending.append((messages, sample_index, fut))
         if self._runner is None or self._runner.done():

@@ -5,7 +5,7 @@ Stages see only these: never an SDK response object (DESIGN.md: one record for e
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Generic, Optional, TypeVar
+from typing import Any, Callable, Generic, Optional, TypeVar
 
 T = TypeVar("T")
 
@@ -36,16 +36,39 @@ class Completion:
 
 
 @dataclass(frozen=True)
+class ResponseSchema:
+    """The JSON object a reply must be, for providers with native structured output.
+
+    Each adapter maps it to its wire form (OpenAI `response_format` json_schema strict,
+    Anthropic a forced tool with this `input_schema`, Gemini `response_schema`), so the
+    reply is exactly one object of this schema and no text of the model's choosing can sit
+    beside it. `name` is the schema's / tool's name (letters, digits, `_`, `-`)."""
+
+    name: str
+    schema: dict = field(hash=False)
+    description: str = ""
+
+    def as_dict(self) -> dict:
+        return {"name": self.name, "schema": self.schema, "description": self.description}
+
+
+@dataclass(frozen=True)
 class Job:
     """One unit of work: a prompt and which sample of it (0, 1, ...) this is.
 
     `sample_index` is part of the ledger key, so repeats of the same prompt (eval repeats,
     several synthetic samples per seed) are distinct calls that each resume on their own.
     It is also sent as the sampling `seed` where the API has one (openai, gemini).
+    `schema`, when set, asks the provider for native structured output (see ResponseSchema).
+    `parse`, when set, replaces `run`'s parser for this job: a parser that must know the
+    job's own data (e.g. the candidate text a judge may quote back, which must never be read
+    as the judge's verdict).
     """
 
     prompt: str
     sample_index: int = 0
+    schema: Optional[ResponseSchema] = None
+    parse: Optional[Callable[[str], Any]] = field(default=None, compare=False)
 
 
 @dataclass
@@ -158,6 +181,17 @@ class TransientError(ProviderError):
         super().__init__(message)
         self.retry_after = retry_after
         self.status = status
+
+
+class UnreachableError(TransientError):
+    """The request never reached the provider: connection refused, DNS failure, connect
+    timeout. The client stops the run after a few of these in a row (records nothing as a
+    judgement) instead of retrying every row."""
+
+
+class StructuredOutputRejected(ProviderError):
+    """The server refused the structured-output fields of a request (e.g. an
+    OpenAI-compatible server without `response_format`); the adapter retries as text."""
 
 
 class PermanentError(ProviderError):

@@ -36,6 +36,26 @@ Conventions other tests rely on:
   the number of earlier requests with the same first message. Lines of
   `--synth-extra-file` (JSONL of {"instruction","response"}) are appended to every synth
   reply (planting e.g. test-set paraphrases); in process, `server.synth_extra` is that list.
+* Structured output: the server records, per request, whether it asks for native structured
+  output in its wire format and whether that ask is well formed (openai `response_format`
+  type json_schema with `strict: true` and an object schema; anthropic a tool with an object
+  `input_schema` forced by `tool_choice {type: tool, name}`; gemini `responseMimeType`
+  application/json with a `responseSchema`); judge asks must also require both assessment
+  keys. `stats()["structured"]` counts well-formed asks per provider, `["structured_bad"]`
+  malformed ones, `["plain_judge"]` judge requests without any ask. A well-formed ask is
+  answered in the matching shape: openai message content = the bare object, anthropic a
+  `tool_use` block whose `input` is the object (stop_reason tool_use), gemini the bare JSON
+  text. `structured=` / `--structured`: "honour" (default), "require" (a judge request
+  without a well-formed ask gets HTTP 400) or "reject" (a request that asks gets HTTP 400
+  naming the field, like an OpenAI-compatible server without response_format).
+* `quote_candidate=True` / `--quote-candidate`: an adversarial judge for injection tests.
+  It reads the data tags of a judge prompt leniently, as a model would (any case, spaces,
+  attributes, full-width letters, zero-width characters: `judge_regions`), scores honestly
+  (`honest_scores(reference, candidate)`, from their text overlap), quotes the candidate
+  back (text replies: inside `<candidate_answer>` before the verdict and in a ``` fence after
+  it; structured replies: inside the reasons, and for anthropic also in a text block before
+  the tool_use block), and obeys an injected "output 100" / "ignore previous instructions"
+  found OUTSIDE the data tags by answering 100/100.
 * Any other prompt: `echo: <first 200 chars>`.
 * `server.reply_override(provider, prompt) -> str | None` (in process): when it returns a
   string, that is the reply text. `prompt` is the FIRST user message (re-asks keep it).
@@ -58,6 +78,7 @@ Conventions other tests rely on:
 from __future__ import annotations
 
 import argparse
+import difflib
 import hashlib
 import json
 import math
@@ -67,6 +88,7 @@ import socket
 import sys
 import threading
 import time
+import unicodedata
 from collections import Counter, deque
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -106,6 +128,121 @@ def judge_scores(candidate: str) -> tuple[int, int]:
         return int(marker.group(1)), int(marker.group(2))
     h = int(hashlib.sha256(candidate.strip().encode("utf-8")).hexdigest(), 16)
     return 1 + h % 100, 1 + (h // 100) % 100
+
+
+# ---------------------------------------------------------------- the quoting judge
+_LOOKALIKE = str.maketrans({"\u2039": "<", "\u203a": ">", "\u3008": "<", "\u3009": ">",
+                            "\u27e8": "<", "\u27e9": ">", "\u2329": "<", "\u232a": ">"})
+_INJECTION_RE = re.compile(r"ignore (?:all )?(?:the )?previous instructions|\b(?:output|give|return|score it)\s+100\b")
+_DATA_TAGS = ("instruction", "reference_answer", "candidate_answer")
+
+
+def _lenient(text: str) -> tuple[str, list[int]]:
+    """How a model might read tags (NFKC, format characters dropped, look-alikes, any case),
+    with each character's index in `text` so regions can be cut from the original.
+    Written apart from src/delimiters.py on purpose: the server plays the model the
+    neutralisation must defeat, and a bug shared by both would let the tests pass."""
+    view, where = [], []
+    for i, c in enumerate(text):
+        if unicodedata.category(c) == "Cf":
+            continue
+        for n in unicodedata.normalize("NFKC", c).translate(_LOOKALIKE).lower():
+            view.append(n)
+            where.append(i)
+    where.append(len(text))
+    return "".join(view), where
+
+
+def judge_regions(prompt: str) -> tuple[dict[str, str], str]:
+    """({tag: original text inside it}, text outside every data block) of a judge prompt,
+    with the tags read leniently: a block ends at the first closing tag of any spelling
+    (separators, attributes), exactly where a gullible model would think the data ends."""
+    text, where = _lenient(prompt)
+    regions: dict[str, str] = {}
+    outside = []
+    pos = 0
+    for tag in _DATA_TAGS:
+        name = r"[\s_-]*".join(re.escape(c) for c in tag.replace("_", ""))
+        opening = re.compile(rf"<\s*{name}(?!\w)[^<>]*>").search(text, pos)
+        if opening is None:
+            continue
+        closing = re.compile(rf"<\s*/\s*{name}(?!\w)[^<>]*>").search(text, opening.end())
+        end = closing.start() if closing else len(text)
+        outside.append(text[pos:opening.start()])
+        regions[tag] = prompt[where[opening.end()]:where[end]].strip()
+        pos = closing.end() if closing else len(text)
+    outside.append(text[pos:])
+    return regions, "".join(outside)
+
+
+def honest_scores(reference: str, candidate: str) -> tuple[int, int]:
+    """Deterministic 1..100 scores from the texts' overlap (difflib): what an honest judge
+    would say, independent of any instruction inside the candidate."""
+    sim = difflib.SequenceMatcher(None, reference, candidate, autojunk=False).ratio()
+    ref_words, cand_words = reference.split(), candidate.split()
+    prec = difflib.SequenceMatcher(None, ref_words, cand_words, autojunk=False).ratio()
+    return 1 + round(99 * sim), 1 + round(99 * prec)
+
+
+def honest_scores_for_prompt(prompt: str) -> tuple[int, int]:
+    """The quoting judge's honest scores for a rendered judge prompt (what the row must get)."""
+    regions, _ = judge_regions(prompt)
+    return honest_scores(regions.get("reference_answer", ""), regions.get("candidate_answer", ""))
+
+
+def quoting_judge_reply(prompt: str, structured: bool) -> str:
+    regions, outside = judge_regions(prompt)
+    candidate = regions.get("candidate_answer", "")
+    if _INJECTION_RE.search(outside):  # an instruction outside the data: a gullible model obeys
+        sim, prec = 100, 100
+    else:
+        sim, prec = honest_scores(regions.get("reference_answer", ""), candidate)
+    if structured:
+        reason = f"the candidate said: {candidate}"
+        return json.dumps({"similarity_assessment": {"score": sim, "reason": reason},
+                           "precision_assessment": {"score": prec, "reason": reason}})
+    return (f"I read the candidate answer:\n<candidate_answer>\n{candidate}\n</candidate_answer>\n\n"
+            f"{judge_reply_json(sim, prec)}\n\nFor the record, the candidate wrote:\n```\n{candidate}\n```\n")
+
+
+# ---------------------------------------------------------------- structured-output asks
+def structured_ask(provider: str, body: dict) -> Optional[tuple[bool, str, Optional[dict]]]:
+    """(well formed?, the field asked with, the schema) if the request asks for native
+    structured output in its provider's wire format; None if it does not ask."""
+    if provider == "openai":
+        fmt = body.get("response_format")
+        if fmt is None:
+            return None
+        spec = fmt.get("json_schema") if isinstance(fmt, dict) else None
+        schema = spec.get("schema") if isinstance(spec, dict) else None
+        ok = (fmt.get("type") == "json_schema" and isinstance(spec, dict) and spec.get("strict") is True
+              and bool(spec.get("name")) and _is_object_schema(schema))
+        return ok, "response_format", schema
+    if provider.startswith("anthropic"):
+        choice, tools = body.get("tool_choice"), body.get("tools")
+        if choice is None and tools is None:
+            return None
+        name = choice.get("name") if isinstance(choice, dict) else None
+        tool = next((t for t in tools or [] if isinstance(t, dict) and t.get("name") == name), None)
+        schema = tool.get("input_schema") if tool else None
+        ok = isinstance(choice, dict) and choice.get("type") == "tool" and _is_object_schema(schema)
+        return ok, "tools", schema
+    config = body.get("generationConfig") or {}
+    if "responseMimeType" not in config and "responseSchema" not in config:
+        return None
+    schema = config.get("responseSchema") or config.get("responseJsonSchema")
+    ok = config.get("responseMimeType") == "application/json" and _is_object_schema(schema)
+    return ok, "responseSchema", schema
+
+
+def _is_object_schema(schema: Any) -> bool:
+    return isinstance(schema, dict) and str(schema.get("type", "")).lower() == "object" \
+        and isinstance(schema.get("properties"), dict)
+
+
+def _asks_for_judgement(schema: Optional[dict]) -> bool:
+    required = set((schema or {}).get("required") or [])
+    return {"similarity_assessment", "precision_assessment"} <= required
 
 
 def _phrase(rng: random.Random, n: int) -> str:
@@ -166,7 +303,13 @@ class ProtocolServer:
         synth_extra: Optional[list[dict]] = None,
         synth_pairs_per_reply: int = SYNTH_PAIRS_PER_REPLY,
         reply_override: Optional[Callable[[str, str], Optional[str]]] = None,
+        structured: str = "honour",
+        quote_candidate: bool = False,
     ) -> None:
+        if structured not in ("honour", "require", "reject"):
+            raise ValueError(f"structured must be honour, require or reject, not {structured!r}")
+        self.structured = structured
+        self.quote_candidate = quote_candidate
         self.latency = latency
         self.rpm = rpm
         self.rpm_window_s = rpm_window_s
@@ -224,6 +367,10 @@ class ProtocolServer:
             self._attempts: Counter = Counter()  # (provider, fault spec, first message) -> requests
             self._global_fault_count = 0
             self._seen_first: Counter = Counter()  # (provider, first message) -> requests seen
+            self.structured_ok: Counter = Counter()  # provider -> well-formed structured asks
+            self.structured_bad: Counter = Counter()  # provider -> malformed structured asks
+            self.plain_judge: Counter = Counter()  # provider -> judge requests without an ask
+            self.bodies: list[tuple[str, dict]] = []  # (provider, request JSON), in process: what the SDK sent
 
     def stats(self, detail: bool = False) -> dict:
         with self._lock:
@@ -237,6 +384,9 @@ class ProtocolServer:
                 "max_repeats": max(self.by_request.values(), default=0),
                 "distinct_requests": len(self.by_request),
                 "max_window_count": self.max_window_count,
+                "structured": dict(self.structured_ok),
+                "structured_bad": dict(self.structured_bad),
+                "plain_judge": dict(self.plain_judge),
             }
             if detail:
                 out["by_request"] = dict(self.by_request)
@@ -278,6 +428,24 @@ class ProtocolServer:
                     return match["kind"], float(match["ra"]) if match["ra"] else None
         return None
 
+    def _check_structured(self, provider: str, body: dict, is_judge: bool) -> tuple[bool, Optional[str]]:
+        """(answer in the structured shape?, an HTTP 400 message or None), counting the ask."""
+        ask = structured_ask(provider, body)
+        with self._lock:
+            if ask is None:
+                if is_judge:
+                    self.plain_judge[provider] += 1
+            elif ask[0] and (not is_judge or _asks_for_judgement(ask[2])):
+                self.structured_ok[provider] += 1
+            else:
+                self.structured_bad[provider] += 1
+        if ask is not None and self.structured == "reject":
+            return False, f"Unsupported parameter: '{ask[1]}' is not supported by this server"
+        well_formed = ask is not None and ask[0] and (not is_judge or _asks_for_judgement(ask[2]))
+        if is_judge and self.structured == "require" and not well_formed:
+            return False, "this test server requires a well-formed structured-output ask for judge prompts"
+        return well_formed, None
+
     def _next_occurrence(self, provider: str, first_message: str) -> int:
         with self._lock:
             key = (provider, first_message)
@@ -285,8 +453,10 @@ class ProtocolServer:
             return self._seen_first[key] - 1
 
     # ---------------------------------------------------------------- answers
-    def answer_text(self, provider: str, first_message: str, seed: Optional[int], fault: Optional[str]) -> str:
-        """The reply text for a request (no fault, or a content fault)."""
+    def answer_text(self, provider: str, first_message: str, seed: Optional[int], fault: Optional[str],
+                    structured: bool = False) -> str:
+        """The reply text for a request (no fault, or a content fault); `structured`: the
+        request asked for native structured output, so a judge reply is the bare object."""
         if fault == "nonjson":
             return NONJSON_TEXT
         if fault == "out-of-range":
@@ -301,10 +471,14 @@ class ProtocolServer:
             override = self.reply_override(provider, first_message)
             if override is not None:
                 return override
+        if is_judge and self.quote_candidate:
+            return quoting_judge_reply(first_message, structured)
         if is_judge:
             match = _CANDIDATE_RE.search(first_message)
             sim, prec = judge_scores(match.group(1) if match else "")
             body = judge_reply_json(sim, prec)
+            if structured:
+                return body
             if provider == "gemini":
                 return f"```json\n{body}\n```"
             if provider.startswith("anthropic"):
@@ -377,7 +551,10 @@ class ProtocolServer:
                     self._send_json(404, {"error": {"message": f"no route {path}"}})
                     return
                 provider, model, messages, seed = route
+                with server._lock:
+                    server.bodies.append((provider, body))
                 first = next((text for role, text in messages if role == "user"), "")
+                structured, refusal = server._check_structured(provider, body, "<candidate_answer>" in first)
                 request_key = hashlib.sha256(
                     json.dumps([provider, messages, seed]).encode("utf-8")).hexdigest()[:16]
                 retry_after = server._admit(path, provider, request_key)
@@ -397,12 +574,19 @@ class ProtocolServer:
                     headers = {"Retry-After": f"{fault_ra:g}"} if fault_ra is not None else None
                     self._error(provider, int(fault), f"injected fault {fault}", headers)
                     return
+                if refusal is not None:
+                    self._error(provider, 400, refusal)
+                    return
                 prompt_text = "\n".join(text for _, text in messages)
                 if fault == "empty-choices":
                     self._send_json(200, _reply(provider, model, None, _tokens(prompt_text)))
                     return
-                text = server.answer_text(provider, first, seed, fault)
-                self._send_json(200, _reply(provider, model, text, _tokens(prompt_text)))
+                text = server.answer_text(provider, first, seed, fault, structured)
+                tool = None
+                if structured and provider.startswith("anthropic"):
+                    tool = (body["tool_choice"]["name"],
+                            judge_regions(first)[0].get("candidate_answer") if server.quote_candidate else None)
+                self._send_json(200, _reply(provider, model, text, _tokens(prompt_text), tool))
 
             def _error(self, provider: str, status: int, message: str, headers: Optional[dict] = None) -> None:
                 if provider == "openai":
@@ -457,8 +641,25 @@ def _route(path: str, body: dict) -> Optional[tuple[str, str, list, Optional[int
     return None
 
 
-def _reply(provider: str, model: str, text: Optional[str], prompt_tokens: int) -> dict:
-    """A success body; text None means the empty-choices fault."""
+def _anthropic_content(text: str, tool: Optional[tuple[str, Optional[str]]]) -> tuple[list, str]:
+    """Content blocks and stop_reason: a tool_use block when a tool was forced and the
+    answer is an object (with a quoting preface in a text block, if given), else text."""
+    if tool is not None:
+        try:
+            obj = json.loads(text)
+        except ValueError:
+            obj = None
+        if isinstance(obj, dict):
+            name, quote = tool
+            blocks = [] if quote is None else [{"type": "text", "text": f"The candidate wrote:\n{quote}"}]
+            return blocks + [{"type": "tool_use", "id": "toolu_local", "name": name, "input": obj}], "tool_use"
+    return [{"type": "text", "text": text}], "end_turn"
+
+
+def _reply(provider: str, model: str, text: Optional[str], prompt_tokens: int,
+           tool: Optional[tuple[str, Optional[str]]] = None) -> dict:
+    """A success body; text None means the empty-choices fault; `tool` (anthropic): the
+    forced tool's name and an optional quote to put in a text block before it."""
     out_tokens = _tokens(text) if text else 0
     if provider == "openai":
         choices = [] if text is None else [
@@ -467,9 +668,9 @@ def _reply(provider: str, model: str, text: Optional[str], prompt_tokens: int) -
                 "choices": choices, "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": out_tokens,
                                               "total_tokens": prompt_tokens + out_tokens}}
     if provider.startswith("anthropic"):
-        content = [] if text is None else [{"type": "text", "text": text}]
+        content, stop = ([], "end_turn") if text is None else _anthropic_content(text, tool)
         return {"id": "msg_local", "type": "message", "role": "assistant", "model": model, "content": content,
-                "stop_reason": "end_turn", "stop_sequence": None,
+                "stop_reason": stop, "stop_sequence": None,
                 "usage": {"input_tokens": prompt_tokens, "output_tokens": out_tokens}}
     candidates = [] if text is None else [
         {"content": {"role": "model", "parts": [{"text": text}]}, "finishReason": "STOP", "index": 0}]
@@ -500,11 +701,16 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--fault", help='a fault for every request, e.g. "503 times=5"')
     parser.add_argument("--synth-extra-file", help="JSONL pairs appended to every synth reply")
     parser.add_argument("--synth-pairs", type=int, default=SYNTH_PAIRS_PER_REPLY)
+    parser.add_argument("--structured", choices=("honour", "require", "reject"), default="honour",
+                        help="structured-output asks: honour them, require them of judge prompts, or reject them (400)")
+    parser.add_argument("--quote-candidate", action="store_true",
+                        help="adversarial judge: quote the candidate back, score honestly, obey injections outside tags")
     args = parser.parse_args(argv)
     extra = load_synth_extra(args.synth_extra_file) if args.synth_extra_file else None
     server = ProtocolServer(args.host, args.port, latency=args.latency, rpm=args.rpm,
                             rpm_window_s=args.rpm_window_s, slow_s=args.slow_s, fault=args.fault,
-                            synth_extra=extra, synth_pairs_per_reply=args.synth_pairs)
+                            synth_extra=extra, synth_pairs_per_reply=args.synth_pairs,
+                            structured=args.structured, quote_candidate=args.quote_candidate)
     if args.port_file:
         tmp = Path(args.port_file + ".tmp")
         tmp.write_text(str(server.port))
