@@ -4,8 +4,13 @@ WHY a builder: the tasks are hand-written in a compact, reviewable text file; th
 files are derived from it so that they cannot drift from the source. The jsonl files in the
 repo are this script's exact output (`python data/build_demo.py --check` verifies that).
 
+Every row carries a unit test for execution-based evaluation: `test` is `assert <C: expression>`
+(with `from datetime import date` when the expression builds dates) and `entry_point` is the
+function's name.
+
 What it also checks, before writing anything:
-- every task's code runs and its `C:` expression is True (no wrong answers in the demo);
+- every reference answer passes its own test, run exactly as evaluation runs a model's answer
+  (src/sandbox.py: the code block is extracted from the answer and run in a subprocess);
 - every code block has 2-6 lines (short, consistent answers a 135M model can learn on CPU);
 - no duplicate prompts, and no test prompt that is a near-duplicate of a train prompt
   (word 3-gram Jaccard >= 0.8, the same threshold the quality module uses, or a difflib
@@ -21,11 +26,15 @@ import argparse
 import difflib
 import hashlib
 import json
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+from src.sandbox import ExecJob, extract_code, run_many  # noqa: E402  (standard library only)
+
 TASKS = HERE / "demo" / "tasks.txt"
 OUT_DIR = HERE / "demo"
 PROMPT_HEAD = "Write a Python function that "
@@ -48,6 +57,22 @@ class Task:
     @property
     def response(self) -> str:
         return f"```python\n{self.code}\n```\n{self.sentence}"
+
+    @property
+    def entry_point(self) -> str:
+        match = re.search(r"^def (\w+)\(", self.code, re.MULTILINE)
+        if not match:
+            raise ValueError(f"{self.prompt!r}: no top-level function in the code")
+        return match.group(1)
+
+    @property
+    def test(self) -> str:
+        """A self-contained test: it must not rely on the answer's imports."""
+        imports = "from datetime import date\n" if re.search(r"\bdate\(", self.check) else ""
+        return f"{imports}assert {self.check}\n"
+
+    def job(self) -> ExecJob:
+        return ExecJob(extract_code(self.response), self.test, self.entry_point)
 
 
 def prompt_id_for(text: str) -> str:
@@ -79,16 +104,22 @@ def parse_tasks(path: Path) -> list[Task]:
     return tasks
 
 
+def verify_tasks(tasks: list[Task]) -> None:
+    """Check each answer's size, then run every reference answer against its own test in the
+    sandbox (concurrently); raise naming every wrong answer and why it failed."""
+    for task in tasks:
+        n_lines = len(task.code.splitlines())
+        if not 2 <= n_lines <= 6:
+            raise ValueError(f"{task.prompt!r}: code has {n_lines} lines (want 2-6)")
+    results = run_many([t.job() for t in tasks])
+    failed = [f"{t.prompt!r}: check failed: {t.check} ({r.reason})" for t, r in zip(tasks, results) if not r.passed]
+    if failed:
+        raise ValueError("\n".join(failed))
+
+
 def verify_task(task: Task) -> None:
-    """Run the task's code and its check expression; raise if the answer is wrong."""
-    n_lines = len(task.code.splitlines())
-    if not 2 <= n_lines <= 6:
-        raise ValueError(f"{task.prompt!r}: code has {n_lines} lines (want 2-6)")
-    namespace: dict = {}
-    exec(compile(task.code, task.prompt, "exec"), namespace)  # noqa: S102 - our own hand-written code
-    exec("from datetime import date", namespace)  # noqa: S102 - some checks build dates
-    if eval(task.check, namespace) is not True:  # noqa: S307 - our own hand-written check
-        raise ValueError(f"{task.prompt!r}: check failed: {task.check}")
+    """One task's checks (see verify_tasks)."""
+    verify_tasks([task])
 
 
 def _norm(text: str) -> str:
@@ -134,14 +165,15 @@ def to_row(task: Task) -> dict:
             {"role": "assistant", "content": task.response},
         ],
         "category": CATEGORY,
+        "test": task.test,
+        "entry_point": task.entry_point,
     }
 
 
 def build() -> dict[str, str]:
     """Return {file name: exact jsonl text} after all checks pass."""
     tasks = parse_tasks(TASKS)
-    for task in tasks:
-        verify_task(task)
+    verify_tasks(tasks)
     prompts = [_norm(t.prompt) for t in tasks]
     dupes = {p for p in prompts if prompts.count(p) > 1}
     if dupes:

@@ -138,7 +138,8 @@ def test_output_columns_order_and_sha(tiny_model_dir, tmp_path):
     data = write_split(tmp_path / "data", system="You answer in Python.")
     out = run_stage(tiny_model_dir, data, tmp_path / "out", repeat=2)
     assert out.column_names == ["instructions", "target_responses", "candidate_responses", "model_id",
-                                "model_sha", "prompt_id", "repeat_index", "finish_reason"]
+                                "model_sha", "prompt_id", "repeat_index", "finish_reason",
+                                "category"]  # category: carried from the test split
     assert len(out) == 2 * len(PROMPTS)
     assert out["prompt_id"] == [f"p{i}" for i in range(len(PROMPTS)) for _ in range(2)]
     assert out["repeat_index"] == [0, 1] * len(PROMPTS)
@@ -149,6 +150,26 @@ def test_output_columns_order_and_sha(tiny_model_dir, tmp_path):
     assert all(isinstance(c, str) and c for c in out["candidate_responses"])
     assert not (tmp_path / "out" / "partial").exists()  # removed once the output is saved
     assert (tmp_path / "out" / "batch_infer.jsonl").is_file()
+
+
+def test_test_split_columns_are_carried_next_to_each_answer(tiny_model_dir, tmp_path):
+    """Evaluation runs each answer against its row's `test`: the test split's extra columns
+    (any name, any type) reach the output row of every repeat, unchanged."""
+    data = tmp_path / "data"
+    data.mkdir()
+    with open(data / "test_sft.jsonl", "w") as fh:
+        for i, p in enumerate(PROMPTS):
+            fh.write(json.dumps({"prompt": p, "prompt_id": f"p{i}", "test": f"assert f({i}) == {i}",
+                                 "entry_point": f"f{i}", "difficulty": i * 1.5,
+                                 "messages": [{"role": "user", "content": p},
+                                              {"role": "assistant", "content": f"answer {i}"}]}) + "\n")
+    out = run_stage(tiny_model_dir, data, tmp_path / "out", repeat=2)
+    assert out.column_names[8:] == ["test", "entry_point", "difficulty"]  # not messages/prompt
+    assert out["test"] == [f"assert f({i}) == {i}" for i in range(len(PROMPTS)) for _ in range(2)]
+    assert out["entry_point"] == [f"f{i}" for i in range(len(PROMPTS)) for _ in range(2)]
+    assert out["difficulty"] == [i * 1.5 for i in range(len(PROMPTS)) for _ in range(2)]
+    reloaded = load_from_disk(str(tmp_path / "out"))["batch_infer"]
+    assert reloaded["test"] == out["test"]
 
 
 def test_append_and_overwrite(tiny_model_dir, test_split, tmp_path):

@@ -26,7 +26,8 @@ def datasets_dir(tmp_path):
     write_jsonl(first / "train_sft.jsonl", [
         pair(f"task {i}", f"answer {i}", prompt=f"task {i}", prompt_id=prompt_id_for(f"task {i}"), category="coding")
         for i in range(6)])
-    write_jsonl(first / "test_sft.jsonl", [pair("held out", "x", prompt="held out", category="coding")])
+    write_jsonl(first / "test_sft.jsonl", [pair("held out", "x", prompt="held out", category="coding",
+                                                test="assert f() == 1", entry_point="f")])
     write_jsonl(tmp_path / "synth.jsonl", [
         pair("task 0", "answer 0", generators="gpt-4o", seed_prompts="task 0"),      # exact duplicate of first
         pair("  TASK 1 ", "Answer   1", generators="gpt-4o", seed_prompts="task 1"),  # duplicate after normalising
@@ -53,6 +54,8 @@ def test_merge_end_to_end(repo_root, datasets_dir):
     train, test = dd["train_sft"], dd["test_sft"]
     assert train.column_names == ["generator", "prompt_id", "prompt", "seed_prompt", "messages", "category"]
     assert len(train) == 6 + 2 and len(test) == 1
+    assert (test[0]["test"], test[0]["entry_point"]) == ("assert f() == 1", "f")  # kept for execution
+    assert "test" not in train.column_names
     assert "held out" not in [p.lower() for p in train["prompt"]]
     synth = [r for r in train if r["generator"] == "gpt-4o"]
     assert [r["seed_prompt"] for r in synth] == ["task 3", "task 4"]  # plural spellings accepted

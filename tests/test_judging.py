@@ -177,6 +177,31 @@ def test_reference_precision_is_rouge_l_precision(judge):
     assert padded.precision == pytest.approx(50.0)
 
 
+def test_reference_judge_does_not_reward_copying_the_stub(judge):
+    """HumanEval-shaped rows: the instruction is a stub that the reference repeats. Copying the
+    stub and adding `pass` used to score ~85-99 similarity and ~98 precision (measured); it
+    must now score below an answer with the reference's body, on both scores, every row."""
+    import json
+    from pathlib import Path
+
+    rows = [json.loads(x) for x in (Path(__file__).parent / "data" / "humaneval_shaped.jsonl").read_text().splitlines()]
+    for r in rows:
+        ref = f"```python\n{r['prompt']}{r['canonical_solution']}```"
+        copy = f"```python\n{r['prompt']}    pass\n```"
+        body = f"```python\n{r['prompt']}{r['canonical_solution']}```"
+        old_copy, = judge.score([copy], [ref])  # without the instruction: the copy looks great
+        assert old_copy.similarity > 80 and old_copy.precision > 95
+        copied, answered = judge.score([copy, body], [ref, ref], [r["prompt"]] * 2)
+        assert copied.similarity < 60 and copied.precision < 10
+        assert answered.similarity > 95 and answered.precision > 95
+    assert "not copied from the instruction" in REFERENCE_EVALUATOR and "not correctness" in REFERENCE_EVALUATOR
+
+
+def test_reference_judge_falls_back_when_the_reference_only_repeats_the_instruction(judge):
+    (s,) = judge.score(["print('hi')"], ["print('hi')"], ["print('hi')"])
+    assert s.similarity == pytest.approx(100, abs=0.01) and s.precision == 100
+
+
 def test_report_fences_survive_answers_with_their_own_fences():
     rows = _report_rows()
     rows[3]["candidate_responses"] = "```python\ndef f():\n    return 1\n```\nDone."

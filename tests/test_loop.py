@@ -52,6 +52,8 @@ def marker_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
         with (out / f"{split}.jsonl").open("w") as f:
             for row in rows:
                 row["messages"][1]["content"] = MARKER
+                row.pop("test", None)  # marker answers are not code: no unit tests to run
+                row.pop("entry_point", None)
                 f.write(json.dumps(row) + "\n")
     return out
 

@@ -31,6 +31,8 @@ def test_splits_load_with_the_reference_schema(split, minimum):
         head, code, tail = assistant["content"].split("```")
         assert head == "" and code.startswith("python\n") and tail.startswith("\nThis function ")
         assert 2 <= len(code.strip().splitlines()) - 1 <= 6
+        # every task carries its unit test for execution-based evaluation
+        assert "assert " in row["test"] and f"def {row['entry_point']}(" in code
 
 
 def test_files_are_exactly_the_builders_output():
@@ -60,8 +62,10 @@ def test_near_duplicate_check_catches_a_planted_paraphrase():
 def test_every_answer_runs_and_passes_its_check():
     tasks = build_demo.parse_tasks(build_demo.TASKS)
     assert len(tasks) >= 150
-    for task in tasks:
-        build_demo.verify_task(task)  # raises on a wrong answer
+    build_demo.verify_tasks(tasks)  # raises on a wrong answer
     wrong = build_demo.Task(prompt="p", code="def f(x):\n    return x + 1", sentence="s", check="f(1) == 3")
-    with pytest.raises(ValueError, match="check failed"):
+    with pytest.raises(ValueError, match=r"check failed: f\(1\) == 3 \(AssertionError\)"):
         build_demo.verify_task(wrong)
+    endless = build_demo.Task(prompt="p", code="def f(x):\n    return f(x)", sentence="s", check="f(1) == 2")
+    with pytest.raises(ValueError, match="RecursionError"):
+        build_demo.verify_task(endless)

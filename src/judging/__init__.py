@@ -4,6 +4,8 @@
 - `aggregate`: `RepeatScore`, `aggregate_row`, `summarize` (means, 95% CI, coverage, agreement,
   failures, `qualified`), `too_many_failures`.
 - `report`: histogram PNG, `report.md`, the printed one-screen summary.
+- `code_eval` + `passk`: execution-based evaluation (answers run against the rows' `test`
+  column in src.sandbox): pass@k, the pass rate with its CI, agreement with the judge.
 
 No stage is imported here; `src.pipeline.evaluation` wires these to data and the service LLM.
 """

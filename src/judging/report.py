@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 from typing import Any, Sequence
 
+from src.judging.code_eval import execution_lines
 from src.judging.truncation import is_cut, truncation_line
 
 HISTOGRAM_NAME = "scores_histogram.png"
@@ -133,7 +134,7 @@ def summary_lines(summary: dict) -> list[str]:
 
 def one_screen_summary(summary: dict, output_dir: Path | str | None = None) -> str:
     """The block printed at the end of a run."""
-    lines = ["=" * 72, "evaluation summary", "-" * 72, *summary_lines(summary)]
+    lines = ["=" * 72, "evaluation summary", "-" * 72, *summary_lines(summary), *execution_lines(summary)]
     if output_dir is not None:
         lines.append(f"output: {output_dir} (summary.json, report.md, {HISTOGRAM_NAME})")
     lines.append("=" * 72)

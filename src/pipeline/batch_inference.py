@@ -23,6 +23,7 @@ from src.errors import EXIT_CODES_HELP, EXIT_OK, RunFailed, UsageError
 from src.logging_setup import setup_logging
 from src.hub import check_push_possible, local_output_dir, save_output
 from src.inference import distributed
+from src.inference.carry import carry_columns
 from src.inference.hf_backend import (FINISH_LENGTH, FINISH_STOP, GenSettings, HFGenerator, load_model,
                                       load_tokenizer, stop_token_ids)
 from src.inference.model_ref import ModelRef, resolve_model_ref
@@ -164,6 +165,7 @@ def run(cfg: BatchInferenceConfig) -> int:
         if not info.is_main:
             return EXIT_OK
         out = assemble(records, store.load(), cfg.repeat, cfg.ft_model_id, sha, cfg.max_new_tokens)
+        out = carry_columns(out, ds, [r.row_index for r in records for _ in range(cfg.repeat)])
         folder = save_output({cfg.lm_response_ds_split: out}, cfg.lm_response_ds_id,
                              push=cfg.push_lm_responses_to_hf_hub, append=cfg.lm_response_append, stage=STAGE,
                              config=_card_config(cfg), output_root=cfg.output_root,

@@ -17,7 +17,7 @@ import logging
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 from datasets import Dataset, Features, List, Value
 from tqdm.auto import tqdm
@@ -35,6 +35,7 @@ from src.errors import (
     UsageError,
 )
 from src.hub import check_push_possible, local_output_dir, save_output, scrub_secrets
+from src.judging import code_eval
 from src.judging import (
     HISTOGRAM_NAME,
     REFERENCE_EVALUATOR,
@@ -139,6 +140,24 @@ class EvaluationArgs(ServiceLLMArgs):
         default=False, metadata={"help": "Allow eval_ds_id to be the input lm_response_ds_id (it is "
                                          "replaced); otherwise that is refused with exit 2."}
     )
+    allow_code_execution: bool = field(
+        default=False, metadata={"help": "Consent to run the model-written code against the rows' "
+                                         "`test` column (sandboxed, limited; see docs/evaluation.md). "
+                                         "Without it, a `test` column is refused with exit 2."}
+    )
+    pass_rate_threshold: Optional[float] = field(
+        default=None, metadata={"help": "When set, qualified also needs the unit-test pass rate "
+                                        "(pass@1, 0-100) >= this."}
+    )
+    execution_timeout_s: float = field(
+        default=10.0, metadata={"help": "Wall-clock limit per test run (the CPU limit is this + 1 s)."}
+    )
+    execution_memory_mb: int = field(
+        default=2048, metadata={"help": "Address-space limit per test run, in MB."}
+    )
+    execution_workers: int = field(
+        default=0, metadata={"help": "Test runs in parallel (0 = min(4, CPUs))."}
+    )
 
 
 # --------------------------------------------------------------------------- validation
@@ -222,10 +241,12 @@ def judge_with_reference(rows: Dataset, batch_size: int) -> JudgeOutcome:
     judge = ReferenceJudge(batch_size=max(batch_size, 1))
     cands = [str(c or "") for c in rows["candidate_responses"]]
     refs = [str(r or "") for r in rows["target_responses"]]
+    instrs = [str(i or "") for i in rows["instructions"]]
     scores = []
     chunk = max(batch_size, 1) * 8
     for start in tqdm(range(0, len(rows), chunk), desc="reference judge", unit="batch"):
-        scores += judge.score(cands[start:start + chunk], refs[start:start + chunk])
+        scores += judge.score(cands[start:start + chunk], refs[start:start + chunk],
+                              instrs[start:start + chunk])
     repeats = [[RepeatScore(s.similarity, s.precision,
                             "100*cos(all-MiniLM-L6-v2) of candidate vs reference",
                             "100*ROUGE-L precision of candidate vs reference")] for s in scores]
@@ -331,7 +352,7 @@ EVAL_FEATURES = {
 }
 
 
-def add_columns(ds: Dataset, columns: dict[str, list]) -> Dataset:
+def add_columns(ds: Dataset, columns: dict[str, list], types: dict[str, Value] = EVAL_FEATURES) -> Dataset:
     """Append the evaluation columns, replacing same-named ones (re-judging an eval output).
 
     The types are fixed rather than inferred, so a column that happens to be all null in one
@@ -340,7 +361,7 @@ def add_columns(ds: Dataset, columns: dict[str, list]) -> Dataset:
     if existing:
         logger.warning("input already has column(s) %s; they are replaced", ", ".join(existing))
         ds = ds.remove_columns(existing)
-    features = Features({**ds.features, **{name: EVAL_FEATURES[name] for name in columns}})
+    features = Features({**ds.features, **{name: types[name] for name in columns}})
     return Dataset.from_dict({**ds.to_dict(), **columns}, features=features)
 
 
@@ -352,7 +373,9 @@ def write_reports(out_dir: Path, summary: dict, ds: Dataset, rows: Sequence[RowS
     scored = [r for r in rows if r.scored]
     write_histogram([r.similarity for r in scored], [r.precision for r in scored],
                     out_dir / HISTOGRAM_NAME, thresholds=(thresholds.similarity, thresholds.precision))
-    (out_dir / REPORT_NAME).write_text(scrub_secrets(render_report(summary, ds.to_list())))
+    report = render_report(summary, ds.to_list())
+    report += "\n".join(["", *code_eval.execution_report(summary, ds.to_list())])
+    (out_dir / REPORT_NAME).write_text(scrub_secrets(report))
 
 
 def _tokens(usage: dict) -> dict[str, int]:
@@ -407,6 +430,25 @@ def dry_run(llm: Any, template: str, ds: Dataset, args: EvaluationArgs) -> int:
 
 
 
+def execution_settings(args: EvaluationArgs) -> code_eval.ExecSettings:
+    return code_eval.ExecSettings(args.allow_code_execution, args.pass_rate_threshold,
+                                  args.execution_timeout_s, args.execution_memory_mb, args.execution_workers)
+
+
+def run_execution(out_ds: Dataset, rows: Sequence[RowScore], thresholds: Thresholds,
+                  settings: code_eval.ExecSettings, summary: dict) -> Dataset:
+    """Run the answers against their tests: add the per-row columns, put the `execution`
+    object into the summary, and make a set pass_rate_threshold one of the `criteria` of
+    `qualified` (the verdict line then shows the measured pass rate beside its bar)."""
+    columns, summary["execution"], crit = code_eval.evaluate_code(
+        out_ds, settings, {"similarity": [r.similarity for r in rows], "precision": [r.precision for r in rows]},
+        {"similarity": thresholds.similarity, "precision": thresholds.precision})
+    if crit is not None:
+        summary["criteria"].append(crit)
+        summary["qualified"] = summary["qualified"] and crit["passed"]
+    return add_columns(out_ds, columns, code_eval.EXEC_FEATURES)
+
+
 def output_plan(args: EvaluationArgs) -> OutputPlan:
     """The folder this run writes (locked for the run) and the input it must not replace."""
     if args.dry_run or not args.eval_ds_id:
@@ -433,6 +475,9 @@ def run(args: EvaluationArgs) -> int:
     ds = load_split(args.lm_response_ds_id, args.lm_response_ds_split,
                     required_columns=INPUT_COLUMNS, what="response dataset")
     check_text_columns(ds, INPUT_COLUMNS, f"response dataset '{args.lm_response_ds_id}'")
+    exec_settings = execution_settings(args)
+    code_eval.check_execution_args(ds.column_names, exec_settings,
+                                   f"the response dataset '{args.lm_response_ds_id}'")
     thresholds = Thresholds(args.avg_similarity_threshold, args.avg_precision_threshold,
                             args.coverage_threshold, args.max_failure_ratio)
     date = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
@@ -456,6 +501,8 @@ def run(args: EvaluationArgs) -> int:
     rows = [aggregate_row(js) for js in outcome.repeats]
     out_ds = add_columns(ds, output_columns(rows, prompts, outcome.evaluator, date))
     summary = build_summary(args, rows, outcome, thresholds, ds, date, out_dir)
+    if code_eval.has_tests(ds.column_names):
+        out_ds = run_execution(out_ds, rows, thresholds, exec_settings, summary)
     failed = too_many_failures(summary) or outcome.stopped_for_budget
     summary["exit_code"] = EXIT_FAILED if failed else (EXIT_OK if summary["qualified"] else EXIT_NOT_QUALIFIED)
     # A failed evaluation is kept locally for inspection but never pushed. The reports are
