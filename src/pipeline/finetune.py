@@ -332,6 +332,7 @@ def run(script: Any, model_args: Any, sft: Any) -> int:
     from src.chat_template import tokenize_dataset
     from src.hub import check_push_possible
     from src.pipeline.finetune_data import load_mixed, resolve_mixer
+    from src.pipeline.finetune_plan import log_plan, train_plan
 
     started = time.time()
     check_values(script, model_args, sft)
@@ -360,7 +361,7 @@ def run(script: Any, model_args: Any, sft: Any) -> int:
     train_ds = tokenize_dataset(data.train, tokenizer, desc="Tokenizing train data", **tok_kwargs)
     eval_ds = tokenize_dataset(data.eval, tokenizer, desc="Tokenizing eval data", **tok_kwargs) if want_eval else None
     n_tokens = sum(len(x) for x in train_ds["input_ids"])
-    logger.info("training data: %d conversations, %d tokens, from %s", len(train_ds), n_tokens, mixer)
+    log_plan(train_plan(len(train_ds), n_tokens, sft), mixer)
 
     trainer = _build_trainer(script, model_args, sft, base, tokenizer, train_ds, eval_ds)
     result = trainer.train(resume_from_checkpoint=resume)
