@@ -223,17 +223,24 @@ mkdir -p "$OUT"
 log - loop event=begin out="$OUT" max_rounds="$MAX_ROUNDS" max_cost_usd="${MAX_COST_USD:-none}" \
   configs="$FINETUNE_CONFIG,$INFER_CONFIG,$EVAL_CONFIG,$DATAGEN_CONFIG,$MERGE_CONFIG"
 
+# budget STAGE K: set LEFT to what the paid STAGE of round K may spend; stop (exit 1) when
+# MAX_COST_USD is spent. A stage that already finished (resume) needs no budget.
+LEFT=""
+budget() {
+  LEFT=""
+  if [[ -z "$MAX_COST_USD" || -f "$OUT/round_$2/$1.done" ]] || ! is_paid "$1"; then return 0; fi
+  if ! LEFT="$(cfg budget "$OUT" "$MAX_COST_USD" "$(cfg get "$(config_of "$1")" max_cost_usd "")")"; then
+    log "$2" "$1" event=budget_spent spent_usd="$LEFT"
+    echo "error: MAX_COST_USD=$MAX_COST_USD is spent (\$$LEFT so far); stopped before round $2's $1" >&2
+    ROUND="$2" finish 1 msg="\"MAX_COST_USD=$MAX_COST_USD is spent (\$$LEFT): stopped before round $2's $1\""
+  fi
+}
+
 # run STAGE K: the stage with the loop's overrides (and, when paid, what is left of the budget)
 run() {
   overrides "$1" "$2"
-  if [[ -n "$MAX_COST_USD" ]] && is_paid "$1" && [[ ! -f "$OUT/round_$2/$1.done" ]]; then
-    local left
-    if ! left="$(cfg budget "$OUT" "$MAX_COST_USD" "$(cfg get "$(config_of "$1")" max_cost_usd "")")"; then
-      log "$2" "$1" event=budget_spent spent_usd="$left"
-      ROUND="$2" finish 1 msg="\"MAX_COST_USD=$MAX_COST_USD is spent (\$$left): stopped before round $2's $1\""
-    fi
-    OVR+=(--max-cost-usd "$left")
-  fi
+  budget "$1" "$2"
+  if [[ -n "$LEFT" ]]; then OVR+=(--max-cost-usd "$LEFT"); fi
   run_stage "$2" "$1" "$1.py" "$(config_of "$1")" "${OVR[@]}"
 }
 
@@ -251,6 +258,7 @@ for ((k = 1; k <= MAX_ROUNDS; k++)); do
   if ((k == 1)); then MIXER="$(cfg get "$FINETUNE_CONFIG" dataset_mixer)"; else MIXER="$(cfg mixer "$OUT/round_$((k - 1))/merged")"; fi
   printf '{"dataset_mixer": %s, "dataset_splits": %s}\n' "$MIXER" "$TRAIN_SPLITS" >"$R/train_data.json"
 
+  budget evaluation "$k"  # no fine-tuning for a round whose evaluation could not be paid for
   run finetune "$k"
   run batch_inference "$k"
   run evaluation "$k"
