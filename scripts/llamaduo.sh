@@ -165,13 +165,12 @@ DATAGEN_SEED="$(cfg get "$DATAGEN_CONFIG" seed 2024)"
 [[ "$DATAGEN_SEED" =~ ^-?[0-9]+$ ]] || die_usage "$DATAGEN_CONFIG: seed must be an integer, got '$DATAGEN_SEED'"
 
 # ---- the per-round CLI overrides: one place, used by the check and by the rounds --------
-trained_on() {  # trained_on K: the dataset round K trains on and merges onto, and its train split
-  if (($1 == 1)); then echo "$FIRST_DS" "$FIRST_TRAIN_SPLIT"; else echo "$OUT/round_$(($1 - 1))/merged" "$MERGED_TRAIN_SPLIT"; fi
-}
 OVR=()
 overrides() {  # overrides STAGE K: set OVR to the loop's CLI overrides for that stage in round K
-  local R="$OUT/round_$2" data split
-  read -r data split <<<"$(trained_on "$2")"
+  # data/split: what round K trains on and merges onto (round 1: the merge config's first
+  # dataset; round K: round K-1's merged data)
+  local R="$OUT/round_$2" data="$FIRST_DS" split="$FIRST_TRAIN_SPLIT"
+  if (($2 > 1)); then data="$OUT/round_$(($2 - 1))/merged" split="$MERGED_TRAIN_SPLIT"; fi
   case "$1" in
     finetune)
       # Round 1 trains on what the finetune config says (point the merge config's first_ds_id
