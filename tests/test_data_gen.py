@@ -360,7 +360,8 @@ def test_later_round_requests_no_seed_an_earlier_round_requested(server, tmp_pat
     write_jsonl(ref / "test_sft.jsonl", [json.loads(DEMO.joinpath("test_sft.jsonl").read_text().splitlines()[0])])
     trained_on = str(ref)
     for k in (1, 2, 3):
-        asked.append([]) if k > 1 else None
+        if k > 1:
+            asked.append([])
         synth = tmp_path / f"round_{k}" / "synth"
         argv = args_for(server, synth, "--num_samples", "4", "--seed", str(2024 + k), "--no_cache",
                         "--existing_ds_id", trained_on)
