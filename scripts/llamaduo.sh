@@ -17,8 +17,20 @@
 #   MERGE_CONFIG     config/demo/dataset_merge.yaml
 #   OUT              outputs/llamaduo        (the output root)
 #   MAX_ROUNDS       2                       (fine-tuning rounds after round 0)
+#   MAX_COST_USD     unset = no loop budget  (USD for all service-LLM calls of the whole loop)
+#   CHECK_ONLY       0                       (1 = run only the check below, then exit)
 #   PYTHON           .venv/bin/python if present, else python3
 # Relative paths are relative to the repository root (the script cd's there).
+#
+# Check before spending: before round 0 the loop checks all five configs as it will run them
+# (scripts/loop_check.py): each stage's --print-config with the loop's overrides, the input
+# datasets and files, the service-LLM credentials and, for a paid provider, that its API
+# answers. A problem exits 2 naming the stage. `--check` (or CHECK_ONLY=1) runs only that.
+#
+# Each round's data_gen gets seed = its config's seed + round and existing_ds_id = the data
+# trained on so far, so it asks about seeds earlier rounds did not use. With MAX_COST_USD,
+# each paid stage gets --max-cost-usd = what is left (the spend is summed from the stages'
+# summary.json files); the loop stops with exit 1 once it is spent.
 #
 # Resume: a stage that exits 0 (or 3, for evaluation) leaves <OUT>/round_<k>/<stage>.done
 # (exit code, seconds, config hash); a rerun with the same OUT skips it and reuses its
@@ -26,11 +38,13 @@
 # has no .done and runs again; the stages resume their own partial work where they can.
 # <OUT>/loop.log records every start / done / skip / failure, one line each.
 #
-# If data_gen keeps no pair (allowed by its allow_empty_result key), the loop stops with 3:
+# If the merge added no new row (its summary.json `added` is 0, e.g. every kept pair repeated
+# earlier data, or data_gen kept none under allow_empty_result), the loop stops with 3:
 # another round would train on the same data.
 #
-# Exit codes: 0 qualified, 3 never qualified within MAX_ROUNDS (or no new data), 1 a stage failed,
-# 2 bad usage or input (from this script or propagated from a stage), 130 interrupted.
+# Exit codes: 0 qualified, 3 never qualified within MAX_ROUNDS (or no new data), 1 a stage
+# failed or MAX_COST_USD is spent, 2 bad usage or input (from the check, this script or a
+# stage), 130 interrupted.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -38,10 +52,12 @@ cd "$ROOT"
 
 usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; }
 
+CHECK_ONLY="${CHECK_ONLY:-0}"
 if [[ $# -gt 0 ]]; then
   case "$1" in
     -h|--help) usage; exit 0 ;;
-    *) echo "error: llamaduo.sh takes no arguments (got: $*); set the variables instead, see --help" >&2; exit 2 ;;
+    --check) [[ $# -eq 1 ]] || { echo "error: --check takes no value (got: $*)" >&2; exit 2; }; CHECK_ONLY=1 ;;
+    *) echo "error: llamaduo.sh takes no arguments but --check (got: $*); set the variables instead, see --help" >&2; exit 2 ;;
   esac
 fi
 
@@ -60,12 +76,15 @@ die_usage() { echo "error: $*" >&2; exit 2; }
 
 [[ "$MAX_ROUNDS" =~ ^[0-9]+$ ]] && (( MAX_ROUNDS >= 1 )) \
   || die_usage "MAX_ROUNDS must be an integer >= 1, got '$MAX_ROUNDS'"
+MAX_COST_USD="${MAX_COST_USD:-}"
+[[ -z "$MAX_COST_USD" || "$MAX_COST_USD" =~ ^([0-9]+\.?[0-9]*|\.[0-9]+)$ && ! "$MAX_COST_USD" =~ ^[0.]+$ ]] \
+  || die_usage "MAX_COST_USD must be a number > 0 (USD), got '$MAX_COST_USD'"
+[[ "$CHECK_ONLY" == 0 || "$CHECK_ONLY" == 1 ]] || die_usage "CHECK_ONLY must be 0 or 1, got '$CHECK_ONLY'"
 for var in FINETUNE_CONFIG INFER_CONFIG EVAL_CONFIG DATAGEN_CONFIG MERGE_CONFIG; do
   [[ -f "${!var}" ]] || die_usage "$var=${!var}: config file not found"
 done
 command -v "$PYTHON" >/dev/null 2>&1 || die_usage "PYTHON=$PYTHON not found (run the setup first)"
 
-mkdir -p "$OUT"
 LOG="$OUT/loop.log"
 
 # The loop's own small helpers need a plain interpreter with PyYAML. PYTHON may be a launcher
@@ -136,19 +155,97 @@ finish() {  # finish CODE MESSAGE: print + write the results table, then exit
   exit "$1"
 }
 
-log - loop event=begin out="$OUT" max_rounds="$MAX_ROUNDS" \
-  configs="$FINETUNE_CONFIG,$INFER_CONFIG,$EVAL_CONFIG,$DATAGEN_CONFIG,$MERGE_CONFIG"
-
 BASE_MODEL="$(cfg get "$FINETUNE_CONFIG" model_name_or_path)" \
   || die_usage "$FINETUNE_CONFIG must set model_name_or_path (round 0 runs that base model)"
 TRAIN_SPLITS="$(cfg get "$FINETUNE_CONFIG" dataset_splits '["train_sft"]')"
+FIRST_DS="$(cfg get "$MERGE_CONFIG" first_ds_id)"
+FIRST_TRAIN_SPLIT="$(cfg get "$MERGE_CONFIG" first_ds_train_split train_sft)"
+MERGED_TRAIN_SPLIT="$(cfg get "$MERGE_CONFIG" result_ds_train_split train_sft)"
+DATAGEN_SEED="$(cfg get "$DATAGEN_CONFIG" seed 2024)"
+[[ "$DATAGEN_SEED" =~ ^-?[0-9]+$ ]] || die_usage "$DATAGEN_CONFIG: seed must be an integer, got '$DATAGEN_SEED'"
+
+# ---- the per-round CLI overrides: one place, used by the check and by the rounds --------
+OVR=()
+overrides() {  # overrides STAGE K: set OVR to the loop's CLI overrides for that stage in round K
+  # data/split: what round K trains on and merges onto (round 1: the merge config's first
+  # dataset; round K: round K-1's merged data)
+  local R="$OUT/round_$2" data="$FIRST_DS" split="$FIRST_TRAIN_SPLIT"
+  if (($2 > 1)); then data="$OUT/round_$(($2 - 1))/merged" split="$MERGED_TRAIN_SPLIT"; fi
+  case "$1" in
+    finetune)
+      # Round 1 trains on what the finetune config says (point the merge config's first_ds_id
+      # at the same reference data); later rounds on the previous round's merged data.
+      OVR=(--output-dir "$R/model")
+      if (($2 > 1)); then OVR+=(--dataset-mixer "$(cfg mixer "$data")"); fi ;;
+    batch_inference)
+      local model="$R/model"; if (($2 == 0)); then model="$BASE_MODEL"; fi
+      OVR=(--ft-model-id "$model" --lm-response-ds-id "$R/responses") ;;
+    evaluation) OVR=(--lm-response-ds-id "$R/responses" --eval-ds-id "$R/eval") ;;
+    data_gen)
+      # A new sampling seed per round, and the data trained on so far as existing data: new
+      # seeds are preferred and near-duplicates of known pairs are dropped.
+      OVR=(--synth-ds-id "$R/synth" --seed "$((DATAGEN_SEED + $2))" --existing-ds-id "$data" --existing-ds-split "$split") ;;
+    dataset_merge) OVR=(--first-ds-id "$data" --second-ds-id "$R/synth" --result-ds-id "$R/merged") ;;
+  esac
+}
+
+config_of() {
+  case "$1" in
+    finetune) echo "$FINETUNE_CONFIG" ;; batch_inference) echo "$INFER_CONFIG" ;; evaluation) echo "$EVAL_CONFIG" ;;
+    data_gen) echo "$DATAGEN_CONFIG" ;; dataset_merge) echo "$MERGE_CONFIG" ;;
+  esac
+}
+is_paid() {  # is_paid STAGE: the stage calls a service LLM that may cost money
+  [[ "$1" == evaluation || "$1" == data_gen ]] || return 1
+  local provider; provider="$(cfg get "$(config_of "$1")" service_llm_provider gemini)"
+  [[ "$provider" != reference && "$provider" != local ]]
+}
+
+# ---- the check before anything runs (or is paid for) --------------------------------------
+check_args=()
+for stage in batch_inference evaluation finetune data_gen dataset_merge; do
+  # round 0 for the two stages that run on the base model first, round 1 for the others
+  k=1; [[ $stage == batch_inference || $stage == evaluation ]] && k=0
+  overrides "$stage" "$k"
+  if [[ -n "$MAX_COST_USD" ]] && is_paid "$stage"; then OVR+=(--max-cost-usd "$MAX_COST_USD"); fi
+  check_args+=(--stage "$stage" "$stage.py" "$(config_of "$stage")" "${OVR[@]}")
+done
+check_rc=0
+"$HELPER_PY" scripts/loop_check.py --python "$PYTHON" "${check_args[@]}" || check_rc=$?
+if ((check_rc != 0)); then
+  echo "error: the check before round 0 failed (see above); nothing was run" >&2
+  exit 2
+fi
+if [[ "$CHECK_ONLY" == 1 ]]; then exit 0; fi
+
+mkdir -p "$OUT"
+log - loop event=begin out="$OUT" max_rounds="$MAX_ROUNDS" max_cost_usd="${MAX_COST_USD:-none}" \
+  configs="$FINETUNE_CONFIG,$INFER_CONFIG,$EVAL_CONFIG,$DATAGEN_CONFIG,$MERGE_CONFIG"
+
+# budget STAGE K: set LEFT to what the paid STAGE of round K may spend; stop (exit 1) when
+# MAX_COST_USD is spent. A stage that already finished (resume) needs no budget.
+LEFT=""
+budget() {
+  LEFT=""
+  if [[ -z "$MAX_COST_USD" || -f "$OUT/round_$2/$1.done" ]] || ! is_paid "$1"; then return 0; fi
+  if ! LEFT="$(cfg budget "$OUT" "$MAX_COST_USD" "$(cfg get "$(config_of "$1")" max_cost_usd "")")"; then
+    log "$2" "$1" event=budget_spent spent_usd="$LEFT"
+    echo "error: MAX_COST_USD=$MAX_COST_USD is spent (\$$LEFT so far); stopped before round $2's $1" >&2
+    ROUND="$2" finish 1 msg="\"MAX_COST_USD=$MAX_COST_USD is spent (\$$LEFT): stopped before round $2's $1\""
+  fi
+}
+
+# run STAGE K: the stage with the loop's overrides (and, when paid, what is left of the budget)
+run() {
+  overrides "$1" "$2"
+  budget "$1" "$2"
+  if [[ -n "$LEFT" ]]; then OVR+=(--max-cost-usd "$LEFT"); fi
+  run_stage "$2" "$1" "$1.py" "$(config_of "$1")" "${OVR[@]}"
+}
 
 # ---- round 0: the untuned base model sets the baseline ----------------------------------
-R="$OUT/round_0"
-run_stage 0 batch_inference batch_inference.py "$INFER_CONFIG" \
-  --ft-model-id "$BASE_MODEL" --lm-response-ds-id "$R/responses"
-run_stage 0 evaluation evaluation.py "$EVAL_CONFIG" \
-  --lm-response-ds-id "$R/responses" --eval-ds-id "$R/eval"
+run batch_inference 0
+run evaluation 0
 if [[ $STAGE_RC -eq 0 ]]; then
   finish 0 msg="\"the base model already qualifies; nothing to fine-tune\""
 fi
@@ -157,44 +254,31 @@ fi
 for ((k = 1; k <= MAX_ROUNDS; k++)); do
   R="$OUT/round_$k"
   mkdir -p "$R"
-  mixer_args=()
-  if ((k == 1)); then
-    # Round 1 trains on what the finetune config says; the merge starts from the merge
-    # config's first dataset (point both at the same reference data).
-    MIXER="$(cfg get "$FINETUNE_CONFIG" dataset_mixer)"
-    FIRST_DS="$(cfg get "$MERGE_CONFIG" first_ds_id)"
-  else
-    # Later rounds train on the previous round's merged data, and merge onto it.
-    PREV="$OUT/round_$((k - 1))/merged"
-    MIXER="$(cfg mixer "$PREV")"
-    mixer_args=(--dataset-mixer "$MIXER")
-    FIRST_DS="$PREV"
-  fi
+  if ((k == 1)); then MIXER="$(cfg get "$FINETUNE_CONFIG" dataset_mixer)"; else MIXER="$(cfg mixer "$OUT/round_$((k - 1))/merged")"; fi
   printf '{"dataset_mixer": %s, "dataset_splits": %s}\n' "$MIXER" "$TRAIN_SPLITS" >"$R/train_data.json"
 
-  run_stage "$k" finetune finetune.py "$FINETUNE_CONFIG" \
-    --output-dir "$R/model" "${mixer_args[@]}"
-  run_stage "$k" batch_inference batch_inference.py "$INFER_CONFIG" \
-    --ft-model-id "$R/model" --lm-response-ds-id "$R/responses"
-  run_stage "$k" evaluation evaluation.py "$EVAL_CONFIG" \
-    --lm-response-ds-id "$R/responses" --eval-ds-id "$R/eval"
+  budget evaluation "$k"  # no fine-tuning for a round whose evaluation could not be paid for
+  run finetune "$k"
+  run batch_inference "$k"
+  run evaluation "$k"
   if [[ $STAGE_RC -eq 0 ]]; then
     finish 0 msg="\"qualified in round $k\""
   fi
   if ((k == MAX_ROUNDS)); then
     finish 3 msg="\"not qualified after $MAX_ROUNDS rounds (raise MAX_ROUNDS to continue)\""
   fi
-  run_stage "$k" data_gen data_gen.py "$DATAGEN_CONFIG" \
-    --synth-ds-id "$R/synth"
+  run data_gen "$k"
   # A weak generator (the demo's 135M `local` model) may keep no pair at all; data_gen then
-  # exits 0 only with allow_empty_result. Another round would retrain on the same data and
-  # score the same, so stop here instead of burning a round.
-  KEPT=unknown
-  if [[ -f "$R/synth/summary.json" ]]; then KEPT="$(cfg get "$R/synth/summary.json" kept unknown)"; fi
-  if [[ "$KEPT" == 0 ]]; then
+  # exits 0 only with allow_empty_result, and there is nothing to merge.
+  if [[ -f "$R/synth/summary.json" && "$(cfg get "$R/synth/summary.json" kept unknown)" == 0 ]]; then
     log "$k" data_gen event=no_new_data summary="$R/synth/summary.json"
     finish 3 msg="\"not qualified, and data_gen kept no usable pair in round $k: nothing new to train on\""
   fi
-  run_stage "$k" dataset_merge dataset_merge.py "$MERGE_CONFIG" \
-    --first-ds-id "$FIRST_DS" --second-ds-id "$R/synth" --result-ds-id "$R/merged"
+  run dataset_merge "$k"
+  # Kept pairs may all repeat data trained on already: the merge's `added` is what is new.
+  # Another round on unchanged data would score the same, so stop.
+  if [[ "$(cfg get "$R/merged/summary.json" added unknown)" == 0 ]]; then
+    log "$k" dataset_merge event=no_new_data summary="$R/merged/summary.json"
+    finish 3 msg="\"not qualified, and the merge added no new row in round $k (every kept pair was already in the training data)\""
+  fi
 done

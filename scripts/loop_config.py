@@ -10,6 +10,10 @@ Usage:
         print the value (JSON for mappings/lists); DEFAULT (or exit 2) when the key is absent
     python scripts/loop_config.py mixer DATASET_REF [FRACTION]
         print the JSON mapping {DATASET_REF: FRACTION} for `finetune.py --dataset-mixer`
+    python scripts/loop_config.py budget OUT MAX_COST_USD [STAGE_LIMIT]
+        print the `--max-cost-usd` for the next paid stage: what is left of MAX_COST_USD after
+        the spend recorded under OUT, or the stage config's own STAGE_LIMIT when smaller;
+        exit 1 (printing the spend) when nothing is left
 """
 from __future__ import annotations
 
@@ -42,6 +46,22 @@ def format_value(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
 
+def budget(out: Path, max_cost_usd: float, stage_limit: float | None) -> int:
+    """The loop-wide budget: the next paid stage may spend what the earlier ones left.
+
+    WHY the stages' summaries: each paid stage already records what it spent (tokens times
+    config/pricing.yaml), so the loop sums those rather than keeping its own meter."""
+    from results_table import total_cost  # same folder: the table reads the same summaries
+
+    spent = total_cost(out)
+    left = max_cost_usd - spent
+    if left <= 0:
+        print(f"{spent:.4f}")
+        return 1
+    print(f"{min(left, stage_limit) if stage_limit else left:.6f}")
+    return 0
+
+
 def main(argv: list[str]) -> int:
     if len(argv) >= 3 and argv[0] == "get":
         data = load_mapping(argv[1])
@@ -52,6 +72,8 @@ def main(argv: list[str]) -> int:
             print(argv[3])
             return 0
         return _usage(f"key {argv[2]!r} is not set in {argv[1]}")
+    if len(argv) in (3, 4) and argv[0] == "budget":
+        return budget(Path(argv[1]), float(argv[2]), float(argv[3]) if len(argv) == 4 and argv[3] else None)
     if len(argv) in (2, 3) and argv[0] == "mixer":
         fraction = float(argv[2]) if len(argv) == 3 else 1.0
         print(json.dumps({argv[1]: fraction}))

@@ -7,7 +7,11 @@ The loop (`scripts/llamaduo.sh`) leaves, per round, `<OUT>/round_<k>/`:
 - `model/finetune_summary.json`  written by finetune.py (`train_rows`);
 - `train_data.json`     written by the loop: the `dataset_mixer` and `dataset_splits` that
                         round's finetune trained on;
-- `<stage>.done`        written by the loop: exit code, then the stage's wall seconds.
+- `<stage>.done`        written by the loop: exit code, then the stage's wall seconds;
+- `*/summary.json`      every stage output's summary (and `model/finetune_summary.json`):
+                        `cost_usd` (or `service_llm.cost_usd`) for the cost column,
+                        `peak_rss_mb` for the memory column, and evaluation's
+                        `execution.pass_at_1` (a 0-1 fraction) for the pass@1 column.
 
 WHY a separate script: the table is rebuilt from those files alone, so it can be printed again
 after a resumed or finished run (`python scripts/results_table.py outputs/llamaduo`) without
@@ -34,7 +38,7 @@ if str(ROOT) not in sys.path:
 
 FINETUNE_SUMMARY = "finetune_summary.json"  # written by finetune.py into its output_dir
 COLUMNS = ("round", "train rows", "mean similarity", "mean precision",
-           "coverage (sim / prec)", "qualified", "stage time (s)")
+           "coverage (sim / prec)", "pass@1", "qualified", "cost ($)", "peak mem (MB)", "stage time (s)")
 
 
 @dataclass
@@ -49,6 +53,9 @@ class RoundRow:
     coverage_precision: float | None
     qualified: bool | None
     seconds: int
+    pass_at_1: float | None = None
+    cost_usd: float | None = None
+    peak_rss_mb: float | None = None
 
 
 def round_dirs(out: Path) -> list[tuple[int, Path]]:
@@ -77,6 +84,54 @@ def stage_seconds(round_dir: Path) -> int:
         if len(lines) >= 2 and lines[1].isdigit():
             total += int(lines[1])
     return total
+
+
+def stage_summaries(round_dir: Path) -> list[dict[str, Any]]:
+    """Every stage summary in a round folder (unreadable ones are skipped: the table is a
+    report, it must not fail on a half-written file)."""
+    found = []
+    for path in sorted(round_dir.glob("*/summary.json")) + sorted(round_dir.glob(f"*/{FINETUNE_SUMMARY}")):
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(data, dict):
+            found.append(data)
+    return found
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def summary_cost(summary: dict[str, Any]) -> float | None:
+    """USD a stage spent: its `cost_usd`, else its service-LLM usage's (data_gen)."""
+    cost = _number(summary.get("cost_usd"))
+    if cost is None and isinstance(summary.get("service_llm"), dict):
+        cost = _number(summary["service_llm"].get("cost_usd"))
+    return cost
+
+
+def round_cost(round_dir: Path) -> float | None:
+    """Sum of the round's stage costs; None when no stage records one."""
+    costs = [c for c in map(summary_cost, stage_summaries(round_dir)) if c is not None]
+    return sum(costs) if costs else None
+
+
+def round_peak_rss(round_dir: Path) -> float | None:
+    """The largest `peak_rss_mb` among the round's stages."""
+    peaks = [p for s in stage_summaries(round_dir) if (p := _number(s.get("peak_rss_mb"))) is not None]
+    return max(peaks) if peaks else None
+
+
+def total_cost(out: Path) -> float:
+    """USD spent by every round under OUT (the loop's MAX_COST_USD is checked against this)."""
+    return sum(round_cost(d) or 0.0 for _, d in round_dirs(out))
+
+
+def pass_at_1(summary: dict[str, Any]) -> float | None:
+    execution = summary.get("execution")
+    return _number(execution.get("pass_at_1")) if isinstance(execution, dict) else None
 
 
 def _train_split(splits: Any) -> str:
@@ -147,6 +202,9 @@ def collect(out: Path) -> list[RoundRow]:
             coverage_precision=s.get("coverage_precision"),
             qualified=s.get("qualified"),
             seconds=stage_seconds(rdir),
+            pass_at_1=pass_at_1(s),
+            cost_usd=round_cost(rdir),
+            peak_rss_mb=round_peak_rss(rdir),
         ))
     return rows
 
@@ -169,7 +227,10 @@ def render(rows: list[RoundRow], coverage_threshold: float | None = None) -> str
             _num(r.mean_similarity),
             _num(r.mean_precision),
             f"{_pct(r.coverage_similarity)} / {_pct(r.coverage_precision)}",
+            _pct(r.pass_at_1),
             "-" if r.qualified is None else ("yes" if r.qualified else "no"),
+            "-" if r.cost_usd is None else f"{r.cost_usd:.4f}",
+            "-" if r.peak_rss_mb is None else f"{r.peak_rss_mb:.0f}",
             str(r.seconds),
         ))
     widths = [max(len(row[i]) for row in cells) for i in range(len(COLUMNS))]
@@ -177,7 +238,9 @@ def render(rows: list[RoundRow], coverage_threshold: float | None = None) -> str
     lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
     note = "coverage: share of test rows scoring at or above "
     note += "the coverage threshold" if coverage_threshold is None else f"{coverage_threshold:g}"
-    return "\n".join(lines) + f"\n\n{note}; scores are 0-100 means over the test split.\n"
+    costs = [r.cost_usd for r in rows if r.cost_usd is not None]
+    total = f" Total service-LLM cost: ${sum(costs):.4f}." if costs else ""
+    return "\n".join(lines) + f"\n\n{note}; scores are 0-100 means over the test split.{total}\n"
 
 
 def main(argv: list[str] | None = None) -> int:

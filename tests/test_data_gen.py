@@ -237,7 +237,8 @@ def test_more_samples_than_rows_makes_distinct_calls(server, tmp_path, caplog):
     assert "no test split to decontaminate against" in caplog.text
     stats = server.stats()
     assert stats["total"] == 5 and stats["distinct_requests"] == 5  # repeats are new samples
-    assert summary(out)["seeds"] == {"available": 2, "used": 5, "distinct_used": 2, "repeated": True}
+    assert summary(out)["seeds"] == {"available": 2, "used": 5, "distinct_used": 2, "repeated": True,
+                                     "used_by_earlier_data": 0, "reused_from_earlier_data": 0}
 
 
 @pytest.mark.parametrize("case", ["no_messages", "num_samples", "placeholder", "test_split"])
@@ -334,3 +335,48 @@ def test_push_with_append_to_the_fake_hub(server, tmp_path):
     assert len([p for p in api.repos["me/synth"] if p.startswith("data/train_sft-")]) == 2  # appended shard
     assert set(api.calls) <= {"create_repo", "list_repo_files", "create_commit"}  # nothing downloaded
     assert (tmp_path / "me" / "synth" / "summary.json").is_file()
+
+
+def test_later_round_requests_no_seed_an_earlier_round_requested(server, tmp_path, caplog):
+    """Loop rounds 1 and 2 as the loop runs them: round 2 gets its own seed and the merged data
+    as `existing_ds_id`, and the server (which records every seed prompt it is asked about)
+    sees no seed prompt twice while unused seeds remain; a round 3 then reuses earlier seeds,
+    with new sample indices (distinct requests) and a warning."""
+    from src.pipeline.dataset_merge import MergeArgs
+    from src.pipeline.dataset_merge import main as merge
+    from tests.servers.protocol_server import _EXAMPLE_RE
+
+    asked: list[list[str]] = [[]]
+
+    def record(provider: str, prompt: str) -> None:
+        match = _EXAMPLE_RE.search(prompt)
+        asked[-1].append(match.group(1).strip() if match else prompt)
+        return None  # answer as usual
+
+    server.reply_override = record
+    ref = tmp_path / "ref"
+    rows = [json.loads(line) for line in (DEMO / "train_sft.jsonl").read_text().splitlines()[:8]]
+    write_jsonl(ref / "train_sft.jsonl", rows)
+    write_jsonl(ref / "test_sft.jsonl", [json.loads(DEMO.joinpath("test_sft.jsonl").read_text().splitlines()[0])])
+    trained_on = str(ref)
+    for k in (1, 2, 3):
+        if k > 1:
+            asked.append([])
+        synth = tmp_path / f"round_{k}" / "synth"
+        argv = args_for(server, synth, "--num_samples", "4", "--seed", str(2024 + k), "--no_cache",
+                        "--existing_ds_id", trained_on)
+        argv[argv.index("--reference_ds_id") + 1] = str(ref)
+        with caplog.at_level(logging.WARNING, logger="llamaduo.data_gen"):
+            assert run_stage(argv) == 0
+        merged = tmp_path / f"round_{k}" / "merged"
+        assert merge(MergeArgs(first_ds_id=trained_on, second_ds_id=str(synth), result_ds_id=str(merged))) == 0
+        trained_on = str(merged)
+    first, second, third = asked
+    assert len(first) == len(second) == len(third) == 4
+    assert len(set(first)) == 4 and not set(first) & set(second)  # round 2: only unused seeds
+    assert set(first) | set(second) == {r["prompt"] for r in rows}
+    assert summary(tmp_path / "round_2" / "synth")["seeds"]["used_by_earlier_data"] == 4
+    # round 3: every seed was used before; it says so and asks again, never the same request
+    assert "has been used" in caplog.text
+    assert summary(tmp_path / "round_3" / "synth")["seeds"]["reused_from_earlier_data"] == 4
+    assert server.stats(detail=True)["max_repeats"] == 1

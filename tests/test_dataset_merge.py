@@ -63,6 +63,7 @@ def test_merge_end_to_end(repo_root, datasets_dir):
     assert {r["generator"] for r in train if r["prompt"].startswith("task")} == {"[missing]"}
     summary = json.loads((out / "summary.json").read_text())
     assert summary["exact_duplicates_dropped"] == 2 and summary["contaminated_dropped"] == 1
+    assert summary["added"] == 2  # new task A and B: what the loop's stop rule reads
     assert "dropped 2 exact duplicate(s) and 1 test-contaminated" in proc.stdout
 
 
@@ -115,3 +116,16 @@ def test_optional_second_dataset_without_train_split(repo_root, datasets_dir):
     lenient = run_merge(repo_root, *base, "--second-ds-optional")
     assert lenient.returncode == 0, lenient.stderr
     assert len(load_from_disk(str(datasets_dir / "m"))["train_sft"]) == 6
+    assert json.loads((datasets_dir / "m" / "summary.json").read_text())["added"] == 0
+
+
+def test_added_is_zero_when_every_second_row_is_already_known(repo_root, datasets_dir):
+    """A round whose pairs all repeat earlier data adds nothing: `added` 0, not `second_train`."""
+    dup = datasets_dir / "dup.jsonl"
+    write_jsonl(dup, [pair("task 2", "answer 2"), pair(" Task 3", "ANSWER 3")])
+    out = datasets_dir / "m2"
+    proc = run_merge(repo_root, "--first-ds-id", str(datasets_dir / "first"), "--second-ds-id", str(dup),
+                     "--result-ds-id", str(out))
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["second_train"] == 2 and summary["added"] == 0 and summary["train"] == 6

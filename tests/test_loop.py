@@ -248,3 +248,40 @@ def test_arguments_are_refused_and_help_lists_the_variables():
 
 def _read(path: Path) -> str:
     return path.read_text() if path.exists() else ""
+
+
+def _stop_when_started(env: dict[str, str], out: Path, event: str) -> None:
+    """Run the loop and stop it (SIGTERM to its group) once loop.log shows `event`."""
+    proc = subprocess.Popen(["bash", str(SCRIPT)], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    deadline = time.monotonic() + LOOP_TIMEOUT_S
+    while event not in _read(out / "loop.log") and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert proc.poll() is None, proc.stdout.read()[-3000:]
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(timeout=60)
+
+
+@pytest.mark.timeout(1600)
+def test_loop_budget_is_passed_to_paid_stages_and_stops_the_loop_when_spent(tmp_path, tiny_model_dir, marker_data,
+                                                                            server_url):
+    """MAX_COST_USD: round 0's evaluation (the protocol server as a priced gpt-4o-mini) gets the
+    budget as --max-cost-usd and records its spend; a rerun with a budget below that spend stops
+    with exit 1 and a clear line before round 1 fine-tunes anything."""
+    configs = write_configs(tmp_path, tiny_model_dir, marker_data, server_url, threshold=99, train_steps=2)
+    out = tmp_path / "out"
+    env = {**loop_env(tmp_path, configs, max_rounds=2), "MAX_COST_USD": "1"}
+    _stop_when_started(env, out, "round=1 stage=finetune event=start")
+    start = next(line for line in _read(out / "loop.log").splitlines()
+                 if "round=0 stage=evaluation event=start" in line)
+    assert "--max-cost-usd 1.000000" in start  # nothing spent yet: the whole budget
+    spent = summary(out, 0)["cost_usd"]
+    assert spent > 0
+
+    (out / "loop.log").unlink()
+    rerun = run_loop({**env, "MAX_COST_USD": f"{spent / 2:.10f}"})
+    assert rerun.returncode == 1, rerun.stderr[-3000:]
+    assert "is spent" in rerun.stderr and "stopped before round 1's evaluation" in rerun.stderr
+    assert [e for e in events(out) if e[2] == "start"] == []  # round 0 skipped, round 1 never started
+    assert "event=budget_spent" in _read(out / "loop.log")
+    assert f"${spent:.4f}" in (out / "results.md").read_text()  # the table's total cost

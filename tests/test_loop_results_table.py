@@ -27,10 +27,15 @@ def test_table_from_round_folders(tmp_path):
     _write(out / "round_0" / "batch_inference.done", "0\n40\nabc\n")
     _write(out / "round_0" / "evaluation.done", "3\n12\nabc\n")
     # round 1: rows from finetune's own report
-    _write(out / "round_1" / "eval" / "summary.json", _summary(74.0, 55.25, 0.9, 0.55, False))
-    _write(out / "round_1" / "model" / "finetune_summary.json", {"train_rows": 141})
     _write(out / "round_1" / "train_data.json", {"dataset_mixer": {"data/demo": 1.0}})
     _write(out / "round_1" / "finetune.done", "0\n200\nabc\n")
+    # cost from every stage summary (evaluation's `cost_usd`, data_gen's `service_llm.cost_usd`),
+    # peak memory as the largest of the stages', pass@1 from evaluation's `execution`
+    _write(out / "round_1" / "eval" / "summary.json",
+           {**_summary(74.0, 55.25, 0.9, 0.55, False), "cost_usd": 0.25, "peak_rss_mb": 900.4,
+            "execution": {"pass_at_1": 0.625}})
+    _write(out / "round_1" / "synth" / "summary.json", {"kept": 3, "service_llm": {"cost_usd": 0.5}})
+    _write(out / "round_1" / "model" / "finetune_summary.json", {"train_rows": 141, "peak_rss_mb": 2100.6})
     # round 10 sorts after round 1 numerically; rows counted from the mixer (half of 141)
     _write(out / "round_10" / "train_data.json",
            {"dataset_mixer": {str(REPO / "data" / "demo"): 0.5}, "dataset_splits": ["train_sft", "test_sft"]})
@@ -42,11 +47,11 @@ def test_table_from_round_folders(tmp_path):
     lines = [line for line in proc.stdout.splitlines() if line.startswith("| ")]
     cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines]
     assert cells[0] == ["round", "train rows", "mean similarity", "mean precision", "coverage (sim / prec)",
-                        "qualified", "stage time (s)"]
-    assert cells[1] == ["0 (base)", "0", "61.0", "20.5", "60% / 0%", "no", "52"]
-    assert cells[2] == ["1", "141", "74.0", "55.2", "90% / 55%", "no", "200"]
-    assert cells[3] == ["10", "70", "88.0", "71.0", "100% / 80%", "yes", "0"]
-    assert "at or above 50" in proc.stdout
+                        "pass@1", "qualified", "cost ($)", "peak mem (MB)", "stage time (s)"]
+    assert cells[1] == ["0 (base)", "0", "61.0", "20.5", "60% / 0%", "-", "no", "-", "-", "52"]
+    assert cells[2] == ["1", "141", "74.0", "55.2", "90% / 55%", "62%", "no", "0.7500", "2101", "200"]
+    assert cells[3] == ["10", "70", "88.0", "71.0", "100% / 80%", "-", "yes", "-", "-", "0"]
+    assert "at or above 50" in proc.stdout and "Total service-LLM cost: $0.7500" in proc.stdout
     written = (out / "results.md").read_text()
     assert written.startswith("# LlamaDuo loop results") and "| 10 " in written
 
@@ -58,7 +63,7 @@ def test_unfinished_round_shows_dashes_and_missing_folder_is_usage_error(tmp_pat
                           timeout=120)
     assert proc.returncode == 0
     row = [line for line in proc.stdout.splitlines() if line.startswith("| 0")][0]
-    assert [c.strip() for c in row.strip("|").split("|")][2:6] == ["-", "-", "- / -", "-"]
+    assert [c.strip() for c in row.strip("|").split("|")][2:9] == ["-", "-", "- / -", "-", "-", "-", "-"]
     bad = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path / "nope")], cwd=REPO,
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "is not a folder" in bad.stderr

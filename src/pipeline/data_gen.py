@@ -304,23 +304,36 @@ def load_test_prompts(ref_split: tuple[str, str] | None, data_format: str = "aut
     return [(f"test:{row.get('prompt_id') or i}", row_instruction(row)) for i, row in enumerate(ds)]
 
 
-def load_existing(args: DataGenArgs, out_dir: Path) -> list[tuple[str, str]]:
+def load_existing(args: DataGenArgs, out_dir: Path) -> tuple[list[tuple[str, str]], set[str]]:
     """Instructions that already exist besides the reference split: `existing_ds_id` (must
-    load), and the local output split when appending to it (may not exist yet)."""
+    load), and the local output split when appending to it (may not exist yet); plus the
+    normalised seed prompts those rows were generated from (their `seed_prompt` column)."""
     rows: list[tuple[str, str]] = []
+    used_seeds: set[str] = set()
     if args.existing_ds_id:
         ds = canonical_synth_columns(to_messages(
             load_split(args.existing_ds_id, args.existing_ds_split, what="existing dataset (existing_ds_id)"),
             f"existing dataset '{args.existing_ds_id}'", column_map=args.column_map))
         rows += [(f"existing:{row.get('prompt_id') or i}", row_instruction(row)) for i, row in enumerate(ds)]
+        used_seeds |= seed_prompts_of(ds)
     if args.synth_ds_append and args.dedup_against_existing and out_dir.exists():
         try:
             ds = canonical_synth_columns(load_split(str(out_dir), args.synth_ds_split,
                                                     what="existing synthetic dataset"))
         except UsageError:
-            return rows  # nothing there yet
+            return rows, used_seeds  # nothing there yet
         rows += [(f"output:{row.get('prompt_id') or i}", row_instruction(row)) for i, row in enumerate(ds)]
-    return rows
+        used_seeds |= seed_prompts_of(ds)
+    return rows, used_seeds
+
+
+def seed_prompts_of(ds: Dataset) -> set[str]:
+    """Normalised `seed_prompt` values of earlier synthetic rows. WHY: a later loop round
+    that asks again with the same seeds gets near-copies of pairs it already has (which the
+    merge then drops), so the sampler prefers seeds these rows were not made from."""
+    if "seed_prompt" not in ds.column_names:
+        return set()
+    return {normalize_text(str(s)) for s in ds["seed_prompt"] if s}
 
 
 class SeedSampler:
@@ -328,36 +341,52 @@ class SeedSampler:
 
     Each seed's `uses` count becomes the job's `sample_index`, so a repeated seed is a new
     call (not a ledger hit), while a rerun of the same config replays the same jobs from
-    the ledger for free.
+    the ledger for free. Seeds in `used_before` (positions earlier data was generated from,
+    e.g. an earlier loop round) come only after every other seed has been taken, and start
+    at sample_index 1, so that even then the request differs from the earlier one.
     """
 
-    def __init__(self, n: int, seed: int) -> None:
+    def __init__(self, n: int, seed: int, used_before: frozenset[int] = frozenset()) -> None:
         self.n = n
         self.rng = np.random.default_rng(seed)
         self.order: list[int] = []
         self.uses: Counter[int] = Counter()
         self.passes = 0
+        self.used_before = used_before
+
+    def _refill(self) -> None:
+        """The next pass: seeds not taken in this run and not used before, else those not
+        taken in this run, else (a repeat, with a warning) every seed."""
+        order = [int(p) for p in self.rng.permutation(self.n)]
+        untaken = [p for p in order if p not in self.uses]
+        fresh = [p for p in untaken if p not in self.used_before]
+        if fresh:
+            self.order = fresh
+        elif untaken:
+            logger.warning("every seed row that earlier data was not generated from has been used (%d "
+                           "in this run); now sampling the %d it was generated from",
+                           self.n - len(untaken), len(untaken))
+            self.order = untaken
+        else:
+            logger.warning("all %d seed rows have been used; sampling them again (pass %d) with new "
+                           "sample indices", self.n, self.passes + 1)
+            self.order = order
+        self.passes += 1
 
     def take(self, k: int) -> list[tuple[int, int]]:
         """k (seed position, sample_index) pairs."""
         out = []
         for _ in range(k):
             if not self.order:
-                if self.passes > 0:
-                    logger.warning(
-                        "all %d seed rows have been used; sampling them again (pass %d) with new "
-                        "sample indices", self.n, self.passes + 1,
-                    )
-                self.order = list(self.rng.permutation(self.n))
-                self.passes += 1
-            pos = int(self.order.pop(0))
-            out.append((pos, self.uses[pos]))
+                self._refill()
+            pos = self.order.pop(0)
+            out.append((pos, self.uses[pos] + (pos in self.used_before)))
             self.uses[pos] += 1
         return out
 
     @property
     def repeated(self) -> bool:
-        return self.passes > 1 or any(v > 1 for v in self.uses.values())
+        return any(v > 1 for v in self.uses.values())
 
 
 # ------------------------------------------------------------------------------ replies & checks
@@ -436,6 +465,7 @@ class Prepared:
     existing: list[tuple[str, str]]
     out_dir: Path
     llm: ServiceLLM
+    used_seeds: frozenset[int] = frozenset()  # seed positions earlier data was generated from
 
 
 def prepare(args: DataGenArgs) -> Prepared:
@@ -452,8 +482,9 @@ def prepare(args: DataGenArgs) -> Prepared:
     seeds, train = load_seeds(args)
     test_ref = resolve_test_split(args)
     test = load_test_prompts(test_ref, args.data_format, args.column_map)
-    existing = load_existing(args, out_dir)
-    return Prepared(template, seeds, train, test, test_ref, existing, out_dir, llm)
+    existing, used_prompts = load_existing(args, out_dir)
+    used = frozenset(i for i, s in enumerate(seeds) if normalize_text(s.instruction) in used_prompts)
+    return Prepared(template, seeds, train, test, test_ref, existing, out_dir, llm, used)
 
 
 def make_jobs(picks: Sequence[tuple[int, int]], prep: Prepared, topic: str) -> list[Job]:
@@ -537,7 +568,7 @@ def output_plan(args: DataGenArgs) -> OutputPlan:
 def run(args: DataGenArgs) -> int:
     """The whole stage; returns the exit code."""
     prep = prepare(args)
-    sampler = SeedSampler(len(prep.seeds), args.seed)
+    sampler = SeedSampler(len(prep.seeds), args.seed, prep.used_seeds)
     if args.dry_run:
         est = prep.llm.estimate(make_jobs(sampler.take(args.num_samples), prep, args.topic),
                                 expected_output_tokens=EXPECTED_OUTPUT_TOKENS)
@@ -545,8 +576,9 @@ def run(args: DataGenArgs) -> int:
         print(f"{est.summary()}\nper round of {args.num_samples} seeds; at most {rounds} round(s)")
         return EXIT_OK
     logger.info(
-        "data_gen: %s; %d seed rows from %s[%s]; %d train rows and %d test prompts for the filters%s",
-        prep.llm.describe(), len(prep.seeds), args.reference_ds_id, args.reference_ds_split,
+        "data_gen: %s; %d seed rows from %s[%s] (%d used by earlier data: taken last); %d train rows "
+        "and %d test prompts for the filters%s",
+        prep.llm.describe(), len(prep.seeds), args.reference_ds_id, args.reference_ds_split, len(prep.used_seeds),
         len(prep.train) + len(prep.existing), len(prep.test),
         f" ({prep.test_ref[0]}[{prep.test_ref[1]}])" if prep.test_ref else " (NO decontamination)",
     )
@@ -601,7 +633,9 @@ def summarize(args: DataGenArgs, prep: Prepared, kept: list, rejected: list, rou
         "dropped_by_reason": dict(sorted(dropped.items())),
         "rounds": rounds,
         "seeds": {"available": len(prep.seeds), "used": sum(sampler.uses.values()),
-                  "distinct_used": len(sampler.uses), "repeated": sampler.repeated},
+                  "distinct_used": len(sampler.uses), "repeated": sampler.repeated,
+                  "used_by_earlier_data": len(prep.used_seeds),
+                  "reused_from_earlier_data": len(prep.used_seeds & set(sampler.uses))},
         "decontamination": {
             "test_dataset": f"{prep.test_ref[0]}[{prep.test_ref[1]}]" if prep.test_ref else None,
             "test_prompts": len(prep.test),

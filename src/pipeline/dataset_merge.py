@@ -124,6 +124,14 @@ def dedup(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
     return kept, len(rows) - len(kept)
 
 
+def count_added(train: list[dict[str, Any]], first_rows: list[dict[str, Any]]) -> int:
+    """Result train rows that the first dataset did not already hold: what the merge really
+    added. WHY: the loop stops on this, not on data_gen's `kept`, since kept pairs may all be
+    duplicates of earlier rounds' data."""
+    known = {_messages_key(r) for r in first_rows}
+    return sum(1 for r in train if _messages_key(r) not in known)
+
+
 def decontaminate(train: list[dict[str, Any]], test: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
     """Drop train rows whose normalised prompt equals a test prompt."""
     test_prompts = {normalize_text(r["prompt"]) for r in test}
@@ -180,7 +188,7 @@ def main(args: MergeArgs) -> int:
         splits[args.result_ds_test_split] = rows_to_dataset(test_rows)
     counts = {"first_train": len(first_rows), "second_train": len(second_rows), "exact_duplicates_dropped": dup_count,
               "contaminated_dropped": contaminated, "test_duplicates_dropped": test_dups,
-              "train": len(train), "test": len(test_rows)}
+              "train": len(train), "test": len(test_rows), "added": count_added(train, first_rows)}
     out = save_output(
         splits, args.result_ds_id, push=args.push_result_ds_to_hf_hub, output_root=args.output_root,
         append={args.result_ds_train_split: args.result_ds_train_append,
@@ -189,7 +197,7 @@ def main(args: MergeArgs) -> int:
         inputs={"first": {"id": args.first_ds_id}, "second": {"id": args.second_ds_id}, "counts": counts},
         extra_files=lambda folder: (folder / "summary.json").write_text(json.dumps(counts, indent=2) + "\n"),
     )
-    print(f"merged {counts['first_train']} + {counts['second_train']} train rows; dropped "
+    print(f"merged {counts['first_train']} + {counts['second_train']} train rows ({counts['added']} new); dropped "
           f"{dup_count} exact duplicate(s) and {contaminated} test-contaminated row(s); "
           f"wrote train {len(train)}, test {len(test_rows)} -> {out}")
     return EXIT_OK

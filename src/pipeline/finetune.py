@@ -355,6 +355,7 @@ def run(script: Any, model_args: Any, sft: Any) -> int:
     from src.hub import check_push_possible
     from src.pipeline.finetune_data import load_mixed, resolve_mixer
     from src.pipeline.finetune_truncation import apply_truncation_policy
+    from src.pipeline.finetune_plan import log_plan, train_plan
 
     started = time.time()
     check_values(script, model_args, sft)
@@ -398,7 +399,7 @@ def run(script: Any, model_args: Any, sft: Any) -> int:
             script.truncation, "eval data", **fit)
         truncation["eval"] = eval_cut.as_dict()
     n_tokens = sum(len(x) for x in train_ds["input_ids"])
-    logger.info("training data: %d conversations, %d tokens, from %s", len(train_ds), n_tokens, mixer)
+    log_plan(train_plan(len(train_ds), n_tokens, sft), mixer)
 
     trainer = _build_trainer(script, model_args, sft, base, tokenizer, train_ds, eval_ds)
     result = trainer.train(resume_from_checkpoint=resume)

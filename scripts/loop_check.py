@@ -1,0 +1,259 @@
+"""The loop's check before it spends: every stage config, as the loop will run it, before round 0.
+
+`scripts/llamaduo.sh` calls this first (and only this with `CHECK_ONLY=1` or `--check`). A
+broken data_gen or evaluation config is then found in seconds, not after batch inference and
+fine-tuning have run (or after paid judge calls). Checked, for each stage:
+
+1. parsing: the stage's own `--print-config`, with the per-round overrides the loop passes
+   (the stages run in parallel: each is a separate interpreter start-up);
+2. paths that must exist before round 0: input datasets (and their splits and `messages`
+   column), the base model when it is a local path, and every `*_path` file key;
+3. for a service-LLM stage (evaluation, data_gen): the provider's keys and credentials, by
+   the same offline validation the stage runs (`ServiceLLM.from_args`; no key is printed);
+4. for a paid provider: that its API answers at all — one plain GET of the base URL, with no
+   key and no paid call; any HTTP status counts as reachable.
+
+Usage (the loop builds the argument list, so the overrides live in one place):
+    python scripts/loop_check.py --python PY [--stage NAME SCRIPT CONFIG [OVERRIDES...]]...
+Exit codes: 0 everything checked out; 2 a problem (one `error: check: <stage> ...` line each).
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+FREE_PROVIDERS = ("reference", "local")  # offline: nothing to reach, nothing to pay
+PROBE_TIMEOUT_S = 10.0
+# Where each SDK sends requests when no base URL is set (the SDKs' documented defaults).
+DEFAULT_URLS = {
+    "openai": "https://api.openai.com/v1",
+    "anthropic": "https://api.anthropic.com",
+    "gemini": "https://generativelanguage.googleapis.com",
+    "gemini-vertex": "https://{gcp}-aiplatform.googleapis.com",
+    "anthropic-vertex": "https://{gcp}-aiplatform.googleapis.com",
+    "anthropic-bedrock": "https://bedrock-runtime.{aws}.amazonaws.com",
+}
+# `*_path` keys that are not input files: created by the stage, or a model (folder or Hub id)
+NOT_FILES = ("ledger_path", "model_name_or_path", "tokenizer_name_or_path", "chat_template_path")
+
+
+@dataclass
+class Stage:
+    """One stage as the loop will run it."""
+
+    name: str
+    script: str
+    config: str
+    overrides: list[str]
+    printed: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def argv(self) -> list[str]:
+        return ["--from-config", self.config, *self.overrides]
+
+
+def parse_argv(argv: list[str]) -> tuple[str, list[Stage]]:
+    """`--python PY --stage NAME SCRIPT CONFIG [OVERRIDES...] --stage ...` (overrides run to
+    the next `--stage`, so they may themselves start with dashes)."""
+    if len(argv) < 2 or argv[0] != "--python":
+        raise SystemExit(_usage("usage: loop_check.py --python PY --stage NAME SCRIPT CONFIG [OVERRIDES...] ..."))
+    python, rest, stages = argv[1], argv[2:], []
+    while rest:
+        if rest[0] != "--stage" or len(rest) < 4:
+            raise SystemExit(_usage(f"expected --stage NAME SCRIPT CONFIG, got: {' '.join(rest[:4])}"))
+        end = rest.index("--stage", 1) if "--stage" in rest[1:] else len(rest)
+        stages.append(Stage(rest[1], rest[2], rest[3], rest[4:end]))
+        rest = rest[end:]
+    return python, stages
+
+
+def _usage(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
+# ------------------------------------------------------------------------------ 1. parsing
+
+
+def print_configs(python: str, stages: list[Stage]) -> list[str]:
+    """Run every stage's --print-config at once; keep each printed config; return problems."""
+    env = dict(os.environ, TOKENIZERS_PARALLELISM="false")
+    procs = [subprocess.Popen([python, s.script, *s.argv, "--print-config"], cwd=ROOT, env=env, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for s in stages]
+    problems = []
+    for stage, proc in zip(stages, procs):
+        out, err = proc.communicate()
+        if proc.returncode != 0:
+            last = next((line for line in reversed(err.splitlines()) if line.strip()), f"exit {proc.returncode}")
+            problems.append(f"{stage.name} ({stage.config}): the config does not parse: {last.strip()}")
+            continue
+        printed = yaml.safe_load(out)
+        stage.printed = printed if isinstance(printed, dict) else {}
+    return problems
+
+
+# ------------------------------------------------------------------------------ 2. paths
+
+
+def dataset_inputs(stage: Stage) -> list[tuple[str, str, tuple[str, ...]]]:
+    """(dataset, split, required columns) the stage reads that must exist before round 0."""
+    c = stage.printed
+    found: list[tuple[str, str, tuple[str, ...]]] = []
+    if stage.name == "finetune":
+        splits = c.get("dataset_splits") or ["train_sft"]
+        train = [s for s in ([splits] if isinstance(splits, str) else splits) if "train" in str(s)]
+        refs = [c["dataset_id"]] if c.get("dataset_id") else list((c.get("dataset_mixer") or {}).keys())
+        found += [(str(r), str(s), ("messages",)) for r in refs for s in train]
+    elif stage.name == "batch_inference":
+        found.append((c.get("test_ds_id"), c.get("test_ds_split") or "test_sft", ()))
+    elif stage.name == "data_gen":
+        found.append((c.get("reference_ds_id"), c.get("reference_ds_split") or "train_sft", ("messages",)))
+        if c.get("test_ds_id") and c.get("test_ds_split"):
+            found.append((c["test_ds_id"], c["test_ds_split"], ()))
+        if c.get("existing_ds_id"):
+            found.append((c["existing_ds_id"], c.get("existing_ds_split") or "train_sft", ()))
+    elif stage.name == "dataset_merge":
+        found.append((c.get("first_ds_id"), c.get("first_ds_train_split") or "train_sft", ("messages",)))
+        if c.get("first_ds_test_split"):
+            found.append((c["first_ds_id"], c["first_ds_test_split"], ()))
+    return [(str(r), s, cols) for r, s, cols in found if r]
+
+
+def check_paths(stage: Stage) -> list[str]:
+    """Input datasets load (split, columns), `*_path` files exist, a local model path exists."""
+    from src.data import load_split
+    from src.errors import LlamaDuoError
+
+    problems = []
+    for ref, split, columns in dataset_inputs(stage):
+        try:
+            load_split(ref, split, required_columns=columns, what=f"{stage.name} input dataset")
+        except LlamaDuoError as err:
+            problems.append(f"{stage.name} ({stage.config}): {err}")
+    for key, value in stage.printed.items():
+        if key.endswith("_path") and key not in NOT_FILES and isinstance(value, str) and value:
+            if not (ROOT / value).is_file() and not Path(value).expanduser().is_file():
+                problems.append(f"{stage.name} ({stage.config}): {key}: file not found: {value}")
+    for key in ("model_name_or_path", "ft_model_id"):
+        problem = _model_problem(stage.printed.get(key))
+        if problem:
+            problems.append(f"{stage.name} ({stage.config}): {key}: {problem}")
+    return problems
+
+
+def _model_problem(ref: Any) -> str | None:
+    """A model given as a local path must exist; an alias or Hub id is resolved by the stage."""
+    from src.models import is_embedded_alias
+
+    if not isinstance(ref, str) or not ref or is_embedded_alias(ref):
+        return None
+    path = Path(ref).expanduser()
+    local = ref.startswith((".", "/", "~")) or ref.count("/") > 1
+    if local and not path.exists() and not (ROOT / ref).exists():
+        return f"model folder not found: {ref}"
+    return None
+
+
+# ------------------------------------------------------------------------------ 3-4. providers
+
+
+def stage_args(stage: Stage) -> Any:
+    """The stage's own args dataclass, parsed the stage's way (secrets included, never printed)."""
+    from src.config import parse_config
+
+    if stage.name == "evaluation":
+        from src.pipeline.evaluation import EvaluationArgs as cls
+    else:
+        from src.pipeline.data_gen import DataGenArgs as cls
+    (args,) = parse_config(cls, argv=stage.argv, prog=stage.script)
+    return args
+
+
+def provider_url(spec: Any) -> str:
+    """The URL requests would go to: the configured base URL, else the SDK's default."""
+    if spec.base_url:
+        return spec.base_url
+    return DEFAULT_URLS[spec.provider].format(gcp=spec.gcp_location or "us-central1",
+                                              aws=spec.aws_location or "us-east-1")
+
+
+def probe(url: str) -> str | None:
+    """None when the server answers an unauthenticated GET (any status); else why not."""
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, method="GET"), timeout=PROBE_TIMEOUT_S):
+            return None
+    except urllib.error.HTTPError:
+        return None  # 401/404/405...: something answered
+    except (urllib.error.URLError, OSError) as err:
+        return str(getattr(err, "reason", err))
+
+
+def check_provider(stage: Stage, probed: dict[str, str | None], reach: Callable[[str], str | None] = probe) -> list[str]:
+    """Credentials (offline, the stage's own rules) and, for a paid provider, reachability."""
+    from src.errors import LlamaDuoError
+    from src.service_llm import ServiceLLM
+
+    provider = str(stage.printed.get("service_llm_provider") or "")
+    if provider == "reference":
+        return []
+    try:
+        llm = ServiceLLM.from_args(stage_args(stage), workers=1, show_progress=False)
+    except LlamaDuoError as err:
+        return [f"{stage.name} ({stage.config}): {err}"]
+    if llm.spec.provider in FREE_PROVIDERS:
+        return []
+    url = provider_url(llm.spec)
+    if url not in probed:
+        probed[url] = reach(url)
+    if probed[url] is None:
+        return []
+    return [f"{stage.name} ({stage.config}): provider {llm.spec.provider} at {url} is not reachable: {probed[url]}"]
+
+
+# ------------------------------------------------------------------------------ main
+
+
+def run_checks(python: str, stages: list[Stage]) -> list[str]:
+    problems = print_configs(python, stages)
+    if problems:
+        return problems  # later checks read the printed configs
+    probed: dict[str, str | None] = {}
+    for stage in stages:
+        problems += check_paths(stage)
+        if stage.name in ("evaluation", "data_gen"):
+            problems += check_provider(stage, probed)
+    return problems
+
+
+def main(argv: list[str]) -> int:
+    python, stages = parse_argv(argv)
+    os.chdir(ROOT)  # the loop's relative paths are relative to the repository root
+    from src.logging_setup import setup_logging
+
+    setup_logging()
+    import datasets
+
+    datasets.disable_progress_bars()
+    problems = run_checks(python, stages)
+    for problem in problems:
+        print(f"error: check: {problem}", file=sys.stderr)
+    if problems:
+        return 2
+    print(f"check: {len(stages)} stage configs parse; inputs, credentials and providers OK", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,90 @@
+"""The loop's check before it spends (`scripts/llamaduo.sh --check`, `CHECK_ONLY=1`), run as a
+user runs it: the real bash script, the stages' own --print-config, real datasets and the local
+protocol server (a subprocess) as the OpenAI-compatible provider. Each run checks all five
+configs, so one broken config per concern is put in a run and every problem must be named."""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from tests.servers.process import server_stats
+from tests.test_loop import SCRIPT, marker_data, server_url, write_configs  # noqa: F401 (fixtures)
+
+REPO = Path(__file__).resolve().parents[1]
+SECRET = "sk-do-not-print-4242"
+
+
+def closed_port_url() -> str:
+    """A local URL where nothing listens (the port was free a moment ago)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}/v1"
+
+
+def edit(path: str, **changes) -> None:
+    values = yaml.safe_load(Path(path).read_text())
+    values.update(changes)
+    for key, value in changes.items():
+        if value is None:
+            values.pop(key)
+    Path(path).write_text(yaml.safe_dump(values))
+
+
+def run_check(tmp_path: Path, configs: dict[str, str], *args: str, **env: str) -> subprocess.CompletedProcess:
+    full = {**os.environ, **configs, "OUT": str(tmp_path / "out"), "PYTHON": sys.executable,
+            "HF_HUB_OFFLINE": "1", **env}
+    full.pop("SERVICE_LLM_API_KEY", None)
+    return subprocess.run(["bash", str(SCRIPT), *args], cwd=REPO, env=full, capture_output=True, text=True,
+                          timeout=900)
+
+
+def test_good_configs_pass_without_a_paid_call_and_run_nothing(tmp_path, tiny_model_dir, marker_data,
+                                                               server_url):
+    configs = write_configs(tmp_path, tiny_model_dir, marker_data, server_url, threshold=90, train_steps=2)
+    before = server_stats(server_url)["total"]
+    proc = run_check(tmp_path, configs, CHECK_ONLY="1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "5 stage configs parse" in proc.stderr
+    assert server_stats(server_url)["total"] == before  # a GET probe only: no completion request
+    assert not (tmp_path / "out").exists()  # nothing ran, no round folder
+
+
+def test_every_problem_is_named_with_its_stage_and_no_key_is_printed(tmp_path, tiny_model_dir, marker_data,
+                                                                     server_url):
+    configs = write_configs(tmp_path, tiny_model_dir, marker_data, server_url, threshold=90, train_steps=2)
+    # data_gen: a key in the YAML and a provider nobody answers at
+    edit(configs["DATAGEN_CONFIG"], service_llm_api_key=SECRET, service_llm_base_url=closed_port_url())
+    # evaluation: a paid provider without any key
+    edit(configs["EVAL_CONFIG"], service_llm_provider="anthropic", service_llm_api_key=None,
+         service_llm_base_url=None, service_model_name="claude-x")
+    # finetune: the training data folder does not exist; batch_inference: a missing file key
+    edit(configs["FINETUNE_CONFIG"], dataset_mixer={str(tmp_path / "no-such-data"): 1.0})
+    edit(configs["INFER_CONFIG"], ft_model_config_path=str(tmp_path / "missing.yaml"))
+    proc = run_check(tmp_path, configs, "--check")
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: check: ")]
+    by_stage = {line.split()[2]: line for line in errors}
+    assert set(by_stage) == {"data_gen", "evaluation", "finetune", "batch_inference"}, errors
+    assert "is not reachable" in by_stage["data_gen"]
+    assert "needs an API key" in by_stage["evaluation"]
+    assert "no-such-data" in by_stage["finetune"] and "not found" in by_stage["finetune"]
+    assert "ft_model_config_path: file not found" in by_stage["batch_inference"]
+    assert SECRET not in proc.stderr + proc.stdout
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_config_that_does_not_parse_is_named_before_anything_runs(tmp_path, tiny_model_dir, marker_data,
+                                                                    server_url):
+    configs = write_configs(tmp_path, tiny_model_dir, marker_data, server_url, threshold=90, train_steps=2)
+    edit(configs["MERGE_CONFIG"], first_ds_train_splitt="train_sft")  # a typo'd key
+    proc = run_check(tmp_path, configs)  # a real run: the check comes first and stops it
+    assert proc.returncode == 2
+    line = next(x for x in proc.stderr.splitlines() if x.startswith("error: check: "))
+    assert line.startswith("error: check: dataset_merge (") and "first_ds_train_splitt" in line
+    assert "nothing was run" in proc.stderr and not (tmp_path / "out").exists()
