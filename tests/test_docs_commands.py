@@ -47,17 +47,18 @@ def responses(folder: str) -> Callable[[Path], None]:
     """batch_inference output the evaluation docs read (perfect answers: they qualify)."""
     def setup(repo: Path) -> None:
         rows = [{"instructions": r["prompt"], "target_responses": r["messages"][1]["content"],
-                 "candidate_responses": r["messages"][1]["content"]} for r in _demo_rows("test_sft", 4)]
+                 "candidate_responses": r["messages"][1]["content"], "test": r["test"],
+                 "entry_point": r["entry_point"]} for r in _demo_rows("test_sft", 4)]
         _write_jsonl(repo / folder / "batch_infer.jsonl", rows)
     return setup
 
 
 def synth_output(repo: Path) -> None:
-    """data_gen output the merge docs read (`outputs/synth`)."""
+    """data_gen output the merge docs read (`outputs/synth_data`)."""
     rows = [{"messages": [{"role": "user", "content": f"Write a Python function number {i} that adds {i}."},
                           {"role": "assistant", "content": f"def add_{i}(x):\n    return x + {i}"}],
              "generator": "gpt-4o-mini", "seed_prompt": "Write a function."} for i in range(2)]
-    _write_jsonl(repo / "outputs" / "synth" / "train_sft.jsonl", rows)
+    _write_jsonl(repo / "outputs" / "synth_data" / "train_sft.jsonl", rows)
 
 
 def own_configs(*names: str) -> Callable[[Path], None]:
@@ -82,10 +83,6 @@ class Plan:
     broken: str = ""                        # a known docs bug being fixed elsewhere: strict xfail
 
 
-# Issue 13: the shipped configs pin a Gemini gen config, so switching only the provider exits 2
-# ("unknown key(s) ['max_output_tokens'] for provider openai"). Strict: once fixed, these pass,
-# the xfail fails, and the mark must go.
-GEN_CONFIG_PINNED = "issue 13: provider switch on a config pinned to gemini_gen_configs.yaml"
 PRINT = Plan(append=" --print-config")
 CHECK = Plan(append=" --check")
 KEY = {"SERVICE_LLM_API_KEY": "test-key-not-used"}  # dry runs validate the key but call nothing
@@ -111,8 +108,10 @@ PLANS: dict[str, Plan] = {
     "python evaluation.py --from-config config/evaluation.yaml --dry-run":
         Plan(setup=responses("outputs/batch_inference"), env=KEY),
     "python evaluation.py --from-config config/evaluation.yaml --service-llm-provider openai --service-model-name "
-    "gpt-4o-mini --rate-limit-per-minute 500 --tokens-per-minute 200000 --eval-workers 16 --dry-run":
-        Plan(setup=responses("outputs/batch_inference"), env=KEY, broken=GEN_CONFIG_PINNED),
+    "gpt-4.1-mini --rate-limit-per-minute 500 --tokens-per-minute 200000 --eval-workers 16 --dry-run":
+        Plan(setup=responses("outputs/batch_inference"), env=KEY),
+    "python evaluation.py --from-config config/demo/evaluation.yaml --pass_rate_threshold 60":
+        Plan(setup=responses("outputs/demo/batch_inference"), codes=(0, 3)),
     "python evaluation.py --from-config config/evaluation.yaml": PRINT,                   # a paid judge
     "python evaluation.py --from-config config/evaluation.yaml --max-cost-usd 5": PRINT,  # a paid judge
     "python evaluation.py --from-config config/evaluation.yaml --service-llm-provider local": PRINT,  # minutes
@@ -124,11 +123,10 @@ PLANS: dict[str, Plan] = {
     "--service-llm-base-url http://localhost:8000/v1 --service-model-name my-model "
     "--service-llm-gen-config-path config/gpt_gen_configs.yaml": Plan(server=True),
     "python data_gen.py --from-config config/synth_data_gen.yaml --service-llm-provider openai "
-    "--service-llm-base-url http://localhost:11434/v1 --service-model-name llama3.1:8b":
-        Plan(server=True, broken=GEN_CONFIG_PINNED),
+    "--service-llm-base-url http://localhost:11434/v1 --service-model-name llama3.1:8b": Plan(server=True),
     # --- merge: for real
     "python dataset_merge.py --from-config config/dataset_merge.yaml": Plan(setup=synth_output),
-    "python dataset_merge.py --first-ds-id data/demo --second-ds-id outputs/synth --result-ds-id outputs/merged":
+    "python dataset_merge.py --first-ds-id data/demo --second-ds-id outputs/synth_data --result-ds-id outputs/merged":
         Plan(setup=synth_output),
     # --- the loop: its check of all five configs, for real (the loop itself: tests/test_loop.py)
     "MAX_ROUNDS=3 OUT=outputs/run2 EVAL_CONFIG=config/my_eval.yaml bash scripts/llamaduo.sh":
@@ -140,6 +138,8 @@ PLANS: dict[str, Plan] = {
             "finetune", "batch_inference", "evaluation", "data_gen", "dataset_merge")))),
     "bash scripts/llamaduo.sh --check": Plan(),
     "CHECK_ONLY=1 bash scripts/llamaduo.sh": Plan(),
+    # --- the original LlamaDuo's configs (docs/migrating.md)
+    "python scripts/load_original_configs.py": Plan(),
     # --- the protocol server: starts and listens
     "python -m tests.servers.protocol_server --port 8123 --latency 1.0 --rpm 600": Plan(background=True),
 }
@@ -148,6 +148,12 @@ SKIP: dict[str, str] = {
     "make demo": "the whole demo loop (minutes); tests/test_loop.py runs the same script end to end",
     "make test": "runs this test suite itself",
     "export SERVICE_LLM_API_KEY=...": "a placeholder for the reader's own key",
+    "export OPENAI_API_KEY=...": "a placeholder for the reader's own key",
+    ".venv/bin/python scripts/reliability_campaign.py": "the reliability campaign (minutes); tests/test_bad_inputs.py "
+    "and tests/test_reliability.py run its cases",
+    ".venv/bin/python scripts/reliability_campaign.py --kills 20 --seed 7": "the reliability campaign (minutes)",
+    "mkdir -p /tmp/before && git archive e6b334c | tar -x -C /tmp/before": "needs the repository's git history",
+    ".venv/bin/python scripts/reliability_campaign.py --repo /tmp/before": "the campaign against an old checkout",
     "accelerate launch --config_file config/accelerate/multi_gpu.yaml finetune.py --from-config "
     "config/sample_config.yaml": "multi-GPU launch (test_finetune loads the accelerate configs)",
     "accelerate launch --config_file config/accelerate/multi_gpu.yaml --num_processes 8 finetune.py "
