@@ -42,6 +42,7 @@ from src.data import (
 from src.errors import EXIT_CODES_HELP, EXIT_OK, RunFailed, UsageError
 from src.hub import check_push_possible, local_output_dir, save_output
 from src.logging_setup import setup_logging
+from src.peak_rss import peak_rss_mb
 from src.prompts import check_placeholders, load_template, render
 from src.quality import QualityConfig, QualityFilter
 from src.service_llm import (
@@ -581,6 +582,7 @@ def summarize(args: DataGenArgs, prep: Prepared, kept: list, rejected: list, rou
                             "reference_rows": len(prep.train), "existing_rows": len(prep.existing)},
         "generator": prep.llm.model,
         "service_llm": usage,
+        "peak_rss_mb": peak_rss_mb(),
     }
 
 

@@ -18,6 +18,7 @@ from src.config import config_to_dict
 from src.data import SYNTH_COLUMNS, first_user_message, load_split, normalize_text, prompt_id_for
 from src.errors import EXIT_OK, UsageError
 from src.hub import check_push_possible, local_output_dir, save_output
+from src.peak_rss import peak_rss_mb
 
 logger = logging.getLogger("llamaduo.dataset_merge")
 
@@ -158,7 +159,7 @@ def main(args: MergeArgs) -> int:
         stage="dataset_merge", config=config_to_dict(args),
         inputs={"first": {"id": args.first_ds_id}, "second": {"id": args.second_ds_id}, "counts": counts},
     )
-    (out / "summary.json").write_text(json.dumps(counts, indent=2) + "\n")
+    (out / "summary.json").write_text(json.dumps({**counts, "peak_rss_mb": peak_rss_mb()}, indent=2) + "\n")
     print(f"merged {counts['first_train']} + {counts['second_train']} train rows; dropped "
           f"{dup_count} exact duplicate(s) and {contaminated} test-contaminated row(s); "
           f"wrote train {len(train)}, test {len(test_rows)} -> {out}")

@@ -48,6 +48,7 @@ from src.judging import (
     write_histogram,
 )
 from src.logging_setup import setup_logging
+from src.peak_rss import peak_rss_mb
 from src.prompts import check_placeholders, load_template, render
 from src.service_llm import PROVIDERS, ServiceLLMArgs
 
@@ -349,6 +350,7 @@ def build_summary(args: EvaluationArgs, rows: Sequence[RowScore], outcome: Judge
     model_ids = sorted({str(m) for m in ds["model_id"]}) if "model_id" in ds.column_names else []
     summary.update({
         "evaluator": outcome.evaluator,
+        "peak_rss_mb": peak_rss_mb(),
         "service_llm_provider": args.service_llm_provider,
         "eval_repeat": outcome.effective_repeat,
         "cost_usd": round(float(usage.get("cost_usd", 0.0)), 6),

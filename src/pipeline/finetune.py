@@ -23,6 +23,7 @@ from typing import Any, Optional, Sequence
 from src.config import config_to_dict, parse_config
 from src.errors import EXIT_CODES_HELP, EXIT_OK, RunFailed, UsageError
 from src.logging_setup import setup_logging
+from src.peak_rss import peak_rss_mb
 
 logger = logging.getLogger("llamaduo.finetune")
 
@@ -440,6 +441,7 @@ def _finish(trainer: Any, script: Any, model_args: Any, sft: Any, base: str, tok
         "last_loss": losses[-1] if losses else None, "losses": losses, "metrics": metrics,
         "data": data.sources, "seconds": round(time.time() - started, 1),
         "attn_implementation": getattr(trainer.model.config, "_attn_implementation", None),
+        "peak_rss_mb": peak_rss_mb(),
     }
     (out_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, default=str))
     merged = bool(script.merge_adapter and model_args.use_peft)

@@ -186,6 +186,10 @@ class ServiceLLM:
         rpm = self.rate_limit_per_minute or "unlimited"
         return f"{self.spec.provider}/{self.spec.model}{where} (workers={self.workers}, rpm={rpm})"
 
+    def _new_provider(self) -> Provider:
+        """The provider adapter for one run (a subclass may spread requests over servers)."""
+        return make_provider(self.spec)
+
     # ------------------------------------------------------------------ ledger & keys
     def _open_ledger(self) -> Optional[Ledger]:
         if self.ledger_path is None:
@@ -278,7 +282,7 @@ class ServiceLLM:
         usage = Usage()
         self.last_run = usage
         ledger = self._open_ledger()
-        provider = make_provider(self.spec)
+        provider = self._new_provider()
         pacer = Pacer(self.rate_limit_per_minute, self.tokens_per_minute, log=self.pacer_log)
         results: list[Optional[JobResult[T]]] = [None] * len(jobs)
         queue: asyncio.Queue[int] = asyncio.Queue()
@@ -342,7 +346,7 @@ class ServiceLLM:
         state: _RunState,
     ) -> JobResult[T]:
         """First ask, then re-asks with the invalid reply and the reason in the history."""
-        messages: list[dict] = [{"role": "user", "content": job.prompt}]
+        messages: list[dict] = list(job.messages) if job.messages else [{"role": "user", "content": job.prompt}]
         completions: list[Completion] = []
         retries_before = state.usage.retries
         reason = ""

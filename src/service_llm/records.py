@@ -46,6 +46,9 @@ class Job:
 
     prompt: str
     sample_index: int = 0
+    #: the whole conversation (e.g. system + user), when more than one user turn is sent;
+    #: `prompt` then only feeds estimates
+    messages: Optional[tuple[dict, ...]] = None
 
 
 @dataclass
