@@ -15,3 +15,12 @@ def peak_rss_mb() -> float:
     unit = 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB on Linux
     peak = max(resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
     return round(peak * unit / 1024 / 1024, 1)
+
+
+def peak_gpu_mb() -> float | None:
+    """Peak CUDA memory allocated by this process in MiB, or None when CUDA was never used.
+    Reads torch only if the stage already imported it (a CPU-only stage stays torch-free)."""
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.cuda.is_available() or not torch.cuda.is_initialized():
+        return None
+    return round(torch.cuda.max_memory_allocated() / 1024 / 1024, 1)

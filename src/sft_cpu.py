@@ -100,11 +100,22 @@ def plain_logprobs(hidden: Any, weight: Any, bias: Any, targets: Any, temperatur
     are None. Only log_probs carries a gradient: SFT uses the others as detached metrics, and
     `enable_fast_lm_head` is only called by finetune.py. `chunk_size` (TRL's vocabulary tile) is
     unused: the logits of `ROWS_PER_CHUNK` rows are built whole.
+
+    Each chunk runs under activation checkpointing: autograd keeps only the chunk's hidden
+    states and recomputes its logits in the backward pass. Without it every chunk's
+    [rows, vocab] log-softmax stays alive until backward, so memory grows with the labelled
+    tokens of the batch (measured: +1.2 GB at 3k labelled tokens of SmolLM2, 49k vocab); with it
+    the head holds one chunk at a time, for one extra head matmul per chunk.
     """
     import torch
+    from torch.utils.checkpoint import checkpoint
 
-    pieces = [_logprob_rows(hidden[s:s + ROWS_PER_CHUNK], weight, bias, targets[s:s + ROWS_PER_CHUNK],
-                            temperature, final_logit_softcapping, logit_scale, outputs)
+    def rows(h: Any, t: Any) -> tuple:
+        return _logprob_rows(h, weight, bias, t, temperature, final_logit_softcapping, logit_scale, outputs)
+
+    grad = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
+    pieces = [checkpoint(rows, hidden[s:s + ROWS_PER_CHUNK], targets[s:s + ROWS_PER_CHUNK], use_reentrant=False)
+              if grad else rows(hidden[s:s + ROWS_PER_CHUNK], targets[s:s + ROWS_PER_CHUNK])
               for s in range(0, max(1, hidden.shape[0]), ROWS_PER_CHUNK)]
     return tuple(None if piece[0] is None else torch.cat(piece) for piece in zip(*pieces))
 

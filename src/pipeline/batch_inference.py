@@ -28,7 +28,7 @@ from src.inference.model_ref import ModelRef, resolve_model_ref
 from src.inference.plan import batches_for_rank, build_work_items, padding_waste, plan_batches
 from src.inference.prompts import PromptRecord, WorkItem, prompt_records, tokenize_prompts
 from src.inference.store import PartialStore, run_key
-from src.peak_rss import peak_rss_mb
+from src.peak_rss import peak_gpu_mb, peak_rss_mb
 
 logger = logging.getLogger("llamaduo.batch_inference")
 
@@ -236,6 +236,8 @@ def write_summary(folder: Path, cfg: BatchInferenceConfig, prompts: int, respons
     summary = {"stage": STAGE, "backend": cfg.backend, "prompts": prompts, "repeat": cfg.repeat,
                "responses": responses, "seconds": round(time.perf_counter() - started, 1),
                "peak_rss_mb": peak_rss_mb(), **extra}
+    if peak_gpu_mb() is not None:
+        summary["peak_gpu_mb"] = peak_gpu_mb()
     (Path(folder) / SUMMARY_NAME).write_text(json.dumps(summary, indent=2) + "\n")
 
 
