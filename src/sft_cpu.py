@@ -188,3 +188,29 @@ def disable_fast_lm_head() -> None:
         trl_utils._use_triton = _use_triton
     if isinstance(trl_utils._ChunkedLogProbFunction, _LogProbDispatch):
         trl_utils._ChunkedLogProbFunction = trl_utils._ChunkedLogProbFunction.original
+
+
+# --------------------------------------------------------------------------- allocator
+
+MMAP_THRESHOLD_BYTES = 1 << 20
+
+
+def return_freed_memory_to_os(threshold: int = MMAP_THRESHOLD_BYTES) -> bool:
+    """Make glibc serve every allocation of `threshold` bytes or more with its own mmap, so a
+    freed activation goes back to the OS at once (glibc only; False elsewhere).
+
+    WHY: glibc raises its mmap threshold as large blocks are freed (up to 32 MB), so a CPU
+    training step's 1-30 MB activations then come from heap arenas that fragment and never
+    shrink. Measured on the HumanEval-sized workload (SmolLM2-135M, 1.8k tokens, gradient
+    checkpointing): memory held per decoder layer fell from 47 MB to 20 MB with this setting.
+    Same as MALLOC_MMAP_THRESHOLD_=1048576 in the environment, set from inside the stage.
+    """
+    import ctypes
+    import ctypes.util
+    import platform
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    libc = ctypes.CDLL(ctypes.util.find_library("c"))
+    m_trim_threshold, m_mmap_threshold = -1, -3  # from <malloc.h>
+    return bool(libc.mallopt(m_mmap_threshold, threshold)) and bool(libc.mallopt(m_trim_threshold, threshold))

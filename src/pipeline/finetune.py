@@ -407,8 +407,10 @@ def _build_trainer(script: Any, model_args: Any, sft: Any, base: str, tokenizer:
 def _cpu_fast_path(script: Any, model_args: Any, sft: Any) -> str | None:
     """Turn on src.sft_cpu when training on a CPU; returns the attention to load the model with
     (None: as configured)."""
-    from src.sft_cpu import disable_fast_lm_head, enable_fast_lm_head, register_varlen_attention
+    from src.sft_cpu import (disable_fast_lm_head, enable_fast_lm_head, register_varlen_attention,
+                             return_freed_memory_to_os)
 
+    return_freed_memory_to_os()  # bounded RSS on a CPU (src/sft_cpu.py says why), fast path or not
     if not script.cpu_fast_path:
         disable_fast_lm_head()  # the patch is process-wide: an earlier run in this process may have set it
         return None
