@@ -3,6 +3,8 @@
 Why children too: a stage may do its heavy work in child processes (dataloader workers, a
 launcher's ranks); `ru_maxrss` of RUSAGE_CHILDREN is the largest finished child, so the
 stage's figure is the larger of the two. Linux reports ru_maxrss in KiB (macOS in bytes).
+Linux keeps ru_maxrss across fork and exec: a stage started by a large process (a test runner
+holding a model) reports at least that process's size; started by a shell (the loop), its own.
 """
 from __future__ import annotations
 
