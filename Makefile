@@ -5,10 +5,13 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 DSTACK_VENV := .venv-dstack
+VLLM_VENV   := .venv-vllm
+# transformers as the vLLM environment resolves it, overlaid on .venv by tests/test_vllm_env.py
+VLLM_CHECK  := .venv-vllm-check
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup demo test bench clean-outputs
+.PHONY: setup demo test bench clean-outputs venv-vllm
 
 setup: $(VENV)/.installed $(VENV)/.model
 
@@ -32,10 +35,23 @@ $(DSTACK_VENV)/.installed: requirements-dstack.txt
 	$(DSTACK_VENV)/bin/python -m pip install -q -r requirements-dstack.txt
 	touch $@
 
+# In-process vLLM (`batch_inference.py --backend vllm`, CUDA only) in its own environment: vLLM pins
+# torch and transformers versions that .venv cannot share (docs/batch_inference.md).
+venv-vllm: $(VLLM_VENV)/.installed
+$(VLLM_VENV)/.installed: requirements-vllm.txt
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install -q --upgrade pip
+	$(VLLM_VENV)/bin/python -m pip install -q -r requirements-vllm.txt
+	touch $@
+
+$(VLLM_CHECK)/.installed: requirements-vllm.txt
+	$(PY) -m pip install -q --no-deps --upgrade --target $(VLLM_CHECK)/site transformers==5.20.2
+	touch $@
+
 demo: setup
 	PYTHON=$(PY) bash scripts/llamaduo.sh
 
-test: setup $(DSTACK_VENV)/.installed
+test: setup $(DSTACK_VENV)/.installed $(VLLM_CHECK)/.installed
 	$(PY) -m pytest
 
 bench: setup

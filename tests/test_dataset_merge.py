@@ -64,6 +64,7 @@ def test_merge_end_to_end(repo_root, datasets_dir):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["exact_duplicates_dropped"] == 2 and summary["contaminated_dropped"] == 1
     assert summary["added"] == 2  # new task A and B: what the loop's stop rule reads
+    assert summary["peak_rss_mb"] > 0
     assert "dropped 2 exact duplicate(s) and 1 test-contaminated" in proc.stdout
 
 

@@ -245,6 +245,7 @@ def test_lora_run_saves_adapter_template_generation_config_and_merged_model(
     assert summary["global_step"] == 2 and summary["train_rows"] == 8 and summary["eval_rows"] == 4
     assert summary["attn_implementation"] == "sdpa_varlen"  # padding-free on a CPU: per-conversation attention
     assert "eval_loss" in summary["metrics"]
+    assert summary["peak_rss_mb"] > 100  # a trained model was in memory
     card = (out / "README.md").read_text()
     assert str(sft_data) in card and f"base_model: {tiny_model_dir}" in card and "lora_r: 4" in card
 

@@ -7,9 +7,11 @@ Flow (every check that can fail on bad input runs before any weights load):
 """
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal, Optional, Sequence
 
 from datasets import Dataset
@@ -32,6 +34,7 @@ from src.inference.prompts import PromptRecord, WorkItem, prompt_records, tokeni
 from src.inference.store import PartialStore, run_key
 from src.outputs import OutputPlan, guarded_output
 from src.validation import check_sft_columns
+from src.peak_rss import peak_gpu_mb, peak_rss_mb
 
 logger = logging.getLogger("llamaduo.batch_inference")
 
@@ -40,6 +43,7 @@ OUTPUT_COLUMNS = (*RESPONSE_COLUMNS, "prompt_id", "repeat_index", "finish_reason
 # vLLM batches continuously inside one call; hand it large chunks and only use them as the
 # unit of incremental saving.
 VLLM_CHUNK = 256
+SUMMARY_NAME = "summary.json"
 
 
 @dataclass
@@ -77,8 +81,29 @@ class BatchInferenceConfig:
                 "always stop); the original's ft_model_gen_config_path fills it"})
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = field(default="auto", metadata={
         "help": "weights dtype; auto = bf16 on GPUs and on CPUs with fast bf16, else fp32"})
-    backend: Literal["hf", "vllm"] = field(default="hf", metadata={"help": "hf (transformers) or vllm (GPU)"})
+    backend: Literal["hf", "vllm", "openai"] = field(default="hf", metadata={
+        "help": "hf (transformers), vllm (in-process, GPU) or openai (any OpenAI-compatible server)"})
     tensor_parallel_size: int = field(default=1, metadata={"help": "GPUs per model replica (vllm backend)"})
+    openai_base_url: Optional[str] = field(default=None, metadata={
+        "help": "openai backend: the server's base URL, e.g. http://localhost:8000/v1; several, comma-separated, "
+                "share the requests"})
+    served_model_name: Optional[str] = field(default=None, metadata={
+        "help": "openai backend: the base model's name on the server, asked for when ft_model_id is not a "
+                "local LoRA adapter folder (default: ft_model_id)"})
+    lora_name: str = field(default="{name}", metadata={
+        "help": "openai backend: the served name of a local adapter folder ft_model_id, as in vLLM's "
+                "--lora-modules NAME=PATH; {name} = the folder's name, {parent} = its parent's"})
+    load_lora_at_runtime: bool = field(default=False, metadata={
+        "help": "openai backend: if a server does not list the adapter, load it with vLLM's "
+                "POST /v1/load_lora_adapter (server needs VLLM_ALLOW_RUNTIME_LORA_UPDATING=True)"})
+    openai_workers: int = field(default=16, metadata={"help": "openai backend: requests in flight at once"})
+    openai_spread: Literal["least_loaded", "round_robin"] = field(default="least_loaded", metadata={
+        "help": "openai backend: how requests are shared across several base URLs"})
+    rate_limit_per_minute: int = field(default=0, metadata={
+        "help": "openai backend: requests per minute, paced smoothly (0 = no limit)"})
+    max_retries: int = field(default=6, metadata={
+        "help": "openai backend: retries per request on 429/5xx/timeouts/dropped connections"})
+    request_timeout_s: float = field(default=600.0, metadata={"help": "openai backend: per-request timeout"})
     output_root: str = field(default="outputs", metadata={
         "help": "parent folder of the local copy when pushing (the local copy is <output_root>/<repo id>)"})
     data_format: str = data_format_field()
@@ -113,6 +138,15 @@ def validate(cfg: BatchInferenceConfig) -> None:
     if cfg.load_in_8bit and cfg.load_in_4bit:
         raise UsageError("load_in_8bit and load_in_4bit are both set; choose one")
     check_format_args(cfg.data_format, cfg.column_map)
+    if cfg.backend == "openai":
+        from src.inference.openai_backend import parse_base_urls
+
+        parse_base_urls(cfg.openai_base_url)
+        for name in ("openai_workers", "max_retries", "rate_limit_per_minute"):
+            if getattr(cfg, name) < (1 if name == "openai_workers" else 0):
+                raise UsageError(f"{name} must be >= {1 if name == 'openai_workers' else 0}, got {getattr(cfg, name)}")
+        if not cfg.request_timeout_s > 0:
+            raise UsageError(f"request_timeout_s must be > 0, got {cfg.request_timeout_s}")
 
 
 def settings_of(cfg: BatchInferenceConfig) -> GenSettings:
@@ -133,6 +167,9 @@ def output_plan(cfg: BatchInferenceConfig) -> OutputPlan:
 @guarded_output(output_plan)
 def run(cfg: BatchInferenceConfig) -> int:
     validate(cfg)
+    started = time.perf_counter()
+    if cfg.backend == "openai":
+        return _run_openai(cfg, started)
     info = distributed.dist_info()
     if cfg.backend == "vllm":
         from src.inference.vllm_backend import require_vllm
@@ -164,7 +201,8 @@ def run(cfg: BatchInferenceConfig) -> int:
         distributed.barrier(info)
         if not info.is_main:
             return EXIT_OK
-        out = assemble(records, store.load(), cfg.repeat, cfg.ft_model_id, sha, cfg.max_new_tokens)
+        done = store.load()
+        out = assemble(records, done, cfg.repeat, cfg.ft_model_id, sha, cfg.max_new_tokens)
         out = carry_columns(out, ds, [r.row_index for r in records for _ in range(cfg.repeat)])
         folder = save_output({cfg.lm_response_ds_split: out}, cfg.lm_response_ds_id,
                              push=cfg.push_lm_responses_to_hf_hub, append=cfg.lm_response_append, stage=STAGE,
@@ -172,11 +210,66 @@ def run(cfg: BatchInferenceConfig) -> int:
                              inputs={"ft_model_id": cfg.ft_model_id, "model_sha": sha,
                                      "test_ds_id": cfg.test_ds_id, "test_ds_split": cfg.test_ds_split})
         store.remove()
+        write_summary(folder, cfg, len(records), len(out), started,
+                      {"new_tokens": sum(int(r.get("new_tokens", 0)) for r in done.values())})
         print(f"batch_inference: {len(out)} responses ({len(records)} prompts x {cfg.repeat}) -> "
               f"{folder} split '{cfg.lm_response_ds_split}'")
         return EXIT_OK
     finally:
         distributed.shutdown(info)
+
+
+def _run_openai(cfg: BatchInferenceConfig, started: float) -> int:
+    """The openai backend: the same records, work items (and seeds) and output as the hf
+    backend, but each sample is one Chat Completions request; the ledger is the resume store."""
+    from src.inference import openai_backend as oa
+    from src.models import model_sha
+
+    urls = oa.parse_base_urls(cfg.openai_base_url)
+    target = oa.served_target(cfg.ft_model_id, cfg.served_model_name, cfg.lora_name)
+    check_push_possible(cfg.push_lm_responses_to_hf_hub, f"responses to '{cfg.lm_response_ds_id}'")
+    ds = load_split(cfg.test_ds_id, cfg.test_ds_split, what="test dataset")
+    records = prompt_records(ds, what=f"test dataset '{cfg.test_ds_id}' split '{cfg.test_ds_split}'")
+    target = oa.check_servers(urls, target, oa.api_key(), cfg.load_lora_at_runtime)
+    sha = oa.model_sha_of(target, model_sha(target.lora_path) if target.lora_path else None)
+    items = build_work_items(records, [()] * len(records), cfg.repeat, cfg.seed)
+    out_dir = local_output_dir(cfg.lm_response_ds_id, cfg.push_lm_responses_to_hf_hub, cfg.output_root)
+    # one ledger per served model + adapter content: a retrained adapter under the same name never
+    # reuses the old answers
+    ledger = out_dir / "openai_ledger" / f"{run_key({'model_sha': sha})}.sqlite"
+    opts = oa.OpenAISettings(urls, target, cfg.openai_workers, cfg.rate_limit_per_minute, cfg.max_retries,
+                             cfg.request_timeout_s, cfg.openai_spread, ledger)
+    client = oa.make_client(opts, settings_of(cfg))
+    logger.info("asking %s for '%s' at %s (%d requests, %d in flight)", "the server" if len(urls) == 1 else
+                f"{len(urls)} servers", target.request_model, ", ".join(urls), len(items), cfg.openai_workers)
+    try:
+        answers = oa.generate_all(client, records, items)
+    finally:
+        client.close()
+    done = {key: {"candidate_responses": g.text, "new_tokens": g.new_tokens} for key, g in answers.items()}
+    out = assemble(records, done, cfg.repeat, cfg.ft_model_id, sha)
+    folder = save_output({cfg.lm_response_ds_split: out}, cfg.lm_response_ds_id,
+                         push=cfg.push_lm_responses_to_hf_hub, append=cfg.lm_response_append, stage=STAGE,
+                         config=_card_config(cfg), output_root=cfg.output_root,
+                         inputs={"ft_model_id": cfg.ft_model_id, "model_sha": sha, "served_model": target.request_model,
+                                 "test_ds_id": cfg.test_ds_id, "test_ds_split": cfg.test_ds_split})
+    write_summary(folder, cfg, len(records), len(out), started, {
+        "new_tokens": sum(g.new_tokens for g in answers.values()), "served_model": target.request_model,
+        "model_sha": sha, "service_llm": client.usage.as_dict(), "requests_by_url": client.requests_by_url})
+    print(f"batch_inference: {len(out)} responses ({len(records)} prompts x {cfg.repeat}) from "
+          f"'{target.request_model}' -> {folder} split '{cfg.lm_response_ds_split}'")
+    return EXIT_OK
+
+
+def write_summary(folder: Path, cfg: BatchInferenceConfig, prompts: int, responses: int, started: float,
+                  extra: dict[str, Any]) -> None:
+    """summary.json beside the responses: counts, time and peak memory (read by the loop)."""
+    summary = {"stage": STAGE, "backend": cfg.backend, "prompts": prompts, "repeat": cfg.repeat,
+               "responses": responses, "seconds": round(time.perf_counter() - started, 1),
+               "peak_rss_mb": peak_rss_mb(), **extra}
+    if peak_gpu_mb() is not None:
+        summary["peak_gpu_mb"] = peak_gpu_mb()
+    (Path(folder) / SUMMARY_NAME).write_text(json.dumps(summary, indent=2) + "\n")
 
 
 def _model_sha(ref: ModelRef) -> str:

@@ -46,6 +46,7 @@ from src.hub import check_push_possible, local_output_dir, save_output
 from src.logging_setup import setup_logging
 from src.delimiters import render_data
 from src.outputs import OutputPlan, guarded_output, publish_files
+from src.peak_rss import peak_rss_mb
 from src.prompts import check_placeholders, load_template
 from src.quality import QualityConfig, QualityFilter
 from src.validation import check_sft_columns
@@ -645,6 +646,7 @@ def summarize(args: DataGenArgs, prep: Prepared, kept: list, rejected: list, rou
                             "reference_rows": len(prep.train), "existing_rows": len(prep.existing)},
         "generator": prep.llm.model,
         "service_llm": usage,
+        "peak_rss_mb": peak_rss_mb(),
     }
 
 

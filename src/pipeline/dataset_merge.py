@@ -21,6 +21,7 @@ from src.formats import check_format_args, column_map_field, data_format_field, 
 from src.hub import check_push_possible, local_output_dir, save_output
 from src.outputs import OutputPlan, guarded_output
 from src.validation import check_sft_columns
+from src.peak_rss import peak_rss_mb
 
 logger = logging.getLogger("llamaduo.dataset_merge")
 
@@ -195,7 +196,8 @@ def main(args: MergeArgs) -> int:
                 args.result_ds_test_split: args.result_ds_test_append},
         stage="dataset_merge", config=config_to_dict(args),
         inputs={"first": {"id": args.first_ds_id}, "second": {"id": args.second_ds_id}, "counts": counts},
-        extra_files=lambda folder: (folder / "summary.json").write_text(json.dumps(counts, indent=2) + "\n"),
+        extra_files=lambda folder: (folder / "summary.json").write_text(
+            json.dumps({**counts, "peak_rss_mb": peak_rss_mb()}, indent=2) + "\n"),
     )
     print(f"merged {counts['first_train']} + {counts['second_train']} train rows ({counts['added']} new); dropped "
           f"{dup_count} exact duplicate(s) and {contaminated} test-contaminated row(s); "

@@ -53,6 +53,7 @@ from src.judging import (
 from src.judging.truncation import FINISH_COLUMN, truncated_summary
 from src.logging_setup import setup_logging
 from src.outputs import OutputPlan, guarded_output
+from src.peak_rss import peak_rss_mb
 from src.prompts import check_placeholders, load_template, render
 from src.service_llm import PROVIDERS, ServiceLLMArgs
 from src.validation import check_text_columns
@@ -391,6 +392,7 @@ def build_summary(args: EvaluationArgs, rows: Sequence[RowScore], outcome: Judge
     model_ids = sorted({str(m) for m in ds["model_id"]}) if "model_id" in ds.column_names else []
     summary.update({
         "evaluator": outcome.evaluator,
+        "peak_rss_mb": peak_rss_mb(),
         "service_llm_provider": args.service_llm_provider,
         "eval_repeat": outcome.effective_repeat,
         "cost_usd": round(float(usage.get("cost_usd", 0.0)), 6),

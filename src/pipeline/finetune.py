@@ -26,6 +26,7 @@ from src.formats import check_format_args, column_map_field, data_format_field
 from src.errors import EXIT_CODES_HELP, EXIT_OK, RunFailed, UsageError
 from src.logging_setup import setup_logging
 from src.outputs import OutputPlan, guarded_output
+from src.peak_rss import peak_rss_mb
 
 logger = logging.getLogger("llamaduo.finetune")
 
@@ -445,8 +446,10 @@ def _build_trainer(script: Any, model_args: Any, sft: Any, base: str, tokenizer:
 def _cpu_fast_path(script: Any, model_args: Any, sft: Any) -> str | None:
     """Turn on src.sft_cpu when training on a CPU; returns the attention to load the model with
     (None: as configured)."""
-    from src.sft_cpu import disable_fast_lm_head, enable_fast_lm_head, register_varlen_attention
+    from src.sft_cpu import (disable_fast_lm_head, enable_fast_lm_head, register_varlen_attention,
+                             return_freed_memory_to_os)
 
+    return_freed_memory_to_os()  # bounded RSS on a CPU (src/sft_cpu.py says why), fast path or not
     if not script.cpu_fast_path:
         disable_fast_lm_head()  # the patch is process-wide: an earlier run in this process may have set it
         return None
@@ -480,6 +483,7 @@ def _finish(trainer: Any, script: Any, model_args: Any, sft: Any, base: str, tok
         "last_loss": losses[-1] if losses else None, "losses": losses, "metrics": metrics,
         "data": data.sources, "seconds": round(time.time() - started, 1),
         "attn_implementation": getattr(trainer.model.config, "_attn_implementation", None),
+        "peak_rss_mb": peak_rss_mb(),
     }
     (out_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, default=str))
     merged = bool(script.merge_adapter and model_args.use_peft)

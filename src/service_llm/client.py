@@ -127,6 +127,13 @@ def _interrupt_gracefully(state: _RunState, tasks: list[asyncio.Task]) -> bool:
     return True
 
 
+
+def first_messages(job: Job) -> list[dict]:
+    """The conversation a job's first ask sends: its own messages (system + user, e.g. batch
+    inference through an OpenAI-compatible server) or one user turn. The ledger key, the
+    single-flight grouping and the dry-run count all read it, so they agree with the call."""
+    return list(job.messages) if job.messages else [{"role": "user", "content": job.prompt}]
+
 class ServiceLLM:
     """A configured service-LLM client. Build it with `from_args` (validates, no network)."""
 
@@ -238,6 +245,10 @@ class ServiceLLM:
         rpm = self.rate_limit_per_minute or "unlimited"
         return f"{self.spec.provider}/{self.spec.model}{where} (workers={self.workers}, rpm={rpm})"
 
+    def _new_provider(self) -> Provider:
+        """The provider adapter for one run (a subclass may spread requests over servers)."""
+        return make_provider(self.spec)
+
     # ------------------------------------------------------------------ ledger & keys
     def _open_ledger(self) -> Optional[Ledger]:
         if self.ledger_path is None:
@@ -277,8 +288,7 @@ class ServiceLLM:
         calls = 0
         seen: set[str] = set()
         for job in jobs:
-            messages = [{"role": "user", "content": job.prompt}]
-            key = self._key(messages, job.sample_index, job.schema)
+            key = self._key(first_messages(job), job.sample_index, job.schema)
             if key in seen or estimate_tokens(job.prompt) > self.max_input_tokens:
                 continue  # a duplicate shares its twin's call; an oversize prompt is never sent
             seen.add(key)
@@ -342,7 +352,7 @@ class ServiceLLM:
         usage = Usage()
         self.last_run = usage
         ledger = self._open_ledger()
-        provider = make_provider(self.spec)
+        provider = self._new_provider()
         pacer = Pacer(self.rate_limit_per_minute, self.tokens_per_minute, log=self.pacer_log)
         results: list[Optional[JobResult[T]]] = [None] * len(jobs)
         leaders, followers = self._single_flight(jobs, skip=oversize)
@@ -449,7 +459,7 @@ class ServiceLLM:
         for i, job in enumerate(jobs):
             if i in skipped:
                 continue
-            key = self._key([{"role": "user", "content": job.prompt}], job.sample_index, job.schema)
+            key = self._key(first_messages(job), job.sample_index, job.schema)
             if key in first:
                 followers.setdefault(first[key], []).append(i)
             else:
@@ -478,7 +488,7 @@ class ServiceLLM:
         state: _RunState,
     ) -> JobResult[T]:
         """First ask, then re-asks with the invalid reply and the reason in the history."""
-        messages: list[dict] = [{"role": "user", "content": job.prompt}]
+        messages = first_messages(job)
         completions: list[Completion] = []
         retries_before = state.usage.retries
         reason = ""

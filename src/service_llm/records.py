@@ -71,6 +71,9 @@ class Job:
     schema: Optional[ResponseSchema] = None
     parse: Optional[Callable[[str], Any]] = field(default=None, compare=False)
     label: str = ""  # how errors name this job to the user, e.g. "row 17"; not part of any key
+    #: the whole conversation (e.g. system + user), when more than one user turn is sent;
+    #: `prompt` then only feeds estimates
+    messages: Optional[tuple[dict, ...]] = None
 
 
 @dataclass

@@ -74,8 +74,14 @@ Conventions other tests rely on:
   "by_provider", "rpm_rejections", "faults", "max_repeats", "distinct_requests",
   "max_window_count", "answered", "answered_repeats"}; `GET /_stats?detail=1` adds
   "by_request" (counts per hash of provider + messages + seed: a value > 1 means the same
-  request came twice). `answered` counts successful (billable) answers; `answered_repeats`
+  request came twice) and "openai_requests" (every accepted chat-completions body, messages
+  included, in arrival order). `answered` counts successful (billable) answers; `answered_repeats`
   how many of them answered a request already answered once (a paid call made twice).
+* Serving like vLLM (`models=[...]`, `--models base --lora round_1=/path/adapter`):
+  `GET .../models` lists the base models and the LoRA adapters (with `parent` and `root`, as
+  vLLM does); without `models` it is a 404 as before. `POST .../load_lora_adapter`
+  {lora_name, lora_path} adds an adapter when `allow_runtime_lora` (`--allow-runtime-lora`),
+  else 404 (vLLM without VLLM_ALLOW_RUNTIME_LORA_UPDATING).
 """
 from __future__ import annotations
 
@@ -307,11 +313,18 @@ class ProtocolServer:
         reply_override: Optional[Callable[[str, str], Optional[str]]] = None,
         structured: str = "honour",
         quote_candidate: bool = False,
+        models: Optional[list[str]] = None,
+        loras: Optional[dict[str, str]] = None,
+        allow_runtime_lora: bool = False,
     ) -> None:
         if structured not in ("honour", "require", "reject"):
             raise ValueError(f"structured must be honour, require or reject, not {structured!r}")
         self.structured = structured
         self.quote_candidate = quote_candidate
+        self.served_models = [{"id": m, "object": "model", "root": m, "parent": None} for m in models or []]
+        base = (models or [None])[0]
+        self.served_models += [{"id": n, "object": "model", "root": p, "parent": base} for n, p in (loras or {}).items()]
+        self.allow_runtime_lora = allow_runtime_lora
         self.latency = latency
         self.rpm = rpm
         self.rpm_window_s = rpm_window_s
@@ -374,6 +387,7 @@ class ProtocolServer:
             self.structured_bad: Counter = Counter()  # provider -> malformed structured asks
             self.plain_judge: Counter = Counter()  # provider -> judge requests without an ask
             self.bodies: list[tuple[str, dict]] = []  # (provider, request JSON), in process: what the SDK sent
+            self.openai_requests: list[dict] = []  # accepted chat-completions bodies, in order
 
     def stats(self, detail: bool = False) -> dict:
         with self._lock:
@@ -396,6 +410,7 @@ class ProtocolServer:
             if detail:
                 out["by_request"] = dict(self.by_request)
                 out["accepted_times"] = list(self.accepted_times)
+                out["openai_requests"] = list(self.openai_requests)
             return out
 
     def _admit(self, path: str, provider: str, request_key: str) -> Optional[float]:
@@ -525,6 +540,8 @@ class ProtocolServer:
                 if parsed.path == "/_stats":
                     detail = parse_qs(parsed.query).get("detail", ["0"])[0] not in ("0", "")
                     self._send_json(200, server.stats(detail))
+                elif parsed.path.endswith("/models") and server.served_models:
+                    self._send_json(200, {"object": "list", "data": list(server.served_models)})
                 else:
                     self._send_json(404, {"error": {"message": f"no route {parsed.path}"}})
 
@@ -540,6 +557,9 @@ class ProtocolServer:
                     body = json.loads(raw or b"{}")
                 except ValueError:
                     self._send_json(400, {"error": {"message": "body is not JSON"}})
+                    return
+                if path.endswith("/load_lora_adapter"):
+                    self._load_lora(body)
                     return
                 try:
                     self._handle(path, body)
@@ -563,6 +583,9 @@ class ProtocolServer:
                 request_key = hashlib.sha256(
                     json.dumps([provider, messages, seed]).encode("utf-8")).hexdigest()[:16]
                 retry_after = server._admit(path, provider, request_key)
+                if retry_after is None and provider == "openai":
+                    with server._lock:
+                        server.openai_requests.append(body)
                 if retry_after is not None:
                     self._error(provider, 429, "rate limit: too many requests per minute",
                                 {"Retry-After": f"{max(1, math.ceil(retry_after))}"})
@@ -594,6 +617,16 @@ class ProtocolServer:
                     tool = (body["tool_choice"]["name"],
                             judge_regions(first)[0].get("candidate_answer") if server.quote_candidate else None)
                 self._send_json(200, _reply(provider, model, text, _tokens(prompt_text), tool))
+
+            def _load_lora(self, body: dict) -> None:
+                if not server.allow_runtime_lora:
+                    self._send_json(404, {"detail": "Not Found"})
+                    return
+                base = next((m["id"] for m in server.served_models if m["parent"] is None), None)
+                with server._lock:
+                    server.served_models.append({"id": body.get("lora_name"), "object": "model",
+                                                 "root": body.get("lora_path"), "parent": base})
+                self._send_json(200, "Success: LoRA adapter loaded")
 
             def _error(self, provider: str, status: int, message: str, headers: Optional[dict] = None) -> None:
                 if provider == "openai":
@@ -712,12 +745,18 @@ def main(argv: Optional[list[str]] = None) -> int:
                         help="structured-output asks: honour them, require them of judge prompts, or reject them (400)")
     parser.add_argument("--quote-candidate", action="store_true",
                         help="adversarial judge: quote the candidate back, score honestly, obey injections outside tags")
+    parser.add_argument("--models", help="comma-separated base model names listed by GET /models")
+    parser.add_argument("--lora", action="append", default=[], help="NAME=PATH, a served LoRA adapter (repeatable)")
+    parser.add_argument("--allow-runtime-lora", action="store_true", help="accept POST /load_lora_adapter")
     args = parser.parse_args(argv)
     extra = load_synth_extra(args.synth_extra_file) if args.synth_extra_file else None
     server = ProtocolServer(args.host, args.port, latency=args.latency, rpm=args.rpm,
                             rpm_window_s=args.rpm_window_s, slow_s=args.slow_s, fault=args.fault,
                             synth_extra=extra, synth_pairs_per_reply=args.synth_pairs,
-                            structured=args.structured, quote_candidate=args.quote_candidate)
+                            structured=args.structured, quote_candidate=args.quote_candidate,
+                            models=[m for m in (args.models or "").split(",") if m],
+                            loras=dict(spec.split("=", 1) for spec in args.lora),
+                            allow_runtime_lora=args.allow_runtime_lora)
     if args.port_file:
         tmp = Path(args.port_file + ".tmp")
         tmp.write_text(str(server.port))
