@@ -81,9 +81,11 @@ class Plan:
     server: bool = False                    # replace a local server URL by the protocol server's
     background: bool = False                # a server: must start and print "listening"
     broken: str = ""                        # a known docs bug being fixed elsewhere: strict xfail
+    cwd: str = ""                           # run in this folder of the repo copy (a transcript's `cd`)
 
 
 PRINT = Plan(append=" --print-config")
+ORIGINAL_TREE = "tests/data/original_llamaduo"  # docs/migrating.md runs the original's configs from there
 CHECK = Plan(append=" --check")
 KEY = {"SERVICE_LLM_API_KEY": "test-key-not-used"}  # dry runs validate the key but call nothing
 
@@ -99,6 +101,8 @@ PLANS: dict[str, Plan] = {
     # --- batch inference: model generation takes minutes on a CPU
     "python batch_inference.py --from-config config/batch_inference.yaml": PRINT,
     "python batch_inference.py --from-config config/demo/batch_inference.yaml": PRINT,
+    "python batch_inference.py --from-config config/batch_inference_openai.yaml --openai-base-url "
+    "http://gpu1:8000/v1,http://gpu2:8000/v1": PRINT,                                   # two vLLM servers
     "python batch_inference.py --from-config config/batch_inference.yaml --ft-model-id outputs/finetune "
     "--push-lm-responses-to-hf-hub --lm-response-ds-id you/lm_responses": PRINT,
     # --- evaluation: the reference judge runs for real; a paid judge as a dry run (no call)
@@ -140,6 +144,13 @@ PLANS: dict[str, Plan] = {
     "CHECK_ONLY=1 bash scripts/llamaduo.sh": Plan(),
     # --- the original LlamaDuo's configs (docs/migrating.md)
     "python scripts/load_original_configs.py": Plan(),
+    "cd tests/data/original_llamaduo": Plan(),
+    **{f"python ../../../{cmd} --print-config": Plan(cwd=ORIGINAL_TREE) for cmd in (
+        "finetune.py config/llama3_1b/fine-tune/llama3_1b_coding_100k.yaml",
+        "batch_inference.py --from-config config/llama3_1b/batch-infer/batch_inference-coding.yaml",
+        "evaluation.py --config config/llama3_1b/eval/evaluation-gemini-coding.yaml",
+        "data_gen.py --from-config config/synth_data_gen.yaml",
+        "dataset_merge.py --from-config config/dataset_merge.yaml")},
     # --- the protocol server: starts and listens
     "python -m tests.servers.protocol_server --port 8123 --latency 1.0 --rpm 600": Plan(background=True),
 }
@@ -166,8 +177,16 @@ SKIP: dict[str, str] = {
         "4 processes generating for minutes; tests/test_batch_inference_processes.py runs the multi-process path",
     "accelerate launch --multi_gpu --num_processes 4 batch_inference.py --from-config ...":
         "several GPUs, and `...` stands for the reader's config",
-    "python batch_inference.py --from-config config/batch_inference.yaml --backend vllm --tensor-parallel-size 2":
-        "vLLM on 2 GPUs",
+    ".venv-vllm/bin/python batch_inference.py --from-config config/batch_inference.yaml --backend vllm "
+    "--tensor-parallel-size 2": "vLLM on 2 GPUs (tests/test_vllm_env.py checks the stage imports under vLLM's pins)",
+    "VLLM_ALLOW_RUNTIME_LORA_UPDATING=True vllm serve ~/.cache/llamaduo/smollm2-135m-instruct --served-model-name "
+    "smollm2-135m-instruct --enable-lora --max-lora-rank 16": "vLLM needs a GPU",
+    "vllm serve ~/.cache/llamaduo/smollm2-135m-instruct --served-model-name smollm2-135m-instruct --enable-lora "
+    "--max-lora-rank 16 --lora-modules round_1=outputs/llamaduo/round_1/model": "vLLM needs a GPU",
+    "INFER_CONFIG=config/batch_inference_openai.yaml bash scripts/llamaduo.sh": "needs vLLM serving each round's "
+    "adapter; tests/test_openai_backend.py runs the loop with the protocol server standing in for vLLM",
+    ".venv/bin/python bench/gpu_check.py prepare": "downloads the wheels the GPU machine needs (46 MiB) from PyPI",
+    "bash bench/gpu_check.sh --dry-run": "reads the wheels that `prepare` downloads",
     "vllm serve meta-llama/Meta-Llama-3-70B-Instruct --tensor-parallel-size 4 --port 8000": "a 70B model on 4 GPUs",
     "ollama serve": "Ollama is not installed here",
     "python evaluation.py --from-config cfg.yaml; case $? in 0) echo \"qualified: ship it\" ;; 3) echo "
@@ -255,7 +274,7 @@ def test_documented_command_runs(command, plan, repo_copy, shell_env, server_url
     if plan.background:
         _starts_and_listens(text, repo_copy, env)
         return
-    proc = subprocess.run(["bash", "-c", text], cwd=repo_copy, env=env, capture_output=True, text=True, timeout=840)
+    proc = subprocess.run(["bash", "-c", text], cwd=repo_copy / plan.cwd, env=env, capture_output=True, text=True, timeout=840)
     assert proc.returncode in plan.codes, f"{text}\nexit {proc.returncode}\n{proc.stderr[-3000:]}"
 
 
