@@ -33,7 +33,8 @@
 # summary.json files); the loop stops with exit 1 once it is spent.
 #
 # Resume: a stage that exits 0 (or 3, for evaluation) leaves <OUT>/round_<k>/<stage>.done
-# (exit code, seconds, config hash); a rerun with the same OUT skips it and reuses its
+# (exit code, seconds, config hash, peak resident memory in MB from scripts/measured.py); a
+# rerun with the same OUT skips it and reuses its
 # recorded exit code, with a warning if its config file changed since. An interrupted stage
 # has no .done and runs again; the stages resume their own partial work where they can.
 # <OUT>/loop.log records every start / done / skip / failure, one line each.
@@ -132,15 +133,18 @@ run_stage() {  # run_stage ROUND STAGE SCRIPT CONFIG [CLI overrides...]; sets ST
   fi
   log "$ROUND" "$STAGE" event=start cmd="\"$script --from-config $config $*\""
   local started=$SECONDS rc=0
-  "$PYTHON" "$script" --from-config "$config" "$@" > >(tee -a "$dir/$STAGE.log") 2>&1 &
+  "$HELPER_PY" scripts/measured.py "$dir/$STAGE.rss" -- "$PYTHON" "$script" --from-config "$config" "$@" \
+    > >(tee -a "$dir/$STAGE.log") 2>&1 &
   CHILD=$!
   wait "$CHILD" || rc=$?
   CHILD=""
   local secs=$((SECONDS - started))
   if [[ $rc -eq 0 || ( $rc -eq 3 && "$STAGE" == evaluation ) ]]; then
     # Written last and atomically: a .done always means the stage really finished.
-    printf '%s\n%s\n%s\n' "$rc" "$secs" "$config_sha" >"$marker.tmp" && mv "$marker.tmp" "$marker"
-    log "$ROUND" "$STAGE" event=done rc="$rc" seconds="$secs"
+    local rss_mb
+    rss_mb="$(cat "$dir/$STAGE.rss" 2>/dev/null || echo -)"
+    printf '%s\n%s\n%s\n%s\n' "$rc" "$secs" "$config_sha" "$rss_mb" >"$marker.tmp" && mv "$marker.tmp" "$marker"
+    log "$ROUND" "$STAGE" event=done rc="$rc" seconds="$secs" peak_rss_mb="$rss_mb"
     STAGE_RC=$rc
     return 0
   fi

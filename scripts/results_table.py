@@ -7,7 +7,8 @@ The loop (`scripts/llamaduo.sh`) leaves, per round, `<OUT>/round_<k>/`:
 - `model/finetune_summary.json`  written by finetune.py (`train_rows`);
 - `train_data.json`     written by the loop: the `dataset_mixer` and `dataset_splits` that
                         round's finetune trained on;
-- `<stage>.done`        written by the loop: exit code, then the stage's wall seconds;
+- `<stage>.done`        written by the loop: exit code, the stage's wall seconds, config hash,
+                        the stage process's peak RSS in MB (scripts/measured.py);
 - `*/summary.json`      every stage output's summary (and `model/finetune_summary.json`):
                         `cost_usd` (or `service_llm.cost_usd`) for the cost column,
                         `peak_rss_mb` for the memory column, and evaluation's
@@ -118,9 +119,23 @@ def round_cost(round_dir: Path) -> float | None:
     return sum(costs) if costs else None
 
 
+def marker_peaks(round_dir: Path) -> list[float]:
+    """Peak RSS (MB) the loop measured for each finished stage (line 4 of its `.done`)."""
+    peaks = []
+    for marker in round_dir.glob("*.done"):
+        lines = marker.read_text(encoding="utf-8").split()
+        try:
+            peaks.append(float(lines[3]))
+        except (IndexError, ValueError):
+            continue  # a marker from before this field, or "-"
+    return peaks
+
+
 def round_peak_rss(round_dir: Path) -> float | None:
-    """The largest `peak_rss_mb` among the round's stages."""
+    """The largest peak RSS among the round's stages: the loop's measurement of each stage
+    process, and each stage's own `peak_rss_mb` (the two agree; either may be missing)."""
     peaks = [p for s in stage_summaries(round_dir) if (p := _number(s.get("peak_rss_mb"))) is not None]
+    peaks += marker_peaks(round_dir)
     return max(peaks) if peaks else None
 
 

@@ -24,8 +24,9 @@ def _write(path: Path, data: dict | str) -> None:
 def test_table_from_round_folders(tmp_path):
     out = tmp_path / "out"
     _write(out / "round_0" / "eval" / "summary.json", _summary(61.04, 20.5, 0.6, 0.0, False))
-    _write(out / "round_0" / "batch_inference.done", "0\n40\nabc\n")
-    _write(out / "round_0" / "evaluation.done", "3\n12\nabc\n")
+    # round 0: peak memory from the loop's own measurement (line 4 of a marker; "-" = none)
+    _write(out / "round_0" / "batch_inference.done", "0\n40\nabc\n1234.4\n")
+    _write(out / "round_0" / "evaluation.done", "3\n12\nabc\n-\n")
     # round 1: rows from finetune's own report
     _write(out / "round_1" / "train_data.json", {"dataset_mixer": {"data/demo": 1.0}})
     _write(out / "round_1" / "finetune.done", "0\n200\nabc\n")
@@ -48,7 +49,7 @@ def test_table_from_round_folders(tmp_path):
     cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines]
     assert cells[0] == ["round", "train rows", "mean similarity", "mean precision", "coverage (sim / prec)",
                         "pass@1", "qualified", "cost ($)", "peak mem (MB)", "stage time (s)"]
-    assert cells[1] == ["0 (base)", "0", "61.0", "20.5", "60% / 0%", "-", "no", "-", "-", "52"]
+    assert cells[1] == ["0 (base)", "0", "61.0", "20.5", "60% / 0%", "-", "no", "-", "1234", "52"]
     assert cells[2] == ["1", "141", "74.0", "55.2", "90% / 55%", "62%", "no", "0.7500", "2101", "200"]
     assert cells[3] == ["10", "70", "88.0", "71.0", "100% / 80%", "-", "yes", "-", "-", "0"]
     assert "at or above 50" in proc.stdout and "Total service-LLM cost: $0.7500" in proc.stdout
@@ -67,3 +68,14 @@ def test_unfinished_round_shows_dashes_and_missing_folder_is_usage_error(tmp_pat
     bad = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path / "nope")], cwd=REPO,
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "is not a folder" in bad.stderr
+
+
+def test_measured_records_the_stage_peak_and_passes_its_exit_code_through(tmp_path):
+    """scripts/measured.py, the loop's launcher: the child's own peak RSS (a 300 MB buffer
+    held while running) lands in the file, and the child's exit code is returned."""
+    rss = tmp_path / "stage.rss"
+    child = "b = bytearray(300 * 1024 * 1024); b[::4096] = b'x' * len(b[::4096]); raise SystemExit(3)"
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "measured.py"), str(rss), "--",
+                           sys.executable, "-c", child], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 3, proc.stderr
+    assert 300 <= float(rss.read_text()) < 1000
