@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal, Optional, Sequence
 
 from datasets import Dataset
@@ -72,6 +73,9 @@ class BatchInferenceConfig:
     stop_strings: list[str] = field(default_factory=list, metadata={
         "help": "extra stop strings: an answer is cut before the first one (end-of-turn tokens and eos "
                 "always stop); the original's ft_model_gen_config_path fills it"})
+    ft_model_gen_config_path: Optional[str] = field(default=None, metadata={
+        "help": "the original LlamaDuo's generation file for the fine-tuned model: its do_sample, temperature, "
+                "top_p, max_new_tokens and stop_strings fill those keys (explicit keys win); needed by a run"})
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = field(default="auto", metadata={
         "help": "weights dtype; auto = bf16 on GPUs and on CPUs with fast bf16, else fp32"})
     backend: Literal["hf", "vllm"] = field(default="hf", metadata={"help": "hf (transformers) or vllm (GPU)"})
@@ -108,6 +112,8 @@ def validate(cfg: BatchInferenceConfig) -> None:
     if cfg.load_in_8bit and cfg.load_in_4bit:
         raise UsageError("load_in_8bit and load_in_4bit are both set; choose one")
     check_format_args(cfg.data_format, cfg.column_map)
+    if cfg.ft_model_gen_config_path and not Path(cfg.ft_model_gen_config_path).expanduser().is_file():
+        raise UsageError(f"ft_model_gen_config_path not found: {cfg.ft_model_gen_config_path}")
 
 
 def settings_of(cfg: BatchInferenceConfig) -> GenSettings:
