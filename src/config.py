@@ -163,7 +163,10 @@ def _build_parser(
         "--print-config", "--print_config", dest="print_config", action="store_true",
         help="print the effective merged config (secrets masked) and exit",
     )
+    fields = _known_dests(parser)
     for key, (conv, _) in key_transforms.items():
+        if key in fields:  # a legacy key that is also a field (its value is kept): the field's flag
+            continue
         opts = [f"--{key}"] + ([f"--{key.replace('_', '-')}"] if "_" in key else [])
         parser.add_argument(*opts, dest=key, type=conv, default=argparse.SUPPRESS,
                             nargs="?", const=True, help="legacy key, mapped for compatibility")
@@ -280,9 +283,9 @@ def _apply_cli_legacy(values: dict[str, Any], legacy: Mapping, explicit: set[str
     """A legacy key given as a CLI flag: its updates lose only to the other explicit flags."""
     out = dict(values)
     for key, (_, fn) in legacy.items():
-        if key in out:
+        if key in out and key in explicit:  # else a field-backed key: the file's value, mapped already
             updates = fn(out.pop(key), {k: v for k, v in out.items() if k in explicit})
-            out.update({k: v for k, v in updates.items() if k not in explicit})
+            out.update({k: v for k, v in updates.items() if k == key or k not in explicit})
     return out
 
 

@@ -9,7 +9,8 @@ exits 2 with suggestions (src/config.py), because a typo must not run silently.
 |---|---|---|
 | `rate_limit_on: false` | evaluation, data_gen | pacing off (`rate_limit_per_minute: 0`), one info line |
 | `rate_limit_on: true` | evaluation, data_gen | pace at `rate_limit_per_minute` |
-| `ft_model_gen_config_path` | batch_inference | the file's decoding keys fill `do_sample`, `temperature`, `top_p`, `max_new_tokens`, `stop_strings` |
+| `ft_model_gen_config_path` | batch_inference | the file's decoding keys fill `do_sample`, `temperature`, `top_p`, `max_new_tokens`, `stop_strings`; the path itself is kept (a missing file only warns at load, so `--print-config` works on a tree
+  whose paths lived on another machine; a run exits 2 before any model load) |
 | `user_delimiter`, `model_delimiter` | batch_inference | accepted and ignored, one warning each |
 
 (The dash spelling `lm-response-append` is handled for every key in src/config.py.)
@@ -59,11 +60,12 @@ def read_ft_gen_config(path: str) -> dict[str, Any]:
     """The original's generation file for the fine-tuned model, as {our key: value}.
 
     Unknown keys exit 2 (they would have been passed to `generate` and meant something there);
-    `padding_side` is ours to decide and is noted, not applied.
+    `padding_side` is ours to decide and is noted, not applied. A missing file raises
+    FileNotFoundError: the caller decides (loading a config only warns, a run exits 2).
     """
     file = Path(path).expanduser()
     if not file.is_file():
-        raise UsageError(f"ft_model_gen_config_path not found: {path}")
+        raise FileNotFoundError(path)
     try:
         data = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as err:
@@ -90,11 +92,18 @@ def _ft_gen_config(value: Any, values: Mapping[str, Any]) -> dict:
         return {}
     if not isinstance(value, str):
         raise UsageError(f"config key 'ft_model_gen_config_path' expects a path, got {value!r}")
-    from_file = read_ft_gen_config(value)
+    try:
+        from_file = read_ft_gen_config(value)
+    except FileNotFoundError:
+        # Like ft_model_config_path or a dataset id, the file is needed by a run, not to read the
+        # config: the original's own tree points at paths that only existed on its author's machine.
+        logger.warning("ft_model_gen_config_path not found: %s (its decoding settings are not applied; "
+                       "a run stops with exit 2 before loading any model)", value)
+        return {"ft_model_gen_config_path": value}
     updates = {k: v for k, v in from_file.items() if k not in values}
     logger.info("ft_model_gen_config_path %s (original key) -> %s", value,
                 ", ".join(f"{k}={v!r}" for k, v in updates.items()) or "nothing new")
-    return updates
+    return {**updates, "ft_model_gen_config_path": value}
 
 
 SERVICE_LLM_LEGACY: LegacyKeys = {"rate_limit_on": (string_to_bool, _rate_limit_on)}

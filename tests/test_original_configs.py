@@ -19,6 +19,7 @@ import yaml
 from src.config import parse_config
 from src.errors import UsageError
 from src.legacy_keys import BATCH_INFERENCE_LEGACY, SERVICE_LLM_LEGACY
+from src.pipeline.batch_inference import BatchInferenceConfig, validate
 
 REPO = Path(__file__).resolve().parents[1]
 TREE = REPO / "tests" / "data" / "original_llamaduo"
@@ -47,7 +48,8 @@ def test_batch_inference_config_maps_ft_gen_config_delimiters_and_dash_key(tree)
     assert (cfg["do_sample"], cfg["temperature"], cfg["max_new_tokens"]) == (True, 0.8, 1024)
     assert cfg["stop_strings"] == ["<|im_end|>", "<|end_of_text|>"]
     assert cfg["lm_response_append"] is False  # `lm-response-append: false`
-    assert "user_delimiter" not in cfg and "ft_model_gen_config_path" not in cfg
+    assert "user_delimiter" not in cfg  # accepted and dropped; the gen file's path is kept, it is read by runs
+    assert cfg["ft_model_gen_config_path"] == "config/llama3_1b/batch-infer/ft_gen_configs.yaml"
     for key in ("user_delimiter", "model_delimiter"):
         assert proc.stderr.count(f"{key}: ") == 1 and "ignored: answers are cut" in proc.stderr
     assert "padding_side" in proc.stderr  # noted, not applied
@@ -72,6 +74,59 @@ def test_evaluation_rate_limit_on_false_turns_pacing_off(tree, config, provider)
     assert proc.stderr.count("rate_limit_on: false") == 1
 
 
+def test_block_list_gen_file_greedy_decoding_and_a_padded_path(tree):
+    """The shape of the original's own ft_gen_configs.yaml: `do_sample: False`, `stop_strings:`
+    as a block list; its stage config ends a path with a stray space."""
+    cfg = loaded(print_config(tree, "batch_inference", "config/mistral_7b/batch-infer/batch_inference-summarization.yaml"))
+    assert (cfg["do_sample"], cfg["temperature"], cfg["max_new_tokens"]) == (False, 0.7, 512)
+    assert cfg["stop_strings"] == ["</s>", "<|im_end|>"] and cfg["inference_bs"] == 8
+    assert cfg["ft_model_config_path"] == "config/mistral_7b/batch-infer/mistral_7b_0.3_summarization_128k.yaml"
+
+
+def test_a_gen_file_missing_from_the_tree_loads_and_a_run_exits_2(tree):
+    """Two of the original's batch-inference configs point at config/llama3.1_8b/, which only
+    existed on its author's machine: the config loads (one warning, nothing mapped from the file);
+    a run stops before anything else, exit 2, one line."""
+    config = "config/llama3_8b/batch-infer/batch_inference-closedqa.yaml"
+    proc = print_config(tree, "batch_inference", config)
+    cfg = loaded(proc)
+    assert cfg["ft_model_gen_config_path"] == "config/llama3.1_8b/batch-infer/ft_gen_configs.yaml"
+    assert cfg["temperature"] == 0.4 and cfg["stop_strings"] == []  # the defaults: nothing was read
+    assert proc.stderr.count("ft_model_gen_config_path not found") == 1
+    run = subprocess.run([sys.executable, str(REPO / "batch_inference.py"), "--from-config", config],
+                         cwd=tree, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+    assert run.stderr.strip().splitlines()[-1] == ("error: ft_model_gen_config_path not found: "
+                                                   "config/llama3.1_8b/batch-infer/ft_gen_configs.yaml")
+
+
+def test_evaluation_whose_gen_file_is_not_in_the_tree_loads(tree):
+    """The original's llama3_8b and mistral_7b evaluation configs: rate 60 with rate_limit_on
+    false, 10 workers, a generation file under config/llama3.1_8b/ (read by a run, not to load)."""
+    proc = print_config(tree, "evaluation", "config/mistral_7b/eval/evaluation-gpt-summarization.yaml")
+    cfg = loaded(proc)
+    assert (cfg["rate_limit_per_minute"], cfg["eval_workers"], cfg["eval_ds_append"]) == (0, 10, False)
+    assert cfg["service_llm_gen_config_path"] == "config/llama3.1_8b/eval/gpt_gen_configs.yaml"
+
+
+def test_synth_data_gen_with_its_prompt_path_given_twice_loads(tree):
+    """The original's root synth_data_gen.yaml gives `prompt_tmpl_path` twice, with one value;
+    its later version adds `rate_limit_per_minute` and `synth_ds_append`."""
+    path = tree / "config/synth_data_gen.yaml"
+    path.write_text(path.read_text() + "\nprompt_tmpl_path: config/prompts.toml\nrate_limit_per_minute: 60\n"
+                                       "synth_ds_append: true\n")
+    cfg = loaded(print_config(tree, "data_gen", "config/synth_data_gen.yaml"))
+    assert cfg["prompt_tmpl_path"] == "config/prompts.toml"
+    assert (cfg["rate_limit_per_minute"], cfg["synth_ds_append"], cfg["num_samples"]) == (60, True, 5)
+
+
+def test_finetune_recipe_without_a_tokenizer_loads(tree):
+    """The original's Mistral recipes name no tokenizer_name_or_path (the base model's is used)."""
+    cfg = loaded(print_config(tree, "finetune", "config/mistral_7b/fine-tune/mistral_7b_0.3_coding_100k.yaml"))
+    assert cfg["tokenizer_name_or_path"] is None and cfg["model_name_or_path"] == "mistralai/Mistral-7B-v0.3"
+    assert (cfg["max_length"], cfg["eval_strategy"], cfg["lora_r"], cfg["learning_rate"]) == (512, "epoch", 16, 0.002)
+
+
 def test_finetune_recipe_of_the_original_loads(tree):
     cfg = loaded(print_config(tree, "finetune", "config/llama3_1b/fine-tune/llama3_1b_coding_100k.yaml"))
     assert cfg["model_name_or_path"] == "meta-llama/Llama-3.2-1B"
@@ -86,6 +141,14 @@ def test_a_typo_in_the_same_file_still_exits_2(tree):
     assert proc.returncode == 2
     assert "unknown key 'rate_limit_onn'" in proc.stderr and "rate_limit_on" in proc.stderr.split("did you mean")[-1]
     assert "Traceback" not in proc.stderr
+
+
+def test_a_typo_in_a_batch_inference_file_still_exits_2(tree):
+    path = tree / "config/llama3_1b/batch-infer/batch_inference-coding.yaml"
+    path.write_text(path.read_text().replace("ft_model_gen_config_path:", "ft_model_gen_config_pth:"))
+    proc = print_config(tree, "batch_inference", str(path.relative_to(tree)))
+    assert proc.returncode == 2 and "unknown key 'ft_model_gen_config_pth'" in proc.stderr
+    assert "ft_model_gen_config_path" in proc.stderr.split("did you mean")[-1]
 
 
 # ------------------------------------------------------------------------ in-process: the rules
@@ -105,6 +168,7 @@ class Bi:
     max_new_tokens: int = 1024
     stop_strings: list[str] = field(default_factory=list)
     lm_response_append: bool = True
+    ft_model_gen_config_path: str | None = None  # a legacy key whose value is kept
 
 
 def write(tmp_path: Path, text: str, name: str = "c.yaml") -> str:
@@ -139,9 +203,16 @@ def test_ft_gen_config_same_yaml_key_wins_and_bad_files_exit_2(tmp_path):
     with pytest.raises(UsageError, match=r"unsupported key\(s\) \['num_beams'\]"):
         parse_config(Bi, argv=["--from-config", write(tmp_path, f"ft_model_gen_config_path: {bad}\n")],
                      legacy_keys=BATCH_INFERENCE_LEGACY)
-    with pytest.raises(UsageError, match="ft_model_gen_config_path not found"):
-        parse_config(Bi, argv=["--from-config", write(tmp_path, "ft_model_gen_config_path: nope.yaml\n")],
-                     legacy_keys=BATCH_INFERENCE_LEGACY)
+    (c,) = parse_config(Bi, argv=["--ft-model-gen-config-path", gen, "--max-new-tokens", "9"],
+                        legacy_keys=BATCH_INFERENCE_LEGACY)  # as a CLI flag: explicit flags still win
+    assert (c.temperature, c.max_new_tokens, c.ft_model_gen_config_path) == (0.8, 9, gen)
+    # a missing file: the config loads; the stage's check refuses to run it
+    argv = ["--from-config", write(tmp_path, "ft_model_gen_config_path: nope.yaml\nft_model_id: m\n"
+                                             "test_ds_id: t\nlm_response_ds_id: o\n", "m.yaml")]
+    (cfg,) = parse_config(BatchInferenceConfig, argv=argv, legacy_keys=BATCH_INFERENCE_LEGACY)
+    assert cfg.ft_model_gen_config_path == "nope.yaml" and cfg.temperature == 0.4
+    with pytest.raises(UsageError, match="ft_model_gen_config_path not found: nope.yaml"):
+        validate(cfg)
 
 
 def test_dash_keys_config_alias_and_positional_yaml(tmp_path):
@@ -155,15 +226,44 @@ def test_dash_keys_config_alias_and_positional_yaml(tmp_path):
         parse_config(Bi, argv=["--from-config", write(tmp_path, "max-new-tokens: 7\nmax_new_tokens: 8\n", "d.yaml")])
 
 
-def test_the_script_counts_loaded_over_tried(tmp_path):
-    """scripts/load_original_configs.py on a one-file tree: the count is real, and a bad file fails it."""
+def test_the_script_counts_tried_and_loaded_and_names_each_failure(tmp_path):
+    """scripts/load_original_configs.py on a two-file tree: the count is real, a bad file fails it
+    with its own line, and a file that only holds generation settings is not a stage config."""
     tree = tmp_path / "t"
     (tree / "config").mkdir(parents=True)
     shutil.copy(TREE / "config/dataset_merge.yaml", tree / "config/dataset_merge.yaml")
+    shutil.copy(TREE / "config/gpt_gen_configs.yaml", tree / "config/gpt_gen_configs.yaml")
     (tree / "config/dataset_merge_typo.yaml").write_text("first_ds_idd: x\n")
-    proc = subprocess.run([sys.executable, str(REPO / "scripts/load_original_configs.py"), str(tree)],
+    proc = subprocess.run([sys.executable, str(REPO / "scripts/load_original_configs.py"), "--tree", str(tree)],
                           capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 1 and "loaded 1/2 stage configs" in proc.stdout
+    lines = proc.stdout.strip().splitlines()
+    assert proc.returncode == 1 and lines[-1] == "2 tried / 1 loaded"
+    assert len(lines) == 2 and lines[0].startswith("FAIL dataset_merge config/dataset_merge_typo.yaml: exit 2: ")
+    assert "first_ds_idd" in lines[0]
+
+
+def test_the_script_picks_the_stage_from_the_keys(tmp_path):
+    from scripts.load_original_configs import stage_of
+
+    (tmp_path / "batch-infer").mkdir()
+    recipe = tmp_path / "batch-infer/mistral_7b_0.3_coding_100k.yaml"  # a recipe filed under batch-infer/
+    recipe.write_text("model_name_or_path: m\n")
+    infer = tmp_path / "batch-infer/anything.yaml"
+    infer.write_text("ft_model_id: m\nlm-response-append: false\n")
+    synth = tmp_path / "my_synth.yaml"
+    synth.write_text("reference_ds_id: r\n")
+    gen = tmp_path / "batch-infer/ft_gen_configs.yaml"
+    gen.write_text("do_sample: true\n")
+    assert [stage_of(p) for p in (recipe, infer, synth, gen)] == ["finetune", "batch_inference", "data_gen", None]
+
+
+def test_every_stage_config_of_the_shipped_tree_loads():
+    """The whole synthesised tree, each file as a user runs it (slow: one process per file)."""
+    stage_files = [p for p in (TREE / "config").rglob("*.yaml") if "gen_config" not in p.name]
+    proc = subprocess.run([sys.executable, str(REPO / "scripts/load_original_configs.py")],
+                          capture_output=True, text=True, timeout=900)
+    assert proc.stdout.strip().splitlines()[-1] == f"{len(stage_files)} tried / {len(stage_files)} loaded", proc.stdout
+    assert proc.returncode == 0
 
 
 def test_stop_strings_cut_the_answer(tiny_model_dir):

@@ -79,6 +79,9 @@ class BatchInferenceConfig:
     stop_strings: list[str] = field(default_factory=list, metadata={
         "help": "extra stop strings: an answer is cut before the first one (end-of-turn tokens and eos "
                 "always stop); the original's ft_model_gen_config_path fills it"})
+    ft_model_gen_config_path: Optional[str] = field(default=None, metadata={
+        "help": "the original LlamaDuo's generation file for the fine-tuned model: its do_sample, temperature, "
+                "top_p, max_new_tokens and stop_strings fill those keys (explicit keys win); needed by a run"})
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = field(default="auto", metadata={
         "help": "weights dtype; auto = bf16 on GPUs and on CPUs with fast bf16, else fp32"})
     backend: Literal["hf", "vllm", "openai"] = field(default="hf", metadata={
@@ -147,6 +150,8 @@ def validate(cfg: BatchInferenceConfig) -> None:
                 raise UsageError(f"{name} must be >= {1 if name == 'openai_workers' else 0}, got {getattr(cfg, name)}")
         if not cfg.request_timeout_s > 0:
             raise UsageError(f"request_timeout_s must be > 0, got {cfg.request_timeout_s}")
+    if cfg.ft_model_gen_config_path and not Path(cfg.ft_model_gen_config_path).expanduser().is_file():
+        raise UsageError(f"ft_model_gen_config_path not found: {cfg.ft_model_gen_config_path}")
 
 
 def settings_of(cfg: BatchInferenceConfig) -> GenSettings:
