@@ -185,6 +185,8 @@ SKIP: dict[str, str] = {
     "--max-lora-rank 16 --lora-modules round_1=outputs/llamaduo/round_1/model": "vLLM needs a GPU",
     "INFER_CONFIG=config/batch_inference_openai.yaml bash scripts/llamaduo.sh": "needs vLLM serving each round's "
     "adapter; tests/test_openai_backend.py runs the loop with the protocol server standing in for vLLM",
+    "python scripts/load_original_configs.py --tree ~/src/llamaduo": "the reader's own checkout of the original "
+    "(the same script runs on the shipped tree above and in tests/test_original_configs.py)",
     ".venv/bin/python bench/gpu_check.py prepare": "downloads the wheels the GPU machine needs (46 MiB) from PyPI",
     "bash bench/gpu_check.sh --dry-run": "reads the wheels that `prepare` downloads",
     "vllm serve meta-llama/Meta-Llama-3-70B-Instruct --tensor-parallel-size 4 --port 8000": "a 70B model on 4 GPUs",

@@ -28,6 +28,8 @@ SETS = {
              "evaluation": "config/demo/evaluation.yaml", "data_gen": "config/demo/data_gen.yaml",
              "dataset_merge": "config/demo/dataset_merge.yaml"},
 }
+# the demo loop with batch inference served by vLLM (docs/batch_inference.md): a drop-in for one stage
+SETS["demo-served"] = {**SETS["demo"], "batch_inference": "config/batch_inference_openai.yaml"}
 STAGE_CONFIGS = {str(p.relative_to(REPO)) for p in (REPO / "config").glob("*.yaml")} | {
     str(p.relative_to(REPO)) for p in (REPO / "config/demo").glob("*.yaml")}
 # files that are no stage config: generation settings and prices
@@ -53,7 +55,7 @@ def test_the_set_chains_end_to_end(name):
     c = {stage: cfg for stage, (cfg, _) in loaded.items()}
     ft, bi, ev, dg, mg = (c[s] for s in ("finetune", "batch_inference", "evaluation", "data_gen", "dataset_merge"))
     # finetune -> batch_inference (the demo's standalone batch inference is round 0: the base model)
-    allowed = {ft["output_dir"], f"{ft['output_dir']}/merged"} | ({ft["model_name_or_path"]} if name == "demo" else set())
+    allowed = {ft["output_dir"], f"{ft['output_dir']}/merged"} | ({ft["model_name_or_path"]} if name.startswith("demo") else set())
     assert bi["ft_model_id"] in allowed
     if name == "real":
         assert bi["ft_model_id"] == ft["output_dir"] and bi["ft_model_config_path"] == SETS[name]["finetune"]
@@ -74,6 +76,6 @@ def test_the_set_chains_end_to_end(name):
     # every stage writes somewhere of its own
     outputs = [ft["output_dir"], bi["lm_response_ds_id"], ev["eval_ds_id"], dg["synth_ds_id"], mg["result_ds_id"]]
     assert len(set(outputs)) == 5 and reference not in outputs
-    if name == "demo":  # our own demo configs use current key names: no "renamed" warnings
+    if name.startswith("demo"):  # our own demo configs use current key names: no "renamed" warnings
         assert not [s for s, (_, err) in loaded.items() if "is renamed to" in err]
     assert not [s for s, (_, err) in loaded.items() if "kernels-community" in err]
