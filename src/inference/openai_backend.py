@@ -36,6 +36,7 @@ from src.inference.prompts import PromptRecord, WorkItem
 from src.service_llm import Job, JobResult, ServiceLLM
 from src.service_llm.pricing import Pricing
 from src.service_llm.providers import OpenAIProvider, Provider, ProviderSpec, RawCompletion
+from src.service_llm.records import ResponseSchema
 
 logger = logging.getLogger("llamaduo.inference")
 
@@ -188,12 +189,13 @@ class SpreadProvider:
         order = [(start + k) % len(self.urls) for k in range(len(self.urls))]
         return min(order, key=lambda i: self.in_flight[i])
 
-    async def complete(self, messages: Sequence[dict], sample_index: int) -> RawCompletion:
+    async def complete(self, messages: Sequence[dict], sample_index: int,
+                       schema: Optional[ResponseSchema] = None) -> RawCompletion:
         i = self._pick()
         self.in_flight[i] += 1
         self.sent[i] += 1
         try:
-            return await self.providers[i].complete(messages, sample_index)
+            return await self.providers[i].complete(messages, sample_index, schema)
         finally:
             self.in_flight[i] -= 1
 
