@@ -43,12 +43,14 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
-def responses(folder: str) -> Callable[[Path], None]:
-    """batch_inference output the evaluation docs read (perfect answers: they qualify)."""
+def responses(folder: str, tests: bool = False) -> Callable[[Path], None]:
+    """batch_inference output the evaluation docs read (perfect answers: they qualify); with
+    `tests`, the demo rows' unit tests ride along, as batch_inference carries them."""
     def setup(repo: Path) -> None:
+        carried = ("test", "entry_point") if tests else ()
         rows = [{"instructions": r["prompt"], "target_responses": r["messages"][1]["content"],
-                 "candidate_responses": r["messages"][1]["content"], "test": r["test"],
-                 "entry_point": r["entry_point"]} for r in _demo_rows("test_sft", 4)]
+                 "candidate_responses": r["messages"][1]["content"], **{c: r[c] for c in carried}}
+                for r in _demo_rows("test_sft", 4)]
         _write_jsonl(repo / folder / "batch_infer.jsonl", rows)
     return setup
 
@@ -107,7 +109,7 @@ PLANS: dict[str, Plan] = {
     "--push-lm-responses-to-hf-hub --lm-response-ds-id you/lm_responses": PRINT,
     # --- evaluation: the reference judge runs for real; a paid judge as a dry run (no call)
     "python evaluation.py --from-config config/demo/evaluation.yaml":
-        Plan(setup=responses("outputs/demo/batch_inference"), codes=(0, 3)),
+        Plan(setup=responses("outputs/demo/batch_inference", tests=True), codes=(0, 3)),
     "echo $?": Plan(),
     "python evaluation.py --from-config config/evaluation.yaml --dry-run":
         Plan(setup=responses("outputs/batch_inference"), env=KEY),
@@ -115,7 +117,7 @@ PLANS: dict[str, Plan] = {
     "gpt-4.1-mini --rate-limit-per-minute 500 --tokens-per-minute 200000 --eval-workers 16 --dry-run":
         Plan(setup=responses("outputs/batch_inference"), env=KEY),
     "python evaluation.py --from-config config/demo/evaluation.yaml --pass_rate_threshold 60":
-        Plan(setup=responses("outputs/demo/batch_inference"), codes=(0, 3)),
+        Plan(setup=responses("outputs/demo/batch_inference", tests=True), codes=(0, 3)),
     "python evaluation.py --from-config config/evaluation.yaml": PRINT,                   # a paid judge
     "python evaluation.py --from-config config/evaluation.yaml --max-cost-usd 5": PRINT,  # a paid judge
     "python evaluation.py --from-config config/evaluation.yaml --service-llm-provider local": PRINT,  # minutes
