@@ -13,7 +13,7 @@ export TOKENIZERS_PARALLELISM ?= false
 
 .PHONY: setup demo test bench clean-outputs venv-vllm
 
-setup: $(VENV)/.installed $(VENV)/.model
+setup: $(VENV)/.installed $(VENV)/.package $(VENV)/.model
 
 # torch is installed first and pinned: an unpinned torch pulls a CUDA build of several GB.
 $(VENV)/.installed: requirements.txt requirements-models.txt
@@ -24,9 +24,15 @@ $(VENV)/.installed: requirements.txt requirements-models.txt
 	$(PY) -m pip install -q --no-deps -r requirements-models.txt
 	touch $@
 
+# The llamaduo package itself, editable (src/llamaduo/), so the scripts and the console entry points
+# (llamaduo-finetune, ...) run the checkout's code. --no-deps: the pins above are the environment.
+$(VENV)/.package: $(VENV)/.installed pyproject.toml
+	$(PY) -m pip install -q --no-deps -e .
+	touch $@
+
 # Convert the embedded SmolLM2 GGUF to a Hugging Face folder once (cached in ~/.cache/llamaduo).
-$(VENV)/.model: $(VENV)/.installed
-	$(PY) -c "from src.models import provision_embedded_model as p; print('embedded model:', p())"
+$(VENV)/.model: $(VENV)/.package
+	$(PY) -c "from llamaduo.models import provision_embedded_model as p; print('embedded model:', p())"
 	touch $@
 
 # dstack's own config models, for the test that validates dstack/*.yml (not a runtime dependency).

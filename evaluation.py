@@ -3,8 +3,7 @@
 Exit codes: 0 qualified, 3 completed but not qualified, 1 run failed, 2 bad input.
 See docs/evaluation.md.
 """
-from src.errors import run_main
-from src.pipeline.evaluation import main
+from llamaduo.cli import evaluation
 
 if __name__ == "__main__":
-    run_main(main)
+    evaluation()

@@ -1,10 +1,9 @@
 """Step 1 of LlamaDuo: supervised fine-tuning (LoRA / QLoRA / full) with TRL. See docs/finetune.md.
 
-    python finetune.py --from-config config/demo/finetune.yaml
-    accelerate launch --config_file config/accelerate/multi_gpu.yaml finetune.py --from-config config/sample_config.yaml
+python finetune.py --from-config config/demo/finetune.yaml
+accelerate launch --config_file config/accelerate/multi_gpu.yaml finetune.py --from-config config/sample_config.yaml
 """
-from src.errors import run_main
-from src.pipeline import finetune
+from llamaduo.cli import finetune
 
 if __name__ == "__main__":
-    run_main(lambda: finetune.main())
+    finetune()

@@ -1,4 +1,4 @@
-"""Benchmark: dedup + decontamination (src/quality.py) at 10k and 100k synthetic pairs.
+"""Benchmark: dedup + decontamination (src/llamaduo/quality.py) at 10k and 100k synthetic pairs.
 
 Generates instruction-like texts from a Zipf-distributed vocabulary, plants ~5 % near
 duplicates (copies of an earlier text with one word edited per 20 words, random casing and
@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from src.quality import (  # noqa: E402
+from llamaduo.quality import (  # noqa: E402
     REASON_CONTAMINATED,
     QualityConfig,
     QualityFilter,

@@ -26,7 +26,7 @@ sys.path.insert(0, str(REPO))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from tests.servers.process import server_process as protocol_server, server_stats as stats  # noqa: E402
-from src.pipeline.evaluation import main  # noqa: E402
+from llamaduo.pipeline.evaluation import main  # noqa: E402
 
 ROWS, REPEAT, RPM, LATENCY_S, WORKERS = 200, 3, 600, 1.0, 16
 IDEAL_S = ROWS * REPEAT / RPM * 60
@@ -47,8 +47,8 @@ def run_eval(url: str, data: Path, out: Path) -> tuple[float, int, float]:
             "--service_llm_api_key", "sk-bench", "--service_llm_base_url", url + "/v1",
             "--rate_limit_per_minute", str(RPM), "--eval_workers", str(WORKERS),
             "--eval_repeat", str(REPEAT), "--lm_response_ds_id", str(data), "--eval_ds_id", str(out),
-            "--prompt_tmpl_path", str(REPO / "config/prompts.toml"),
-            "--pricing_path", str(REPO / "config/pricing.yaml"),
+            "--prompt_tmpl_path", str(REPO / "src/llamaduo/defaults/prompts.toml"),
+            "--pricing_path", str(REPO / "src/llamaduo/defaults/pricing.yaml"),
             "--avg_similarity_threshold", "0", "--avg_precision_threshold", "0"]
     start, mono = time.perf_counter(), time.monotonic()  # the server's times are CLOCK_MONOTONIC too
     code = main(argv)

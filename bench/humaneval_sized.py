@@ -11,7 +11,7 @@ import json
 import random
 from pathlib import Path
 
-from src.data import prompt_id_for
+from llamaduo.data import prompt_id_for
 
 _NAMES = ("values", "items", "text", "numbers", "grid", "words", "matrix", "pairs", "nodes", "limit")
 _OPS = ("sorted({x})", "sum({x})", "len({x})", "max({x})", "min({x})", "list(reversed({x}))",

@@ -29,11 +29,11 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as batch_inference.py set
 
 import torch  # noqa: E402
 
-from src.inference.hf_backend import GenSettings, HFGenerator, load_model, load_tokenizer  # noqa: E402
-from src.inference.model_ref import resolve_model_ref  # noqa: E402
-from src.inference.plan import build_work_items, plan_batches  # noqa: E402
-from src.inference.prompts import PromptRecord, tokenize_prompts  # noqa: E402
-from src.models import EMBEDDED_MODEL, pick_device_dtype  # noqa: E402
+from llamaduo.inference.hf_backend import GenSettings, HFGenerator, load_model, load_tokenizer  # noqa: E402
+from llamaduo.inference.model_ref import resolve_model_ref  # noqa: E402
+from llamaduo.inference.plan import build_work_items, plan_batches  # noqa: E402
+from llamaduo.inference.prompts import PromptRecord, tokenize_prompts  # noqa: E402
+from llamaduo.models import EMBEDDED_MODEL, pick_device_dtype  # noqa: E402
 
 DEMO = Path(__file__).resolve().parents[1] / "data" / "demo"
 
@@ -84,8 +84,8 @@ def vllm_figures(ref, tokenizer, items, settings) -> tuple[float, int] | None:
     if not torch.cuda.is_available():
         return None
     try:
-        from src.inference.hf_backend import stop_token_ids
-        from src.inference.vllm_backend import VLLMGenerator, require_vllm
+        from llamaduo.inference.hf_backend import stop_token_ids
+        from llamaduo.inference.vllm_backend import VLLMGenerator, require_vllm
 
         require_vllm()
     except Exception as err:  # noqa: BLE001 - optional figure

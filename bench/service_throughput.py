@@ -6,7 +6,7 @@ Prints each figure as a ratio against its target or against a baseline measured 
    the server (which enforces 600 RPM over a sliding 60 s window) answered (target 0).
 2. No limit, W workers: throughput / (W / latency) (target >= 0.90).
 3. The original tool's scheduler side by side with ours at 60 RPM and 4 workers. The original
-   (llamaduo src/gen/utils.py `_calculate_job_distribution`, src/pipeline/eval.py) takes
+   (llamaduo src/gen/utils.py `_calculate_job_distribution`, src/llamaduo/pipeline/eval.py) takes
    `eval_workers` prompts at a time, launches batches of int((rpm/60) / (1/20) / workers)
    calls with asyncio.gather, then sleeps 60 / batch seconds after each batch.
 4. A rerun of part 1's requests with the same ledger: calls made (target 0).
@@ -29,7 +29,7 @@ sys.path.insert(0, str(REPO))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from tests.servers.process import server_process, server_stats as stats  # noqa: E402
-from src.service_llm import Job, ServiceLLM, ServiceLLMArgs  # noqa: E402
+from llamaduo.service_llm import Job, ServiceLLM, ServiceLLMArgs  # noqa: E402
 
 LATENCY_S = 1.0
 

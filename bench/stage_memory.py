@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 LIMIT_MB = 4096
-LOAD_ONLY = ("from transformers import AutoModelForCausalLM, AutoTokenizer; from src.models import resolve_model; "
+LOAD_ONLY = ("from transformers import AutoModelForCausalLM, AutoTokenizer; from llamaduo.models import resolve_model; "
              "p = resolve_model('smollm2-135m-instruct'); AutoTokenizer.from_pretrained(p); "
              "AutoModelForCausalLM.from_pretrained(p)")
 

@@ -10,7 +10,7 @@ function's name.
 
 What it also checks, before writing anything:
 - every reference answer passes its own test, run exactly as evaluation runs a model's answer
-  (src/sandbox.py: the code block is extracted from the answer and run in a subprocess);
+  (src/llamaduo/sandbox.py: the code block is extracted from the answer and run in a subprocess);
 - every code block has 2-6 lines (short, consistent answers a 135M model can learn on CPU);
 - no duplicate prompts, and no test prompt that is a near-duplicate of a train prompt
   (word 3-gram Jaccard >= 0.8, the same threshold the quality module uses, or a difflib
@@ -33,7 +33,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
-from src.sandbox import ExecJob, extract_code, run_many  # noqa: E402  (standard library only)
+from llamaduo.sandbox import ExecJob, extract_code, run_many  # noqa: E402  (standard library only)
 
 TASKS = HERE / "demo" / "tasks.txt"
 OUT_DIR = HERE / "demo"
@@ -76,7 +76,7 @@ class Task:
 
 
 def prompt_id_for(text: str) -> str:
-    """sha256 of the stripped prompt (utf-8). Same rule as src.data.prompt_id_for.
+    """sha256 of the stripped prompt (utf-8). Same rule as llamaduo.data.prompt_id_for.
 
     Duplicated here (3 lines) on purpose: the builder must run with the plain standard
     library, without the project's dependencies installed.

@@ -133,8 +133,8 @@ def dataset_inputs(stage: Stage) -> list[tuple[str, str, tuple[str, ...]]]:
 
 def check_paths(stage: Stage) -> list[str]:
     """Input datasets load (split, columns), `*_path` files exist, a local model path exists."""
-    from src.data import load_split
-    from src.errors import LlamaDuoError
+    from llamaduo.data import load_split
+    from llamaduo.errors import LlamaDuoError
 
     problems = []
     for ref, split, columns in dataset_inputs(stage):
@@ -155,7 +155,7 @@ def check_paths(stage: Stage) -> list[str]:
 
 def _model_problem(ref: Any) -> str | None:
     """A model given as a local path must exist; an alias or Hub id is resolved by the stage."""
-    from src.models import is_embedded_alias
+    from llamaduo.models import is_embedded_alias
 
     if not isinstance(ref, str) or not ref or is_embedded_alias(ref):
         return None
@@ -171,12 +171,12 @@ def _model_problem(ref: Any) -> str | None:
 
 def stage_args(stage: Stage) -> Any:
     """The stage's own args dataclass, parsed the stage's way (secrets included, never printed)."""
-    from src.config import parse_config
+    from llamaduo.config import parse_config
 
     if stage.name == "evaluation":
-        from src.pipeline.evaluation import EvaluationArgs as cls
+        from llamaduo.pipeline.evaluation import EvaluationArgs as cls
     else:
-        from src.pipeline.data_gen import DataGenArgs as cls
+        from llamaduo.pipeline.data_gen import DataGenArgs as cls
     (args,) = parse_config(cls, argv=stage.argv, prog=stage.script)
     return args
 
@@ -202,8 +202,8 @@ def probe(url: str) -> str | None:
 
 def check_provider(stage: Stage, probed: dict[str, str | None], reach: Callable[[str], str | None] = probe) -> list[str]:
     """Credentials (offline, the stage's own rules) and, for a paid provider, reachability."""
-    from src.errors import LlamaDuoError
-    from src.service_llm import ServiceLLM
+    from llamaduo.errors import LlamaDuoError
+    from llamaduo.service_llm import ServiceLLM
 
     provider = str(stage.printed.get("service_llm_provider") or "")
     if provider == "reference":
@@ -240,7 +240,7 @@ def run_checks(python: str, stages: list[Stage]) -> list[str]:
 def main(argv: list[str]) -> int:
     python, stages = parse_argv(argv)
     os.chdir(ROOT)  # the loop's relative paths are relative to the repository root
-    from src.logging_setup import setup_logging
+    from llamaduo.logging_setup import setup_logging
 
     setup_logging()
     import datasets

@@ -50,7 +50,7 @@ def budget(out: Path, max_cost_usd: float, stage_limit: float | None) -> int:
     """The loop-wide budget: the next paid stage may spend what the earlier ones left.
 
     WHY the stages' summaries: each paid stage already records what it spent (tokens times
-    config/pricing.yaml), so the loop sums those rather than keeping its own meter."""
+    src/llamaduo/defaults/pricing.yaml), so the loop sums those rather than keeping its own meter."""
     from results_table import total_cost  # same folder: the table reads the same summaries
 
     spent = total_cost(out)

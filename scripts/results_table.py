@@ -3,7 +3,7 @@
 The loop (`scripts/llamaduo.sh`) leaves, per round, `<OUT>/round_<k>/`:
 - `eval/summary.json`   written by evaluation.py (keys `mean_similarity`, `mean_precision`,
                         `coverage_similarity`, `coverage_precision`, `coverage_threshold`,
-                        `qualified`, `rows`; see src/judging/aggregate.py `summarize`);
+                        `qualified`, `rows`; see src/llamaduo/judging/aggregate.py `summarize`);
 - `model/finetune_summary.json`  written by finetune.py (`train_rows`);
 - `train_data.json`     written by the loop: the `dataset_mixer` and `dataset_splits` that
                         round's finetune trained on;
@@ -184,8 +184,8 @@ def count_train_rows(round_dir: Path) -> int | None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import datasets
 
-    from src.data import load_split
-    from src.errors import LlamaDuoError
+    from llamaduo.data import load_split
+    from llamaduo.errors import LlamaDuoError
 
     datasets.disable_progress_bars()
     datasets.logging.set_verbosity_error()

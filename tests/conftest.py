@@ -27,7 +27,7 @@ def repo_root() -> Path:
 @pytest.fixture(scope="session")
 def embedded_model_dir() -> Path:
     """The real SmolLM2-135M-Instruct, provisioned from the wheel (converted once, cached)."""
-    from src.models import provision_embedded_model
+    from llamaduo.models import provision_embedded_model
 
     return provision_embedded_model()
 

@@ -1,5 +1,5 @@
 """An in-memory stand-in for the Hugging Face Hub, installed at the single seam
-`src.hub.set_api`. It records every call, so tests can prove what was (not) downloaded."""
+`llamaduo.hub.set_api`. It records every call, so tests can prove what was (not) downloaded."""
 from __future__ import annotations
 
 import io

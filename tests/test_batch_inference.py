@@ -15,14 +15,14 @@ import pytest
 import torch
 from datasets import load_from_disk
 
-from src.errors import UsageError
-from src.inference.hf_backend import GenSettings, HFGenerator, load_model, load_tokenizer, stop_token_ids
-from src.inference.model_ref import resolve_model_ref
-from src.inference.plan import build_work_items, padding_waste, plan_batches
-from src.inference.prompts import prompt_records, tokenize_prompts
-from src.inference.store import PartialStore
-from src.models import model_sha
-from src.pipeline import batch_inference as bi
+from llamaduo.errors import UsageError
+from llamaduo.inference.hf_backend import GenSettings, HFGenerator, load_model, load_tokenizer, stop_token_ids
+from llamaduo.inference.model_ref import resolve_model_ref
+from llamaduo.inference.plan import build_work_items, padding_waste, plan_batches
+from llamaduo.inference.prompts import prompt_records, tokenize_prompts
+from llamaduo.inference.store import PartialStore
+from llamaduo.models import model_sha
+from llamaduo.pipeline import batch_inference as bi
 
 PROMPTS = [
     "Write a Python function that reverses a string.",
@@ -222,7 +222,7 @@ def test_vllm_finish_reason_is_mapped_from_its_completion_output():
     documented fields the backend reads. "abort" is not a cut at the token limit."""
     from types import SimpleNamespace
 
-    from src.inference.vllm_backend import _generated
+    from llamaduo.inference.vllm_backend import _generated
 
     for theirs, ours in (("length", "length"), ("stop", "stop"), ("abort", "stop")):
         out = _generated(SimpleNamespace(text=" def f(): ", token_ids=[1, 2, 3], finish_reason=theirs))

@@ -58,7 +58,7 @@ def one_thread():
 
 def _reference(model: Path, data: Path, out: Path, max_new_tokens: int) -> list[tuple]:
     """The same settings, uninterrupted, in one process (in-process: no extra interpreter start)."""
-    from src.pipeline import batch_inference
+    from llamaduo.pipeline import batch_inference
 
     assert batch_inference.main(_args(model, data, out, max_new_tokens)) == 0
     return _responses(out)

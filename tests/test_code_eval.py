@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from datasets import load_from_disk
 
-from src.errors import EXIT_NOT_QUALIFIED, EXIT_OK, UsageError
-from src.judging.passk import auc, judge_agreement, pass_at_k, pass_rate_stats
-from src.pipeline.evaluation import main
+from llamaduo.errors import EXIT_NOT_QUALIFIED, EXIT_OK, UsageError
+from llamaduo.judging.passk import auc, judge_agreement, pass_at_k, pass_rate_stats
+from llamaduo.pipeline.evaluation import main
 
 HUMANEVAL = Path(__file__).parent / "data" / "humaneval_shaped.jsonl"
 
@@ -170,7 +170,7 @@ def test_no_test_column_no_execution_object(tmp_path):
 
 @pytest.fixture
 def no_model_load(monkeypatch):
-    import src.judging.reference as reference
+    import llamaduo.judging.reference as reference
 
     def refuse(*a, **k):
         raise AssertionError("the embedding model was loaded before the input check")

@@ -1,4 +1,4 @@
-"""src.config: CLI/YAML precedence, bool negation, errors with suggestions, --print-config."""
+"""llamaduo.config: CLI/YAML precedence, bool negation, errors with suggestions, --print-config."""
 from __future__ import annotations
 
 import subprocess
@@ -8,8 +8,8 @@ from typing import Optional
 
 import pytest
 
-from src.config import parse_config
-from src.errors import UsageError
+from llamaduo.config import parse_config
+from llamaduo.errors import UsageError
 
 
 @dataclass
@@ -124,7 +124,7 @@ def test_print_config_masks_secrets_and_exits_zero(tmp_path, repo_root):
     script = tmp_path / "show.py"
     script.write_text(
         "import sys; sys.path.insert(0, %r)\n" % str(repo_root)
-        + "from tests.test_config import Args\nfrom src.config import parse_config\n"
+        + "from tests.test_config import Args\nfrom llamaduo.config import parse_config\n"
         + "parse_config(Args, argv=sys.argv[1:])\n")
     proc = subprocess.run([sys.executable, str(script), "--from-config", path, "--print-config"],
                           capture_output=True, text=True, cwd=repo_root)
@@ -159,7 +159,7 @@ def test_trl_optional_fields_type_check_from_yaml(tmp_path):
 
 
 def test_secret_masking_is_not_too_broad():
-    from src.config import config_to_dict
+    from llamaduo.config import config_to_dict
 
     @dataclass
     class S:

@@ -1,4 +1,4 @@
-"""src.data: every kind of dataset reference, and a clear error for each bad input."""
+"""llamaduo.data: every kind of dataset reference, and a clear error for each bad input."""
 from __future__ import annotations
 
 import json
@@ -7,8 +7,8 @@ import time
 import pytest
 from datasets import Dataset, DatasetDict
 
-from src.data import load_split, normalize_text, prompt_id_for
-from src.errors import UsageError
+from llamaduo.data import load_split, normalize_text, prompt_id_for
+from llamaduo.errors import UsageError
 
 ROWS = [{"prompt": f"p{i}", "messages": [{"role": "user", "content": f"p{i}"},
                                          {"role": "assistant", "content": f"a{i}"}]} for i in range(4)]

@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 from datasets import load_from_disk
 
-from src.data import SYNTH_COLUMNS, prompt_id_for
-from src.errors import EXIT_USAGE, LlamaDuoError, RunFailed, UsageError
-from src.pipeline import data_gen
-from src.pipeline.data_gen import SeedSampler, canonical_synth_columns
-from src.quality import jaccard, shingle_hashes
+from llamaduo.data import SYNTH_COLUMNS, prompt_id_for
+from llamaduo.errors import EXIT_USAGE, LlamaDuoError, RunFailed, UsageError
+from llamaduo.pipeline import data_gen
+from llamaduo.pipeline.data_gen import SeedSampler, canonical_synth_columns
+from llamaduo.quality import jaccard, shingle_hashes
 from tests.servers.process import server_process, server_stats
 from tests.servers.protocol_server import SYNTH_PAIRS_PER_REPLY, ProtocolServer
 
@@ -283,7 +283,7 @@ def test_plural_column_names_are_accepted():
 
 
 def test_shipped_configs_parse():
-    from src.config import parse_config
+    from llamaduo.config import parse_config
 
     for path in ("config/synth_data_gen.yaml", "config/demo/data_gen.yaml"):
         (args,) = parse_config(data_gen.DataGenArgs, argv=["--from-config", str(REPO / path)])
@@ -312,8 +312,8 @@ def test_script_subprocess_with_planted_paraphrases(tmp_path):
 
 
 def test_push_with_append_to_the_fake_hub(server, tmp_path):
-    """The Hub is faked at its single seam (src.hub.set_api); everything else is real."""
-    from src import hub
+    """The Hub is faked at its single seam (llamaduo.hub.set_api); everything else is real."""
+    from llamaduo import hub
     from tests.fake_hub import FakeHubApi
 
     api = FakeHubApi()
@@ -342,8 +342,8 @@ def test_later_round_requests_no_seed_an_earlier_round_requested(server, tmp_pat
     as `existing_ds_id`, and the server (which records every seed prompt it is asked about)
     sees no seed prompt twice while unused seeds remain; a round 3 then reuses earlier seeds,
     with new sample indices (distinct requests) and a warning."""
-    from src.pipeline.dataset_merge import MergeArgs
-    from src.pipeline.dataset_merge import main as merge
+    from llamaduo.pipeline.dataset_merge import MergeArgs
+    from llamaduo.pipeline.dataset_merge import merge
     from tests.servers.protocol_server import _EXAMPLE_RE
 
     asked: list[list[str]] = [[]]

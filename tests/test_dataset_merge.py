@@ -8,7 +8,7 @@ import sys
 import pytest
 from datasets import load_from_disk
 
-from src.data import prompt_id_for
+from llamaduo.data import prompt_id_for
 
 
 def pair(user: str, answer: str, **extra) -> dict:

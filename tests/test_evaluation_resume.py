@@ -12,8 +12,8 @@ import sys
 import yaml
 from datasets import load_from_disk
 
-from src.errors import EXIT_NOT_QUALIFIED
-from src.pipeline.evaluation import main
+from llamaduo.errors import EXIT_NOT_QUALIFIED
+from llamaduo.pipeline.evaluation import main
 from tests.servers.process import kill_when_accepted
 from tests.servers.protocol_server import ProtocolServer
 from tests.test_evaluation import base_argv, write_responses
@@ -77,7 +77,7 @@ def test_reference_judge_end_to_end(tmp_path, repo_root):
     config.pop("pass_rate_threshold")  # these rows have no unit tests to measure it with
     (tmp_path / "eval.yaml").write_text(yaml.safe_dump(config))
     code = main(["--from-config", str(tmp_path / "eval.yaml"),
-                 "--prompt_tmpl_path", str(repo_root / "config/prompts.toml"),
+                 "--prompt_tmpl_path", str(repo_root / "src/llamaduo/defaults/prompts.toml"),
                  "--lm_response_ds_id", str(data), "--eval_ds_id", str(out), "--eval_repeat", "3",
                  "--avg_similarity_threshold", "60", "--avg_precision_threshold", "60"])
     # ROUGE-L precision: identical 100; renamed variables 3/7 (def add return of

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from src.judging.truncation import truncated_summary, truncation_line
-from src.pipeline.evaluation import main
+from llamaduo.judging.truncation import truncated_summary, truncation_line
+from llamaduo.pipeline.evaluation import main
 from tests.servers.protocol_server import ProtocolServer
 from tests.test_evaluation import base_argv, marker_rows, read_summary, write_responses
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from src.chat_template import IGNORE_INDEX, tokenize_conversation
-from src.errors import UsageError
+from llamaduo.chat_template import IGNORE_INDEX, tokenize_conversation
+from llamaduo.errors import UsageError
 
 CONVERSATION = [
     {"role": "system", "content": "You answer in one short sentence."},
@@ -76,7 +76,7 @@ def _argv(model: Path, data: Path, out: Path, *extra: str) -> list[str]:
 
 
 def _finetune(argv: list[str]) -> int:
-    from src.pipeline import finetune
+    from llamaduo.pipeline import finetune
 
     return finetune.main(argv)
 
@@ -205,12 +205,12 @@ def test_lora_run_saves_adapter_template_generation_config_and_merged_model(
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
-    from src import hub
+    from llamaduo import hub
     from tests.fake_hub import FakeHubApi
 
     out = tmp_path / "adapter"
     fake = FakeHubApi()
-    hub.set_api(fake)  # the one allowed fake: the Hub, at src.hub's seam
+    hub.set_api(fake)  # the one allowed fake: the Hub, at llamaduo.hub's seam
     try:
         assert _finetune(_argv(tiny_model_dir, sft_data, out, "--max-steps", "2", "--merge-adapter",
                                "--chat-template", CUSTOM_CHATML, "--eval-strategy", "steps", "--eval-steps", "2",
@@ -298,7 +298,7 @@ def test_full_finetune_saves_a_full_model_and_its_loss_falls(tiny_model_dir: Pat
 
 
 def test_alignment_handbook_sample_config_loads_unchanged(repo_root: Path, caplog: pytest.LogCaptureFixture) -> None:
-    from src.pipeline.finetune import _cuda_available, parse_args
+    from llamaduo.pipeline.finetune import _cuda_available, parse_args
 
     with caplog.at_level("WARNING"):
         script, model_args, sft = parse_args(["--from-config", str(repo_root / "config/sample_config.yaml")])
@@ -316,8 +316,8 @@ def test_alignment_handbook_sample_config_loads_unchanged(repo_root: Path, caplo
 
 
 def test_demo_config_and_cli_dataset_overrides(repo_root: Path) -> None:
-    from src.pipeline.finetune import parse_args
-    from src.pipeline.finetune_data import resolve_mixer
+    from llamaduo.pipeline.finetune import parse_args
+    from llamaduo.pipeline.finetune_data import resolve_mixer
 
     demo = ["--from-config", str(repo_root / "config/demo/finetune.yaml")]
     script, model_args, _ = parse_args(demo)
@@ -341,7 +341,7 @@ def test_accelerate_configs_load_with_accelerate(repo_root: Path, name: str) -> 
 def test_resume_picks_the_last_complete_checkpoint(tmp_path: Path) -> None:
     from types import SimpleNamespace
 
-    from src.pipeline.finetune import resolve_resume
+    from llamaduo.pipeline.finetune import resolve_resume
 
     out = tmp_path / "run"
     assert resolve_resume(SimpleNamespace(resume_from_checkpoint="auto"), out) is None  # nothing yet: fresh start

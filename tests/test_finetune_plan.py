@@ -7,7 +7,7 @@ import logging
 import pytest
 from transformers import TrainingArguments
 
-from src.pipeline.finetune_plan import log_plan, train_plan
+from llamaduo.pipeline.finetune_plan import log_plan, train_plan
 
 
 def args(tmp_path, **kw) -> TrainingArguments:

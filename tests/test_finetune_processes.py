@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from src.errors import UsageError
+from llamaduo.errors import UsageError
 from tests.test_finetune import _argv, _finetune, _rows, _write_jsonl
 
 
@@ -32,7 +32,7 @@ def _env() -> dict[str, str]:
 
 def test_resume_after_the_process_is_killed(repo_root: Path, tiny_model_dir: Path, sft_data: Path,
                                             tmp_path: Path) -> None:
-    from src.pipeline.finetune import checkpoints
+    from llamaduo.pipeline.finetune import checkpoints
 
     out = tmp_path / "run"
     argv = _argv(tiny_model_dir, sft_data, out, "--save-strategy", "steps", "--save-steps", "1")

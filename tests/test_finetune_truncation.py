@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from src.errors import UsageError
+from llamaduo.errors import UsageError
 from tests.test_finetune import _argv, _finetune, _rows, _write_jsonl, broken_model_dir  # noqa: F401
 
 MAX_LENGTH = 128
@@ -109,7 +109,7 @@ def test_keep_trains_on_cut_conversations_with_a_warning(tiny_model_dir: Path, m
 def test_no_max_length_cuts_nothing(tiny_model_dir: Path, tmp_path: Path) -> None:
     from datasets import Dataset
 
-    from src.pipeline.finetune_truncation import apply_truncation_policy
+    from llamaduo.pipeline.finetune_truncation import apply_truncation_policy
 
     ds = Dataset.from_dict({"input_ids": [[1] * 5, [1] * 300], "labels": [[1] * 5, [1] * 300]})
     kept, count = apply_truncation_policy(ds, None, "error", "training data")

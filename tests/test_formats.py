@@ -1,4 +1,4 @@
-"""Common chat-data formats (src/formats.py) and the stages that read reference data.
+"""Common chat-data formats (src/llamaduo/formats.py) and the stages that read reference data.
 
 Real `datasets` objects and real stage subprocesses; nothing is mocked."""
 from __future__ import annotations
@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from datasets import Dataset, load_from_disk
 
-from src.errors import UsageError
-from src.formats import check_format_args, detect_format, to_messages
+from llamaduo.errors import UsageError
+from llamaduo.formats import check_format_args, detect_format, to_messages
 
 REPO = Path(__file__).resolve().parents[1]
 CHAT = [{"role": "user", "content": "Add 1 and 2."}, {"role": "assistant", "content": "3"}]
@@ -115,7 +115,7 @@ def test_merge_ambiguous_input_exits_2_before_writing(tmp_path):
 
 
 def test_finetune_data_reads_alpaca_and_conversational_prompt_completion(tmp_path):
-    from src.pipeline.finetune_data import load_mixed
+    from llamaduo.pipeline.finetune_data import load_mixed
 
     a = tmp_path / "alpaca"
     write_jsonl(a / "train_sft.jsonl", [{"instruction": f"Say {i}.", "input": "", "output": str(i)} for i in range(3)])
@@ -128,7 +128,7 @@ def test_finetune_data_reads_alpaca_and_conversational_prompt_completion(tmp_pat
 
 
 def test_batch_inference_prompts_from_humaneval_shape(tmp_path):
-    from src.inference.prompts import prompt_records
+    from llamaduo.inference.prompts import prompt_records
 
     ds = to_messages(Dataset.from_list(HUMANEVAL[:2]), "t", column_map={"completion": "canonical_solution"})
     records = prompt_records(ds)
@@ -137,7 +137,7 @@ def test_batch_inference_prompts_from_humaneval_shape(tmp_path):
 
 
 def test_data_gen_seeds_from_alpaca(tmp_path):
-    from src.pipeline.data_gen import DataGenArgs, load_seeds
+    from llamaduo.pipeline.data_gen import DataGenArgs, load_seeds
 
     ref = write_jsonl(tmp_path / "ref.jsonl", [{"instruction": "Reverse a string.", "input": "abc", "output": "cba"}])
     seeds, train = load_seeds(DataGenArgs(reference_ds_id=ref, reference_ds_split="train_sft"))

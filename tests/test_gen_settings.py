@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from src.errors import UsageError
-from src.service_llm import Job, ServiceLLM, ServiceLLMArgs
-from src.service_llm.credentials import KEY_VARS, BASE_URL_VARS, PROJECT_VARS, LOCATION_VARS, REGION_VARS
-from src.service_llm.providers import DEFAULT_MODELS, resolve_spec
+from llamaduo.errors import UsageError
+from llamaduo.service_llm import Job, ServiceLLM, ServiceLLMArgs
+from llamaduo.service_llm.credentials import KEY_VARS, BASE_URL_VARS, PROJECT_VARS, LOCATION_VARS, REGION_VARS
+from llamaduo.service_llm.providers import DEFAULT_MODELS, resolve_spec
 from tests.servers.protocol_server import ProtocolServer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -67,7 +67,7 @@ def test_default_models_are_in_the_installed_sdks_model_lists():
 
 
 @pytest.mark.parametrize("provider", HOSTED)
-@pytest.mark.parametrize("gen_file", ["config/service_llm_gen.yaml", "config/gemini_gen_configs.yaml",
+@pytest.mark.parametrize("gen_file", ["src/llamaduo/defaults/service_llm_gen.yaml", "config/gemini_gen_configs.yaml",
                                       "config/gpt_gen_configs.yaml", "config/claude_gen_configs.yaml"])
 def test_every_shipped_gen_file_works_for_every_provider(provider, gen_file, monkeypatch, tmp_path):
     """Changing only the provider (and model) works with whichever shipped file a config pins."""

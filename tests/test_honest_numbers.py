@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from src.errors import EXIT_OK, RunFailed, UsageError
-from src.judging import RepeatScore, Thresholds, aggregate_row, mean_ci95, one_screen_summary, summarize
-from src.pipeline.evaluation import main
-from src.service_llm.reachability import MAX_CONSECUTIVE_UNREACHABLE, Reachability
-from src.service_llm.records import FatalError, PermanentError, UnreachableError
+from llamaduo.errors import EXIT_OK, RunFailed, UsageError
+from llamaduo.judging import RepeatScore, Thresholds, aggregate_row, mean_ci95, one_screen_summary, summarize
+from llamaduo.pipeline.evaluation import main
+from llamaduo.service_llm.reachability import MAX_CONSECUTIVE_UNREACHABLE, Reachability
+from llamaduo.service_llm.records import FatalError, PermanentError, UnreachableError
 from tests.servers.protocol_server import ProtocolServer
 
 
@@ -76,8 +76,8 @@ def argv_for(repo_root: Path, provider: str, base_url: str, data: Path, out: Pat
         "--service_llm_provider", provider, "--service_model_name", "mock-judge",
         "--service_llm_api_key", "sk-test", "--service_llm_base_url", base_url,
         "--rate_limit_per_minute", "0", "--no_cache",
-        "--prompt_tmpl_path", str(repo_root / "config/prompts.toml"),
-        "--pricing_path", str(repo_root / "config/pricing.yaml"),
+        "--prompt_tmpl_path", str(repo_root / "src/llamaduo/defaults/prompts.toml"),
+        "--pricing_path", str(repo_root / "src/llamaduo/defaults/pricing.yaml"),
         "--lm_response_ds_id", str(data), "--eval_ds_id", str(out), *extra,
     ]
 

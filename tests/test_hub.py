@@ -1,11 +1,11 @@
-"""src.hub: local outputs, append/overwrite pushes against the fake Hub seam, cards, failures."""
+"""llamaduo.hub: local outputs, append/overwrite pushes against the fake Hub seam, cards, failures."""
 from __future__ import annotations
 
 import pytest
 from datasets import Dataset, load_from_disk
 
-from src import hub
-from src.errors import RunFailed
+from llamaduo import hub
+from llamaduo.errors import RunFailed
 from tests.fake_hub import FakeHubApi
 
 
@@ -87,7 +87,7 @@ def test_push_model_folder(tmp_path, fake_hub):
 
 
 def test_push_offline_without_fake_is_a_usage_error():
-    from src.errors import UsageError
+    from llamaduo.errors import UsageError
 
     with pytest.raises(UsageError, match="HF_HUB_OFFLINE"):
         hub.check_push_possible(True, "x")

@@ -1,4 +1,4 @@
-"""Tests for src.judging: aggregation maths, the report, and the offline reference judge."""
+"""Tests for llamaduo.judging: aggregation maths, the report, and the offline reference judge."""
 from __future__ import annotations
 
 import json
@@ -7,7 +7,7 @@ import statistics
 
 import pytest
 
-from src.judging import (
+from llamaduo.judging import (
     REFERENCE_EVALUATOR,
     RepeatScore,
     ReferenceJudge,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from src.data import REFERENCE_COLUMNS, load_split, normalize_text, prompt_id_for
+from llamaduo.data import REFERENCE_COLUMNS, load_split, normalize_text, prompt_id_for
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "data" / "demo"

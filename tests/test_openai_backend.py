@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from datasets import load_from_disk
 
-from src.inference.openai_backend import STOP_STRINGS, served_target
-from src.inference.sampling import sample_seed
-from src.pipeline.batch_inference import OUTPUT_COLUMNS
+from llamaduo.inference.openai_backend import STOP_STRINGS, served_target
+from llamaduo.inference.sampling import sample_seed
+from llamaduo.pipeline.batch_inference import OUTPUT_COLUMNS
 from tests.servers.process import kill_when_accepted
 from tests.servers.protocol_server import ProtocolServer
 

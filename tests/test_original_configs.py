@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from src.config import parse_config
-from src.errors import UsageError
-from src.legacy_keys import BATCH_INFERENCE_LEGACY, SERVICE_LLM_LEGACY
-from src.pipeline.batch_inference import BatchInferenceConfig, validate
+from llamaduo.config import parse_config
+from llamaduo.errors import UsageError
+from llamaduo.legacy_keys import BATCH_INFERENCE_LEGACY, SERVICE_LLM_LEGACY
+from llamaduo.pipeline.batch_inference import BatchInferenceConfig, validate
 
 REPO = Path(__file__).resolve().parents[1]
 TREE = REPO / "tests" / "data" / "original_llamaduo"
@@ -113,10 +113,10 @@ def test_synth_data_gen_with_its_prompt_path_given_twice_loads(tree):
     """The original's root synth_data_gen.yaml gives `prompt_tmpl_path` twice, with one value;
     its later version adds `rate_limit_per_minute` and `synth_ds_append`."""
     path = tree / "config/synth_data_gen.yaml"
-    path.write_text(path.read_text() + "\nprompt_tmpl_path: config/prompts.toml\nrate_limit_per_minute: 60\n"
+    path.write_text(path.read_text() + "\nprompt_tmpl_path: src/llamaduo/defaults/prompts.toml\nrate_limit_per_minute: 60\n"
                                        "synth_ds_append: true\n")
     cfg = loaded(print_config(tree, "data_gen", "config/synth_data_gen.yaml"))
-    assert cfg["prompt_tmpl_path"] == "config/prompts.toml"
+    assert cfg["prompt_tmpl_path"] == "src/llamaduo/defaults/prompts.toml"
     assert (cfg["rate_limit_per_minute"], cfg["synth_ds_append"], cfg["num_samples"]) == (60, True, 5)
 
 
@@ -271,7 +271,7 @@ def test_stop_strings_cut_the_answer(tiny_model_dir):
     string that is an added token of the tokenizer also stops generation as a token id."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from src.inference.hf_backend import GenSettings, HFGenerator, cut_at_stop_strings
+    from llamaduo.inference.hf_backend import GenSettings, HFGenerator, cut_at_stop_strings
 
     assert cut_at_stop_strings("def f(): pass\n### next task", ["###", "<|end_of_text|>"]) == "def f(): pass\n"
     assert cut_at_stop_strings("no stop here", ["###"]) == "no stop here"

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from src.errors import UsageError
-from src.outputs import OutputLock, check_not_input, staged_output
-from src.redact import redact
-from src.yaml_strict import load_yaml_strict
+from llamaduo.errors import UsageError
+from llamaduo.outputs import OutputLock, check_not_input, staged_output
+from llamaduo.redact import redact
+from llamaduo.yaml_strict import load_yaml_strict
 
 
 def test_staged_output_replaces_the_folder_and_keeps_what_it_did_not_rewrite(tmp_path):
@@ -107,9 +107,9 @@ def test_strict_yaml_names_a_repeated_key_and_refuses_other_encodings(tmp_path):
 
 
 def test_a_sidecar_is_imported_by_the_next_ledger_on_the_same_path(tmp_path, monkeypatch):
-    from src.service_llm import sidecar
-    from src.service_llm.ledger import Ledger
-    from src.service_llm.records import Completion
+    from llamaduo.service_llm import sidecar
+    from llamaduo.service_llm.ledger import Ledger
+    from llamaduo.service_llm.records import Completion
 
     monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
     (tmp_path / "tmp").mkdir()

@@ -21,12 +21,12 @@ def _run(code: str) -> float:
 
 
 def test_counts_the_process_itself() -> None:
-    small = _run("from src.peak_rss import peak_rss_mb; print(peak_rss_mb())")
-    big = _run(f"{ALLOC}\nfrom src.peak_rss import peak_rss_mb; print(peak_rss_mb())")
+    small = _run("from llamaduo.peak_rss import peak_rss_mb; print(peak_rss_mb())")
+    big = _run(f"{ALLOC}\nfrom llamaduo.peak_rss import peak_rss_mb; print(peak_rss_mb())")
     assert big >= 300 > small
 
 
 def test_counts_a_finished_child() -> None:
     code = ("import subprocess, sys; subprocess.run([sys.executable, '-c', " + repr(ALLOC) + "], check=True);"
-            "from src.peak_rss import peak_rss_mb; print(peak_rss_mb())")
+            "from llamaduo.peak_rss import peak_rss_mb; print(peak_rss_mb())")
     assert _run(code) >= 300

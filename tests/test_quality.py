@@ -1,4 +1,4 @@
-"""src/quality.py: exact/near-duplicate removal and decontamination, checked against a
+"""src/llamaduo/quality.py: exact/near-duplicate removal and decontamination, checked against a
 brute-force exact-Jaccard reference (no mocks: real datasketch MinHash/LSH)."""
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from src.quality import (
+from llamaduo.quality import (
     REASON_CONTAMINATED,
     REASON_EXACT_NEW,
     REASON_EXACT_TRAIN,

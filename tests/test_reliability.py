@@ -249,6 +249,6 @@ def test_oversize_rows_can_be_skipped_and_are_counted(tmp_path):
 @pytest.mark.parametrize("model,expected", [("gpt-4o-2024-08-06", 127_000), ("claude-3-5-haiku-latest", 199_000),
                                             ("mock-judge", 100_000)])
 def test_default_max_input_tokens_comes_from_the_model(model, expected):
-    from src.service_llm.limits import default_max_input_tokens
+    from llamaduo.service_llm.limits import default_max_input_tokens
 
     assert default_max_input_tokens(model, 1000) == expected

@@ -1,4 +1,4 @@
-"""src/sandbox.py: hostile candidates are contained and counted as failures with a reason.
+"""src/llamaduo/sandbox.py: hostile candidates are contained and counted as failures with a reason.
 
 Every case runs a real subprocess. Where it matters, a case also runs with the audit-hook
 guard off (`guard=False`), to show that the process-level layer (disposable wrapper, own
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from src.sandbox import ExecJob, SandboxLimits, extract_code, minimal_env, run_candidate, run_many
+from llamaduo.sandbox import ExecJob, SandboxLimits, extract_code, minimal_env, run_candidate, run_many
 
 FAST = SandboxLimits(timeout_s=2.5, memory_mb=512)
 UNGUARDED = SandboxLimits(timeout_s=2.5, memory_mb=512, guard=False)

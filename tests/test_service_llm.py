@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from src.errors import RunFailed
-from src.service_llm import (
+from llamaduo.errors import RunFailed
+from llamaduo.service_llm import (
     ERROR,
     INVALID,
     OK,
@@ -18,14 +18,14 @@ from src.service_llm import (
     parse_judgement,
     parse_synth_pairs,
 )
-from src.service_llm.ledger import Ledger
-from src.service_llm.pricing import Pricing
+from llamaduo.service_llm.ledger import Ledger
+from llamaduo.service_llm.pricing import Pricing
 from tests.servers.protocol_server import ProtocolServer, judge_scores, synth_pairs
 
 API_KEY = "sk-THIS-KEY-MUST-NEVER-BE-STORED-4242"
 SDK_PROVIDERS = ["openai", "anthropic", "gemini"]
 ALL_REMOTE = SDK_PROVIDERS + ["anthropic-vertex", "anthropic-bedrock", "gemini-vertex"]
-MODEL = "mock-judge"  # priced in config/pricing.yaml: $1 / $2 per 1M tokens
+MODEL = "mock-judge"  # priced in src/llamaduo/defaults/pricing.yaml: $1 / $2 per 1M tokens
 
 
 @pytest.fixture(scope="module")
@@ -308,7 +308,7 @@ def test_dry_run_estimate_counts_calls_without_calling(server, tmp_path):
 
 
 def test_pricing_prefix_match_and_unknown(tmp_path):
-    prices = Pricing.load("config/pricing.yaml")
+    prices = Pricing.load("src/llamaduo/defaults/pricing.yaml")
     assert prices.price("gpt-4o-2024-08-06") == prices.price("gpt-4o")
     assert prices.price("gpt-4o-mini-2024-07-18") == prices.price("gpt-4o-mini")
     assert prices.price("no-such-model") is None and prices.cost("no-such-model", 10, 10) == 0.0

@@ -8,9 +8,9 @@ import sys
 
 import pytest
 
-from src.errors import UsageError
-from src.service_llm import ServiceLLM, ServiceLLMArgs
-from src.service_llm.providers import resolve_spec
+from llamaduo.errors import UsageError
+from llamaduo.service_llm import ServiceLLM, ServiceLLMArgs
+from llamaduo.service_llm.providers import resolve_spec
 
 
 @pytest.fixture(autouse=True)

@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from src.service_llm.records import FatalError, PermanentError, TransientError
-from src.service_llm.scheduler import CallFailed, Pacer, call_with_retries
+from llamaduo.service_llm.records import FatalError, PermanentError, TransientError
+from llamaduo.service_llm.scheduler import CallFailed, Pacer, call_with_retries
 
 
 def max_in_window(points: list[tuple[float, int]], window: float) -> tuple[int, int]:

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from src.service_llm import InvalidReply, Judgement, SynthPair, extract_json, parse_judgement, parse_synth_pairs
+from llamaduo.service_llm import InvalidReply, Judgement, SynthPair, extract_json, parse_judgement, parse_synth_pairs
 
 GOOD = {"similarity_assessment": {"score": 72, "reason": "close"},
         "precision_assessment": {"score": 64.5, "reason": "mostly right"}}

@@ -1,4 +1,4 @@
-"""src/sft_cpu.py: the CPU fast path must compute exactly what TRL computes, only faster.
+"""src/llamaduo/sft_cpu.py: the CPU fast path must compute exactly what TRL computes, only faster.
 
 Each test compares against TRL's own code (its chunked LM-head kernel, its fused head without
 the patch) or transformers' own SDPA with its block-diagonal mask, on real tensors and the real
@@ -19,7 +19,7 @@ OUTPUTS = ("log_probs", "entropy", "log_sum_sq_probs", "mean_logits", "is_top1")
 @pytest.fixture(autouse=True)
 def _trl_restored():
     """Every test leaves TRL as it found it."""
-    from src.sft_cpu import disable_fast_lm_head
+    from llamaduo.sft_cpu import disable_fast_lm_head
 
     yield
     disable_fast_lm_head()
@@ -30,7 +30,7 @@ def test_plain_head_matches_trls_kernel(monkeypatch: pytest.MonkeyPatch, softcap
                                         logit_scale: float, temperature: float) -> None:
     from trl.kernels import ChunkedLogProbFunction
 
-    from src import sft_cpu
+    from llamaduo import sft_cpu
 
     monkeypatch.setattr(sft_cpu, "ROWS_PER_CHUNK", 7)  # several row chunks, one of them short
     gen = torch.Generator().manual_seed(0)
@@ -59,7 +59,7 @@ def test_plain_head_matches_trls_kernel(monkeypatch: pytest.MonkeyPatch, softcap
 
 
 def test_plain_head_leaves_unrequested_fields_out_and_accepts_no_rows() -> None:
-    from src.sft_cpu import plain_logprobs
+    from llamaduo.sft_cpu import plain_logprobs
 
     out = plain_logprobs(torch.zeros(0, 8), torch.randn(50, 8), None, torch.zeros(0, dtype=torch.long),
                          1.0, 64, None, 1.0, ("log_probs",))
@@ -82,7 +82,7 @@ def _packed_row(lengths: list[int], vocab: int) -> dict:
 
 
 def test_varlen_attention_equals_sdpa_with_its_block_diagonal_mask(tiny_model_dir: Path) -> None:
-    from src.sft_cpu import register_varlen_attention
+    from llamaduo.sft_cpu import register_varlen_attention
 
     name = register_varlen_attention()
     ref, ours = _tiny(tiny_model_dir, "sdpa"), _tiny(tiny_model_dir, name)
@@ -102,7 +102,7 @@ def test_varlen_attention_equals_sdpa_with_its_block_diagonal_mask(tiny_model_di
 def test_varlen_attention_leaves_sliding_window_layers_to_the_mask(embedded_model_dir: Path) -> None:
     from transformers import AutoTokenizer, MistralConfig, MistralForCausalLM
 
-    from src.sft_cpu import register_varlen_attention
+    from llamaduo.sft_cpu import register_varlen_attention
 
     vocab = len(AutoTokenizer.from_pretrained(str(embedded_model_dir)))
     config = MistralConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
@@ -118,7 +118,7 @@ def test_varlen_attention_leaves_sliding_window_layers_to_the_mask(embedded_mode
 
 
 def test_varlen_attention_leaves_padded_batches_to_sdpa(tiny_model_dir: Path) -> None:
-    from src.sft_cpu import register_varlen_attention
+    from llamaduo.sft_cpu import register_varlen_attention
 
     ref, ours = _tiny(tiny_model_dir, "sdpa"), _tiny(tiny_model_dir, register_varlen_attention())
     ids = torch.randint(0, ref.config.vocab_size, (2, 7), generator=torch.Generator().manual_seed(2))
@@ -131,7 +131,7 @@ def test_fast_head_scores_only_labelled_tokens_with_the_same_loss(tiny_model_dir
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     from trl.trainer.utils import add_fused_lm_head
 
-    from src import sft_cpu
+    from llamaduo import sft_cpu
 
     model = _tiny(tiny_model_dir, "sdpa")
     add_fused_lm_head(model, outputs=("log_probs", "entropy", "is_top1"))
@@ -166,7 +166,7 @@ def test_a_trl_without_the_patched_names_trains_at_its_own_speed(monkeypatch: py
                                                                  caplog: pytest.LogCaptureFixture) -> None:
     from trl.trainer import utils as trl_utils
 
-    from src.sft_cpu import enable_fast_lm_head
+    from llamaduo.sft_cpu import enable_fast_lm_head
 
     monkeypatch.delattr(trl_utils, "_use_triton")
     with caplog.at_level("WARNING", logger="llamaduo.sft_cpu"):

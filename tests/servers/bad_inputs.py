@@ -79,8 +79,8 @@ def service_flags(url: str, model: str) -> list[str]:
     """The provider keys every service-LLM stage gets in these cases: the protocol server."""
     return ["--service_llm_provider", "openai", "--service_model_name", model, "--service_llm_api_key", "sk-test",
             "--service_llm_base_url", f"{url}/v1", "--rate_limit_per_minute", "0", "--max_retries", "0",
-            "--prompt_tmpl_path", str(REPO / "config/prompts.toml"),
-            "--pricing_path", str(REPO / "config/pricing.yaml")]
+            "--prompt_tmpl_path", str(REPO / "src/llamaduo/defaults/prompts.toml"),
+            "--pricing_path", str(REPO / "src/llamaduo/defaults/pricing.yaml")]
 
 
 def eval_argv(url: str, data: Path | str, out: Path | str, *extra: str) -> list[str]:
@@ -199,7 +199,7 @@ def _eval_out_is_input(work: Path, url: str):
 
 
 def _eval_locked(work: Path, url: str):
-    from src.outputs import OutputLock
+    from llamaduo.outputs import OutputLock
 
     data = write_jsonl(work / "resp.jsonl", response_rows())
     lock = OutputLock(work / "eval", "eval_ds_id").__enter__()

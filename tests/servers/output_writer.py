@@ -19,7 +19,7 @@ from datasets import Dataset
 
 
 def write_version(out_dir: Path, n: int) -> None:
-    from src.hub import save_output
+    from llamaduo.hub import save_output
 
     ds = Dataset.from_dict({"instructions": [f"row {i} of version {n}" for i in range(n)],
                             "version": [n] * n})
@@ -51,7 +51,7 @@ def check(out_dir: Path) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from src.outputs import OutputLock
+    from llamaduo.outputs import OutputLock
 
     parser = argparse.ArgumentParser()
     parser.add_argument("out_dir")

@@ -148,7 +148,7 @@ _DATA_TAGS = ("instruction", "reference_answer", "candidate_answer")
 def _lenient(text: str) -> tuple[str, list[int]]:
     """How a model might read tags (NFKC, format characters dropped, look-alikes, any case),
     with each character's index in `text` so regions can be cut from the original.
-    Written apart from src/delimiters.py on purpose: the server plays the model the
+    Written apart from src/llamaduo/delimiters.py on purpose: the server plays the model the
     neutralisation must defeat, and a bug shared by both would let the tests pass."""
     view, where = [], []
     for i, c in enumerate(text):

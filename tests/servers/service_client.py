@@ -1,4 +1,4 @@
-"""A minimal command-line client of `src.service_llm`, run as a subprocess by the tests
+"""A minimal command-line client of `llamaduo.service_llm`, run as a subprocess by the tests
 (kill -9 and resume; exit code 2 on bad usage). Not a user-facing tool.
 
     python -m tests.servers.service_client --provider openai --base-url URL --ledger PATH \
@@ -12,8 +12,8 @@ import argparse
 import json
 import sys
 
-from src.errors import run_main
-from src.service_llm import Job, ServiceLLM, ServiceLLMArgs, parse_judgement
+from llamaduo.errors import run_main
+from llamaduo.service_llm import Job, ServiceLLM, ServiceLLMArgs, parse_judgement
 
 
 def judge_prompt(i: int, prefix: str = "row") -> str:

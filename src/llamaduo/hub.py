@@ -1,0 +1,295 @@
+"""Local outputs and the Hugging Face Hub: the one module that writes to the Hub.
+
+Every stage writes a local output folder first (`save_to_disk` + a `<split>.jsonl` copy a person
+can open + `README.md` card), then optionally pushes. Pushing never touches the local copy, so
+a failed push loses nothing and the error says where the output is.
+
+Hub writes go through `get_api()`, the single seam tests replace with a fake (`set_api`).
+Append mode uploads a new parquet shard and lists `data/<split>-*` in the card's `configs`,
+so it never downloads the rows already on the Hub; overwrite replaces only that split's files,
+in the same commit.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+import logging
+import os
+import socket
+import uuid
+from pathlib import Path
+from typing import Any, Callable, Mapping, Protocol
+
+import yaml
+from datasets import Dataset, DatasetDict, concatenate_datasets
+
+from llamaduo.errors import RunFailed, UsageError
+from llamaduo.outputs import staged_output
+from llamaduo.redact import redact
+
+logger = logging.getLogger("llamaduo.hub")
+
+
+
+class HubApi(Protocol):
+    """The subset of `huggingface_hub.HfApi` this project uses (and a fake implements)."""
+
+    def create_repo(self, repo_id: str, *, repo_type: str | None = None, exist_ok: bool = False,
+                    private: bool | None = None) -> Any: ...
+    def create_commit(self, repo_id: str, operations: list, *, commit_message: str,
+                      repo_type: str | None = None) -> Any: ...
+    def list_repo_files(self, repo_id: str, *, repo_type: str | None = None) -> list[str]: ...
+    def model_info(self, repo_id: str, *, revision: str | None = None) -> Any: ...
+    def dataset_info(self, repo_id: str, *, revision: str | None = None) -> Any: ...
+
+
+_api: HubApi | None = None
+
+
+def get_api() -> HubApi:
+    """The Hub client: the real `HfApi`, unless a test installed a fake with `set_api`."""
+    if _api is not None:
+        return _api
+    from huggingface_hub import HfApi
+
+    return HfApi()
+
+
+def set_api(api: HubApi | None) -> None:
+    """Install (or with None, remove) a Hub client; the single seam for tests."""
+    global _api
+    _api = api
+
+
+# --------------------------------------------------------------------------- reachability
+
+
+def hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def ensure_hub_reachable(what: str) -> None:
+    """Fail at once when the Hub cannot be used, instead of a 20-45 s stall per attempt."""
+    if _api is not None:
+        return
+    if hub_offline():
+        raise UsageError(f"{what} is neither a local path nor in the local Hugging Face cache, and HF_HUB_OFFLINE "
+                         f"is set, so the Hub cannot be used; check the path, or unset HF_HUB_OFFLINE to download it")
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=3).close()
+    except OSError as err:
+        raise UsageError(f"{what} is not a local path and the Hub is not reachable ({err}); "
+                         f"check the path, or set HF_HUB_OFFLINE=1 to work offline") from err
+
+
+def check_push_possible(push: bool, what: str) -> None:
+    """Called by a stage before any work when it will push, so a long run cannot end in a
+    push that was never possible (offline, or no token)."""
+    if not push or _api is not None:
+        return
+    ensure_hub_reachable(f"pushing {what}")
+    from huggingface_hub import get_token
+
+    if not get_token():
+        raise UsageError(f"pushing {what} needs a Hugging Face token: run `hf auth login` or set HF_TOKEN")
+
+
+def repo_sha(repo_id: str, revision: str | None = None, repo_type: str = "model") -> str | None:
+    """The Hub commit sha of a repo at a revision, or None when it cannot be looked up."""
+    try:
+        info_fn = get_api().model_info if repo_type == "model" else get_api().dataset_info
+        return getattr(info_fn(repo_id, revision=revision), "sha", None)
+    except Exception as err:  # noqa: BLE001 - a missing sha is recorded, not fatal
+        logger.warning("could not look up the sha of %s %s: %s", repo_type, repo_id, err)
+        return None
+
+
+# --------------------------------------------------------------------------- local outputs
+
+
+def local_output_dir(output_id: str, push: bool, output_root: str = "outputs") -> Path:
+    """Where a stage's local output goes.
+
+    When push is off the output id *is* the local path, as in the original tool. When push is
+    on, the local copy goes under `output_root`, named after the repo id.
+    """
+    return Path(output_root) / output_id if push else Path(output_id)
+
+
+def save_output(
+    splits: Mapping[str, Dataset],
+    output_id: str,
+    *,
+    push: bool,
+    append: bool | Mapping[str, bool] = False,
+    stage: str,
+    config: Mapping[str, Any],
+    inputs: Mapping[str, Any] | None = None,
+    output_root: str = "outputs",
+    private: bool | None = None,
+    local_only: bool = False,
+    extra_files: Callable[[Path], None] | None = None,
+) -> Path:
+    """Write the splits locally (append or overwrite per split), then push when asked.
+
+    The folder is replaced atomically (llamaduo.outputs.staged_output): the dataset, the jsonl
+    copies, the card and whatever `extra_files(folder)` writes (summary.json, reports, plots)
+    appear together or not at all. `local_only` keeps the push-mode local folder but skips
+    the push (e.g. a failed evaluation, kept for inspection next to its reports). Returns the
+    local folder. A failed push raises `RunFailed` naming that folder.
+    """
+    out_dir = local_output_dir(output_id, push, output_root)
+    empty = [name for name, ds in splits.items() if len(ds) == 0]
+    if empty:  # datasets 5.2 cannot load_from_disk a folder holding an empty split
+        logger.warning("not writing empty split(s) %s to %s", ", ".join(empty), output_id)
+        splits = {name: ds for name, ds in splits.items() if len(ds)}
+    appends = {s: bool(append.get(s, False)) if isinstance(append, Mapping) else bool(append) for s in splits}
+    with staged_output(out_dir) as staging:
+        rows = _save_local(dict(splits), out_dir, staging, appends)
+        card = render_dataset_card(stage=stage, config=config, inputs=inputs or {}, rows=rows,
+                                   appended=appends, split_names=sorted(rows))
+        (staging / "README.md").write_text(card)
+        if extra_files is not None:
+            extra_files(staging)
+    logger.info("wrote %s to %s", ", ".join(f"{s}: {n} rows" for s, n in rows.items()), out_dir)
+    if push and not local_only:
+        try:
+            push_splits(dict(splits), output_id, appends=appends, stage=stage, config=config,
+                        inputs=inputs or {}, private=private)
+        except Exception as err:  # noqa: BLE001 - any push failure must keep and name the local copy
+            raise RunFailed(f"push to the Hub dataset '{output_id}' failed ({err}); "
+                            f"the local output is intact at {out_dir}") from err
+    return out_dir
+
+
+def _save_local(splits: dict[str, Dataset], out_dir: Path, staging: Path,
+                appends: dict[str, bool]) -> dict[str, int]:
+    """Write every split (the old ones of `out_dir` kept, appended ones extended) into the
+    empty `staging` folder, which then replaces `out_dir` whole."""
+    final: dict[str, Dataset] = {}
+    if (out_dir / "dataset_dict.json").is_file():
+        from datasets import load_from_disk
+
+        final.update(load_from_disk(str(out_dir)))
+    for name, ds in splits.items():
+        if appends.get(name) and name in final and len(final[name]):
+            final[name] = concatenate_datasets([final[name], _align_to(ds, final[name])])
+        else:
+            final[name] = ds
+    DatasetDict(final).save_to_disk(str(staging))
+    for name, ds in final.items():
+        ds.to_json(str(staging / f"{name}.jsonl"), lines=True, force_ascii=False)
+    return {name: len(ds) for name, ds in final.items()}
+
+
+def _align_to(new: Dataset, old: Dataset) -> Dataset:
+    """Cast appended rows to the existing schema so `concatenate_datasets` accepts them."""
+    missing = [c for c in old.column_names if c not in new.column_names]
+    if missing:
+        raise UsageError(f"cannot append: new rows lack column(s) {missing} of the existing split")
+    new = new.select_columns(old.column_names)
+    return new.cast(old.features) if new.features != old.features else new
+
+
+# --------------------------------------------------------------------------- pushing
+
+
+def push_splits(
+    splits: dict[str, Dataset],
+    repo_id: str,
+    *,
+    appends: Mapping[str, bool],
+    stage: str,
+    config: Mapping[str, Any],
+    inputs: Mapping[str, Any],
+    private: bool | None = None,
+) -> None:
+    """Push splits to a Hub dataset repo in one commit: a new shard per split (append) or a
+    replacement of that split's shards (overwrite), plus the dataset card."""
+    from huggingface_hub import CommitOperationAdd, CommitOperationDelete
+
+    api = get_api()
+    api.create_repo(repo_id, repo_type="dataset", exist_ok=True, private=private)
+    existing = list(api.list_repo_files(repo_id, repo_type="dataset"))
+    ops: list = []
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
+    for name, ds in splits.items():
+        if not appends.get(name):
+            ops += [CommitOperationDelete(path_in_repo=f) for f in existing if _is_split_shard(f, name)]
+        buf = io.BytesIO()
+        ds.to_parquet(buf)
+        path = f"data/{name}-{stamp}-{uuid.uuid4().hex[:8]}.parquet"
+        ops.append(CommitOperationAdd(path_in_repo=path, path_or_fileobj=buf.getvalue()))
+    split_names = sorted({_split_of(f) for f in existing if _split_of(f)} | set(splits))
+    card = render_dataset_card(stage=stage, config=config, inputs=inputs,
+                               rows={n: len(d) for n, d in splits.items()},
+                               appended=dict(appends), split_names=split_names)
+    ops.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=card.encode()))
+    modes = ", ".join(f"{n} ({'append' if appends.get(n) else 'overwrite'})" for n in splits)
+    api.create_commit(repo_id, ops, commit_message=f"llamaduo {stage}: {modes}", repo_type="dataset")
+    logger.info("pushed %s to the Hub dataset %s", modes, repo_id)
+
+
+def push_model_folder(folder: str | Path, repo_id: str, card_text: str, private: bool | None = None) -> None:
+    """Upload a model/adapter folder with its model card in one commit."""
+    from huggingface_hub import CommitOperationAdd
+
+    folder = Path(folder)
+    api = get_api()
+    api.create_repo(repo_id, repo_type="model", exist_ok=True, private=private)
+    ops = [CommitOperationAdd(path_in_repo=str(p.relative_to(folder)), path_or_fileobj=str(p))
+           for p in sorted(folder.rglob("*")) if p.is_file() and p.name != "README.md"
+           and not any(part.startswith("checkpoint-") for part in p.relative_to(folder).parts)]
+    ops.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=scrub_secrets(card_text).encode()))
+    api.create_commit(repo_id, ops, commit_message="llamaduo finetune", repo_type="model")
+
+
+def _split_of(path: str) -> str | None:
+    if not (path.startswith("data/") and path.endswith(".parquet")):
+        return None
+    stem = path[len("data/"):-len(".parquet")]
+    return stem.split("-", 1)[0] if "-" in stem else stem
+
+
+def _is_split_shard(path: str, split: str) -> bool:
+    return _split_of(path) == split
+
+
+# --------------------------------------------------------------------------- cards
+
+
+def render_dataset_card(
+    *,
+    stage: str,
+    config: Mapping[str, Any],
+    inputs: Mapping[str, Any],
+    rows: Mapping[str, int],
+    appended: Mapping[str, bool],
+    split_names: list[str],
+) -> str:
+    """A dataset card: the Hub `configs` header (so all shards of a split load together), then
+    the stage, its effective config (no secrets), inputs with shas, row counts and the date."""
+    header = {"configs": [{"config_name": "default",
+                           "data_files": [{"split": s, "path": f"data/{s}-*"} for s in split_names]}],
+              "tags": ["llamaduo", f"llamaduo-{stage}"]}
+    when = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    row_lines = "\n".join(f"| {s} | {n} | {'append' if appended.get(s) else 'overwrite'} |" for s, n in rows.items())
+    body = (
+        f"# LlamaDuo `{stage}` output\n\n"
+        f"Written by the LlamaDuo `{stage}` stage on {when}.\n\n"
+        f"## Rows written\n\n| split | rows | mode |\n|---|---|---|\n{row_lines}\n\n"
+        f"## Inputs\n\n```yaml\n{yaml.safe_dump(_jsonable(inputs), sort_keys=False).strip() or '{}'}\n```\n\n"
+        f"## Effective config\n\n```yaml\n{yaml.safe_dump(_jsonable(config), sort_keys=False).strip()}\n```\n"
+    )
+    return scrub_secrets(f"---\n{yaml.safe_dump(header, sort_keys=False)}---\n\n{body}")
+
+
+def scrub_secrets(text: str) -> str:
+    """Last line of defence for text that leaves the process (cards, reports): credential env
+    values and URL credentials are masked (llamaduo.redact, the one masking function)."""
+    return redact(text)
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))

@@ -1,0 +1,14 @@
+"""Local-model inference for batch_inference.py (and the benchmark).
+
+Modules, one concern each:
+* `model_ref`    – what `ft_model_id` is (full/merged vs adapter, local vs Hub) and its base; no weights loaded
+* `prompts`      – test rows -> chat prompts, reference answers, token ids
+* `plan`         – work items (prompt x repeat, each with its seed), length-sorted batches, rank shards
+* `sampling`     – per-sample seeded sampling independent of batch composition
+* `hf_backend`   – tokenizer/model loading (adapter merge) and batched `generate`
+* `vllm_backend` – the same through vLLM (lazy import, LoRARequest, tensor parallel)
+* `store`        – append-and-fsync partial results for resume
+* `distributed`  – rank/world from torchrun/accelerate, barrier
+
+`llamaduo.generation` re-exports the few entry points other code needs.
+"""

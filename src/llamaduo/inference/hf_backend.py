@@ -1,0 +1,197 @@
+"""The transformers backend: load the fine-tuned model and generate in padded batches.
+
+Batches arrive already length-sorted (see `llamaduo.inference.plan`), are left-padded (decoder-only
+models continue from the last position, so padding must sit on the left), and every row stops
+at eos or the template's end-of-turn token. Only the newly generated tokens are decoded: the
+prompt is sliced off by position, never by searching for "assistant\\n" in the text.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from llamaduo.errors import UsageError
+from llamaduo.inference.model_ref import ModelRef
+from llamaduo.inference.prompts import WorkItem
+from llamaduo.inference.sampling import PerRowSampler
+
+logger = logging.getLogger("llamaduo.inference")
+
+# End-of-turn markers of common chat templates; whichever exist in the vocabulary stop generation.
+END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "<|endoftext|>", "</s>")
+
+
+@dataclass(frozen=True)
+class GenSettings:
+    """Decoding settings shared by both backends."""
+
+    max_new_tokens: int
+    do_sample: bool
+    temperature: float
+    top_p: float
+    seed: int
+    stop_strings: tuple[str, ...] = ()
+
+    @property
+    def sampling(self) -> bool:
+        """Temperature 0 means greedy, as in vLLM and the OpenAI API."""
+        return self.do_sample and self.temperature > 0
+
+
+FINISH_STOP, FINISH_LENGTH = "stop", "length"
+
+
+@dataclass(frozen=True)
+class Generated:
+    """One answer. `finish_reason` is "stop" when the model ended its turn (eos/end-of-turn)
+    and "length" when max_new_tokens cut it off: a cut answer is usually unfinished code, and
+    evaluation must be able to say how many there were."""
+
+    text: str
+    new_tokens: int
+    finish_reason: str = FINISH_STOP
+
+
+def load_tokenizer(ref: ModelRef):
+    """The tokenizer saved by training (fallback: the base's), set up for left padding.
+
+    Raises UsageError when no chat template can be found, since prompting a chat model
+    without its template produces garbage silently.
+    """
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(ref.tokenizer_path, revision=ref.tokenizer_revision)
+    if not tokenizer.chat_template and ref.is_adapter and ref.base_path and ref.tokenizer_path != ref.base_path:
+        base_tok = AutoTokenizer.from_pretrained(ref.base_path, revision=ref.base_revision)
+        tokenizer.chat_template = base_tok.chat_template
+    if not tokenizer.chat_template:
+        raise UsageError(f"model '{ref.model_id}' has no chat template (tokenizer at {ref.tokenizer_path}); "
+                         "save the tokenizer with its template when fine-tuning")
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def stop_token_ids(tokenizer, generation_config=None) -> list[int]:
+    """eos plus every known end-of-turn token present in the vocabulary."""
+    ids: list[int] = []
+    sources = [tokenizer.eos_token_id]
+    if generation_config is not None:
+        eos = generation_config.eos_token_id
+        sources += list(eos) if isinstance(eos, (list, tuple)) else [eos]
+    vocab = tokenizer.get_vocab()
+    sources += [vocab.get(t) for t in END_OF_TURN_TOKENS if t in tokenizer.all_special_tokens or
+                t in getattr(tokenizer, "added_tokens_encoder", {})]
+    for i in sources:
+        if i is not None and int(i) not in ids:
+            ids.append(int(i))
+    return ids
+
+
+def load_model(ref: ModelRef, tokenizer, device: str, dtype: torch.dtype,
+               load_in_8bit: bool = False, load_in_4bit: bool = False):
+    """Load weights (and merge a LoRA adapter into them, which makes decoding faster)."""
+    from transformers import AutoModelForCausalLM
+
+    kwargs: dict = {"dtype": dtype}
+    quantized = (load_in_8bit or load_in_4bit) and device.startswith("cuda")
+    if load_in_8bit or load_in_4bit:
+        if quantized:
+            from transformers import BitsAndBytesConfig
+
+            kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=load_in_8bit, load_in_4bit=load_in_4bit)
+            kwargs["device_map"] = {"": device}
+        else:
+            logger.warning("load_in_8bit/load_in_4bit need a CUDA GPU; loading unquantized on %s", device)
+    model = AutoModelForCausalLM.from_pretrained(
+        ref.weights_path, revision=ref.base_revision if ref.is_adapter else ref.revision, **kwargs)
+    if ref.is_adapter:
+        model = _attach_adapter(model, ref, tokenizer, merge=not quantized)
+    if not quantized:
+        model = model.to(device)
+    model.eval()
+    return model
+
+
+def _attach_adapter(model, ref: ModelRef, tokenizer, merge: bool):
+    from peft import PeftModel
+
+    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+        # Training added tokens (e.g. a chat template's markers): the adapter expects the resized table.
+        model.resize_token_embeddings(len(tokenizer))
+    model = PeftModel.from_pretrained(model, ref.path, revision=ref.revision)
+    return model.merge_and_unload() if merge else model
+
+
+class HFGenerator:
+    """Generates a batch of WorkItems with `model.generate`."""
+
+    def __init__(self, model, tokenizer, settings: GenSettings):
+        from transformers import GenerationConfig
+
+        self.model = model
+        self.tokenizer = tokenizer
+        self.settings = settings
+        self.stop_ids = stop_token_ids(tokenizer, getattr(model, "generation_config", None))
+        added = getattr(tokenizer, "added_tokens_encoder", {})
+        self.stop_ids += [added[s] for s in settings.stop_strings if s in added and added[s] not in self.stop_ids]
+        # Greedy at the library level: sampling, when asked for, is done per row by PerRowSampler.
+        # Every sampling knob is set explicitly so the model's own generation_config.json
+        # (often do_sample/temperature/top_p) cannot leak in.
+        self.gen_config = GenerationConfig(
+            max_new_tokens=settings.max_new_tokens, do_sample=False, num_beams=1,
+            temperature=1.0, top_p=1.0, top_k=None, repetition_penalty=1.0,
+            eos_token_id=self.stop_ids, pad_token_id=tokenizer.pad_token_id,
+        )
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def generate(self, items: Sequence[WorkItem]) -> list[Generated]:
+        input_ids, attention_mask = left_pad([it.input_ids for it in items], self.tokenizer.pad_token_id)
+        input_ids, attention_mask = input_ids.to(self.device), attention_mask.to(self.device)
+        processors = []
+        if self.settings.sampling:
+            processors.append(PerRowSampler([it.seed for it in items], self.settings.temperature,
+                                            self.settings.top_p))
+        with torch.inference_mode():
+            out = self.model.generate(input_ids=input_ids, attention_mask=attention_mask,
+                                      generation_config=self.gen_config, logits_processor=processors)
+        return [self._decode(row) for row in out[:, input_ids.shape[1]:].tolist()]
+
+    def _decode(self, new_ids: list[int]) -> Generated:
+        """Cut at the first stop token, then decode only those new tokens. No stop token means
+        the row ran to max_new_tokens (generate only ends a row early on a stop token)."""
+        stops = set(self.stop_ids)
+        end = next((i for i, t in enumerate(new_ids) if t in stops), None)
+        reason = FINISH_LENGTH if end is None else FINISH_STOP
+        end = len(new_ids) if end is None else end
+        decoded = self.tokenizer.decode(new_ids[:end], skip_special_tokens=True)
+        text = cut_at_stop_strings(decoded, self.settings.stop_strings)
+        if len(text) < len(decoded):  # a stop string ended the answer, not the token limit
+            reason = FINISH_STOP
+        return Generated(text.strip(), end, reason)
+
+
+def cut_at_stop_strings(text: str, stops: Sequence[str]) -> str:
+    """The text before the first stop string (stop strings that are special tokens are already
+    stop token ids, see `stop_token_ids`)."""
+    cut = min((i for i in (text.find(s) for s in stops if s) if i >= 0), default=len(text))
+    return text[:cut]
+
+
+def left_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack token lists into a left-padded batch and its attention mask."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        if s:
+            ids[i, width - len(s):] = torch.tensor(s, dtype=torch.long)
+            mask[i, width - len(s):] = 1
+    return ids, mask

@@ -1,0 +1,548 @@
+"""Step 3 of the loop: judge the small model's responses against the reference answers.
+
+Flow: check every input (exit 2, before any model load or paid call) -> render one judge
+prompt per row -> judge each row `eval_repeat` times through the service-LLM layer (rate
+limits, retries, re-asks, the resumable ledger and cost all live there), or score it with the
+offline reference judge -> aggregate (llamaduo.judging) -> write the dataset, `summary.json`,
+`report.md` and the histogram into the local output folder -> push when asked -> print a
+one-screen summary -> exit 0 qualified / 3 not qualified / 1 failed.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import difflib
+import functools
+import json
+import logging
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from datasets import Dataset, Features, List, Value
+from tqdm.auto import tqdm
+
+from llamaduo.defaults import default_file
+from llamaduo.config import config_to_dict, parse_config
+from llamaduo.legacy_keys import SERVICE_LLM_LEGACY
+from llamaduo.data import load_split
+from llamaduo.delimiters import delimiter_tags, neutralize_tags
+from llamaduo.errors import (
+    EXIT_CODES_HELP,
+    EXIT_FAILED,
+    EXIT_NOT_QUALIFIED,
+    EXIT_OK,
+    RunFailed,
+    UsageError,
+)
+from llamaduo.hub import check_push_possible, local_output_dir, save_output, scrub_secrets
+from llamaduo.judging import code_eval
+from llamaduo.judging import (
+    HISTOGRAM_NAME,
+    REFERENCE_EVALUATOR,
+    ReferenceJudge,
+    RepeatScore,
+    RowScore,
+    Thresholds,
+    aggregate_row,
+    one_screen_summary,
+    render_report,
+    summarize,
+    too_many_failures,
+    write_histogram,
+)
+from llamaduo.judging.truncation import FINISH_COLUMN, truncated_summary
+from llamaduo.logging_setup import setup_logging
+from llamaduo.outputs import OutputPlan, guarded_output
+from llamaduo.peak_rss import peak_rss_mb
+from llamaduo.prompts import check_placeholders, load_template, render
+from llamaduo.service_llm import PROVIDERS, ServiceLLMArgs
+from llamaduo.validation import check_text_columns
+
+logger = logging.getLogger("llamaduo.evaluation")
+
+REFERENCE_PROVIDER = "reference"
+PLACEHOLDERS = ("instruction", "human_response", "lm_response")
+INPUT_COLUMNS = ("instructions", "target_responses", "candidate_responses")
+LEDGER_NAME = "service_llm_ledger.sqlite"
+SUMMARY_NAME = "summary.json"
+REPORT_NAME = "report.md"
+
+
+@dataclass
+class EvaluationArgs(ServiceLLMArgs):
+    """evaluation.py's keys: the shared service-LLM keys plus the original's evaluation keys.
+
+    `service_llm_provider: reference` selects the offline reference judge (no network)."""
+
+    service_llm_provider: str = field(
+        default="gemini",
+        metadata={"help": "The judge: " + ", ".join(PROVIDERS) + ", or `reference` (the offline "
+                          "reference judge: 100*cos(all-MiniLM-L6-v2) / 100*ROUGE-L precision; "
+                          "no network, no key, free)."},
+    )
+    prompt_tmpl_path: str = field(
+        default=default_file("prompts.toml"),
+        metadata={"help": "TOML file whose [eval] prompt is the judge prompt "
+                          "(placeholders: $instruction, $human_response, $lm_response)."},
+    )
+    lm_response_ds_id: str = field(
+        default="",
+        metadata={"help": "The batch-inference output to judge: a Hub dataset id, a local "
+                          "save_to_disk folder, a folder of <split>.jsonl files, or a file."},
+    )
+    lm_response_ds_split: str = field(
+        default="batch_infer", metadata={"help": "Split of lm_response_ds_id to judge."}
+    )
+    eval_data_preprocess_bs: int = field(
+        default=16, metadata={"help": "Batch size for preparing judge prompts and for the "
+                                      "reference judge's embedding batches."}
+    )
+    eval_repeat: int = field(
+        default=3, metadata={"help": "How many times each row is judged; scores are averaged. "
+                                     "The deterministic reference judge scores each row once."}
+    )
+    eval_workers: int = field(
+        default=8, metadata={"help": "Concurrent judge requests (the RPM limit still applies)."}
+    )
+    avg_similarity_threshold: float = field(
+        default=90.0, metadata={"help": "Qualified needs mean similarity >= this (0-100)."}
+    )
+    avg_precision_threshold: float = field(
+        default=90.0, metadata={"help": "Qualified needs mean precision >= this (0-100)."}
+    )
+    coverage_threshold: float = field(
+        default=50.0, metadata={"help": "Coverage = share of rows scoring >= this (0-100), per score."}
+    )
+    allow_low_threshold: bool = field(
+        default=False, metadata={"help": "Accept a score threshold in (0, 1]. Thresholds are on the "
+                                         "0-100 scale, so 0.8 is almost surely meant as 80 and is "
+                                         "refused (exit 2) unless this is set."}
+    )
+    max_failure_ratio: float = field(
+        default=0.1, metadata={"help": "The run fails (exit 1) if more than this share (0-1) of "
+                                       "the judgements stay invalid or fail."}
+    )
+    push_eval_to_hf_hub: bool = field(
+        default=False, metadata={"help": "Push the evaluation dataset to eval_ds_id on the Hub."}
+    )
+    eval_ds_id: str = field(
+        default="outputs/evaluation",
+        metadata={"help": "Output: a local folder when not pushing; the Hub dataset id when "
+                          "pushing (the local copy then goes to <output_root>/<eval_ds_id>)."},
+    )
+    eval_ds_split: str = field(default="eval", metadata={"help": "Split name of the output."})
+    eval_ds_append: bool = field(
+        default=False, metadata={"help": "Append to the output split instead of replacing it."}
+    )
+    output_root: str = field(
+        default="outputs", metadata={"help": "Root of local copies of pushed outputs."}
+    )
+    overwrite_input: bool = field(
+        default=False, metadata={"help": "Allow eval_ds_id to be the input lm_response_ds_id (it is "
+                                         "replaced); otherwise that is refused with exit 2."}
+    )
+    allow_code_execution: bool = field(
+        default=False, metadata={"help": "Consent to run the model-written code against the rows' "
+                                         "`test` column (sandboxed, limited; see docs/evaluation.md). "
+                                         "Without it, a `test` column is refused with exit 2."}
+    )
+    pass_rate_threshold: Optional[float] = field(
+        default=None, metadata={"help": "When set, qualified also needs the unit-test pass rate "
+                                        "(pass@1, 0-100) >= this."}
+    )
+    execution_timeout_s: float = field(
+        default=10.0, metadata={"help": "Wall-clock limit per test run (the CPU limit is this + 1 s)."}
+    )
+    execution_memory_mb: int = field(
+        default=2048, metadata={"help": "Address-space limit per test run, in MB."}
+    )
+    execution_workers: int = field(
+        default=0, metadata={"help": "Test runs in parallel (0 = min(4, CPUs))."}
+    )
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def validate_args(args: EvaluationArgs) -> None:
+    """Value checks the parser cannot do; each raises UsageError (exit 2) before any work."""
+    judges = (*PROVIDERS, REFERENCE_PROVIDER)
+    if args.service_llm_provider not in judges:
+        close = difflib.get_close_matches(args.service_llm_provider, judges, n=1)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        raise UsageError(f"unknown service_llm_provider '{args.service_llm_provider}'{hint} "
+                         f"(choose one of: {', '.join(judges)})")
+    if not args.lm_response_ds_id:
+        raise UsageError("lm_response_ds_id is required (the batch-inference output to judge)")
+    if not args.eval_ds_id:
+        raise UsageError("eval_ds_id is required (where the evaluation is written)")
+    if args.eval_repeat < 1:
+        raise UsageError(f"eval_repeat must be >= 1, got {args.eval_repeat}")
+    if args.eval_workers < 1:
+        raise UsageError(f"eval_workers must be >= 1, got {args.eval_workers}")
+    if args.eval_data_preprocess_bs < 1:
+        raise UsageError(f"eval_data_preprocess_bs must be >= 1, got {args.eval_data_preprocess_bs}")
+    for name in ("avg_similarity_threshold", "avg_precision_threshold", "coverage_threshold"):
+        value = getattr(args, name)
+        if not 0 <= value <= 100:
+            raise UsageError(f"{name} must be within 0-100, got {value:g}")
+        if 0 < value <= 1 and not args.allow_low_threshold:
+            raise UsageError(f"{name}={value:g} is on the 0-100 scale: did you mean {value * 100:g}? "
+                             "(set allow_low_threshold: true to keep it)")
+    if not 0 <= args.max_failure_ratio <= 1:
+        raise UsageError(f"max_failure_ratio must be within 0-1, got {args.max_failure_ratio:g}")
+
+
+def load_eval_template(path: str) -> str:
+    """The [eval] prompt, with its placeholders checked (an unknown one is named)."""
+    template = load_template(path, "eval", "prompt")
+    check_placeholders(template, PLACEHOLDERS, where=f"{path} [eval] prompt")
+    return template
+
+
+# --------------------------------------------------------------------------- prompts
+
+# Tag neutralisation (every variant: case, spaces, attributes, full-width, zero-width) lives
+# in src/llamaduo/delimiters.py; `delimiter_tags` and `neutralize_tags` are re-exported from here.
+
+
+def render_eval_prompts(template: str, rows: Dataset, batch_size: int) -> list[str]:
+    """One judge prompt per row. `string.Template` inserts values verbatim, so `$`, `{}` and
+    code in the data cannot break rendering."""
+    tags = delimiter_tags(template)
+    prompts: list[str] = []
+    for start in range(0, len(rows), batch_size):
+        batch = rows[start:start + batch_size]
+        for ins, ref, cand in zip(*(batch[c] for c in INPUT_COLUMNS)):
+            prompts.append(render(
+                template,
+                instruction=neutralize_tags(str(ins or ""), tags),
+                human_response=neutralize_tags(str(ref or ""), tags),
+                lm_response=neutralize_tags(str(cand or ""), tags),
+            ))
+    return prompts
+
+
+# --------------------------------------------------------------------------- judging
+
+
+@dataclass
+class JudgeOutcome:
+    """Per-row repeat scores plus what the judge run cost."""
+
+    repeats: list[list[RepeatScore]]
+    evaluator: str
+    usage: dict[str, Any]
+    effective_repeat: int
+    stopped_for_budget: bool = False
+
+
+def judge_with_reference(rows: Dataset, batch_size: int) -> JudgeOutcome:
+    """Score every row once with the deterministic offline judge (repeats would be identical)."""
+    judge = ReferenceJudge(batch_size=max(batch_size, 1))
+    cands = [str(c or "") for c in rows["candidate_responses"]]
+    refs = [str(r or "") for r in rows["target_responses"]]
+    instrs = [str(i or "") for i in rows["instructions"]]
+    scores = []
+    chunk = max(batch_size, 1) * 8
+    for start in tqdm(range(0, len(rows), chunk), desc="reference judge", unit="batch"):
+        scores += judge.score(cands[start:start + chunk], refs[start:start + chunk],
+                              instrs[start:start + chunk])
+    repeats = [[RepeatScore(s.similarity, s.precision,
+                            "100*cos(all-MiniLM-L6-v2) of candidate vs reference",
+                            "100*ROUGE-L precision of candidate vs reference")] for s in scores]
+    return JudgeOutcome(repeats, REFERENCE_EVALUATOR, usage={}, effective_repeat=1)
+
+
+def _to_repeat_score(result: Any) -> RepeatScore:
+    """Map a service-layer JobResult to a RepeatScore; any non-ok status is a failure."""
+    if result.ok and result.value is not None:
+        v = result.value
+        return RepeatScore(v.similarity, v.precision, v.similarity_reason, v.precision_reason)
+    return RepeatScore.failed(f"{result.status}: {result.error or 'no reply'}")
+
+
+def _import_matplotlib() -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot  # noqa: F401
+
+
+def judge_jobs(prompts: Sequence[str], rows: Dataset, repeat: int, tags: set[str]) -> list[Any]:
+    """One job per (row, repeat): native structured output asked for (JUDGE_SCHEMA), and a
+    parser bound to the row's own texts, so that a verdict planted in the candidate (or
+    echoed back by the judge) is never the one read (structured.extract_last_valid)."""
+    from llamaduo.service_llm import Job
+    from llamaduo.service_llm.structured import JUDGE_SCHEMA, parse_judgement
+
+    jobs = []
+    for i, (prompt, *texts) in enumerate(zip(prompts, *(rows[c] for c in INPUT_COLUMNS), strict=True)):
+        raw = [str(t or "") for t in texts]  # as given, and as the judge saw them (neutralised)
+        quoted = tuple(raw + [neutralize_tags(t, tags) for t in raw])
+        parse = functools.partial(parse_judgement, quoted=quoted, data_tags=tags)
+        jobs += [Job(prompt, sample_index=r, schema=JUDGE_SCHEMA, parse=parse, label=f"row {i}")
+                 for r in range(repeat)]
+    return jobs
+
+
+def judge_with_service(llm: Any, prompts: Sequence[str], repeat: int, jobs: Sequence[Any]) -> JudgeOutcome:
+    """Judge each prompt `repeat` times (`jobs` from judge_jobs); results come back in job order."""
+    from llamaduo.service_llm import parse_judgement
+
+    logger.info("judging %d rows x %d repeats with %s", len(prompts), repeat, llm.describe())
+    # Judging waits on the network; import the report's plotting library meanwhile (after a
+    # second, so the import does not hold the GIL while the first requests are being sent).
+    warm = threading.Timer(1.0, _import_matplotlib)
+    warm.daemon = True
+    warm.start()
+    results = llm.run(jobs, parse=parse_judgement, desc="judging")
+    logger.info("judging done")
+    scores = [_to_repeat_score(res) for res in results]
+    repeats = [scores[i * repeat:(i + 1) * repeat] for i in range(len(prompts))]
+    run_usage = llm.last_run
+    usage = {**ledger_totals(results), "this_run": run_usage.as_dict()}
+    return JudgeOutcome(repeats, llm.model, usage=usage, effective_repeat=repeat,
+                        stopped_for_budget=bool(run_usage.stopped_for_budget))
+
+
+def ledger_totals(results: Sequence[Any]) -> dict[str, Any]:
+    """Tokens and cost of every completion behind these judgements, ledger hits included
+    (a hit carries the cost it had when it was paid for), so a resumed evaluation reports
+    what the whole evaluation cost, not just its last leg."""
+    comps = [c for res in results if not res.shared for c in res.completions]  # shared: counted once
+    return {
+        "input_tokens": sum(c.input_tokens for c in comps),
+        "output_tokens": sum(c.output_tokens for c in comps),
+        "cost_usd": sum(c.cost_usd for c in comps),
+        "completions": len(comps),
+        "cached": sum(1 for c in comps if c.cached),
+        "shared": sum(1 for res in results if res.shared),
+    }
+
+
+# --------------------------------------------------------------------------- output
+
+
+def output_columns(rows: Sequence[RowScore], prompts: Sequence[str], evaluator: str,
+                   date: str) -> dict[str, list]:
+    """The original's columns plus per-repeat detail, std and failure reason."""
+    return {
+        "eval_prompts": list(prompts),
+        "similarity_scores": [r.similarity for r in rows],
+        "precision_scores": [r.precision for r in rows],
+        "evaluators": [evaluator] * len(rows),
+        "dates": [date] * len(rows),
+        "similarity_per_repeat": [[j.similarity for j in r.judgements] for r in rows],
+        "precision_per_repeat": [[j.precision for j in r.judgements] for r in rows],
+        "similarity_reasons": [[j.similarity_reason for j in r.judgements] for r in rows],
+        "precision_reasons": [[j.precision_reason for j in r.judgements] for r in rows],
+        "similarity_std": [r.similarity_std for r in rows],
+        "precision_std": [r.precision_std for r in rows],
+        "failure_reason": [r.failure_reason for r in rows],
+    }
+
+
+_STR, _FLOAT = Value("string"), Value("float64")
+EVAL_FEATURES = {
+    "eval_prompts": _STR, "similarity_scores": _FLOAT, "precision_scores": _FLOAT,
+    "evaluators": _STR, "dates": _STR,
+    "similarity_per_repeat": List(_FLOAT), "precision_per_repeat": List(_FLOAT),
+    "similarity_reasons": List(_STR), "precision_reasons": List(_STR),
+    "similarity_std": _FLOAT, "precision_std": _FLOAT, "failure_reason": _STR,
+}
+
+
+def add_columns(ds: Dataset, columns: dict[str, list], types: dict[str, Value] = EVAL_FEATURES) -> Dataset:
+    """Append the evaluation columns, replacing same-named ones (re-judging an eval output).
+
+    The types are fixed rather than inferred, so a column that happens to be all null in one
+    run (no failures, a single repeat) has the same schema as in the next: appending works."""
+    existing = [c for c in columns if c in ds.column_names]
+    if existing:
+        logger.warning("input already has column(s) %s; they are replaced", ", ".join(existing))
+        ds = ds.remove_columns(existing)
+    features = Features({**ds.features, **{name: types[name] for name in columns}})
+    return Dataset.from_dict({**ds.to_dict(), **columns}, features=features)
+
+
+def write_reports(out_dir: Path, summary: dict, ds: Dataset, rows: Sequence[RowScore],
+                  thresholds: Thresholds) -> None:
+    """summary.json, the histogram PNG and report.md, side by side in the output folder."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / SUMMARY_NAME).write_text(scrub_secrets(json.dumps(summary, indent=2)) + "\n")
+    scored = [r for r in rows if r.scored]
+    write_histogram([r.similarity for r in scored], [r.precision for r in scored],
+                    out_dir / HISTOGRAM_NAME, thresholds=(thresholds.similarity, thresholds.precision))
+    report = render_report(summary, ds.to_list())
+    report += "\n".join(["", *code_eval.execution_report(summary, ds.to_list())])
+    (out_dir / REPORT_NAME).write_text(scrub_secrets(report))
+
+
+def _tokens(usage: dict) -> dict[str, int]:
+    i, o = int(usage.get("input_tokens", 0)), int(usage.get("output_tokens", 0))
+    return {"input": i, "output": o, "total": i + o}
+
+
+def build_summary(args: EvaluationArgs, rows: Sequence[RowScore], outcome: JudgeOutcome,
+                  thresholds: Thresholds, ds: Dataset, date: str, out_dir: Path) -> dict:
+    """summary.json: the score statistics plus run facts under stable keys."""
+    summary = summarize(rows, thresholds)
+    usage = outcome.usage
+    model_ids = sorted({str(m) for m in ds["model_id"]}) if "model_id" in ds.column_names else []
+    summary.update({
+        "evaluator": outcome.evaluator,
+        "peak_rss_mb": peak_rss_mb(),
+        "service_llm_provider": args.service_llm_provider,
+        "eval_repeat": outcome.effective_repeat,
+        "cost_usd": round(float(usage.get("cost_usd", 0.0)), 6),
+        "tokens": _tokens(usage),
+        "calls": int(usage.get("completions", 0)),
+        "cached_calls": int(usage.get("cached", 0)),
+        "shared_calls": int(usage.get("shared", 0)),  # identical judgements answered by one call
+        "this_run": usage.get("this_run", {}),
+        "stopped_for_budget": outcome.stopped_for_budget,
+        "lm_response_ds_id": args.lm_response_ds_id,
+        "lm_response_ds_split": args.lm_response_ds_split,
+        "model_ids": model_ids,
+        "truncated": truncated_summary(ds[FINISH_COLUMN] if FINISH_COLUMN in ds.column_names else None),
+        "date": date,
+        "output_dir": str(out_dir),
+    })
+    return summary
+
+
+# --------------------------------------------------------------------------- run
+
+JUDGE_REPLY_TOKENS = 120  # a typical judge reply: two scores and two one-sentence reasons
+
+
+def dry_run(llm: Any, template: str, ds: Dataset, args: EvaluationArgs) -> int:
+    """Print how many judge calls the run would make and what they would cost; call nothing."""
+    if llm is None:
+        print(f"dry run: {len(ds)} rows for the offline reference judge; no service-LLM calls, cost $0")
+        return EXIT_OK
+    prompts = render_eval_prompts(template, ds, args.eval_data_preprocess_bs)
+    jobs = judge_jobs(prompts, ds, args.eval_repeat, delimiter_tags(template))
+    try:
+        print(llm.estimate(jobs, expected_output_tokens=JUDGE_REPLY_TOKENS).summary())
+    finally:
+        llm.close()
+    return EXIT_OK
+
+
+
+def execution_settings(args: EvaluationArgs) -> code_eval.ExecSettings:
+    return code_eval.ExecSettings(args.allow_code_execution, args.pass_rate_threshold,
+                                  args.execution_timeout_s, args.execution_memory_mb, args.execution_workers)
+
+
+def run_execution(out_ds: Dataset, rows: Sequence[RowScore], thresholds: Thresholds,
+                  settings: code_eval.ExecSettings, summary: dict) -> Dataset:
+    """Run the answers against their tests: add the per-row columns, put the `execution`
+    object into the summary, and make a set pass_rate_threshold one of the `criteria` of
+    `qualified` (the verdict line then shows the measured pass rate beside its bar)."""
+    columns, summary["execution"], crit = code_eval.evaluate_code(
+        out_ds, settings, {"similarity": [r.similarity for r in rows], "precision": [r.precision for r in rows]},
+        {"similarity": thresholds.similarity, "precision": thresholds.precision})
+    if crit is not None:
+        summary["criteria"].append(crit)
+        summary["qualified"] = summary["qualified"] and crit["passed"]
+    return add_columns(out_ds, columns, code_eval.EXEC_FEATURES)
+
+
+def output_plan(args: EvaluationArgs) -> OutputPlan:
+    """The folder this run writes (locked for the run) and the input it must not replace."""
+    if args.dry_run or not args.eval_ds_id:
+        return OutputPlan(None)
+    return OutputPlan(local_output_dir(args.eval_ds_id, args.push_eval_to_hf_hub, args.output_root),
+                      args.eval_ds_id, "eval_ds_id", {"lm_response_ds_id": args.lm_response_ds_id},
+                      args.overwrite_input)
+
+
+@guarded_output(output_plan)
+def run(args: EvaluationArgs) -> int:
+    """The whole stage; returns the exit code (0 qualified, 3 not qualified)."""
+    validate_args(args)
+    reference = args.service_llm_provider == REFERENCE_PROVIDER
+    template = load_eval_template(args.prompt_tmpl_path)
+    check_push_possible(args.push_eval_to_hf_hub, f"the evaluation to '{args.eval_ds_id}'")
+    out_dir = local_output_dir(args.eval_ds_id, args.push_eval_to_hf_hub, args.output_root)
+    llm = None
+    if not reference:
+        from llamaduo.service_llm import ServiceLLM
+
+        llm = ServiceLLM.from_args(args, workers=args.eval_workers,
+                                   default_ledger_path=out_dir / LEDGER_NAME)
+    ds = load_split(args.lm_response_ds_id, args.lm_response_ds_split,
+                    required_columns=INPUT_COLUMNS, what="response dataset")
+    check_text_columns(ds, INPUT_COLUMNS, f"response dataset '{args.lm_response_ds_id}'")
+    exec_settings = execution_settings(args)
+    code_eval.check_execution_args(ds.column_names, exec_settings,
+                                   f"the response dataset '{args.lm_response_ds_id}'")
+    thresholds = Thresholds(args.avg_similarity_threshold, args.avg_precision_threshold,
+                            args.coverage_threshold, args.max_failure_ratio)
+    date = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+    if args.dry_run:
+        return dry_run(llm, template, ds, args)
+    if reference:
+        if args.eval_repeat > 1:
+            logger.info("reference judge is deterministic: each row is scored once "
+                        "(eval_repeat=%d ignored)", args.eval_repeat)
+        prompts = [""] * len(ds)  # no prompt is sent to anyone
+        outcome = judge_with_reference(ds, args.eval_data_preprocess_bs)
+    else:
+        prompts = render_eval_prompts(template, ds, args.eval_data_preprocess_bs)
+        try:
+            jobs = judge_jobs(prompts, ds, args.eval_repeat, delimiter_tags(template))
+            outcome = judge_with_service(llm, prompts, args.eval_repeat, jobs)
+        finally:
+            llm.close()
+
+    rows = [aggregate_row(js) for js in outcome.repeats]
+    out_ds = add_columns(ds, output_columns(rows, prompts, outcome.evaluator, date))
+    summary = build_summary(args, rows, outcome, thresholds, ds, date, out_dir)
+    if code_eval.has_tests(ds.column_names):
+        out_ds = run_execution(out_ds, rows, thresholds, exec_settings, summary)
+    failed = too_many_failures(summary) or outcome.stopped_for_budget
+    summary["exit_code"] = EXIT_FAILED if failed else (EXIT_OK if summary["qualified"] else EXIT_NOT_QUALIFIED)
+    # A failed evaluation is kept locally for inspection but never pushed. The reports are
+    # written into the same atomic replacement as the dataset: never one without the other.
+    save_output({args.eval_ds_split: out_ds}, args.eval_ds_id,
+                push=args.push_eval_to_hf_hub, local_only=failed, append=args.eval_ds_append,
+                stage="evaluation", config=config_to_dict(args),
+                inputs={"lm_response_ds_id": args.lm_response_ds_id,
+                        "lm_response_ds_split": args.lm_response_ds_split,
+                        "model_ids": summary["model_ids"]},
+                output_root=args.output_root,
+                extra_files=lambda folder: write_reports(folder, summary, out_ds, rows, thresholds))
+    print(one_screen_summary(summary, out_dir))
+    if outcome.stopped_for_budget:
+        raise RunFailed(f"max_cost_usd was reached before every row was judged; partial "
+                        f"results are in {out_dir} and a rerun resumes from the ledger")
+    if failed:
+        raise RunFailed(
+            f"{summary['failures']} of {summary['judgements']} judgements failed "
+            f"(ratio {summary['failure_ratio']:.3f} > max_failure_ratio {args.max_failure_ratio:g}); "
+            f"see the failure_reason column and {out_dir / REPORT_NAME}")
+    return summary["exit_code"]
+
+
+DESCRIPTION = (
+    "Judge a batch-inference output with a service LLM (or the offline reference judge: "
+    "--service_llm_provider reference), write the scored dataset, summary.json, report.md and "
+    "a histogram, and exit 0 when qualified. See docs/evaluation.md."
+)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI entry point: parse (`--from-config` YAML + flags), then run."""
+    setup_logging()
+    # one INFO line per HTTP request from the SDK's transport would bury the summary
+    for noisy in ("httpx", "httpx2", "openai", "anthropic", "google_genai"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    (args,) = parse_config(EvaluationArgs, argv=argv, description=DESCRIPTION,
+                           epilog=EXIT_CODES_HELP, legacy_keys=SERVICE_LLM_LEGACY)
+    return run(args)
