@@ -16,7 +16,7 @@ if [[ "${1:-}" == "--dry-run" ]]; then
 fi
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/wheels/*.whl
-export PYTHONPATH="/tmp/site:$PWD"
+export PYTHONPATH="/tmp/site:$PWD/src:$PWD"
 python3 -c 'import torch, transformers, peft, trl, datasets; print("torch", torch.__version__, "transformers",
 transformers.__version__, "peft", peft.__version__, "trl", trl.__version__, "datasets", datasets.__version__,
 "cuda", torch.cuda.is_available())'

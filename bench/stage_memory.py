@@ -32,7 +32,7 @@ LOAD_ONLY = ("from transformers import AutoModelForCausalLM, AutoTokenizer; from
 
 def measure(cmd: list[str], log: Path) -> float:
     """Run `cmd` (from the repo root) and return its peak RSS in MiB; raise if it fails."""
-    env = dict(os.environ, PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO / "src"), str(REPO)]), HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     with open(log, "w") as fh:
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT)
         _, status, usage = os.wait4(proc.pid, 0)

@@ -136,7 +136,7 @@ def atomic_campaign(work: Path, kills: int, rng: random.Random) -> dict:
 
     out = work / "atomic" / "out"
     out.parent.mkdir(parents=True)
-    env = {**os.environ, "PYTHONPATH": str(HERE)}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE / "src"), str(HERE)])}
     mixed = 0
     for _ in range(kills):
         proc = subprocess.Popen([sys.executable, "-m", "tests.servers.output_writer", str(out)], cwd=HERE, env=env,
@@ -197,7 +197,7 @@ def quiet_server(*args: str) -> Iterator[str]:
     port_file = Path(tempfile.mkdtemp(prefix="llamaduo-port-")) / "port"
     proc = subprocess.Popen([sys.executable, "-m", "tests.servers.protocol_server", "--host", "127.0.0.1",
                              "--port", "0", "--port-file", str(port_file), *args], cwd=HERE,
-                            env={**os.environ, "PYTHONPATH": str(HERE)}, stdout=subprocess.PIPE,
+                            env={**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE / "src"), str(HERE)])}, stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, text=True)
     try:
         assert "listening" in proc.stdout.readline(), "the protocol server did not start"

@@ -17,6 +17,10 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+# Child processes (the stage scripts) import this checkout's package, not whatever `llamaduo` the
+# environment has installed (an editable install may point at another checkout).
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    [str(REPO_ROOT / "src"), str(REPO_ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
 
 
 @pytest.fixture(scope="session")

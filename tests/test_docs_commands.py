@@ -228,7 +228,7 @@ def shell_env(repo_copy: Path) -> dict[str, str]:
     """`python` on PATH is this interpreter (as in an activated virtual environment)."""
     env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
     env.update(PATH=f"{repo_copy / '.venv' / 'bin'}{os.pathsep}{os.environ['PATH']}", HF_HUB_OFFLINE="1",
-               TOKENIZERS_PARALLELISM="false", PYTHONPATH=str(repo_copy))
+               TOKENIZERS_PARALLELISM="false", PYTHONPATH=os.pathsep.join([str(repo_copy / "src"), str(repo_copy)]))
     return env
 
 

@@ -32,7 +32,7 @@ def test_killed_run_resumes_without_repeating_finished_calls(tmp_path, repo_root
     data = write_responses(tmp_path / "resp.jsonl", [f"answer {i} [[sim={50 + i} prec={90 - i}]]"
                                                      for i in range(ROWS)])
     out = tmp_path / "eval"
-    env = dict(os.environ, PYTHONPATH=str(repo_root))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(repo_root / "src"), str(repo_root)]))
     with ProtocolServer(latency=0.15) as server:
         cmd = [sys.executable, "evaluation.py",
                *base_argv(server, repo_root, data, out, "--eval_repeat", str(REPEAT), "--eval_workers", "2",

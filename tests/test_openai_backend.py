@@ -54,7 +54,7 @@ def args(data: Path, out: Path, model: str, *urls: str, extra: tuple[str, ...] =
 
 
 def run_stage(argv: list[str], repo_root: Path, timeout: float = 300) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(repo_root))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(repo_root / "src"), str(repo_root)]))
     return subprocess.run([sys.executable, "batch_inference.py", *argv], cwd=repo_root, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
@@ -135,7 +135,7 @@ def test_kill_9_then_rerun_asks_only_for_the_rest(tmp_path, adapter, repo_root):
     (data / "test_sft.jsonl").write_text("".join(json.dumps({"prompt": f"task {i}"}) + "\n" for i in range(n)))
     out = tmp_path / "responses"
     argv = args(data, out, str(adapter), "URL", extra=("--repeat", "1", "--openai-workers", "2"))
-    env = dict(os.environ, PYTHONPATH=str(repo_root))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(repo_root / "src"), str(repo_root)]))
     with ProtocolServer(models=["base"], loras={"round_1": str(adapter)}, latency=0.1) as server:
         argv[argv.index("URL")] = server.base_url()
         proc = subprocess.Popen([sys.executable, "batch_inference.py", *argv], cwd=repo_root, env=env,

@@ -190,7 +190,7 @@ def test_kill_9_at_random_points_never_leaves_a_mixed_output(tmp_path):
     each kill a reader finds one complete version: dataset, jsonl, summary and report agree."""
     out = tmp_path / "out"
     rng = random.Random(14)
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO)])}
     kills = 0
     for _ in range(8):
         proc = subprocess.Popen([sys.executable, "-m", "tests.servers.output_writer", str(out)], cwd=REPO,

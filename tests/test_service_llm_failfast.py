@@ -98,7 +98,7 @@ def test_api_key_is_not_in_repr():
 
 def test_cli_exits_2_with_one_line(repo_root):
     env = {k: v for k, v in os.environ.items() if k != "SERVICE_LLM_API_KEY"}
-    env["PYTHONPATH"] = str(repo_root)
+    env["PYTHONPATH"] = os.pathsep.join([str(repo_root / "src"), str(repo_root)])
     proc = subprocess.run([sys.executable, "-m", "tests.servers.service_client", "--provider", "anthropic",
                            "--api-key", ""], cwd=repo_root, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2

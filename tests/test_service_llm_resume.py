@@ -31,7 +31,7 @@ def server_request_key(messages: list[dict], seed: int) -> str:
 
 
 def test_kill_9_then_rerun_repeats_no_finished_request(tmp_path, repo_root):
-    env = dict(os.environ, PYTHONPATH=str(repo_root))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(repo_root / "src"), str(repo_root)]))
     ledger = tmp_path / "ledger.sqlite"
     with ProtocolServer(latency=0.1) as server:
         proc = subprocess.Popen(client_cmd(server, ledger), cwd=repo_root, env=env,
@@ -67,7 +67,7 @@ def test_server_subprocess_stats_and_reset(tmp_path, repo_root, path):
     import urllib.request
 
     port_file = tmp_path / "port"
-    env = dict(os.environ, PYTHONPATH=str(repo_root))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(repo_root / "src"), str(repo_root)]))
     server = subprocess.Popen([sys.executable, "-m", "tests.servers.protocol_server", "--port", "0",
                                "--port-file", str(port_file), "--rpm", "100"], cwd=repo_root, env=env,
                               stdout=subprocess.PIPE, text=True)

@@ -53,7 +53,7 @@ def test_batch_inference_runs_without_trl_under_transformers_5_20(repo_root: Pat
     data = tmp_path / "data"
     data.mkdir()
     (data / "test_sft.jsonl").write_text("".join(json.dumps({"prompt": f"Say {w}."}) + "\n" for w in ("hi", "yes")))
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(_blocker(tmp_path)), str(site), str(repo_root)]))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(_blocker(tmp_path)), str(site), str(repo_root / "src"), str(repo_root)]))
     probe = ("import sys, runpy, transformers; print('transformers', transformers.__version__);"
              "sys.argv = ['batch_inference.py'] + sys.argv[1:];"
              "runpy.run_path('batch_inference.py', run_name='__main__')")

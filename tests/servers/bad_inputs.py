@@ -307,7 +307,7 @@ def stage_env(work: Path, repo: Path = REPO) -> dict[str, str]:
     tmp = work / "tmpdir"
     tmp.mkdir(parents=True, exist_ok=True)
     env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
-    env.update(PYTHONPATH=str(repo), LLAMADUO_LOG_LEVEL="WARNING", TMPDIR=str(tmp), HF_HUB_OFFLINE="1",
+    env.update(PYTHONPATH=os.pathsep.join([str(repo / "src"), str(repo)]), LLAMADUO_LOG_LEVEL="WARNING", TMPDIR=str(tmp), HF_HUB_OFFLINE="1",
                HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1", LLAMADUO_CACHE=str(work / "cache"))
     return env
 

@@ -28,7 +28,7 @@ def server_process(*args: str) -> Iterator[str]:
         proc = subprocess.Popen(
             [sys.executable, "-m", "tests.servers.protocol_server", "--port", "0", "--port-file", str(port_file),
              *args],
-            cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)), stdout=subprocess.PIPE, text=True)
+            cwd=REPO, env=dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO / "src"), str(REPO)])), stdout=subprocess.PIPE, text=True)
         try:
             first_line = proc.stdout.readline()
             assert "listening" in first_line, f"protocol server did not start: {first_line!r}"
