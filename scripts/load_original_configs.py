@@ -4,7 +4,7 @@
 Point it at your own checkout of the original (the folder holding `config/`), or leave it at the
 default: our small synthesised tree in tests/data/original_llamaduo/ (nothing is fetched). Each
 stage config is run as a user would, from the tree's root (the original resolved its paths,
-such as `src/llamaduo/defaults/prompts.toml`, from there):
+such as `config/prompts.toml`, from there):
 
     python <stage>.py --from-config <file> --print-config
 

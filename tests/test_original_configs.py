@@ -113,10 +113,10 @@ def test_synth_data_gen_with_its_prompt_path_given_twice_loads(tree):
     """The original's root synth_data_gen.yaml gives `prompt_tmpl_path` twice, with one value;
     its later version adds `rate_limit_per_minute` and `synth_ds_append`."""
     path = tree / "config/synth_data_gen.yaml"
-    path.write_text(path.read_text() + "\nprompt_tmpl_path: src/llamaduo/defaults/prompts.toml\nrate_limit_per_minute: 60\n"
+    path.write_text(path.read_text() + "\nprompt_tmpl_path: config/prompts.toml\nrate_limit_per_minute: 60\n"
                                        "synth_ds_append: true\n")
     cfg = loaded(print_config(tree, "data_gen", "config/synth_data_gen.yaml"))
-    assert cfg["prompt_tmpl_path"] == "src/llamaduo/defaults/prompts.toml"
+    assert cfg["prompt_tmpl_path"] == "config/prompts.toml"
     assert (cfg["rate_limit_per_minute"], cfg["synth_ds_append"], cfg["num_samples"]) == (60, True, 5)
 
 
