@@ -16,7 +16,8 @@ from datasets import load_from_disk
 from llamaduo.data import SYNTH_COLUMNS, prompt_id_for
 from llamaduo.errors import EXIT_USAGE, LlamaDuoError, RunFailed, UsageError
 from llamaduo.pipeline import data_gen
-from llamaduo.pipeline.data_gen import SeedSampler, canonical_synth_columns
+from llamaduo.data import canonical_synth_columns
+from llamaduo.pipeline.data_gen import SeedSampler
 from llamaduo.quality import jaccard, shingle_hashes
 from tests.servers.process import server_process, server_stats
 from tests.servers.protocol_server import SYNTH_PAIRS_PER_REPLY, ProtocolServer
