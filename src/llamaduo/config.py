@@ -210,8 +210,9 @@ def _add_negative_bool_flags(parser: argparse.ArgumentParser) -> None:
                                 help=f"set {action.dest} to false")
 
 
-def _base_type(fn: Any) -> Any:
-    """TRL wraps the converter of `X | None` fields in `_accept_none(X)`; look through it."""
+def unwrap_accept_none(fn: Any) -> Any:
+    """TRL wraps the converter of `X | None` fields in `_accept_none(X)`; look through it
+    (the one place that knows that private wrapper: config here, finetune's TrlParser)."""
     while getattr(fn, "__closure__", None) and getattr(fn, "__qualname__", "").startswith("_accept_none"):
         fn = next(c.cell_contents for c in fn.__closure__ if callable(c.cell_contents))
     return fn
@@ -219,7 +220,7 @@ def _base_type(fn: Any) -> Any:
 
 def _is_bool_type(fn: Any) -> bool:
     """HfArgumentParser's converter; TRL ships its own copy of it, so compare by name."""
-    fn = _base_type(fn)
+    fn = unwrap_accept_none(fn)
     return fn is string_to_bool or getattr(fn, "__name__", "") == "string_to_bool"
 
 
@@ -239,7 +240,7 @@ _parse_mapping.__name__ = "mapping"  # argparse names the type in its error mess
 
 def _use_json_for_dict_fields(parser: argparse.ArgumentParser) -> None:
     for action in parser._actions:
-        if _base_type(action.type) is dict:
+        if unwrap_accept_none(action.type) is dict:
             action.type = _parse_mapping
 
 
@@ -389,7 +390,7 @@ def _raise_unknown_flags(unknown: list[str], parser: argparse.ArgumentParser) ->
 
 
 def _type_name(action: argparse.Action) -> str:
-    t = _base_type(action.type)
+    t = unwrap_accept_none(action.type)
     if _is_bool_type(t) or isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
         return "a boolean (true/false)"
     if t is _parse_mapping:
@@ -411,7 +412,7 @@ def _check_yaml_value(key: str, value: Any, parser: argparse.ArgumentParser) -> 
 
 
 def _check_scalar(key: str, value: Any, action: argparse.Action) -> Any:
-    t = _base_type(action.type)
+    t = unwrap_accept_none(action.type)
     ok: bool
     if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)) or _is_bool_type(t):
         ok = isinstance(value, bool)

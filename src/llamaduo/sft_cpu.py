@@ -173,21 +173,24 @@ def enable_fast_lm_head() -> bool:
         return device.type == "cpu" or use_triton(device)
 
     score_labelled_only._llamaduo = True  # type: ignore[attr-defined]
+    score_labelled_only.original = use_triton  # type: ignore[attr-defined]
     trl_utils._use_triton = score_labelled_only
     trl_utils._ChunkedLogProbFunction = _LogProbDispatch(function)
     return True
 
 
 def disable_fast_lm_head() -> None:
-    """Undo `enable_fast_lm_head` (the benchmark's TRL-default baseline and the tests use it)."""
+    """Undo `enable_fast_lm_head` (finetune.py, the benchmark's TRL-default baseline and the tests
+    use it). Restores what it replaced, read off its own patches, and skips a name this TRL does
+    not have, as `enable_fast_lm_head` does: never a crash after a TRL rename."""
     from trl.trainer import utils as trl_utils
 
-    if getattr(trl_utils._use_triton, "_llamaduo", False):
-        from trl.kernels.chunked_logprob import _use_triton
-
-        trl_utils._use_triton = _use_triton
-    if isinstance(trl_utils._ChunkedLogProbFunction, _LogProbDispatch):
-        trl_utils._ChunkedLogProbFunction = trl_utils._ChunkedLogProbFunction.original
+    use_triton = getattr(trl_utils, "_use_triton", None)
+    if getattr(use_triton, "_llamaduo", False):
+        trl_utils._use_triton = use_triton.original
+    function = getattr(trl_utils, "_ChunkedLogProbFunction", None)
+    if isinstance(function, _LogProbDispatch):
+        trl_utils._ChunkedLogProbFunction = function.original
 
 
 # --------------------------------------------------------------------------- allocator
