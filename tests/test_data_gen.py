@@ -334,7 +334,9 @@ def test_push_with_append_to_the_fake_hub(server, tmp_path):
     assert len(pushed) == len(local) == first + second
     assert sorted(pushed["prompt_id"]) == sorted(local["prompt_id"])
     assert len([p for p in api.repos["me/synth"] if p.startswith("data/train_sft-")]) == 2  # appended shard
-    assert set(api.calls) <= {"create_repo", "list_repo_files", "create_commit"}  # nothing downloaded
+    assert api.calls[:2] == ["check_reachable", "whoami"]  # the push is checked before any call
+    assert set(api.calls) <= {"check_reachable", "whoami", "create_repo", "list_repo_files",
+                              "create_commit"}  # nothing downloaded
     assert (tmp_path / "me" / "synth" / "summary.json").is_file()
 
 
