@@ -33,7 +33,7 @@ from llamaduo.data import (
     prompt_id_for,
 )
 from llamaduo.errors import EXIT_CODES_HELP, EXIT_OK, RunFailed, UsageError
-from llamaduo.hub import check_push_possible, local_output_dir, save_output
+from llamaduo.hub import check_push_possible, dataset_output_plan, local_output_dir, save_output
 from llamaduo.logging_setup import setup_logging
 from llamaduo.delimiters import render_data
 from llamaduo.outputs import OutputPlan, guarded_output, publish_files
@@ -537,12 +537,11 @@ def run_round(
 
 def output_plan(args: DataGenArgs) -> OutputPlan:
     """The folder this run writes (locked for the run) and the inputs it must not replace."""
-    if args.dry_run or not args.synth_ds_id:
+    if args.dry_run:
         return OutputPlan(None)
-    return OutputPlan(local_output_dir(args.synth_ds_id, args.push_synth_ds_to_hf_hub, args.output_root),
-                      args.synth_ds_id, "synth_ds_id",
-                      {"reference_ds_id": args.reference_ds_id, "test_ds_id": args.test_ds_id},
-                      args.overwrite_input)
+    return dataset_output_plan(args.synth_ds_id, "synth_ds_id", push=args.push_synth_ds_to_hf_hub,
+                               output_root=args.output_root, overwrite_input=args.overwrite_input,
+                               inputs={"reference_ds_id": args.reference_ds_id, "test_ds_id": args.test_ds_id})
 
 
 @guarded_output(output_plan)

@@ -20,7 +20,7 @@ from llamaduo.data import (SYNTH_COLUMNS, canonical_synth_columns, first_user_me
 from llamaduo.errors import EXIT_CODES_HELP, EXIT_OK, UsageError
 from llamaduo.formats import check_format_args, column_map_field, data_format_field, to_messages
 from llamaduo.logging_setup import setup_logging
-from llamaduo.hub import check_push_possible, local_output_dir, save_output
+from llamaduo.hub import check_push_possible, dataset_output_plan, save_output
 from llamaduo.outputs import OutputPlan, guarded_output
 from llamaduo.validation import check_sft_columns
 from llamaduo.peak_rss import peak_rss_mb
@@ -166,11 +166,9 @@ def _load_second(args: MergeArgs) -> Dataset:
 
 def output_plan(args: MergeArgs) -> OutputPlan:
     """The folder this run writes (locked for the run) and the inputs it must not replace."""
-    if not args.result_ds_id:
-        return OutputPlan(None)
-    folder = local_output_dir(args.result_ds_id, args.push_result_ds_to_hf_hub, args.output_root)
-    return OutputPlan(folder, args.result_ds_id, "result_ds_id",
-                      {"first_ds_id": args.first_ds_id, "second_ds_id": args.second_ds_id}, args.overwrite_input)
+    return dataset_output_plan(args.result_ds_id, "result_ds_id", push=args.push_result_ds_to_hf_hub,
+                               output_root=args.output_root, overwrite_input=args.overwrite_input,
+                               inputs={"first_ds_id": args.first_ds_id, "second_ds_id": args.second_ds_id})
 
 
 def main(argv: Sequence[str] | None = None) -> int:
