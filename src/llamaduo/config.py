@@ -1,24 +1,11 @@
-"""Dataclass configs -> CLI flags, with `--from-config` YAML files.
+"""Dataclass configs -> CLI flags, with `--from-config` YAML files (every failure: UsageError, exit 2).
 
-Built on `transformers.HfArgumentParser` (or TRL's `TrlParser` for finetune.py), which already
-turns every dataclass field into `--name` and `--name-with-dashes`. What this module adds, and
-why each part exists:
-
-* `--from-config FILE.yaml`: the YAML values become the parser's *defaults* (`set_defaults`), so
-  an explicit CLI flag always wins, even when it equals the dataclass default. The original tool
-  merged the other way round and silently dropped `--eval-repeat 10` when the YAML said 1.
-* YAML values are type-checked against the parser's own actions, so a wrong type names the key
-  and the expected type instead of failing deep inside a stage.
-* Unknown keys and flags fail with the closest valid names (difflib), before any work.
-* Every boolean gets `--flag` / `--no-flag`, so a YAML `true` can be turned off from the CLI.
-* Renamed keys (alignment-handbook -> TRL 1.x) are mapped with one warning each.
-* YAML keys accept the dash spelling (`lm-response-append`), as CLI flags do; `--config` is an
-  alias of `--from-config` (as in TRL), and a lone `.yaml` path as the first argument works too.
-* Legacy keys of the original LlamaDuo (a short, named list per stage, see src/llamaduo/legacy_keys.py)
-  are mapped or accepted with a note; any other unknown key still fails.
-* `--print-config` prints the merged config with secrets masked and exits 0.
-
-All failures raise `UsageError` (exit code 2).
+Built on `transformers.HfArgumentParser` (TRL's `TrlParser` for finetune.py). The YAML values
+become the parser's *defaults*, so an explicit CLI flag always wins (the original tool merged
+the other way round and silently dropped `--eval-repeat 10` when the YAML said 1). On top:
+YAML type checks, unknown keys named with the closest valid ones, `--no-flag` for every
+boolean, renamed and legacy keys, `--print-config`. The user-facing rules: README.md
+(Configuration) and docs/migrating.md.
 """
 from __future__ import annotations
 

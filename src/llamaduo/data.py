@@ -30,7 +30,6 @@ logger = logging.getLogger("llamaduo.data")
 
 REFERENCE_COLUMNS = ("prompt", "prompt_id", "messages", "category")
 RESPONSE_COLUMNS = ("instructions", "target_responses", "candidate_responses", "model_id", "model_sha")
-EVAL_COLUMNS = ("eval_prompts", "similarity_scores", "precision_scores", "evaluators", "dates")
 SYNTH_COLUMNS = ("generator", "prompt_id", "prompt", "seed_prompt", "messages", "category")
 # The original README documented the synthetic columns in the plural; every reader accepts both.
 PLURAL_SYNTH_COLUMNS = {"generators": "generator", "prompt_ids": "prompt_id", "prompts": "prompt",

@@ -57,7 +57,6 @@ STAGE = "data_gen"
 PROMPT_TABLE = "synth_data_gen"
 PLACEHOLDERS = ("instruction", "response", "topic")
 REJECTED_SPLIT = "rejected"
-REJECT_COLUMNS = ("reject_reason", "reject_detail", "round")
 DEFAULT_TEST_SPLIT = "test_sft"
 _STR = Value("string")
 SYNTH_FEATURES = Features({
