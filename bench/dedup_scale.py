@@ -25,7 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from llamaduo.quality import (  # noqa: E402
-    REASON_CONTAMINATED,
+    REASON_NEAR_TEST,
     QualityConfig,
     QualityFilter,
     jaccard,
@@ -110,7 +110,7 @@ def run_once(n: int, seed: int, cfg: QualityConfig) -> dict:
     # applies to them: the ones the filter is *defined* to catch
     in_scope = {i for i, base in dups.items() if _true_j(new[i], base, cfg) >= cfg.near_dup_threshold}
     in_scope |= {i for i, base in contaminants.items() if _true_j(new[i], base, cfg) >= cfg.decontam_threshold}
-    contaminated = {i for i, v in enumerate(verdicts) if v.reason == REASON_CONTAMINATED}
+    contaminated = {i for i, v in enumerate(verdicts) if v.reason == REASON_NEAR_TEST}
     return {
         "n": n,
         "train": len(train),

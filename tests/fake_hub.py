@@ -7,6 +7,9 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pandas as pd
+from huggingface_hub.errors import LocalTokenNotFoundError
+
+from llamaduo.errors import UsageError
 
 
 class FakeHubApi:
@@ -15,6 +18,20 @@ class FakeHubApi:
         self.calls: list[str] = []
         self.commits: list[str] = []
         self.fail_commits = False
+        self.token: str | None = "hf_fake"  # None: as if nobody is logged in
+        self.reachable = True
+
+    # The pre-flight checks (hub.check_push_possible, hub.ensure_hub_reachable).
+    def check_reachable(self, what):
+        self.calls.append("check_reachable")
+        if not self.reachable:
+            raise UsageError(f"{what}: fake hub: not reachable")
+
+    def whoami(self):
+        self.calls.append("whoami")
+        if self.token is None:
+            raise LocalTokenNotFoundError("fake hub: no token")
+        return {"name": "fake-user", "type": "user"}
 
     def create_repo(self, repo_id, *, repo_type=None, exist_ok=False, private=None):
         self.calls.append("create_repo")

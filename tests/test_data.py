@@ -7,7 +7,7 @@ import time
 import pytest
 from datasets import Dataset, DatasetDict
 
-from llamaduo.data import load_split, normalize_text, prompt_id_for
+from llamaduo.data import canonical_synth_columns, load_split, normalize_text, prompt_id_for
 from llamaduo.errors import UsageError
 
 ROWS = [{"prompt": f"p{i}", "messages": [{"role": "user", "content": f"p{i}"},
@@ -99,3 +99,13 @@ def test_unreadable_file(tmp_path):
 def test_text_helpers():
     assert normalize_text("  Hello \n World ") == "hello world"
     assert prompt_id_for("abc") == prompt_id_for(" abc\n") != prompt_id_for("abd")
+
+
+def test_plural_synth_columns_are_renamed_unless_the_singular_exists():
+    """One map for data_gen and dataset_merge: every plural spelling, `categories` included."""
+    ds = Dataset.from_list([{"generators": "g", "prompt_ids": "1", "prompts": "p", "seed_prompts": "s",
+                             "categories": "c", "messages": []}])
+    assert canonical_synth_columns(ds).column_names == ["generator", "prompt_id", "prompt", "seed_prompt",
+                                                        "category", "messages"]
+    both = Dataset.from_list([{"prompt": "kept", "prompts": "left alone"}])
+    assert canonical_synth_columns(both).column_names == ["prompt", "prompts"]

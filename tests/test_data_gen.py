@@ -16,7 +16,8 @@ from datasets import load_from_disk
 from llamaduo.data import SYNTH_COLUMNS, prompt_id_for
 from llamaduo.errors import EXIT_USAGE, LlamaDuoError, RunFailed, UsageError
 from llamaduo.pipeline import data_gen
-from llamaduo.pipeline.data_gen import SeedSampler, canonical_synth_columns
+from llamaduo.data import canonical_synth_columns
+from llamaduo.pipeline.data_gen import SeedSampler
 from llamaduo.quality import jaccard, shingle_hashes
 from tests.servers.process import server_process, server_stats
 from tests.servers.protocol_server import SYNTH_PAIRS_PER_REPLY, ProtocolServer
@@ -333,7 +334,9 @@ def test_push_with_append_to_the_fake_hub(server, tmp_path):
     assert len(pushed) == len(local) == first + second
     assert sorted(pushed["prompt_id"]) == sorted(local["prompt_id"])
     assert len([p for p in api.repos["me/synth"] if p.startswith("data/train_sft-")]) == 2  # appended shard
-    assert set(api.calls) <= {"create_repo", "list_repo_files", "create_commit"}  # nothing downloaded
+    assert api.calls[:2] == ["check_reachable", "whoami"]  # the push is checked before any call
+    assert set(api.calls) <= {"check_reachable", "whoami", "create_repo", "list_repo_files",
+                              "create_commit"}  # nothing downloaded
     assert (tmp_path / "me" / "synth" / "summary.json").is_file()
 
 

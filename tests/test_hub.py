@@ -91,3 +91,38 @@ def test_push_offline_without_fake_is_a_usage_error():
 
     with pytest.raises(UsageError, match="HF_HUB_OFFLINE"):
         hub.check_push_possible(True, "x")
+
+
+def test_push_checks_go_through_the_seam(fake_hub):
+    """Reachability and the token are asked of the installed Hub client, fake or real: no
+    production branch skips them for a fake."""
+    from llamaduo.errors import UsageError
+
+    hub.check_push_possible(True, "x")
+    assert fake_hub.calls == ["check_reachable", "whoami"]
+    fake_hub.token = None
+    with pytest.raises(UsageError, match="needs a Hugging Face token"):
+        hub.check_push_possible(True, "x")
+    fake_hub.reachable = False
+    with pytest.raises(UsageError, match="not reachable"):
+        hub.ensure_hub_reachable("dataset 'me/ds'")
+    fake_hub.calls.clear()
+    hub.check_push_possible(False, "x")  # no push: nothing asked
+    assert fake_hub.calls == []
+
+
+def test_the_real_client_probes_its_own_endpoint(monkeypatch):
+    """HubClient's probe: offline mode refuses first; otherwise it connects to the endpoint's
+    host (HF_ENDPOINT mirrors included), here a closed local port."""
+    import socket
+
+    from llamaduo.errors import UsageError
+
+    with pytest.raises(UsageError, match="HF_HUB_OFFLINE"):
+        hub.HubClient().check_reachable("x")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # bound, never listening: the connection is refused at once
+        with pytest.raises(UsageError, match=r"Hub \(127\.0\.0\.1\) is not reachable"):
+            hub.HubClient(endpoint=f"http://127.0.0.1:{port}").check_reachable("x")

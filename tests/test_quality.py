@@ -1,4 +1,4 @@
-"""src/llamaduo/quality.py: exact/near-duplicate removal and decontamination, checked against a
+"""src/llamaduo/quality.py: exact/near-duplicate and near-test-duplicate removal, checked against a
 brute-force exact-Jaccard reference (no mocks: real datasketch MinHash/LSH)."""
 from __future__ import annotations
 
@@ -7,19 +7,25 @@ import random
 import pytest
 
 from llamaduo.quality import (
-    REASON_CONTAMINATED,
+    REASON_NEAR_TEST,
     REASON_EXACT_NEW,
     REASON_EXACT_TRAIN,
     REASON_NEAR_NEW,
     REASON_NEAR_TRAIN,
     QualityConfig,
     QualityFilter,
-    dedup_and_decontaminate,
     jaccard,
     shingle_hashes,
 )
 
 WORDS = [f"w{i}" for i in range(3000)]
+
+
+def filtered(new, train=(), test=(), cfg=QualityConfig()):
+    """One QualityFilter (what data_gen builds) over one batch; references keyed train:<i> / test:<i>."""
+    qf = QualityFilter(cfg, train=[(f"train:{i}", t) for i, t in enumerate(train)],
+                       test=[(f"test:{i}", t) for i, t in enumerate(test)], progress=False)
+    return qf.check(new)
 
 
 def sim(a: str, b: str, n: int = 3) -> float:
@@ -36,7 +42,7 @@ def test_shingles_ignore_case_punctuation_and_spacing():
 
 
 def test_exact_duplicates_in_new_and_of_train():
-    v = dedup_and_decontaminate(
+    v = filtered(
         ["Sort a list of numbers in place.", "  sort a LIST of numbers in place.  ", "Reverse a linked list."],
         train=["reverse a linked   list."],
     )
@@ -49,15 +55,15 @@ def test_near_duplicate_of_train_and_in_new_with_exact_similarity():
     base = "Write a program that reads a CSV file of sales and prints the total revenue per region sorted by revenue"
     near = base + " descending"  # one extra word at the end: exact Jaccard 17/18
     other = "Explain the difference between TCP and UDP with two examples each"
-    v = dedup_and_decontaminate([near, other], train=[base])
+    v = filtered([near, other], train=[base])
     assert (v[0].keep, v[0].reason, v[0].match) == (False, REASON_NEAR_TRAIN, "train:0")
     assert v[0].similarity == pytest.approx(sim(near, base))
     assert v[1].keep
-    v = dedup_and_decontaminate([base, near])
+    v = filtered([base, near])
     assert (v[1].reason, v[1].match) == (REASON_NEAR_NEW, "new:0")
 
 
-def test_decontamination_takes_precedence_and_names_the_test_prompt():
+def test_near_test_duplicate_takes_precedence_and_names_the_test_prompt():
     test_prompt = "Write a Python function that counts the vowels in a string."
     paraphrase = "Please write a Python function that counts the vowels in a string!"
     qf = QualityFilter(
@@ -67,11 +73,11 @@ def test_decontamination_takes_precedence_and_names_the_test_prompt():
         progress=False,
     )
     v = qf.check([paraphrase, "Write a shell script that backs up a directory every night at 2am."])
-    assert (v[0].keep, v[0].reason, v[0].match) == (False, REASON_CONTAMINATED, "test:x")
+    assert (v[0].keep, v[0].reason, v[0].match) == (False, REASON_NEAR_TEST, "test:x")
     assert v[0].similarity >= QualityConfig().decontam_threshold
     assert v[1].keep
-    assert qf.counts == {REASON_CONTAMINATED: 1} and qf.num_kept == 1
-    assert "test:x" in v[0].describe() and REASON_CONTAMINATED in v[0].describe()
+    assert qf.counts == {REASON_NEAR_TEST: 1} and [x.keep for x in v] == [False, True]
+    assert "test:x" in v[0].describe() and REASON_NEAR_TEST in v[0].describe()
 
 
 def test_state_carries_across_batches():
@@ -79,8 +85,8 @@ def test_state_carries_across_batches():
     text = "Implement binary search over a sorted array and return the index or minus one"
     assert qf.check([text])[0].keep
     second = qf.check([text + " please"])[0]
-    assert (second.keep, second.reason) == (False, REASON_NEAR_NEW)
-    assert qf.num_kept == 1 and qf.counts[REASON_NEAR_NEW] == 1
+    assert (second.keep, second.reason, second.match) == (False, REASON_NEAR_NEW, "new:0")
+    assert qf.counts == {REASON_NEAR_NEW: 1}
 
 
 def _corpus(seed: int = 3, n: int = 400) -> tuple[list[str], list[str], list[str]]:
@@ -118,7 +124,7 @@ def _brute_force(new: list[str], train: list[str], test: list[str], cfg: Quality
     out: list[str | None] = []
     for t in new:
         if close(t, test, cfg.decontam_threshold):
-            out.append(REASON_CONTAMINATED)
+            out.append(REASON_NEAR_TEST)
         elif close(t, train, cfg.near_dup_threshold):
             out.append("train")
         elif close(t, kept, cfg.near_dup_threshold):
@@ -133,8 +139,8 @@ def test_lsh_matches_brute_force_exact_jaccard():
     cfg = QualityConfig()
     new, train, test = _corpus()
     expected = _brute_force(new, train, test, cfg)
-    got = dedup_and_decontaminate(new, train, test, cfg)
-    group = {REASON_CONTAMINATED: REASON_CONTAMINATED, REASON_EXACT_TRAIN: "train", REASON_NEAR_TRAIN: "train",
+    got = filtered(new, train, test, cfg)
+    group = {REASON_NEAR_TEST: REASON_NEAR_TEST, REASON_EXACT_TRAIN: "train", REASON_NEAR_TRAIN: "train",
              REASON_EXACT_NEW: "new", REASON_NEAR_NEW: "new", None: None}
     got_groups = [group[v.reason] for v in got]
     should_drop = [i for i, e in enumerate(expected) if e is not None]

@@ -173,3 +173,33 @@ def test_a_trl_without_the_patched_names_trains_at_its_own_speed(monkeypatch: py
         assert enable_fast_lm_head() is False
     assert "TRL's own speed" in caplog.text
     assert not hasattr(trl_utils, "_use_triton")  # nothing half-patched
+
+
+@pytest.mark.parametrize("missing", ["_use_triton", "_ChunkedLogProbFunction"])
+def test_turning_the_head_off_survives_a_trl_without_the_patched_names(monkeypatch: pytest.MonkeyPatch,
+                                                                      missing: str) -> None:
+    """finetune.py calls `disable_fast_lm_head` on every run with cpu_fast_path off: a TRL that
+    renamed a private name must not crash it (the real TRL module, one attribute removed)."""
+    from trl.trainer import utils as trl_utils
+
+    from llamaduo.sft_cpu import disable_fast_lm_head
+
+    monkeypatch.delattr(trl_utils, missing)
+    disable_fast_lm_head()
+    assert not hasattr(trl_utils, missing)
+
+
+def test_turning_the_head_off_restores_trls_own_objects(monkeypatch: pytest.MonkeyPatch) -> None:
+    """It restores what `enable_fast_lm_head` replaced, without importing TRL's private kernel
+    module (whose `_use_triton` may move): removed here, the restore still works."""
+    import trl.kernels.chunked_logprob as kernel
+    from trl.trainer import utils as trl_utils
+
+    from llamaduo import sft_cpu
+
+    use_triton, function = trl_utils._use_triton, trl_utils._ChunkedLogProbFunction
+    assert sft_cpu.enable_fast_lm_head()
+    assert trl_utils._use_triton is not use_triton
+    monkeypatch.delattr(kernel, "_use_triton")
+    sft_cpu.disable_fast_lm_head()
+    assert trl_utils._use_triton is use_triton and trl_utils._ChunkedLogProbFunction is function

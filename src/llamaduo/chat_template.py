@@ -1,17 +1,10 @@
 """Chat templates for training: pick the template, check the conversations, and tokenize them
 so that only the assistant's replies carry a loss.
 
-WHY hand-written masking instead of TRL's `assistant_only_loss`: TRL needs `{% generation %}`
-markers in the template, and most instruct models (SmolLM2, Gemma, Llama 3...) ship templates
-without them; TRL only knows replacements for a fixed list of families. Rendering each
-conversation prefix by prefix works with *any* template: the text the template adds between
-"everything before reply i, plus the generation prompt" and "everything up to reply i" is exactly
-reply i as the model must produce it at inference time. The prompt part is tokenized exactly
-as batch inference tokenizes it (`apply_chat_template(..., add_generation_prompt=True)`), so
-training and inference see the same token ids.
-
-The result is a pre-tokenized dataset (`input_ids`, `labels`) that TRL's SFTTrainer uses as is
-(truncation and packing still apply).
+WHY not TRL's `assistant_only_loss`: it needs `{% generation %}` markers that most instruct
+templates lack. Rendering each conversation prefix by prefix works with any template, and the
+prompt part is tokenized exactly as batch inference tokenizes it. The result (`input_ids`,
+`labels`) goes to SFTTrainer as is. Details: docs/finetune.md (Loss masking).
 """
 from __future__ import annotations
 

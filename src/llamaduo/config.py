@@ -1,24 +1,11 @@
-"""Dataclass configs -> CLI flags, with `--from-config` YAML files.
+"""Dataclass configs -> CLI flags, with `--from-config` YAML files (every failure: UsageError, exit 2).
 
-Built on `transformers.HfArgumentParser` (or TRL's `TrlParser` for finetune.py), which already
-turns every dataclass field into `--name` and `--name-with-dashes`. What this module adds, and
-why each part exists:
-
-* `--from-config FILE.yaml`: the YAML values become the parser's *defaults* (`set_defaults`), so
-  an explicit CLI flag always wins, even when it equals the dataclass default. The original tool
-  merged the other way round and silently dropped `--eval-repeat 10` when the YAML said 1.
-* YAML values are type-checked against the parser's own actions, so a wrong type names the key
-  and the expected type instead of failing deep inside a stage.
-* Unknown keys and flags fail with the closest valid names (difflib), before any work.
-* Every boolean gets `--flag` / `--no-flag`, so a YAML `true` can be turned off from the CLI.
-* Renamed keys (alignment-handbook -> TRL 1.x) are mapped with one warning each.
-* YAML keys accept the dash spelling (`lm-response-append`), as CLI flags do; `--config` is an
-  alias of `--from-config` (as in TRL), and a lone `.yaml` path as the first argument works too.
-* Legacy keys of the original LlamaDuo (a short, named list per stage, see src/llamaduo/legacy_keys.py)
-  are mapped or accepted with a note; any other unknown key still fails.
-* `--print-config` prints the merged config with secrets masked and exits 0.
-
-All failures raise `UsageError` (exit code 2).
+Built on `transformers.HfArgumentParser` (TRL's `TrlParser` for finetune.py). The YAML values
+become the parser's *defaults*, so an explicit CLI flag always wins (the original tool merged
+the other way round and silently dropped `--eval-repeat 10` when the YAML said 1). On top:
+YAML type checks, unknown keys named with the closest valid ones, `--no-flag` for every
+boolean, renamed and legacy keys, `--print-config`. The user-facing rules: README.md
+(Configuration) and docs/migrating.md.
 """
 from __future__ import annotations
 
@@ -210,8 +197,9 @@ def _add_negative_bool_flags(parser: argparse.ArgumentParser) -> None:
                                 help=f"set {action.dest} to false")
 
 
-def _base_type(fn: Any) -> Any:
-    """TRL wraps the converter of `X | None` fields in `_accept_none(X)`; look through it."""
+def unwrap_accept_none(fn: Any) -> Any:
+    """TRL wraps the converter of `X | None` fields in `_accept_none(X)`; look through it
+    (the one place that knows that private wrapper: config here, finetune's TrlParser)."""
     while getattr(fn, "__closure__", None) and getattr(fn, "__qualname__", "").startswith("_accept_none"):
         fn = next(c.cell_contents for c in fn.__closure__ if callable(c.cell_contents))
     return fn
@@ -219,7 +207,7 @@ def _base_type(fn: Any) -> Any:
 
 def _is_bool_type(fn: Any) -> bool:
     """HfArgumentParser's converter; TRL ships its own copy of it, so compare by name."""
-    fn = _base_type(fn)
+    fn = unwrap_accept_none(fn)
     return fn is string_to_bool or getattr(fn, "__name__", "") == "string_to_bool"
 
 
@@ -239,7 +227,7 @@ _parse_mapping.__name__ = "mapping"  # argparse names the type in its error mess
 
 def _use_json_for_dict_fields(parser: argparse.ArgumentParser) -> None:
     for action in parser._actions:
-        if _base_type(action.type) is dict:
+        if unwrap_accept_none(action.type) is dict:
             action.type = _parse_mapping
 
 
@@ -389,7 +377,7 @@ def _raise_unknown_flags(unknown: list[str], parser: argparse.ArgumentParser) ->
 
 
 def _type_name(action: argparse.Action) -> str:
-    t = _base_type(action.type)
+    t = unwrap_accept_none(action.type)
     if _is_bool_type(t) or isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
         return "a boolean (true/false)"
     if t is _parse_mapping:
@@ -411,7 +399,7 @@ def _check_yaml_value(key: str, value: Any, parser: argparse.ArgumentParser) -> 
 
 
 def _check_scalar(key: str, value: Any, action: argparse.Action) -> Any:
-    t = _base_type(action.type)
+    t = unwrap_accept_none(action.type)
     ok: bool
     if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)) or _is_bool_type(t):
         ok = isinstance(value, bool)

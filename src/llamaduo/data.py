@@ -30,8 +30,10 @@ logger = logging.getLogger("llamaduo.data")
 
 REFERENCE_COLUMNS = ("prompt", "prompt_id", "messages", "category")
 RESPONSE_COLUMNS = ("instructions", "target_responses", "candidate_responses", "model_id", "model_sha")
-EVAL_COLUMNS = ("eval_prompts", "similarity_scores", "precision_scores", "evaluators", "dates")
 SYNTH_COLUMNS = ("generator", "prompt_id", "prompt", "seed_prompt", "messages", "category")
+# The original README documented the synthetic columns in the plural; every reader accepts both.
+PLURAL_SYNTH_COLUMNS = {"generators": "generator", "prompt_ids": "prompt_id", "prompts": "prompt",
+                        "seed_prompts": "seed_prompt", "categories": "category"}
 
 _BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv", ".arrow": "arrow"}
 _SHARD_SUFFIX = re.compile(r"-\d{5}-of-\d{5}$|-\d+$")
@@ -90,6 +92,14 @@ def check_columns(ds: Dataset, required: Iterable[str], what: str) -> None:
         raise UsageError(
             f"{what} is missing column(s) {', '.join(missing)}; present columns: {', '.join(ds.column_names)}"
         )
+
+
+def canonical_synth_columns(ds: Dataset) -> Dataset:
+    """Rename the plural spellings (`PLURAL_SYNTH_COLUMNS`) to the singular names every stage
+    writes; a plural column whose singular is also present is left as it is."""
+    renames = {old: new for old, new in PLURAL_SYNTH_COLUMNS.items()
+               if old in ds.column_names and new not in ds.column_names}
+    return ds.rename_columns(renames) if renames else ds
 
 
 def normalize_text(text: str) -> str:

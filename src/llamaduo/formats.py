@@ -1,21 +1,10 @@
-"""Common chat-data formats, normalised to one `messages` column.
+"""Common chat-data formats (`messages`, `prompt_completion`, `alpaca`, `sharegpt`, `prompt`),
+normalised to one `messages` column.
 
-Reference data arrives in whatever shape its source uses. Every stage that reads it (finetune,
-batch_inference, data_gen, dataset_merge) calls `to_messages`, so all of them accept the same
-formats, detect them the same way and fail the same way:
-
-| format | columns | becomes |
-|---|---|---|
-| `messages` | `messages`: [{role, content}, ...] | as is |
-| `prompt_completion` | `prompt`, `completion`: strings, or lists of {role, content} (TRL's conversational form) | prompt turns + completion turns |
-| `alpaca` | `instruction` (+ `input`), `output` (+ `system`) | [system,] user: instruction + "\\n\\n" + input, assistant: output |
-| `sharegpt` | `conversations`: [{from, value}, ...], from = system / human / gpt | the same turns, roles mapped |
-| `prompt` | `prompt` only (test prompts, no answer) | [user: prompt] |
-
-Columns named differently are mapped with `column_map` ({our name: your column}, e.g.
-`{prompt: question, completion: canonical_solution}`); `data_format` forces a format instead of
-detecting it. Two formats present at once (and no `data_format`) is ambiguous: exit 2, naming
-the candidates. Every other column (`test`, `entry_point`, `task_id`...) is kept.
+Every stage that reads reference data calls `to_messages`, so all of them accept the same
+formats, detect them the same way and fail the same way (two formats at once without
+`data_format`: exit 2, naming both). `column_map` maps other column names; every other column
+is kept. The table of formats: docs/dataset_merge.md (Data formats).
 """
 from __future__ import annotations
 

@@ -4,8 +4,8 @@ Every stage writes a local output folder first (`save_to_disk` + a `<split>.json
 can open + `README.md` card), then optionally pushes. Pushing never touches the local copy, so
 a failed push loses nothing and the error says where the output is.
 
-Hub writes go through `get_api()`, the single seam tests replace with a fake (`set_api`).
-Append mode uploads a new parquet shard and lists `data/<split>-*` in the card's `configs`,
+Every Hub call, the pre-flight reachability and token checks included, goes through `get_api()`,
+the single seam tests replace with a fake (`set_api`). Append mode uploads a new parquet shard and lists `data/<split>-*` in the card's `configs`,
 so it never downloads the rows already on the Hub; overwrite replaces only that split's files,
 in the same commit.
 """
@@ -20,20 +20,26 @@ import socket
 import uuid
 from pathlib import Path
 from typing import Any, Callable, Mapping, Protocol
+from urllib.parse import urlsplit
 
 import yaml
 from datasets import Dataset, DatasetDict, concatenate_datasets
+from huggingface_hub import HfApi
+from huggingface_hub.errors import HfHubHTTPError, LocalTokenNotFoundError
 
 from llamaduo.errors import RunFailed, UsageError
-from llamaduo.outputs import staged_output
+from llamaduo.outputs import OutputPlan, staged_output
 from llamaduo.redact import redact
 
 logger = logging.getLogger("llamaduo.hub")
 
 
-
 class HubApi(Protocol):
-    """The subset of `huggingface_hub.HfApi` this project uses (and a fake implements)."""
+    """The subset of `huggingface_hub.HfApi` this project uses, plus `check_reachable`
+    (`HubClient`'s probe); what a fake implements."""
+
+    def check_reachable(self, what: str) -> None: ...
+    def whoami(self) -> dict: ...
 
     def create_repo(self, repo_id: str, *, repo_type: str | None = None, exist_ok: bool = False,
                     private: bool | None = None) -> Any: ...
@@ -44,16 +50,30 @@ class HubApi(Protocol):
     def dataset_info(self, repo_id: str, *, revision: str | None = None) -> Any: ...
 
 
+class HubClient(HfApi):
+    """The real client: `HfApi` plus a fast reachability probe."""
+
+    def check_reachable(self, what: str) -> None:
+        """Fail at once when the Hub cannot be used, instead of a 20-45 s stall per attempt."""
+        if hub_offline():
+            raise UsageError(f"{what} is neither a local path nor in the local Hugging Face cache, and "
+                             f"HF_HUB_OFFLINE is set, so the Hub cannot be used; check the path, or unset "
+                             f"HF_HUB_OFFLINE to download it")
+        url = urlsplit(self.endpoint)
+        try:
+            socket.create_connection((url.hostname, url.port or (80 if url.scheme == "http" else 443)),
+                                     timeout=3).close()
+        except OSError as err:
+            raise UsageError(f"{what} is not a local path and the Hub ({url.hostname}) is not reachable "
+                             f"({err}); check the path, or set HF_HUB_OFFLINE=1 to work offline") from err
+
+
 _api: HubApi | None = None
 
 
 def get_api() -> HubApi:
-    """The Hub client: the real `HfApi`, unless a test installed a fake with `set_api`."""
-    if _api is not None:
-        return _api
-    from huggingface_hub import HfApi
-
-    return HfApi()
+    """The Hub client: the real `HubClient`, unless a test installed a fake with `set_api`."""
+    return _api if _api is not None else HubClient()
 
 
 def set_api(api: HubApi | None) -> None:
@@ -70,29 +90,26 @@ def hub_offline() -> bool:
 
 
 def ensure_hub_reachable(what: str) -> None:
-    """Fail at once when the Hub cannot be used, instead of a 20-45 s stall per attempt."""
-    if _api is not None:
-        return
-    if hub_offline():
-        raise UsageError(f"{what} is neither a local path nor in the local Hugging Face cache, and HF_HUB_OFFLINE "
-                         f"is set, so the Hub cannot be used; check the path, or unset HF_HUB_OFFLINE to download it")
-    try:
-        socket.create_connection(("huggingface.co", 443), timeout=3).close()
-    except OSError as err:
-        raise UsageError(f"{what} is not a local path and the Hub is not reachable ({err}); "
-                         f"check the path, or set HF_HUB_OFFLINE=1 to work offline") from err
+    """UsageError (exit 2) at once when the Hub cannot be used (offline, unreachable)."""
+    get_api().check_reachable(what)
 
 
 def check_push_possible(push: bool, what: str) -> None:
     """Called by a stage before any work when it will push, so a long run cannot end in a
-    push that was never possible (offline, or no token)."""
-    if not push or _api is not None:
+    push that was never possible (offline, unreachable, no token or a rejected one)."""
+    if not push:
         return
-    ensure_hub_reachable(f"pushing {what}")
-    from huggingface_hub import get_token
-
-    if not get_token():
-        raise UsageError(f"pushing {what} needs a Hugging Face token: run `hf auth login` or set HF_TOKEN")
+    api = get_api()
+    api.check_reachable(f"pushing {what}")
+    try:
+        api.whoami()
+    except LocalTokenNotFoundError as err:
+        raise UsageError(f"pushing {what} needs a Hugging Face token: run `hf auth login` or set HF_TOKEN") from err
+    except HfHubHTTPError as err:
+        status = getattr(err.response, "status_code", None)
+        why = "the Hub rejected the Hugging Face token" if status in (401, 403) else \
+            f"the Hugging Face token could not be checked (HTTP {status})"
+        raise UsageError(f"pushing {what}: {why}: {redact(str(err))}; run `hf auth login` or set HF_TOKEN") from err
 
 
 def repo_sha(repo_id: str, revision: str | None = None, repo_type: str = "model") -> str | None:
@@ -115,6 +132,15 @@ def local_output_dir(output_id: str, push: bool, output_root: str = "outputs") -
     on, the local copy goes under `output_root`, named after the repo id.
     """
     return Path(output_root) / output_id if push else Path(output_id)
+
+
+def dataset_output_plan(output_id: str | None, key: str, *, push: bool, output_root: str,
+                        inputs: Mapping[str, str | None], overwrite_input: bool) -> OutputPlan:
+    """The `guarded_output` plan of a stage that writes a dataset to `output_id` (nothing to
+    guard when it is unset): its local folder, locked for the run, must not replace an input."""
+    if not output_id:
+        return OutputPlan(None)
+    return OutputPlan(local_output_dir(output_id, push, output_root), output_id, key, inputs, overwrite_input)
 
 
 def save_output(

@@ -1,22 +1,12 @@
 """A stage's output folder: one writer at a time, replaced atomically, never over an input.
 
-Three failures this module exists to prevent:
-
-* Two runs on one output folder both pay for the same calls and interleave their writes.
-  `OutputLock` takes an exclusive `filelock` lock on a sibling file (`.<name>.lock`; a sibling
-  because the folder itself is swapped) and records the holder's pid and host next to it, so
-  a second run exits 2 naming them. The kernel drops the lock when its process dies; a lock
-  left behind by a dead process is therefore simply taken over, with a warning naming it.
-* A kill -9 between writing the dataset and its summary left a new `summary.json` beside the
-  previous run's dataset. `staged_output` has the stage write everything (dataset, jsonl, card,
-  summary, report, plots) into a temporary sibling, links over whatever it did not rewrite
-  from the old folder (the ledger, partial results, other splits' files), and swaps it into
-  place with one `renameat2(RENAME_EXCHANGE)`; a reader sees the old complete folder or the
-  new complete one. Where that call is missing, two renames are used and an interrupted pair
-  is repaired by the next run's lock.
-* An output that is also an input of the same run (`eval_ds_id` = `lm_response_ds_id`,
-  `result_ds_id` = `first_ds_id`) silently destroys or hides that input: `check_not_input`
-  refuses it (exit 2) unless `overwrite_input: true`.
+* `OutputLock`: a second run on the same folder exits 2 naming the holder (pid, host); a lock
+  left by a dead process is taken over with a warning.
+* `staged_output`: everything is written into a sibling staging folder and swapped in with one
+  `renameat2(RENAME_EXCHANGE)`, so a kill leaves the old complete folder or the new one.
+* `check_not_input`: an output that is also an input of the run exits 2 unless
+  `overwrite_input: true`.
+The failures each one prevents, and where the files are: docs/reliability.md.
 """
 from __future__ import annotations
 

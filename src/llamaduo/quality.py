@@ -1,26 +1,9 @@
-"""Quality filters for synthetic pairs: exact duplicates, near duplicates, test contamination.
+"""Quality filters for synthetic pairs: exact and near duplicates, and near copies of test prompts.
 
-Why this module exists: training on copies of the test set inflates every later evaluation
-score, and training on many near-copies of one example wastes budget and skews the data.
-The LlamaDuo paper says it deduplicates and decontaminates; the original code did neither.
-
-How it works (one `QualityFilter` per run, stateful across generation rounds):
-
-1. Every text is tokenised into lower-cased words and turned into a set of word n-gram
-   shingles (n = `ngram_size`; texts shorter than n words become one shingle).
-2. Exact duplicates are found with a dict keyed on the normalised text.
-3. Near-duplicate *candidates* come from datasketch MinHash + MinHashLSH. The LSH index is
-   built for a threshold below the decision threshold and weighted towards recall, so that
-   pairs right at the threshold are still found (an LSH tuned at the threshold itself
-   misses ~60 % of the pairs sitting exactly there).
-4. Each candidate is then *verified* with the exact Jaccard similarity of the two shingle
-   sets, so the decision is exact and no false positive from hashing ever drops a pair.
-
-Decisions are made in this order, and the first that applies is the reason:
-`test_contamination` (instruction near-duplicates a test prompt, threshold
-`decontam_threshold`), `exact_duplicate_of_train`, `exact_duplicate_in_new`,
-`near_duplicate_of_train`, `near_duplicate_in_new` (threshold `near_dup_threshold`).
-Kept texts join the index, so a later round is checked against every earlier round.
+Why: training on copies of the test set inflates every later evaluation score, and many
+near-copies of one example waste budget and skew the data. Candidates come from MinHash LSH
+and every drop is verified with the exact Jaccard of word n-gram shingles, so hashing never
+drops a pair by mistake. The decision order and thresholds: docs/data_gen.md (Quality filters).
 """
 from __future__ import annotations
 
@@ -35,12 +18,13 @@ import xxhash
 from datasketch import MinHash, MinHashLSH
 from tqdm.auto import tqdm
 
-REASON_CONTAMINATED = "test_contamination"
+from llamaduo.data import normalize_text  # shared, so data_gen and dataset_merge agree on "the same text"
+
+REASON_NEAR_TEST = "test_contamination"  # the value is the data contract (summary.json, `rejected`)
 REASON_EXACT_TRAIN = "exact_duplicate_of_train"
 REASON_EXACT_NEW = "exact_duplicate_in_new"
 REASON_NEAR_TRAIN = "near_duplicate_of_train"
 REASON_NEAR_NEW = "near_duplicate_in_new"
-REASONS = (REASON_CONTAMINATED, REASON_EXACT_TRAIN, REASON_EXACT_NEW, REASON_NEAR_TRAIN, REASON_NEAR_NEW)
 
 _WORD = re.compile(r"\w+", re.UNICODE)
 _SCHEME = "affine32"  # explicit, so signatures do not change if datasketch's default does
@@ -50,23 +34,7 @@ _LSH_MARGIN = 0.1
 _LSH_WEIGHTS = (0.1, 0.9)
 
 
-def _fallback_normalize(text: str) -> str:
-    """Casefold + NFKC + collapsed whitespace; used only if llamaduo.data has no normalize_text."""
-    return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
-
-
-try:  # the shared definition, so that data_gen and dataset_merge agree on "the same text"
-    from llamaduo.data import normalize_text as _normalize
-except ImportError:  # llamaduo.data not written yet, or without that helper
-    _normalize = _fallback_normalize
-
-
-def normalize(text: str) -> str:
-    """The normalised form used for exact-duplicate detection."""
-    return _normalize(text or "")
-
-
-def words(text: str) -> list[str]:
+def _words(text: str) -> list[str]:
     """Lower-cased word tokens; punctuation and spacing never make two texts differ."""
     return _WORD.findall(unicodedata.normalize("NFKC", text or "").casefold())
 
@@ -77,7 +45,7 @@ def shingle_hashes(text: str, ngram_size: int) -> np.ndarray:
     xxhash is used (not Python's `hash`) because it is stable across processes, so a
     rerun makes the same decisions.
     """
-    toks = words(text)
+    toks = _words(text)
     if not toks:
         return np.empty(0, dtype=np.uint32)
     n = min(ngram_size, len(toks))
@@ -160,7 +128,7 @@ class _Index:
 
 
 class QualityFilter:
-    """Stateful dedup + decontamination over successive batches of new texts.
+    """Stateful duplicate and near-test-duplicate removal over successive batches of new texts.
 
     `train` and `test` are (key, text) pairs; keys name the matched row in the verdicts
     (use e.g. 'train:<prompt_id>'). Train texts are always kept and only serve as
@@ -177,7 +145,6 @@ class QualityFilter:
         self.cfg = cfg
         self.progress = progress
         self.counts: Counter[str] = Counter()
-        self.num_kept = 0
         self._exact_train: dict[str, Hashable] = {}
         self._exact_new: dict[str, Hashable] = {}
         self._exact_test: dict[str, Hashable] = {}
@@ -187,10 +154,6 @@ class QualityFilter:
         self._auto_key = 0
         self._add_references(list(test), self._test, self._exact_test, None, "test prompts")
         self._add_references(list(train), self._dups, self._exact_train, self._train_keys, "train rows")
-
-    @property
-    def num_test(self) -> int:
-        return len(self._test.shingles)
 
     def _signatures(self, texts: Sequence[str], desc: str) -> tuple[list[MinHash], list[np.ndarray]]:
         """Shingle and MinHash a batch (datasketch's bulk path reuses the permutations)."""
@@ -216,7 +179,7 @@ class QualityFilter:
         mhs, shingles = self._signatures([t for _, t in rows], desc)
         with index.lsh.insertion_session() as session:
             for (key, text), mh, sh in zip(rows, mhs, shingles):
-                exact.setdefault(normalize(text), key)
+                exact.setdefault(normalize_text(text or ""), key)
                 if key in index.shingles or sh.size == 0:
                     continue  # a repeated reference row adds nothing
                 session.insert(key, mh, check_duplication=False)
@@ -228,35 +191,39 @@ class QualityFilter:
         self._auto_key += 1
         return f"new:{self._auto_key - 1}"
 
-    def check(self, texts: Sequence[str], keys: Sequence[Hashable] | None = None) -> list[Verdict]:
-        """Decide keep/drop for each text, in order; kept texts join the index."""
-        keys = list(keys) if keys is not None else [self._next_key() for _ in texts]
-        if len(keys) != len(texts):
-            raise ValueError("keys and texts must have the same length")
+    def check(self, texts: Sequence[str]) -> list[Verdict]:
+        """Decide keep/drop for each text, in order; kept texts join the index (as `new:<n>`)."""
+        keys = [self._next_key() for _ in texts]
         mhs, shingles = self._signatures(texts, "new texts")
         verdicts = []
         bar = tqdm(
-            zip(keys, texts, mhs, shingles), total=len(texts), desc="dedup + decontamination",
+            zip(keys, texts, mhs, shingles), total=len(texts), desc="duplicate + near-test-duplicate checks",
             disable=not self.progress or len(texts) < 1000,
         )
         for key, text, mh, sh in bar:
-            verdict = self._decide(normalize(text), mh, sh)
+            norm = normalize_text(text or "")
+            verdict = self._decide(norm, mh, sh)
             if verdict.keep:
-                self._exact_new.setdefault(normalize(text), key)
+                self._exact_new.setdefault(norm, key)
                 if sh.size:
                     self._dups.insert(key, mh, sh)
-                self.num_kept += 1
             else:
                 self.counts[verdict.reason] += 1
             verdicts.append(verdict)
         return verdicts
 
     def _decide(self, norm: str, mh: MinHash, sh: np.ndarray) -> Verdict:
+        return self._near_test_duplicate(norm, mh, sh) or self._duplicate(norm, mh, sh) or Verdict(True)
+
+    def _near_test_duplicate(self, norm: str, mh: MinHash, sh: np.ndarray) -> Verdict | None:
+        """Equal to, or Jaccard >= decontam_threshold with, a test prompt: checked first."""
         if norm in self._exact_test:
-            return Verdict(False, REASON_CONTAMINATED, self._exact_test[norm], 1.0)
+            return Verdict(False, REASON_NEAR_TEST, self._exact_test[norm], 1.0)
         hit = self._test.best_match(mh, sh) if self._test.shingles else None
-        if hit:
-            return Verdict(False, REASON_CONTAMINATED, hit[0], hit[1])
+        return Verdict(False, REASON_NEAR_TEST, hit[0], hit[1]) if hit else None
+
+    def _duplicate(self, norm: str, mh: MinHash, sh: np.ndarray) -> Verdict | None:
+        """Exact, then near (>= near_dup_threshold), duplicate of a train row or a kept text."""
         if norm in self._exact_train:
             return Verdict(False, REASON_EXACT_TRAIN, self._exact_train[norm], 1.0)
         if norm in self._exact_new:
@@ -265,21 +232,5 @@ class QualityFilter:
         if hit:
             reason = REASON_NEAR_TRAIN if hit[0] in self._train_keys else REASON_NEAR_NEW
             return Verdict(False, reason, hit[0], hit[1])
-        return Verdict(True)
+        return None
 
-
-def dedup_and_decontaminate(
-    new: Sequence[str],
-    train: Sequence[str] = (),
-    test: Sequence[str] = (),
-    cfg: QualityConfig = QualityConfig(),
-    progress: bool = False,
-) -> list[Verdict]:
-    """One-shot convenience wrapper (used by the benchmark and simple callers)."""
-    qf = QualityFilter(
-        cfg,
-        train=((f"train:{i}", t) for i, t in enumerate(train)),
-        test=((f"test:{i}", t) for i, t in enumerate(test)),
-        progress=progress,
-    )
-    return qf.check(new)

@@ -1,25 +1,12 @@
 """CPU fast path for TRL's SFT step: score only labelled tokens, with a plain log-softmax head,
 and attend within each conversation of a padding-free batch.
 
-WHY this exists: TRL 1.16 is tuned for GPUs. `torch.profiler` on a LoRA step of SmolLM2-135M
-(batch 8 demo conversations, 2 AVX2 cores) showed three CPU-only wastes:
-
-1. TRL's fused LM head scores *every* position, prompt and padding included, on devices without
-   Triton (it keeps tile shapes fixed for compilers such as Neuron's; eager CPU has no such
-   concern). Only ~47 % of the demo tokens carry a label.
-2. Its torch fallback makes about ten elementwise passes over each [tokens, 32k-vocab] tile; one
-   `log_softmax` over the labelled rows does the same job 1.9-2.3x faster, and those rows'
-   logits fit in memory (chunked by `ROWS_PER_CHUNK` so they stay bounded).
-3. A padding-free batch is one long row; SDPA then attends over the whole row through a
-   block-diagonal mask, O(L^2) over all conversations together. Running SDPA per conversation
-   is O(sum of l_i^2), which is what padding-free is for.
-
-No library does these on a CPU: Liger-Kernel and Cut Cross-Entropy are Triton-only, and
-flash-attn's and torch's own varlen attention (`torch.nn.attention.varlen`) have no CPU kernel
-in torch 2.13. The attention goes through transformers' documented `AttentionInterface`
-extension point; the head replaces two private names of `trl.trainer.utils` (TRL is pinned in
-requirements.txt, and `enable_fast_lm_head` leaves TRL alone, with a warning, if they move).
-Only `finetune.py` (and its benchmark) turn this on.
+WHY: TRL is tuned for GPUs; on a CPU its fused head scores every position in many elementwise
+passes, and padding-free SDPA attends over the whole row (profile and numbers:
+docs/finetune.md). Liger-Kernel and Cut Cross-Entropy are Triton-only and torch's varlen
+attention has no CPU kernel, so this module does both. The attention uses transformers'
+`AttentionInterface`; the head replaces two private names of `trl.trainer.utils`, and both
+`enable_fast_lm_head` and `disable_fast_lm_head` leave TRL alone if those names move.
 """
 from __future__ import annotations
 
@@ -173,21 +160,24 @@ def enable_fast_lm_head() -> bool:
         return device.type == "cpu" or use_triton(device)
 
     score_labelled_only._llamaduo = True  # type: ignore[attr-defined]
+    score_labelled_only.original = use_triton  # type: ignore[attr-defined]
     trl_utils._use_triton = score_labelled_only
     trl_utils._ChunkedLogProbFunction = _LogProbDispatch(function)
     return True
 
 
 def disable_fast_lm_head() -> None:
-    """Undo `enable_fast_lm_head` (the benchmark's TRL-default baseline and the tests use it)."""
+    """Undo `enable_fast_lm_head` (finetune.py, the benchmark's TRL-default baseline and the tests
+    use it). Restores what it replaced, read off its own patches, and skips a name this TRL does
+    not have, as `enable_fast_lm_head` does: never a crash after a TRL rename."""
     from trl.trainer import utils as trl_utils
 
-    if getattr(trl_utils._use_triton, "_llamaduo", False):
-        from trl.kernels.chunked_logprob import _use_triton
-
-        trl_utils._use_triton = _use_triton
-    if isinstance(trl_utils._ChunkedLogProbFunction, _LogProbDispatch):
-        trl_utils._ChunkedLogProbFunction = trl_utils._ChunkedLogProbFunction.original
+    use_triton = getattr(trl_utils, "_use_triton", None)
+    if getattr(use_triton, "_llamaduo", False):
+        trl_utils._use_triton = use_triton.original
+    function = getattr(trl_utils, "_ChunkedLogProbFunction", None)
+    if isinstance(function, _LogProbDispatch):
+        trl_utils._ChunkedLogProbFunction = function.original
 
 
 # --------------------------------------------------------------------------- allocator

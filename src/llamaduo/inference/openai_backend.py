@@ -1,18 +1,11 @@
 """The openai backend: the test prompts go to any OpenAI-compatible server (vLLM, SGLang, TGI,
 llama.cpp, Ollama) instead of a model loaded in this process.
 
-Why through `llamaduo.service_llm`: that layer already paces (or not), bounds concurrency, retries
-with backoff and writes every reply to a SQLite ledger before it is used, so a rerun or a
-restart after `kill -9` sends 0 repeated requests. This module adds only what serving needs:
-* which `model` to ask for: a LoRA adapter folder maps to the adapter name vLLM's
-  `--lora-modules NAME=PATH` exposes (`lora_name`, a template over the folder's names); any
-  other `ft_model_id` asks for `served_model_name` (or `ft_model_id` itself);
-* a check, before any generation request, that every server serves that model (GET /models),
-  optionally loading the adapter at runtime (vLLM's POST /load_lora_adapter);
-* several base URLs, each request going to the least-loaded one (fewest requests in flight,
-  ties in turn) or strictly in turn, so several servers work without a load balancer;
-* the hf backend's sampling settings as request fields (temperature, top_p, max_tokens, a
-  per-sample seed, stop).
+Requests go through `llamaduo.service_llm`, which already paces, bounds concurrency, retries
+and writes every reply to a SQLite ledger first (a rerun sends 0 repeated requests). This
+module adds what serving needs: the `model` to ask for (a LoRA adapter's served name), a check
+that every server serves it, several base URLs, and the sampling settings as request fields.
+Keys and behaviour: docs/batch_inference.md.
 """
 from __future__ import annotations
 
@@ -40,7 +33,6 @@ from llamaduo.service_llm.records import ResponseSchema
 
 logger = logging.getLogger("llamaduo.inference")
 
-SPREAD_MODES = ("least_loaded", "round_robin")
 # The OpenAI API accepts at most 4 stop strings; these are the hf backend's end-of-turn markers
 # that are not also common eos tokens (the server stops at the model's eos on its own).
 STOP_STRINGS = tuple(END_OF_TURN_TOKENS[:4])

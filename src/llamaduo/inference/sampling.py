@@ -1,20 +1,11 @@
 """Per-sample seeded sampling that does not depend on which batch a sample lands in.
 
-WHY: `model.generate(do_sample=True)` draws every row of a batch from one global RNG, so a
-sample's text depends on its batch neighbours, on the batch size and on how far a resumed run
-had got. LlamaDuo promises that a rerun reproduces the same outputs, so each (prompt, repeat)
-gets its own `torch.Generator` seeded from `(seed, prompt_id, repeat_index)`.
-
-The sampler runs as the *last* logits processor inside an otherwise greedy `generate` call:
-it applies temperature and top-p with the stock transformers warpers, draws one token per row
-from that row's own generator, and returns scores that are 0 for the drawn token and -inf
-elsewhere, so greedy argmax picks exactly the drawn token. Everything else in `generate`
-(KV cache, eos/pad handling, stopping) stays the library's.
-
-What is still batch-dependent: the logits themselves can differ in the last bits between a
-row computed alone and the same row left-padded in a batch (different matmul shapes). A
-different draw then becomes possible only where two tokens are almost exactly tied. The
-pipeline therefore also keeps batch composition fixed across reruns (see `plan_batches`).
+WHY: `generate(do_sample=True)` draws every row from one global RNG, so a sample's text would
+depend on its batch neighbours, the batch size and how far a resumed run had got. Each
+(prompt, repeat) gets its own `torch.Generator`, seeded from `(seed, prompt_id, repeat_index)`.
+The sampler is the last logits processor of an otherwise greedy `generate`: it draws one token
+per row and leaves only that token finite, so argmax picks it; everything else stays the
+library's. The remaining numeric batch dependence: docs/batch_inference.md (Seeds).
 """
 from __future__ import annotations
 

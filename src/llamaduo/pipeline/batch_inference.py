@@ -23,7 +23,7 @@ from llamaduo.legacy_keys import BATCH_INFERENCE_LEGACY
 from llamaduo.data import RESPONSE_COLUMNS, load_split
 from llamaduo.errors import EXIT_CODES_HELP, EXIT_OK, RunFailed, UsageError
 from llamaduo.logging_setup import setup_logging
-from llamaduo.hub import check_push_possible, local_output_dir, save_output
+from llamaduo.hub import check_push_possible, dataset_output_plan, local_output_dir, save_output
 from llamaduo.inference import distributed
 from llamaduo.inference.carry import carry_columns
 from llamaduo.inference.hf_backend import (FINISH_LENGTH, FINISH_STOP, GenSettings, HFGenerator, load_model,
@@ -162,11 +162,11 @@ def settings_of(cfg: BatchInferenceConfig) -> GenSettings:
 def output_plan(cfg: BatchInferenceConfig) -> OutputPlan:
     """The folder this run writes and the input it must not replace. Only the main process
     locks it: the other ranks of the same run write their partial files into it too."""
-    if not cfg.lm_response_ds_id or not distributed.dist_info().is_main:
+    if not distributed.dist_info().is_main:
         return OutputPlan(None)
-    return OutputPlan(local_output_dir(cfg.lm_response_ds_id, cfg.push_lm_responses_to_hf_hub, cfg.output_root),
-                      cfg.lm_response_ds_id, "lm_response_ds_id", {"test_ds_id": cfg.test_ds_id},
-                      cfg.overwrite_input)
+    return dataset_output_plan(cfg.lm_response_ds_id, "lm_response_ds_id", push=cfg.push_lm_responses_to_hf_hub,
+                               output_root=cfg.output_root, inputs={"test_ds_id": cfg.test_ds_id},
+                               overwrite_input=cfg.overwrite_input)
 
 
 @guarded_output(output_plan)

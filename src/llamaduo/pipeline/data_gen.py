@@ -1,21 +1,10 @@
-"""Step 4 of the loop: synthetic instruction/response pairs from seed rows, checked,
-deduplicated and decontaminated, generated round after round until a target count survives.
+"""Step 4 of the loop: synthetic instruction/response pairs from seed rows, generated round
+after round until `target_num_pairs` survive the pair checks and llamaduo.quality's filters
+(duplicates of train data and earlier rounds, near copies of test prompts).
 
-Flow of `run(args)`:
-1. validate everything offline (values, template placeholders, provider/credentials, the
-   reference dataset's `messages`, the test split) -> UsageError (exit 2) before any call;
-2. each round: sample `num_samples` fresh seed rows (reproducible from `seed`, without
-   replacement until the reference split is used up), ask the service LLM for pairs like
-   each seed, check every pair (non-empty, length bounds, not the seed itself), then run the
-   quality filters of `llamaduo.quality` (test contamination, exact and near duplicates against
-   the train data, earlier rounds and the same round);
-3. stop when `target_num_pairs` pairs survived, the round limit is hit, or `max_cost_usd`
-   is reached, and say which; write the kept pairs, a `rejected` split (every dropped pair
-   with its reason) and `summary.json` (counts by reason, per round and in total).
-
-Exit codes (see docs/data_gen.md): 0 when pairs were produced (a missed target is a loud
-warning and `summary.json` says why, unless `require_target` is set); 1 when no usable pair
-survived, or `require_target` is set and the target was missed; 2 for bad input.
+Everything that can fail is checked before the first paid call (exit 2). Every dropped pair is
+kept with its reason in the `rejected` split and counted in `summary.json`. The flow, stop
+rules and exit codes: docs/data_gen.md.
 """
 from __future__ import annotations
 
@@ -37,13 +26,14 @@ from llamaduo.data import (
     SYNTH_COLUMNS,
     assistant_reply,
     available_splits,
+    canonical_synth_columns,
     first_user_message,
     load_split,
     normalize_text,
     prompt_id_for,
 )
 from llamaduo.errors import EXIT_CODES_HELP, EXIT_OK, RunFailed, UsageError
-from llamaduo.hub import check_push_possible, local_output_dir, save_output
+from llamaduo.hub import check_push_possible, dataset_output_plan, local_output_dir, save_output
 from llamaduo.logging_setup import setup_logging
 from llamaduo.delimiters import render_data
 from llamaduo.outputs import OutputPlan, guarded_output, publish_files
@@ -67,11 +57,7 @@ STAGE = "data_gen"
 PROMPT_TABLE = "synth_data_gen"
 PLACEHOLDERS = ("instruction", "response", "topic")
 REJECTED_SPLIT = "rejected"
-REJECT_COLUMNS = ("reject_reason", "reject_detail", "round")
 DEFAULT_TEST_SPLIT = "test_sft"
-# The original README documented the synthetic columns in the plural; read both spellings.
-PLURAL_SYNTH_COLUMNS = {"generators": "generator", "prompt_ids": "prompt_id", "prompts": "prompt",
-                        "seed_prompts": "seed_prompt", "categories": "category"}
 _STR = Value("string")
 SYNTH_FEATURES = Features({
     "generator": _STR, "prompt_id": _STR, "prompt": _STR, "seed_prompt": _STR,
@@ -233,14 +219,6 @@ def quality_config(args: DataGenArgs) -> QualityConfig:
 
 
 # ------------------------------------------------------------------------------ data
-
-
-def canonical_synth_columns(ds: Dataset) -> Dataset:
-    """Rename the original README's plural column names (generators, prompt_ids,
-    seed_prompts...) to the singular names every stage writes."""
-    renames = {old: new for old, new in PLURAL_SYNTH_COLUMNS.items()
-               if old in ds.column_names and new not in ds.column_names}
-    return ds.rename_columns(renames) if renames else ds
 
 
 def row_instruction(row: dict[str, Any]) -> str:
@@ -558,12 +536,11 @@ def run_round(
 
 def output_plan(args: DataGenArgs) -> OutputPlan:
     """The folder this run writes (locked for the run) and the inputs it must not replace."""
-    if args.dry_run or not args.synth_ds_id:
+    if args.dry_run:
         return OutputPlan(None)
-    return OutputPlan(local_output_dir(args.synth_ds_id, args.push_synth_ds_to_hf_hub, args.output_root),
-                      args.synth_ds_id, "synth_ds_id",
-                      {"reference_ds_id": args.reference_ds_id, "test_ds_id": args.test_ds_id},
-                      args.overwrite_input)
+    return dataset_output_plan(args.synth_ds_id, "synth_ds_id", push=args.push_synth_ds_to_hf_hub,
+                               output_root=args.output_root, overwrite_input=args.overwrite_input,
+                               inputs={"reference_ds_id": args.reference_ds_id, "test_ds_id": args.test_ds_id})
 
 
 @guarded_output(output_plan)

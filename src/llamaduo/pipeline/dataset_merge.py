@@ -1,8 +1,8 @@
 """dataset_merge stage: original + synthetic data -> one SFT dataset (`train_sft`, `test_sft`).
 
 Both train splits are aligned to the synthetic-data columns, concatenated, stripped of exact
-duplicates, and decontaminated against the test prompts (a train row whose prompt equals a
-test prompt would inflate every later score). Every drop and fill is counted and logged.
+duplicates and of rows whose prompt equals a test prompt (such a row would inflate every later
+score). Every drop and fill is counted and logged; details: docs/dataset_merge.md.
 """
 from __future__ import annotations
 
@@ -15,27 +15,26 @@ from typing import Any, Optional, Sequence
 from datasets import Dataset
 
 from llamaduo.config import config_to_dict, parse_config
-from llamaduo.data import SYNTH_COLUMNS, first_user_message, load_split, normalize_text, prompt_id_for
+from llamaduo.data import (SYNTH_COLUMNS, canonical_synth_columns, first_user_message, load_split,
+                           normalize_text, prompt_id_for)
 from llamaduo.errors import EXIT_CODES_HELP, EXIT_OK, UsageError
 from llamaduo.formats import check_format_args, column_map_field, data_format_field, to_messages
 from llamaduo.logging_setup import setup_logging
-from llamaduo.hub import check_push_possible, local_output_dir, save_output
+from llamaduo.hub import check_push_possible, dataset_output_plan, save_output
 from llamaduo.outputs import OutputPlan, guarded_output
 from llamaduo.validation import check_sft_columns
 from llamaduo.peak_rss import peak_rss_mb
 
 logger = logging.getLogger("llamaduo.dataset_merge")
 
-DESCRIPTION = """Merge two SFT datasets (original + synthetic) into train_sft/test_sft, deduplicated and
-decontaminated. Step 5 of the LlamaDuo loop.
+DESCRIPTION = """Merge two SFT datasets (original + synthetic) into train_sft/test_sft, without exact
+duplicates or test prompts. Step 5 of the LlamaDuo loop.
 
 Example:
   python dataset_merge.py --from-config config/dataset_merge.yaml --second-ds-id outputs/synth
 """
 
 MISSING = "[missing]"
-PLURAL_SPELLINGS = {"generators": "generator", "prompt_ids": "prompt_id", "seed_prompts": "seed_prompt",
-                    "prompts": "prompt"}
 
 
 @dataclass
@@ -80,12 +79,8 @@ def validate(args: MergeArgs) -> None:
 def align(ds: Dataset, source: str) -> list[dict[str, Any]]:
     """Rows with SYNTH_COLUMNS first, then the dataset's other columns (`test`, `entry_point`...,
     kept as they are); fills are marked and counted, never silent."""
-    rename = {old: new for old, new in PLURAL_SPELLINGS.items() if old in ds.column_names and new not in ds.column_names}
     fills: Counter[str] = Counter()
-    rows = []
-    for raw in ds:
-        row = {rename.get(k, k): v for k, v in raw.items()}
-        rows.append(_align_row(row, fills))
+    rows = [_align_row(row, fills) for row in canonical_synth_columns(ds)]
     for column, count in fills.items():
         logger.info("%s: filled column '%s' in %d row(s)", source, column, count)
     return rows
@@ -141,8 +136,10 @@ def count_added(train: list[dict[str, Any]], first_rows: list[dict[str, Any]]) -
     return sum(1 for r in train if _messages_key(r) not in known)
 
 
-def decontaminate(train: list[dict[str, Any]], test: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
-    """Drop train rows whose normalised prompt equals a test prompt."""
+def drop_exact_test_prompts(train: list[dict[str, Any]],
+                            test: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
+    """Drop train rows whose normalised prompt equals a test prompt (exact match only: the
+    near-duplicate check against test prompts is data_gen's, in llamaduo.quality)."""
     test_prompts = {normalize_text(r["prompt"]) for r in test}
     kept = [r for r in train if normalize_text(r["prompt"]) not in test_prompts]
     return kept, len(train) - len(kept)
@@ -169,11 +166,9 @@ def _load_second(args: MergeArgs) -> Dataset:
 
 def output_plan(args: MergeArgs) -> OutputPlan:
     """The folder this run writes (locked for the run) and the inputs it must not replace."""
-    if not args.result_ds_id:
-        return OutputPlan(None)
-    folder = local_output_dir(args.result_ds_id, args.push_result_ds_to_hf_hub, args.output_root)
-    return OutputPlan(folder, args.result_ds_id, "result_ds_id",
-                      {"first_ds_id": args.first_ds_id, "second_ds_id": args.second_ds_id}, args.overwrite_input)
+    return dataset_output_plan(args.result_ds_id, "result_ds_id", push=args.push_result_ds_to_hf_hub,
+                               output_root=args.output_root, overwrite_input=args.overwrite_input,
+                               inputs={"first_ds_id": args.first_ds_id, "second_ds_id": args.second_ds_id})
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -185,7 +180,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 @guarded_output(output_plan)
 def merge(args: MergeArgs) -> int:
-    """Merge, deduplicate and decontaminate the two datasets; write the result."""
+    """Merge the two datasets, drop exact duplicates and exact test prompts; write the result."""
     validate(args)
     first_train = _load(args.first_ds_id, args.first_ds_train_split, "first dataset", args)
     second_train = _load_second(args)
@@ -197,9 +192,9 @@ def merge(args: MergeArgs) -> int:
     first_rows, second_rows = align(first_train, "first dataset"), align(second_train, "second dataset")
     train, dup_count = dedup(first_rows + second_rows)
     test_rows, test_dups = dedup([row for ds, (_, _, what) in zip(tests, test_sources) for row in align(ds, what)])
-    train, contaminated = decontaminate(train, test_rows)
+    train, contaminated = drop_exact_test_prompts(train, test_rows)
     if not train:
-        raise UsageError("the merged train split is empty after deduplication and decontamination")
+        raise UsageError("the merged train split is empty after dropping duplicates and test prompts")
 
     splits = {args.result_ds_train_split: rows_to_dataset(train)}
     if test_rows:

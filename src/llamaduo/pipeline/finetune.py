@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional, Sequence
 
-from llamaduo.config import config_to_dict, parse_config
+from llamaduo.config import config_to_dict, parse_config, unwrap_accept_none
 from llamaduo.formats import check_format_args, column_map_field, data_format_field
 from llamaduo.errors import EXIT_CODES_HELP, EXIT_OK, RunFailed, UsageError
 from llamaduo.logging_setup import setup_logging
@@ -162,8 +162,7 @@ def _plain_type(t: Any) -> Any:
     """
     from transformers.hf_argparser import string_to_bool as hf_string_to_bool
 
-    if getattr(t, "__qualname__", "").startswith("_accept_none") and t.__closure__:
-        return _plain_type(t.__closure__[0].cell_contents)
+    t = unwrap_accept_none(t)
     if getattr(t, "__name__", "") == "string_to_bool" and getattr(t, "__module__", "").startswith("trl."):
         return hf_string_to_bool
     return t

@@ -1,20 +1,10 @@
-"""What finetune.py does with conversations longer than `max_length` (the `truncation` key).
+"""What finetune.py does with conversations longer than `max_length` (the `truncation` key:
+`drop` (default), `error` or `keep`).
 
-WHY: TRL cuts a conversation at `max_length` silently. The cut drops the end of the last
-assistant reply, with its end-of-turn label, so the model trains on a reply that never ends
-and learns not to stop. A `--max-seq-length 512` run on HumanEval cut 17 of 120 conversations
-and logged nothing.
-
-The lengths are those of the tokenized rows that reach the trainer (`llamaduo.chat_template`:
-the same tokenizer and chat template, assistant-only labels), so a row counts as cut exactly
-when training would cut it: without packing, TRL (or the padding-free path here) keeps the
-first `max_length` tokens; with packing, a conversation longer than `max_length` is cut
-(`bfd`) or split across packed rows (`bfd_split`, `wrapped`).
-
-Policies:
-  drop  (default) train without the cut conversations; a warning names how many
-  error exit 2 before any model load, naming the count, the longest length and a max_length
-  keep  train on them cut, as TRL does, with a warning
+WHY: TRL cuts such a conversation silently, dropping the end of the last reply with its
+end-of-turn label, so the model learns not to stop. Lengths are those of the tokenized rows the
+trainer gets, so a row counts as cut exactly when training would cut it. Details and the
+measured case: docs/finetune.md (Long conversations).
 """
 from __future__ import annotations
 
@@ -28,7 +18,6 @@ from llamaduo.errors import UsageError
 logger = logging.getLogger("llamaduo.finetune")
 
 POLICIES = ("drop", "error", "keep")
-DEFAULT_POLICY = "drop"
 _ROUND_TO = 64  # suggested max_length: the longest conversation, rounded up to a multiple of this
 
 
