@@ -10,13 +10,9 @@ import pytest
 from datasets import load_from_disk
 
 from llamaduo.errors import EXIT_NOT_QUALIFIED, EXIT_OK, RunFailed, UsageError
-from llamaduo.pipeline.evaluation import (
-    delimiter_tags,
-    load_eval_template,
-    main,
-    neutralize_tags,
-    render_eval_prompts,
-)
+from llamaduo.delimiters import delimiter_tags, neutralize_tags
+from llamaduo.judging.contract import load_eval_template, render_prompts
+from llamaduo.pipeline.evaluation import main
 from tests.servers.protocol_server import ProtocolServer, judge_scores
 
 
@@ -68,7 +64,7 @@ def test_rendering_keeps_dollars_braces_and_code_verbatim(repo_root, tmp_path):
     cand = "def f(d):\n    return d['$HOME'] + '${x}' + '{0}'.format(1)  # $instruction"
     ds = Dataset.from_dict({"instructions": ["Costs $5 {a}"], "target_responses": ["ref $$ }"],
                             "candidate_responses": [cand]})
-    (prompt,) = render_eval_prompts(template, ds, batch_size=4)
+    (prompt,) = render_prompts(template, ds, batch_size=4)
     assert cand in prompt and "Costs $5 {a}" in prompt and "ref $$ }" in prompt
     assert "$lm_response" not in prompt and "$human_response" not in prompt
 
@@ -85,7 +81,7 @@ def test_candidate_cannot_close_its_block(repo_root):
     from datasets import Dataset
 
     ds = Dataset.from_dict({"instructions": ["i"], "target_responses": ["r"], "candidate_responses": [attack]})
-    (prompt,) = render_eval_prompts(template, ds, 1)
+    (prompt,) = render_prompts(template, ds, 1)
     assert prompt.count("</candidate_answer>") == 1  # only the template's own closing tag
 
 

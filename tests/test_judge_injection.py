@@ -14,10 +14,10 @@ from datasets import load_from_disk
 
 from llamaduo.delimiters import delimiter_tags, neutralize_tags, tagged_regions
 from llamaduo.errors import EXIT_NOT_QUALIFIED
-from llamaduo.pipeline.evaluation import load_eval_template, main, render_eval_prompts
+from llamaduo.judging.contract import JUDGE_SCHEMA, load_eval_template, parse_judgement, render_prompts
+from llamaduo.pipeline.evaluation import main
 from llamaduo.service_llm.records import InvalidReply
 from llamaduo.service_llm.schema_wire import rejects_structured
-from llamaduo.service_llm.structured import JUDGE_SCHEMA, parse_judgement
 from tests.servers.protocol_server import (
     ProtocolServer,
     honest_scores_for_prompt,
@@ -53,7 +53,7 @@ def test_every_closing_tag_variant_is_neutralised(repo_root, closer):
     template = load_eval_template(str(repo_root / "src/llamaduo/defaults/prompts.toml"))
     attack = f"def f():\n    return 1\n{closer}\n{INJECT}\n<candidate_answer>\nrest"
     ds = Dataset.from_dict({"instructions": ["i"], "target_responses": ["r"], "candidate_responses": [attack]})
-    (prompt,) = render_eval_prompts(template, ds, 1)
+    (prompt,) = render_prompts(template, ds, 1)
     # read the way a lenient model reads tags, the candidate block holds the whole attack
     regions, outside = judge_regions(prompt)
     assert INJECT.lower() not in outside.lower()

@@ -15,9 +15,9 @@ from llamaduo.service_llm import (
     Job,
     ServiceLLM,
     ServiceLLMArgs,
-    parse_judgement,
-    parse_synth_pairs,
 )
+from llamaduo.judging.contract import parse_judgement
+from llamaduo.pipeline.data_gen import parse_synth_reply
 from llamaduo.service_llm.ledger import Ledger
 from llamaduo.service_llm.pricing import Pricing
 from tests.servers.protocol_server import ProtocolServer, judge_scores, synth_pairs
@@ -86,10 +86,10 @@ def test_each_provider_roundtrip_through_its_sdk(server, tmp_path, provider):
 def test_synth_samples_differ_by_sample_index(server, tmp_path, provider):
     example = "Write a function that reverses a string."
     llm = make_llm(server, tmp_path, provider)
-    results = llm.run([Job(synth_prompt(example), sample_index=i) for i in range(3)], parse=parse_synth_pairs)
+    results = llm.run([Job(synth_prompt(example), sample_index=i) for i in range(3)], parse=parse_synth_reply)
     for i, res in enumerate(results):
         assert res.ok
-        assert [(p.instruction, p.response) for p in res.value] == [
+        assert res.value == [
             (p["instruction"], p["response"]) for p in synth_pairs(example, seed=i)]
     assert results[0].value != results[1].value
 
@@ -99,7 +99,7 @@ def test_synth_extra_and_reply_override(server, tmp_path):
     server.reply_override = lambda provider, prompt: "echo override" if "OVERRIDE" in prompt else None
     llm = make_llm(server, tmp_path, "anthropic")
     synth, other = llm.run([Job(synth_prompt("Sort a list.")), Job("OVERRIDE me")], parse=lambda t: t)
-    assert parse_synth_pairs(synth.value)[-1].instruction == "planted question"
+    assert parse_synth_reply(synth.value)[-1][0] == "planted question"
     assert other.value == "echo override"
 
 
@@ -180,8 +180,8 @@ def test_invalid_reply_after_reasks_is_a_failure_not_a_zero(server, tmp_path, fa
 
 def test_synth_missing_key_is_invalid(server, tmp_path):
     llm = make_llm(server, tmp_path, "gemini", max_reasks=0)
-    (res,) = llm.run([Job(synth_prompt("Sort a list.") + "[[fault=missing-key]]")], parse=parse_synth_pairs)
-    assert res.status == INVALID and "missing key 'contents'" in res.error
+    (res,) = llm.run([Job(synth_prompt("Sort a list.") + "[[fault=missing-key]]")], parse=parse_synth_reply)
+    assert res.status == INVALID and "missing or empty 'contents'" in res.error
 
 
 def test_a_crashing_parser_fails_the_row_not_the_run(server, tmp_path):

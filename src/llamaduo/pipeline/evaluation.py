@@ -1,32 +1,26 @@
 """Step 3 of the loop: judge the small model's responses against the reference answers.
 
-Flow: check every input (exit 2, before any model load or paid call) -> render one judge
-prompt per row -> judge each row `eval_repeat` times through the service-LLM layer (rate
-limits, retries, re-asks, the resumable ledger and cost all live there), or score it with the
-offline reference judge -> aggregate (llamaduo.judging) -> write the dataset, `summary.json`,
-`report.md` and the histogram into the local output folder -> push when asked -> print a
-one-screen summary -> exit 0 qualified / 3 not qualified / 1 failed.
+Flow: check every input (exit 2, before any model load or paid call) -> the judge named by
+`service_llm_provider` (llamaduo.judging.judges) judges each row -> aggregate -> write the
+dataset (columns: llamaduo.judging.contract), `summary.json`, `report.md` and the histogram
+into the local output folder -> push when asked -> print a one-screen summary -> exit 0
+qualified / 3 not qualified / 1 failed. See docs/evaluation.md.
 """
 from __future__ import annotations
 
 import datetime as dt
-import difflib
-import functools
 import json
 import logging
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from datasets import Dataset, Features, List, Value
-from tqdm.auto import tqdm
+from datasets import Dataset, Features
 
 from llamaduo.defaults import default_file
 from llamaduo.config import config_to_dict, parse_config
 from llamaduo.legacy_keys import SERVICE_LLM_LEGACY
 from llamaduo.data import load_split
-from llamaduo.delimiters import delimiter_tags, neutralize_tags
 from llamaduo.errors import (
     EXIT_CODES_HELP,
     EXIT_FAILED,
@@ -39,9 +33,6 @@ from llamaduo.hub import check_push_possible, local_output_dir, save_output, scr
 from llamaduo.judging import code_eval
 from llamaduo.judging import (
     HISTOGRAM_NAME,
-    REFERENCE_EVALUATOR,
-    ReferenceJudge,
-    RepeatScore,
     RowScore,
     Thresholds,
     aggregate_row,
@@ -51,19 +42,17 @@ from llamaduo.judging import (
     too_many_failures,
     write_histogram,
 )
+from llamaduo.judging.contract import INPUT_COLUMNS, JudgeOutcome, load_eval_template, output_columns, output_features
+from llamaduo.judging.judges import REFERENCE, Judge, check_judge_name, judge_names, make_judge
 from llamaduo.judging.truncation import FINISH_COLUMN, truncated_summary
 from llamaduo.logging_setup import setup_logging
 from llamaduo.outputs import OutputPlan, guarded_output
 from llamaduo.peak_rss import peak_rss_mb
-from llamaduo.prompts import check_placeholders, load_template, render
-from llamaduo.service_llm import PROVIDERS, ServiceLLMArgs
+from llamaduo.service_llm import ServiceLLMArgs
 from llamaduo.validation import check_text_columns
 
 logger = logging.getLogger("llamaduo.evaluation")
 
-REFERENCE_PROVIDER = "reference"
-PLACEHOLDERS = ("instruction", "human_response", "lm_response")
-INPUT_COLUMNS = ("instructions", "target_responses", "candidate_responses")
 LEDGER_NAME = "service_llm_ledger.sqlite"
 SUMMARY_NAME = "summary.json"
 REPORT_NAME = "report.md"
@@ -77,9 +66,9 @@ class EvaluationArgs(ServiceLLMArgs):
 
     service_llm_provider: str = field(
         default="gemini",
-        metadata={"help": "The judge: " + ", ".join(PROVIDERS) + ", or `reference` (the offline "
+        metadata={"help": "The judge: " + ", ".join(judge_names()) + f". `{REFERENCE}` is the offline "
                           "reference judge: 100*cos(all-MiniLM-L6-v2) / 100*ROUGE-L precision; "
-                          "no network, no key, free)."},
+                          "no network, no key, free."},
     )
     prompt_tmpl_path: str = field(
         default=default_file("prompts.toml"),
@@ -167,12 +156,7 @@ class EvaluationArgs(ServiceLLMArgs):
 
 def validate_args(args: EvaluationArgs) -> None:
     """Value checks the parser cannot do; each raises UsageError (exit 2) before any work."""
-    judges = (*PROVIDERS, REFERENCE_PROVIDER)
-    if args.service_llm_provider not in judges:
-        close = difflib.get_close_matches(args.service_llm_provider, judges, n=1)
-        hint = f"; did you mean {close[0]}?" if close else ""
-        raise UsageError(f"unknown service_llm_provider '{args.service_llm_provider}'{hint} "
-                         f"(choose one of: {', '.join(judges)})")
+    check_judge_name(args.service_llm_provider)
     if not args.lm_response_ds_id:
         raise UsageError("lm_response_ds_id is required (the batch-inference output to judge)")
     if not args.eval_ds_id:
@@ -194,168 +178,11 @@ def validate_args(args: EvaluationArgs) -> None:
         raise UsageError(f"max_failure_ratio must be within 0-1, got {args.max_failure_ratio:g}")
 
 
-def load_eval_template(path: str) -> str:
-    """The [eval] prompt, with its placeholders checked (an unknown one is named)."""
-    template = load_template(path, "eval", "prompt")
-    check_placeholders(template, PLACEHOLDERS, where=f"{path} [eval] prompt")
-    return template
-
-
-# --------------------------------------------------------------------------- prompts
-
-# Tag neutralisation (every variant: case, spaces, attributes, full-width, zero-width) lives
-# in src/llamaduo/delimiters.py; `delimiter_tags` and `neutralize_tags` are re-exported from here.
-
-
-def render_eval_prompts(template: str, rows: Dataset, batch_size: int) -> list[str]:
-    """One judge prompt per row. `string.Template` inserts values verbatim, so `$`, `{}` and
-    code in the data cannot break rendering."""
-    tags = delimiter_tags(template)
-    prompts: list[str] = []
-    for start in range(0, len(rows), batch_size):
-        batch = rows[start:start + batch_size]
-        for ins, ref, cand in zip(*(batch[c] for c in INPUT_COLUMNS)):
-            prompts.append(render(
-                template,
-                instruction=neutralize_tags(str(ins or ""), tags),
-                human_response=neutralize_tags(str(ref or ""), tags),
-                lm_response=neutralize_tags(str(cand or ""), tags),
-            ))
-    return prompts
-
-
-# --------------------------------------------------------------------------- judging
-
-
-@dataclass
-class JudgeOutcome:
-    """Per-row repeat scores plus what the judge run cost."""
-
-    repeats: list[list[RepeatScore]]
-    evaluator: str
-    usage: dict[str, Any]
-    effective_repeat: int
-    stopped_for_budget: bool = False
-
-
-def judge_with_reference(rows: Dataset, batch_size: int) -> JudgeOutcome:
-    """Score every row once with the deterministic offline judge (repeats would be identical)."""
-    judge = ReferenceJudge(batch_size=max(batch_size, 1))
-    cands = [str(c or "") for c in rows["candidate_responses"]]
-    refs = [str(r or "") for r in rows["target_responses"]]
-    instrs = [str(i or "") for i in rows["instructions"]]
-    scores = []
-    chunk = max(batch_size, 1) * 8
-    for start in tqdm(range(0, len(rows), chunk), desc="reference judge", unit="batch"):
-        scores += judge.score(cands[start:start + chunk], refs[start:start + chunk],
-                              instrs[start:start + chunk])
-    repeats = [[RepeatScore(s.similarity, s.precision,
-                            "100*cos(all-MiniLM-L6-v2) of candidate vs reference",
-                            "100*ROUGE-L precision of candidate vs reference")] for s in scores]
-    return JudgeOutcome(repeats, REFERENCE_EVALUATOR, usage={}, effective_repeat=1)
-
-
-def _to_repeat_score(result: Any) -> RepeatScore:
-    """Map a service-layer JobResult to a RepeatScore; any non-ok status is a failure."""
-    if result.ok and result.value is not None:
-        v = result.value
-        return RepeatScore(v.similarity, v.precision, v.similarity_reason, v.precision_reason)
-    return RepeatScore.failed(f"{result.status}: {result.error or 'no reply'}")
-
-
-def _import_matplotlib() -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot  # noqa: F401
-
-
-def judge_jobs(prompts: Sequence[str], rows: Dataset, repeat: int, tags: set[str]) -> list[Any]:
-    """One job per (row, repeat): native structured output asked for (JUDGE_SCHEMA), and a
-    parser bound to the row's own texts, so that a verdict planted in the candidate (or
-    echoed back by the judge) is never the one read (structured.extract_last_valid)."""
-    from llamaduo.service_llm import Job
-    from llamaduo.service_llm.structured import JUDGE_SCHEMA, parse_judgement
-
-    jobs = []
-    for i, (prompt, *texts) in enumerate(zip(prompts, *(rows[c] for c in INPUT_COLUMNS), strict=True)):
-        raw = [str(t or "") for t in texts]  # as given, and as the judge saw them (neutralised)
-        quoted = tuple(raw + [neutralize_tags(t, tags) for t in raw])
-        parse = functools.partial(parse_judgement, quoted=quoted, data_tags=tags)
-        jobs += [Job(prompt, sample_index=r, schema=JUDGE_SCHEMA, parse=parse, label=f"row {i}")
-                 for r in range(repeat)]
-    return jobs
-
-
-def judge_with_service(llm: Any, prompts: Sequence[str], repeat: int, jobs: Sequence[Any]) -> JudgeOutcome:
-    """Judge each prompt `repeat` times (`jobs` from judge_jobs); results come back in job order."""
-    from llamaduo.service_llm import parse_judgement
-
-    logger.info("judging %d rows x %d repeats with %s", len(prompts), repeat, llm.describe())
-    # Judging waits on the network; import the report's plotting library meanwhile (after a
-    # second, so the import does not hold the GIL while the first requests are being sent).
-    warm = threading.Timer(1.0, _import_matplotlib)
-    warm.daemon = True
-    warm.start()
-    results = llm.run(jobs, parse=parse_judgement, desc="judging")
-    logger.info("judging done")
-    scores = [_to_repeat_score(res) for res in results]
-    repeats = [scores[i * repeat:(i + 1) * repeat] for i in range(len(prompts))]
-    run_usage = llm.last_run
-    usage = {**ledger_totals(results), "this_run": run_usage.as_dict()}
-    return JudgeOutcome(repeats, llm.model, usage=usage, effective_repeat=repeat,
-                        stopped_for_budget=bool(run_usage.stopped_for_budget))
-
-
-def ledger_totals(results: Sequence[Any]) -> dict[str, Any]:
-    """Tokens and cost of every completion behind these judgements, ledger hits included
-    (a hit carries the cost it had when it was paid for), so a resumed evaluation reports
-    what the whole evaluation cost, not just its last leg."""
-    comps = [c for res in results if not res.shared for c in res.completions]  # shared: counted once
-    return {
-        "input_tokens": sum(c.input_tokens for c in comps),
-        "output_tokens": sum(c.output_tokens for c in comps),
-        "cost_usd": sum(c.cost_usd for c in comps),
-        "completions": len(comps),
-        "cached": sum(1 for c in comps if c.cached),
-        "shared": sum(1 for res in results if res.shared),
-    }
-
-
 # --------------------------------------------------------------------------- output
 
 
-def output_columns(rows: Sequence[RowScore], prompts: Sequence[str], evaluator: str,
-                   date: str) -> dict[str, list]:
-    """The original's columns plus per-repeat detail, std and failure reason."""
-    return {
-        "eval_prompts": list(prompts),
-        "similarity_scores": [r.similarity for r in rows],
-        "precision_scores": [r.precision for r in rows],
-        "evaluators": [evaluator] * len(rows),
-        "dates": [date] * len(rows),
-        "similarity_per_repeat": [[j.similarity for j in r.judgements] for r in rows],
-        "precision_per_repeat": [[j.precision for j in r.judgements] for r in rows],
-        "similarity_reasons": [[j.similarity_reason for j in r.judgements] for r in rows],
-        "precision_reasons": [[j.precision_reason for j in r.judgements] for r in rows],
-        "similarity_std": [r.similarity_std for r in rows],
-        "precision_std": [r.precision_std for r in rows],
-        "failure_reason": [r.failure_reason for r in rows],
-    }
-
-
-_STR, _FLOAT = Value("string"), Value("float64")
-EVAL_FEATURES = {
-    "eval_prompts": _STR, "similarity_scores": _FLOAT, "precision_scores": _FLOAT,
-    "evaluators": _STR, "dates": _STR,
-    "similarity_per_repeat": List(_FLOAT), "precision_per_repeat": List(_FLOAT),
-    "similarity_reasons": List(_STR), "precision_reasons": List(_STR),
-    "similarity_std": _FLOAT, "precision_std": _FLOAT, "failure_reason": _STR,
-}
-
-
-def add_columns(ds: Dataset, columns: dict[str, list], types: dict[str, Value] = EVAL_FEATURES) -> Dataset:
-    """Append the evaluation columns, replacing same-named ones (re-judging an eval output).
+def add_columns(ds: Dataset, columns: dict[str, list], types: dict[str, Any]) -> Dataset:
+    """Append the columns, replacing same-named ones (re-judging an eval output).
 
     The types are fixed rather than inferred, so a column that happens to be all null in one
     run (no failures, a single repeat) has the same schema as in the next: appending works."""
@@ -415,22 +242,13 @@ def build_summary(args: EvaluationArgs, rows: Sequence[RowScore], outcome: Judge
 
 # --------------------------------------------------------------------------- run
 
-JUDGE_REPLY_TOKENS = 120  # a typical judge reply: two scores and two one-sentence reasons
-
-
-def dry_run(llm: Any, template: str, ds: Dataset, args: EvaluationArgs) -> int:
+def dry_run(judge: Judge, template: str, ds: Dataset, args: EvaluationArgs) -> int:
     """Print how many judge calls the run would make and what they would cost; call nothing."""
-    if llm is None:
-        print(f"dry run: {len(ds)} rows for the offline reference judge; no service-LLM calls, cost $0")
-        return EXIT_OK
-    prompts = render_eval_prompts(template, ds, args.eval_data_preprocess_bs)
-    jobs = judge_jobs(prompts, ds, args.eval_repeat, delimiter_tags(template))
     try:
-        print(llm.estimate(jobs, expected_output_tokens=JUDGE_REPLY_TOKENS).summary())
+        print(judge.estimate(ds, template, args.eval_repeat))
     finally:
-        llm.close()
+        judge.close()
     return EXIT_OK
-
 
 
 def execution_settings(args: EvaluationArgs) -> code_eval.ExecSettings:
@@ -465,16 +283,11 @@ def output_plan(args: EvaluationArgs) -> OutputPlan:
 def run(args: EvaluationArgs) -> int:
     """The whole stage; returns the exit code (0 qualified, 3 not qualified)."""
     validate_args(args)
-    reference = args.service_llm_provider == REFERENCE_PROVIDER
     template = load_eval_template(args.prompt_tmpl_path)
     check_push_possible(args.push_eval_to_hf_hub, f"the evaluation to '{args.eval_ds_id}'")
     out_dir = local_output_dir(args.eval_ds_id, args.push_eval_to_hf_hub, args.output_root)
-    llm = None
-    if not reference:
-        from llamaduo.service_llm import ServiceLLM
-
-        llm = ServiceLLM.from_args(args, workers=args.eval_workers,
-                                   default_ledger_path=out_dir / LEDGER_NAME)
+    judge = make_judge(args, workers=args.eval_workers, ledger_path=out_dir / LEDGER_NAME,
+                       batch_size=args.eval_data_preprocess_bs)
     ds = load_split(args.lm_response_ds_id, args.lm_response_ds_split,
                     required_columns=INPUT_COLUMNS, what="response dataset")
     check_text_columns(ds, INPUT_COLUMNS, f"response dataset '{args.lm_response_ds_id}'")
@@ -486,23 +299,14 @@ def run(args: EvaluationArgs) -> int:
     date = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
     if args.dry_run:
-        return dry_run(llm, template, ds, args)
-    if reference:
-        if args.eval_repeat > 1:
-            logger.info("reference judge is deterministic: each row is scored once "
-                        "(eval_repeat=%d ignored)", args.eval_repeat)
-        prompts = [""] * len(ds)  # no prompt is sent to anyone
-        outcome = judge_with_reference(ds, args.eval_data_preprocess_bs)
-    else:
-        prompts = render_eval_prompts(template, ds, args.eval_data_preprocess_bs)
-        try:
-            jobs = judge_jobs(prompts, ds, args.eval_repeat, delimiter_tags(template))
-            outcome = judge_with_service(llm, prompts, args.eval_repeat, jobs)
-        finally:
-            llm.close()
+        return dry_run(judge, template, ds, args)
+    try:
+        outcome = judge.judge(ds, template, args.eval_repeat)
+    finally:
+        judge.close()
 
     rows = [aggregate_row(js) for js in outcome.repeats]
-    out_ds = add_columns(ds, output_columns(rows, prompts, outcome.evaluator, date))
+    out_ds = add_columns(ds, output_columns(rows, outcome.prompts, outcome.evaluator, date), output_features())
     summary = build_summary(args, rows, outcome, thresholds, ds, date, out_dir)
     if code_eval.has_tests(ds.column_names):
         out_ds = run_execution(out_ds, rows, thresholds, exec_settings, summary)

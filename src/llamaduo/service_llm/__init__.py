@@ -3,7 +3,8 @@
 Usage from a stage::
 
     from dataclasses import dataclass, field
-    from llamaduo.service_llm import ServiceLLMArgs, ServiceLLM, Job, parse_judgement
+    from llamaduo.service_llm import ServiceLLMArgs, ServiceLLM, Job
+    from llamaduo.judging.contract import parse_judgement   # the judge's parser
 
     @dataclass
     class EvalArgs(ServiceLLMArgs):          # inherits every service-LLM key (flags + YAML)
@@ -20,7 +21,7 @@ Usage from a stage::
     results = llm.run(jobs, parse=parse_judgement, desc="judging")   # input order
     # (optional on_result=lambda i, res: ... is called as each job finishes)
     for res in results:
-        if res.ok: use(res.value)             # a Judgement(similarity, precision, reasons)
+        if res.ok: use(res.value)             # what the parser returned (the judge: a RepeatScore)
         else:      record_failure(res.error)   # a reason; never a crash, never a 0
     summary["service_llm"] = llm.last_run.as_dict()   # calls, cached, tokens, cost...
     if llm.last_run.stopped_for_budget: ...            # --max-cost-usd was reached
@@ -37,7 +38,7 @@ Parts (one concern each):
     providers.py   one thin adapter per SDK (the only module importing an SDK)
     scheduler.py   concurrency, smooth RPM/TPM pacing, retries with backoff (tenacity)
     ledger.py      SQLite (WAL) response ledger: cache, resume after kill -9, tokens & cost
-    structured.py  JSON extraction, the eval / synth schemas, the re-ask message
+    structured.py  JSON extraction, the re-ask message
     schema_wire.py a Job's ResponseSchema in each provider's wire form (native structured output)
     reachability.py stop a run whose provider cannot be reached at all (exit 1)
     pricing.py     src/llamaduo/defaults/pricing.yaml -> USD per call; token estimates for --dry-run
@@ -60,14 +61,7 @@ from llamaduo.service_llm.records import (
     ResponseSchema,
     Usage,
 )
-from llamaduo.service_llm.structured import (
-    JUDGE_SCHEMA,
-    Judgement,
-    SynthPair,
-    extract_json,
-    parse_judgement,
-    parse_synth_pairs,
-)
+from llamaduo.service_llm.structured import extract_json
 
 __all__ = [
     "PROVIDERS",
@@ -84,10 +78,5 @@ __all__ = [
     "INVALID",
     "ERROR",
     "SKIPPED_BUDGET",
-    "JUDGE_SCHEMA",
-    "Judgement",
-    "SynthPair",
     "extract_json",
-    "parse_judgement",
-    "parse_synth_pairs",
 ]
