@@ -1,16 +1,18 @@
-"""Judging: the offline reference judge, score aggregation, and the evaluation report.
+"""Judging: the judge contract, the judges, score aggregation, and the evaluation report.
 
-- `reference`: `ReferenceJudge` (100*cos MiniLM embeddings / 100*ROUGE-L precision), no network.
-- `aggregate`: `RepeatScore`, `aggregate_row`, `summarize` (means, 95% CI, coverage, agreement,
+- `contract`: the judge contract, declared once: prompt placeholders, reply schema and parser,
+  score scale, `RepeatScore`/`JudgeOutcome`, the output columns with their features.
+- `judges`: the `Judge` protocol and `make_judge` (by name): `LLMJudge` (a service LLM) or
+  `reference.ReferenceJudge` (100*cos MiniLM embeddings / 100*ROUGE-L precision, no network).
+- `aggregate`: `RowScore`, `aggregate_row`, `summarize` (means, 95% CI, coverage, agreement,
   failures, `qualified`), `too_many_failures`.
 - `report`: histogram PNG, `report.md`, the printed one-screen summary.
 - `code_eval` + `passk`: execution-based evaluation (answers run against the rows' `test`
   column in llamaduo.sandbox): pass@k, the pass rate with its CI, agreement with the judge.
 
-No stage is imported here; `llamaduo.pipeline.evaluation` wires these to data and the service LLM.
+No stage is imported here; `llamaduo.pipeline.evaluation` wires these to data.
 """
 from llamaduo.judging.aggregate import (
-    RepeatScore,
     RowScore,
     Thresholds,
     aggregate_row,
@@ -19,6 +21,7 @@ from llamaduo.judging.aggregate import (
     summarize,
     too_many_failures,
 )
+from llamaduo.judging.contract import RepeatScore
 from llamaduo.judging.reference import REFERENCE_EVALUATOR, ReferenceJudge, embedding_model_dir
 from llamaduo.judging.report import (
     HISTOGRAM_NAME,

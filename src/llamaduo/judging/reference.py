@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Sequence
 
 from llamaduo.errors import UsageError
-from llamaduo.judging.contract import INPUT_COLUMNS, JudgeOutcome, RepeatScore
+from llamaduo.judging.contract import PROMPT_FIELDS, JudgeOutcome, RepeatScore
 
 logger = logging.getLogger("llamaduo.evaluation")
 
@@ -167,7 +167,8 @@ class ReferenceJudge:
                         "(eval_repeat=%d ignored)", repeat)
         from tqdm.auto import tqdm
 
-        instrs, refs, cands = ([str(t or "") for t in rows[c]] for c in INPUT_COLUMNS)
+        instrs, refs, cands = ([str(t or "") for t in rows[PROMPT_FIELDS[name]]]
+                               for name in ("instruction", "human_response", "lm_response"))
         scores: list[ReferenceScore] = []
         chunk = self.batch_size * 8
         for start in tqdm(range(0, len(rows), chunk), desc="reference judge", unit="batch"):

@@ -1,9 +1,8 @@
 """How many judged answers were cut off at `max_new_tokens`.
 
 WHY it is reported next to the scores: a cut answer is usually unfinished code, so its score
-judges the token limit, not the model. With 384 new tokens, 10-11 of 44 HumanEval answers
-were cut and nothing said so. batch_inference.py writes a `finish_reason` column ("stop" or
-"length"); older outputs lack it, and then the share is reported as unknown, never as 0.
+judges the token limit, not the model. batch_inference.py writes a `finish_reason` column
+("stop" or "length"); older outputs lack it, and then the share is reported as unknown, never 0.
 """
 from __future__ import annotations
 

@@ -375,10 +375,9 @@ class SeedSampler:
 def parse_synth_reply(text: str) -> list[tuple[str, str]]:
     """Lenient form of the `{"contents": [{"instruction", "response"}, ...]}` schema.
 
-    Unlike `structured.parse_synth_pairs`, a reply with SOME broken items is accepted: its
-    good pairs are kept and the broken items are counted as `empty_field` rejects, instead of
-    re-asking (and paying again) for the whole reply. A reply with no usable item at all is
-    invalid and is re-asked.
+    A reply with SOME broken items is accepted: its good pairs are kept and the broken items
+    are counted as `empty_field` rejects, instead of re-asking (and paying again) for the
+    whole reply. A reply with no usable item at all is invalid and is re-asked.
     """
     obj = extract_json(text)
     contents = obj.get("contents")
