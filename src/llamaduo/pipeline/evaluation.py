@@ -29,7 +29,7 @@ from llamaduo.errors import (
     RunFailed,
     UsageError,
 )
-from llamaduo.hub import check_push_possible, local_output_dir, save_output, scrub_secrets
+from llamaduo.hub import check_push_possible, dataset_output_plan, local_output_dir, save_output, scrub_secrets
 from llamaduo.judging import code_eval
 from llamaduo.judging import (
     HISTOGRAM_NAME,
@@ -272,11 +272,10 @@ def run_execution(out_ds: Dataset, rows: Sequence[RowScore], thresholds: Thresho
 
 def output_plan(args: EvaluationArgs) -> OutputPlan:
     """The folder this run writes (locked for the run) and the input it must not replace."""
-    if args.dry_run or not args.eval_ds_id:
-        return OutputPlan(None)
-    return OutputPlan(local_output_dir(args.eval_ds_id, args.push_eval_to_hf_hub, args.output_root),
-                      args.eval_ds_id, "eval_ds_id", {"lm_response_ds_id": args.lm_response_ds_id},
-                      args.overwrite_input)
+    return dataset_output_plan(None if args.dry_run else args.eval_ds_id, "eval_ds_id",
+                               push=args.push_eval_to_hf_hub, output_root=args.output_root,
+                               inputs={"lm_response_ds_id": args.lm_response_ds_id},
+                               overwrite_input=args.overwrite_input)
 
 
 @guarded_output(output_plan)
