@@ -68,7 +68,7 @@ def write_configs(folder: Path, model: Path, data: Path, url: str, threshold: fl
     service = {
         "service_llm_provider": "openai", "service_llm_base_url": url + "/v1",
         "service_model_name": "gpt-4o-mini", "service_llm_api_key": "test-key",
-        "rate_limit_per_minute": 0, "prompt_tmpl_path": str(REPO / "config" / "prompts.toml"),
+        "rate_limit_per_minute": 0, "prompt_tmpl_path": str(REPO / "src" / "llamaduo" / "defaults" / "prompts.toml"),
     }
     configs = {
         "FINETUNE_CONFIG": {
