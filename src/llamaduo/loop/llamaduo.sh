@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# The LlamaDuo loop: chain the stages until the small model qualifies.
+# usage: llamaduo-loop [--check]              installed (pip install .): relative paths are
+#                                               relative to the current folder
+#        bash scripts/llamaduo.sh [--check]   in a clone: the same loop, run from the clone's root
 #
-#   llamaduo-loop [--check]              installed (pip install .): relative paths are
-#                                        relative to the current folder
-#   bash scripts/llamaduo.sh [--check]   in a clone: the same loop, run from the clone's root
+# The LlamaDuo loop: chain the stages until the small model qualifies.
 #
 #   round 0:  base model (untuned) -> batch_inference -> evaluation
 #   round k:  finetune -> batch_inference -> evaluation
