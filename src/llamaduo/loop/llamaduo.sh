@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # usage: llamaduo-loop [--check]              installed (pip install .): relative paths are
-#                                               relative to the current folder
+#                                             relative to the current folder
 #        bash scripts/llamaduo.sh [--check]   in a clone: the same loop, run from the clone's root
 #
 # The LlamaDuo loop: chain the stages until the small model qualifies.
