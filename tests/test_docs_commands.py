@@ -19,6 +19,7 @@ import re
 import shutil
 import subprocess
 import sys
+import toml
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
@@ -144,6 +145,14 @@ PLANS: dict[str, Plan] = {
             "finetune", "batch_inference", "evaluation", "data_gen", "dataset_merge")))),
     "bash scripts/llamaduo.sh --check": Plan(),
     "CHECK_ONLY=1 bash scripts/llamaduo.sh": Plan(),
+    # --- installed commands (console scripts of this checkout on PATH, see `shell_env`)
+    "llamaduo-eval --help": Plan(),
+    "llamaduo-loop --help": Plan(),
+    "FINETUNE_CONFIG=my/finetune.yaml INFER_CONFIG=my/batch_inference.yaml EVAL_CONFIG=my/evaluation.yaml "
+    "DATAGEN_CONFIG=my/data_gen.yaml MERGE_CONFIG=my/dataset_merge.yaml OUT=outputs/support-bot MAX_ROUNDS=4 "
+    "llamaduo-loop --check":
+        Plan(setup=own_configs(*(f"my/{s}.yaml" for s in (
+            "finetune", "batch_inference", "evaluation", "data_gen", "dataset_merge")))),
     # --- the original LlamaDuo's configs (docs/migrating.md)
     "python scripts/load_original_configs.py": Plan(),
     "cd tests/data/original_llamaduo": Plan(),
@@ -160,6 +169,8 @@ PLANS: dict[str, Plan] = {
 SKIP: dict[str, str] = {
     "make demo": "the whole demo loop (minutes); tests/test_loop.py runs the same script end to end",
     "make test": "runs this test suite itself",
+    "pip install -r requirements.txt && pip install .": "installs into the environment; tests/test_package.py "
+    "builds the wheel, installs it into a fresh environment and runs every console command from an empty folder",
     "export SERVICE_LLM_API_KEY=...": "a placeholder for the reader's own key",
     "export OPENAI_API_KEY=...": "a placeholder for the reader's own key",
     ".venv/bin/python scripts/reliability_campaign.py": "the reliability campaign (minutes); tests/test_bad_inputs.py "
@@ -223,11 +234,26 @@ def repo_copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return copy
 
 
+def _console_scripts(folder: Path) -> Path:
+    """pyproject's [project.scripts] as pip writes them, for this checkout: the environment's own
+    copies may predate an entry point, or belong to another checkout's editable install."""
+    folder.mkdir(parents=True, exist_ok=True)
+    scripts = toml.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]["scripts"]
+    for name, target in scripts.items():
+        module, func = target.split(":")
+        path = folder / name
+        path.write_text(f"#!{sys.executable}\nimport sys\nfrom {module} import {func}\nsys.exit({func}())\n")
+        path.chmod(0o755)
+    return folder
+
+
 @pytest.fixture(scope="module")
 def shell_env(repo_copy: Path) -> dict[str, str]:
-    """`python` on PATH is this interpreter (as in an activated virtual environment)."""
+    """`python` on PATH is this interpreter (as in an activated virtual environment), and the
+    console scripts (`llamaduo-eval`, ...) run this checkout's entry points."""
     env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
-    env.update(PATH=f"{repo_copy / '.venv' / 'bin'}{os.pathsep}{os.environ['PATH']}", HF_HUB_OFFLINE="1",
+    bins = os.pathsep.join([str(_console_scripts(repo_copy.parent / "console-scripts")), str(repo_copy / ".venv" / "bin")])
+    env.update(PATH=f"{bins}{os.pathsep}{os.environ['PATH']}", HF_HUB_OFFLINE="1",
                TOKENIZERS_PARALLELISM="false", PYTHONPATH=os.pathsep.join([str(repo_copy / "src"), str(repo_copy)]))
     return env
 

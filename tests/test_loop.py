@@ -1,6 +1,7 @@
-"""End-to-end tests of the LlamaDuo loop (`scripts/llamaduo.sh`), run as a user runs it.
+"""End-to-end tests of the LlamaDuo loop (`scripts/llamaduo.sh` in a clone, `llamaduo-loop` installed:
+the same packaged script), run as a user runs it.
 
-Everything is real: the bash script, every stage script as its own process, a tiny random
+Everything is real: the bash script, every stage as its own process (`python -m llamaduo STAGE`), a tiny random
 Llama (fixture `tiny_model_dir`) as the small model, and the local protocol server
 (`tests/servers/protocol_server.py`, a subprocess) as the OpenAI-compatible service LLM for
 both the judge and the synthetic-data generator. Nothing is mocked.
@@ -234,6 +235,28 @@ def test_bad_loop_variables_exit_2_before_any_stage(tmp_path, env_change, messag
     proc = subprocess.run(["bash", str(SCRIPT)], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and message in proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_installed_form_resolves_configs_in_the_current_folder_and_names_missing_ones(tmp_path):
+    """`llamaduo-loop` (= `python -m llamaduo loop`) runs in the user's folder: outside a clone the
+    demo defaults are missing, and each is named with its variable (exit 2, nothing run); --help
+    still works there."""
+    env = {**os.environ, "OUT": str(tmp_path / "out")}
+    env.pop("PYTHON", None)
+    for var in ("FINETUNE_CONFIG", "INFER_CONFIG", "EVAL_CONFIG", "DATAGEN_CONFIG", "MERGE_CONFIG"):
+        env.pop(var, None)
+    (tmp_path / "my_eval.yaml").write_text("eval_repeat: 1\n")  # found relative to the current folder
+    loop = [sys.executable, "-m", "llamaduo", "loop"]
+    proc = subprocess.run(loop, cwd=tmp_path, env={**env, "EVAL_CONFIG": "my_eval.yaml"}, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert [line.split("=")[0] for line in errors] == [
+        "error: FINETUNE_CONFIG", "error: INFER_CONFIG", "error: DATAGEN_CONFIG", "error: MERGE_CONFIG"]
+    assert all(f"relative to the current folder {tmp_path}" in line and "set " in line for line in errors)
+    assert not (tmp_path / "out").exists()
+    ok = subprocess.run([*loop, "--help"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0 and "llamaduo-loop" in ok.stdout and "MAX_COST_USD" in ok.stdout
 
 
 def test_arguments_are_refused_and_help_lists_the_variables():

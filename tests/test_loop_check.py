@@ -81,9 +81,17 @@ def test_every_problem_is_named_with_its_stage_and_no_key_is_printed(tmp_path, t
 
 def test_a_config_that_does_not_parse_is_named_before_anything_runs(tmp_path, tiny_model_dir, marker_data,
                                                                     server_url):
+    """Run as installed (`llamaduo-loop` = `python -m llamaduo loop`) from the configs' own folder,
+    with relative config paths: the stages resolve them against the current folder."""
     configs = write_configs(tmp_path, tiny_model_dir, marker_data, server_url, threshold=90, train_steps=2)
     edit(configs["MERGE_CONFIG"], first_ds_train_splitt="train_sft")  # a typo'd key
-    proc = run_check(tmp_path, configs)  # a real run: the check comes first and stops it
+    relative = {var: Path(path).name for var, path in configs.items()}
+    env = {**os.environ, **relative, "OUT": "out", "HF_HUB_OFFLINE": "1"}
+    env.pop("PYTHON", None)
+    env.pop("SERVICE_LLM_API_KEY", None)
+    # a real run: the check comes first and stops it
+    proc = subprocess.run([sys.executable, "-m", "llamaduo", "loop"], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=900)
     assert proc.returncode == 2
     line = next(x for x in proc.stderr.splitlines() if x.startswith("error: check: "))
     assert line.startswith("error: check: dataset_merge (") and "first_ds_train_splitt" in line

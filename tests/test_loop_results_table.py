@@ -1,4 +1,4 @@
-"""scripts/results_table.py: the loop's table is rebuilt from the round folders' real files
+"""llamaduo.loop.results_table: the loop's table is rebuilt from the round folders' real files
 (evaluation summary.json, finetune_summary.json, the loop's train_data.json and .done files)."""
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-SCRIPT = REPO / "scripts" / "results_table.py"
+TABLE = [sys.executable, "-m", "llamaduo.loop.results_table"]
 
 
 def _summary(sim: float, prec: float, cov_sim: float, cov_prec: float, qualified: bool) -> dict:
@@ -42,7 +42,7 @@ def test_table_from_round_folders(tmp_path):
            {"dataset_mixer": {str(REPO / "data" / "demo"): 0.5}, "dataset_splits": ["train_sft", "test_sft"]})
     _write(out / "round_10" / "eval" / "summary.json", _summary(88.0, 71.0, 1.0, 0.8, True))
 
-    proc = subprocess.run([sys.executable, str(SCRIPT), str(out), "--write", str(out / "results.md")],
+    proc = subprocess.run([*TABLE, str(out), "--write", str(out / "results.md")],
                           cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     lines = [line for line in proc.stdout.splitlines() if line.startswith("| ")]
@@ -60,22 +60,22 @@ def test_table_from_round_folders(tmp_path):
 def test_unfinished_round_shows_dashes_and_missing_folder_is_usage_error(tmp_path):
     out = tmp_path / "out"
     (out / "round_0").mkdir(parents=True)
-    proc = subprocess.run([sys.executable, str(SCRIPT), str(out)], cwd=REPO, capture_output=True, text=True,
+    proc = subprocess.run([*TABLE, str(out)], cwd=REPO, capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 0
     row = [line for line in proc.stdout.splitlines() if line.startswith("| 0")][0]
     assert [c.strip() for c in row.strip("|").split("|")][2:9] == ["-", "-", "- / -", "-", "-", "-", "-"]
-    bad = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path / "nope")], cwd=REPO,
+    bad = subprocess.run([*TABLE, str(tmp_path / "nope")], cwd=REPO,
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "is not a folder" in bad.stderr
 
 
 def test_measured_records_the_stage_peak_and_passes_its_exit_code_through(tmp_path):
-    """scripts/measured.py, the loop's launcher: the child's own peak RSS (a 300 MB buffer
+    """llamaduo.loop.measured, the loop's launcher: the child's own peak RSS (a 300 MB buffer
     held while running) lands in the file, and the child's exit code is returned."""
     rss = tmp_path / "stage.rss"
     child = "b = bytearray(300 * 1024 * 1024); b[::4096] = b'x' * len(b[::4096]); raise SystemExit(3)"
-    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "measured.py"), str(rss), "--",
+    proc = subprocess.run([sys.executable, "-m", "llamaduo.loop.measured", str(rss), "--",
                            sys.executable, "-c", child], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 3, proc.stderr
     assert 300 <= float(rss.read_text()) < 1000

@@ -1,6 +1,7 @@
-"""Console entry points (`llamaduo-finetune`, ...) and the top-level scripts: one shape for every stage.
+"""Console entry points (`llamaduo-finetune`, ...), the top-level scripts and `python -m llamaduo STAGE`:
+one shape for every stage.
 
-Each runs `llamaduo.pipeline.<stage>.main(argv) -> int` under `errors.run_main`, which turns
+Each stage runs `llamaduo.pipeline.<stage>.main(argv) -> int` under `errors.run_main`, which turns
 expected errors into one line and an exit code. The stage module is imported only when its
 command runs, so `llamaduo-merge --help` does not pay for importing torch.
 """
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import sys
 from typing import Callable, NoReturn
 
 from llamaduo.errors import run_main
@@ -35,3 +37,25 @@ def batch_inference() -> NoReturn:
     36 s with this, with identical outputs. Set before torch is imported; an explicit setting wins."""
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     _batch_inference()
+
+
+def loop() -> NoReturn:
+    """`llamaduo-loop`: exec bash on the packaged loop script with this command's arguments and
+    environment. The stages run as `$PYTHON -m llamaduo STAGE`; PYTHON defaults to this
+    interpreter (the one llamaduo is installed in). Relative paths are relative to the current
+    folder."""
+    from llamaduo.loop import script_path
+
+    env = dict(os.environ)
+    env.setdefault("PYTHON", sys.executable)
+    env.setdefault("LLAMADUO_HELPER_PYTHON", sys.executable)
+    sys.stdout.flush()
+    os.execvpe("bash", ["bash", script_path(), *sys.argv[1:]], env)
+
+
+# `python -m llamaduo NAME`: the loop's stage names, and the console scripts' short names
+COMMANDS: dict[str, Callable[[], NoReturn]] = {
+    "finetune": finetune, "batch_inference": batch_inference, "evaluation": evaluation,
+    "data_gen": data_gen, "dataset_merge": dataset_merge, "loop": loop,
+    "infer": batch_inference, "eval": evaluation, "datagen": data_gen, "merge": dataset_merge,
+}

@@ -1,6 +1,6 @@
 """Run one loop stage and record its peak resident memory for the loop's `.done` marker.
 
-    python scripts/measured.py RSS_FILE -- COMMAND [ARGS...]
+    python -m llamaduo.loop.measured RSS_FILE -- COMMAND [ARGS...]
 
 Why a launcher: bash cannot read one child's resource usage, and the stage's own summary is
 written before it exits (a late allocation would be missed). `os.wait4` returns the kernel's
@@ -19,7 +19,7 @@ from pathlib import Path
 
 def main(argv: list[str]) -> int:
     if len(argv) < 3 or argv[1] != "--":
-        print("usage: measured.py RSS_FILE -- COMMAND [ARGS...]", file=sys.stderr)
+        print("usage: python -m llamaduo.loop.measured RSS_FILE -- COMMAND [ARGS...]", file=sys.stderr)
         return 2
     rss_file, command = Path(argv[0]), argv[2:]
     child = subprocess.Popen(command)

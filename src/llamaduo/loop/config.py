@@ -6,11 +6,11 @@ subtly wrong. This reads them with PyYAML, the same library the stages use, and 
 plain values for the shell. It only reads; the stages stay the only owners of their keys.
 
 Usage:
-    python scripts/loop_config.py get CONFIG.yaml KEY [DEFAULT]
+    python -m llamaduo.loop.config get CONFIG.yaml KEY [DEFAULT]
         print the value (JSON for mappings/lists); DEFAULT (or exit 2) when the key is absent
-    python scripts/loop_config.py mixer DATASET_REF [FRACTION]
-        print the JSON mapping {DATASET_REF: FRACTION} for `finetune.py --dataset-mixer`
-    python scripts/loop_config.py budget OUT MAX_COST_USD [STAGE_LIMIT]
+    python -m llamaduo.loop.config mixer DATASET_REF [FRACTION]
+        print the JSON mapping {DATASET_REF: FRACTION} for finetune's `--dataset-mixer`
+    python -m llamaduo.loop.config budget OUT MAX_COST_USD [STAGE_LIMIT]
         print the `--max-cost-usd` for the next paid stage: what is left of MAX_COST_USD after
         the spend recorded under OUT, or the stage config's own STAGE_LIMIT when smaller;
         exit 1 (printing the spend) when nothing is left
@@ -51,7 +51,7 @@ def budget(out: Path, max_cost_usd: float, stage_limit: float | None) -> int:
 
     WHY the stages' summaries: each paid stage already records what it spent (tokens times
     src/llamaduo/defaults/pricing.yaml), so the loop sums those rather than keeping its own meter."""
-    from results_table import total_cost  # same folder: the table reads the same summaries
+    from llamaduo.loop.results_table import total_cost  # the table reads the same summaries
 
     spent = total_cost(out)
     left = max_cost_usd - spent

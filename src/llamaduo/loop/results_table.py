@@ -1,6 +1,6 @@
 """Build the LlamaDuo loop's results table from a loop output folder.
 
-The loop (`scripts/llamaduo.sh`) leaves, per round, `<OUT>/round_<k>/`:
+The loop (`llamaduo-loop`, or `scripts/llamaduo.sh` in a clone) leaves, per round, `<OUT>/round_<k>/`:
 - `eval/summary.json`   written by evaluation.py (keys `mean_similarity`, `mean_precision`,
                         `coverage_similarity`, `coverage_precision`, `coverage_threshold`,
                         `qualified`, `rows`; see src/llamaduo/judging/aggregate.py `summarize`);
@@ -8,18 +8,18 @@ The loop (`scripts/llamaduo.sh`) leaves, per round, `<OUT>/round_<k>/`:
 - `train_data.json`     written by the loop: the `dataset_mixer` and `dataset_splits` that
                         round's finetune trained on;
 - `<stage>.done`        written by the loop: exit code, the stage's wall seconds, config hash,
-                        the stage process's peak RSS in MB (scripts/measured.py);
+                        the stage process's peak RSS in MB (llamaduo.loop.measured);
 - `*/summary.json`      every stage output's summary (and `model/finetune_summary.json`):
                         `cost_usd` (or `service_llm.cost_usd`) for the cost column,
                         `peak_rss_mb` for the memory column, and evaluation's
                         `execution.pass_at_1` (a 0-1 fraction) for the pass@1 column.
 
-WHY a separate script: the table is rebuilt from those files alone, so it can be printed again
-after a resumed or finished run (`python scripts/results_table.py outputs/llamaduo`) without
+WHY a separate module: the table is rebuilt from those files alone, so it can be printed again
+after a resumed or finished run (`python -m llamaduo.loop.results_table outputs/llamaduo`) without
 re-running anything, and the shell script stays free of JSON parsing.
 
 Usage:
-    python scripts/results_table.py OUT [--write OUT/results.md]
+    python -m llamaduo.loop.results_table OUT [--write OUT/results.md]
 """
 from __future__ import annotations
 
@@ -32,10 +32,6 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 FINETUNE_SUMMARY = "finetune_summary.json"  # written by finetune.py into its output_dir
 COLUMNS = ("round", "train rows", "mean similarity", "mean precision",
@@ -191,9 +187,8 @@ def count_train_rows(round_dir: Path) -> int | None:
     datasets.logging.set_verbosity_error()
     total = 0
     for ref, fraction in mixer.items():
-        # The loop runs from the repo root, so relative refs are relative to it.
-        local = ROOT / str(ref)
-        ref = str(local) if not Path(str(ref)).is_absolute() and local.exists() else str(ref)
+        # A relative ref is relative to the folder the loop ran in, as the stages read it.
+        ref = str(ref)
         try:
             n = len(load_split(ref, split))
         except LlamaDuoError as err:  # e.g. a Hub id while offline: say so, keep the table
@@ -259,7 +254,7 @@ def render(rows: list[RoundRow], coverage_threshold: float | None = None) -> str
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Print the LlamaDuo loop's per-round results table.")
+    parser = argparse.ArgumentParser(prog="python -m llamaduo.loop.results_table", description="Print the LlamaDuo loop's per-round results table.")
     parser.add_argument("out", type=Path, help="the loop's output root (OUT)")
     parser.add_argument("--write", type=Path, default=None, help="also write the table to this file")
     args = parser.parse_args(argv)

@@ -1,6 +1,6 @@
 """The loop's check before it spends: every stage config, as the loop will run it, before round 0.
 
-`scripts/llamaduo.sh` calls this first (and only this with `CHECK_ONLY=1` or `--check`). A
+The loop (`llamaduo.sh`) calls this first (and only this with `CHECK_ONLY=1` or `--check`). A
 broken data_gen or evaluation config is then found in seconds, not after batch inference and
 fine-tuning have run (or after paid judge calls). Checked, for each stage:
 
@@ -14,7 +14,9 @@ fine-tuning have run (or after paid judge calls). Checked, for each stage:
    key and no paid call; any HTTP status counts as reachable.
 
 Usage (the loop builds the argument list, so the overrides live in one place):
-    python scripts/loop_check.py --python PY [--stage NAME SCRIPT CONFIG [OVERRIDES...]]...
+    python -m llamaduo.loop.check --python PY [--stage NAME CONFIG [OVERRIDES...]]...
+Each stage runs as `PY -m llamaduo NAME --from-config CONFIG [OVERRIDES...] --print-config`, in
+the current folder (relative paths are relative to it, as for the loop).
 Exit codes: 0 everything checked out; 2 a problem (one `error: check: <stage> ...` line each).
 """
 from __future__ import annotations
@@ -29,10 +31,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import yaml
-
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 FREE_PROVIDERS = ("reference", "local")  # offline: nothing to reach, nothing to pay
 PROBE_TIMEOUT_S = 10.0
@@ -54,10 +52,13 @@ class Stage:
     """One stage as the loop will run it."""
 
     name: str
-    script: str
     config: str
     overrides: list[str]
     printed: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def prog(self) -> str:
+        return f"llamaduo {self.name}"
 
     @property
     def argv(self) -> list[str]:
@@ -65,16 +66,16 @@ class Stage:
 
 
 def parse_argv(argv: list[str]) -> tuple[str, list[Stage]]:
-    """`--python PY --stage NAME SCRIPT CONFIG [OVERRIDES...] --stage ...` (overrides run to
+    """`--python PY --stage NAME CONFIG [OVERRIDES...] --stage ...` (overrides run to
     the next `--stage`, so they may themselves start with dashes)."""
     if len(argv) < 2 or argv[0] != "--python":
-        raise SystemExit(_usage("usage: loop_check.py --python PY --stage NAME SCRIPT CONFIG [OVERRIDES...] ..."))
+        raise SystemExit(_usage("usage: python -m llamaduo.loop.check --python PY --stage NAME CONFIG [OVERRIDES...] ..."))
     python, rest, stages = argv[1], argv[2:], []
     while rest:
-        if rest[0] != "--stage" or len(rest) < 4:
-            raise SystemExit(_usage(f"expected --stage NAME SCRIPT CONFIG, got: {' '.join(rest[:4])}"))
+        if rest[0] != "--stage" or len(rest) < 3:
+            raise SystemExit(_usage(f"expected --stage NAME CONFIG, got: {' '.join(rest[:3])}"))
         end = rest.index("--stage", 1) if "--stage" in rest[1:] else len(rest)
-        stages.append(Stage(rest[1], rest[2], rest[3], rest[4:end]))
+        stages.append(Stage(rest[1], rest[2], rest[3:end]))
         rest = rest[end:]
     return python, stages
 
@@ -90,7 +91,7 @@ def _usage(message: str) -> int:
 def print_configs(python: str, stages: list[Stage]) -> list[str]:
     """Run every stage's --print-config at once; keep each printed config; return problems."""
     env = dict(os.environ, TOKENIZERS_PARALLELISM="false")
-    procs = [subprocess.Popen([python, s.script, *s.argv, "--print-config"], cwd=ROOT, env=env, text=True,
+    procs = [subprocess.Popen([python, "-m", "llamaduo", s.name, *s.argv, "--print-config"], env=env, text=True,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE) for s in stages]
     problems = []
     for stage, proc in zip(stages, procs):
@@ -144,7 +145,7 @@ def check_paths(stage: Stage) -> list[str]:
             problems.append(f"{stage.name} ({stage.config}): {err}")
     for key, value in stage.printed.items():
         if key.endswith("_path") and key not in NOT_FILES and isinstance(value, str) and value:
-            if not (ROOT / value).is_file() and not Path(value).expanduser().is_file():
+            if not Path(value).expanduser().is_file():
                 problems.append(f"{stage.name} ({stage.config}): {key}: file not found: {value}")
     for key in ("model_name_or_path", "ft_model_id"):
         problem = _model_problem(stage.printed.get(key))
@@ -161,7 +162,7 @@ def _model_problem(ref: Any) -> str | None:
         return None
     path = Path(ref).expanduser()
     local = ref.startswith((".", "/", "~")) or ref.count("/") > 1
-    if local and not path.exists() and not (ROOT / ref).exists():
+    if local and not path.exists():
         return f"model folder not found: {ref}"
     return None
 
@@ -177,7 +178,7 @@ def stage_args(stage: Stage) -> Any:
         from llamaduo.pipeline.evaluation import EvaluationArgs as cls
     else:
         from llamaduo.pipeline.data_gen import DataGenArgs as cls
-    (args,) = parse_config(cls, argv=stage.argv, prog=stage.script)
+    (args,) = parse_config(cls, argv=stage.argv, prog=stage.prog)
     return args
 
 
@@ -239,7 +240,6 @@ def run_checks(python: str, stages: list[Stage]) -> list[str]:
 
 def main(argv: list[str]) -> int:
     python, stages = parse_argv(argv)
-    os.chdir(ROOT)  # the loop's relative paths are relative to the repository root
     from llamaduo.logging_setup import setup_logging
 
     setup_logging()
