@@ -51,21 +51,24 @@ def _run(cmd: list, **kw) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
     tmp = tmp_path_factory.mktemp("package")
+    # Without PYTHONPATH (conftest points it at this checkout): pip would take that llamaduo
+    # for an installed one and skip the wheel.
+    bare = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     # Build from a copy of what the wheel is made of, so the build leaves nothing in the checkout.
     source = tmp / "source"
     source.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(REPO / name, source / name)
     shutil.copytree(REPO / "src", source / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", tmp / "dist", source])
+    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", tmp / "dist", source], env=bare)
     (wheel,) = (tmp / "dist").glob("llamaduo-*.whl")
 
     venv = tmp / "venv"
     _run([sys.executable, "-m", "venv", "--without-pip", venv])
     python = venv / "bin" / "python"
     # Installed before the dependencies are made visible, so pip sees no other llamaduo.
-    _run([sys.executable, "-m", "pip", "--python", python, "install", "--no-deps", "-q", wheel])
-    site = Path(_run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"]).stdout.strip())
+    _run([sys.executable, "-m", "pip", "--python", python, "install", "--no-deps", "-q", wheel], env=bare)
+    site = Path(_run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], env=bare).stdout.strip())
     (site / "_test_deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
 
     elsewhere = tmp / "elsewhere"
