@@ -12,15 +12,16 @@ import pytest
 
 from llamaduo.errors import UsageError
 from llamaduo.service_llm import Job, ServiceLLM, ServiceLLMArgs
-from llamaduo.service_llm.credentials import KEY_VARS, BASE_URL_VARS, PROJECT_VARS, LOCATION_VARS, REGION_VARS
-from llamaduo.service_llm.providers import DEFAULT_MODELS, resolve_spec
+from llamaduo.service_llm import providers
+from llamaduo.service_llm.credentials import LOCATION_VARS, PROJECT_VARS, REGION_VARS
+from llamaduo.service_llm.providers import resolve_spec
 from tests.servers.protocol_server import ProtocolServer
 
 REPO = Path(__file__).resolve().parents[1]
 HOSTED = ("openai", "anthropic", "anthropic-vertex", "anthropic-bedrock", "gemini", "gemini-vertex")
 ORIGINAL = REPO / "tests/data/original_llamaduo/config"
-ALL_ENV = {v for vs in (*KEY_VARS.values(), *BASE_URL_VARS.values(), *PROJECT_VARS.values(),
-                        *LOCATION_VARS.values()) for v in vs} | set(REGION_VARS) | {"SERVICE_LLM_API_KEY"}
+ALL_ENV = set(providers.env_vars()) | {*PROJECT_VARS, *LOCATION_VARS, *REGION_VARS, "SERVICE_LLM_API_KEY"}
+DEFAULT_MODELS = {c.name: c.default_model for c in providers.all_providers()}
 
 
 @pytest.fixture(autouse=True)

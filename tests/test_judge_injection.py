@@ -17,7 +17,7 @@ from llamaduo.errors import EXIT_NOT_QUALIFIED
 from llamaduo.judging.contract import JUDGE_SCHEMA, load_eval_template, parse_judgement, render_prompts
 from llamaduo.pipeline.evaluation import main
 from llamaduo.service_llm.records import InvalidReply
-from llamaduo.service_llm.schema_wire import rejects_structured
+from llamaduo.service_llm.providers.base import rejects_structured
 from tests.servers.protocol_server import (
     ProtocolServer,
     honest_scores_for_prompt,
@@ -209,12 +209,12 @@ def test_data_gen_prompts_neutralise_their_own_tags_too(repo_root):
 
 
 def _wire_bodies() -> dict[str, dict]:
-    from llamaduo.service_llm.schema_wire import anthropic_kwargs, gemini_kwargs, openai_kwargs
+    from llamaduo.service_llm.providers import get
 
-    gem = gemini_kwargs(JUDGE_SCHEMA)
+    gem = get("gemini").structured_kwargs(JUDGE_SCHEMA)
     return {
-        "openai": openai_kwargs(JUDGE_SCHEMA),
-        "anthropic": anthropic_kwargs(JUDGE_SCHEMA),
+        "openai": get("openai").structured_kwargs(JUDGE_SCHEMA),
+        "anthropic": get("anthropic").structured_kwargs(JUDGE_SCHEMA),
         "gemini": {"generationConfig": {"responseMimeType": gem["response_mime_type"],
                                         "responseSchema": gem["response_schema"]}},
     }

@@ -20,6 +20,7 @@ from llamaduo.judging.contract import parse_judgement
 from llamaduo.pipeline.data_gen import parse_synth_reply
 from llamaduo.service_llm.ledger import Ledger
 from llamaduo.service_llm.pricing import Pricing
+from llamaduo.service_llm.scheduler import Pacer
 from tests.servers.protocol_server import ProtocolServer, judge_scores, synth_pairs
 
 API_KEY = "sk-THIS-KEY-MUST-NEVER-BE-STORED-4242"
@@ -50,9 +51,19 @@ def make_llm(server, tmp_path, provider="openai", workers=4, **overrides) -> Ser
         request_timeout_s=5.0, max_retries=3, max_reasks=2,
     )
     values.update(overrides)
-    llm = ServiceLLM.from_args(ServiceLLMArgs(**values), workers=workers, show_progress=False)
-    llm.backoff_initial_s = 0.02  # keep exponential backoff short in tests
-    return llm
+    # a short first backoff keeps retries fast; RecordingLLM notes each pacing slot
+    return RecordingLLM.from_args(ServiceLLMArgs(**values), workers=workers, show_progress=False,
+                                  backoff_initial_s=0.02)
+
+
+class RecordingLLM(ServiceLLM):
+    """A ServiceLLM whose pacer records (start, reserved tokens) of every slot it hands out."""
+
+    pacer_log: list
+
+    def _new_pacer(self) -> Pacer:
+        self.pacer_log = []
+        return Pacer(self.rate_limit_per_minute, self.tokens_per_minute, log=self.pacer_log)
 
 
 def judge_prompt(candidate: str, extra: str = "") -> str:

@@ -30,7 +30,7 @@ def build(**kw) -> ServiceLLM:
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(service_llm_provider="gpt"), "unknown service_llm_provider 'gpt'; choose one of: openai"),
+    (dict(service_llm_provider="gpt"), "unknown service_llm_provider 'gpt'; choose one of: "),
     (dict(service_llm_provider="openai"), "needs an API key"),
     (dict(service_llm_provider="anthropic"), "needs an API key"),
     (dict(service_llm_provider="gemini"), "needs an API key"),

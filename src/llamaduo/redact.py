@@ -14,10 +14,18 @@ import re
 
 MASK = "***"
 
-#: env vars whose values are credentials; their values are replaced wherever they appear
-SECRET_ENV_VARS = ("SERVICE_LLM_API_KEY", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "OPENAI_API_KEY",
-                   "ANTHROPIC_API_KEY", "GEMINI_API_KEY", "GOOGLE_API_KEY", "AWS_SECRET_ACCESS_KEY",
-                   "AWS_SESSION_TOKEN", "AWS_BEARER_TOKEN_BEDROCK")
+#: env vars whose values are credentials, besides those the service-LLM providers declare
+#: (their key_env / secret_env: `secret_env_vars()`); their values are replaced wherever they appear
+SECRET_ENV_VARS = ("SERVICE_LLM_API_KEY", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
+
+
+def secret_env_vars() -> tuple[str, ...]:
+    """SECRET_ENV_VARS plus every provider's credential variables (providers/ registry)."""
+    try:
+        from llamaduo.service_llm.providers import secret_env_vars as providers_secrets
+    except ImportError:  # the registry is still being imported (a log line during its import)
+        return SECRET_ENV_VARS
+    return SECRET_ENV_VARS + providers_secrets()
 
 # scheme://userinfo@ : the userinfo (user, or user:password) is a credential either way
 _USERINFO = re.compile(r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<userinfo>[^/@\s'\"<>]+)@")
@@ -36,7 +44,7 @@ def redact(text: str) -> str:
         return text
     text = _USERINFO.sub(lambda m: f"{m['scheme']}{MASK}@", text)
     text = _SECRET_PARAM.sub(lambda m: f"{m['lead']}{MASK}", text)
-    for var in SECRET_ENV_VARS:
+    for var in secret_env_vars():
         value = os.environ.get(var)
         if value and len(value) >= 6:
             text = text.replace(value, MASK)

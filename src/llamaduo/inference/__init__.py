@@ -10,5 +10,5 @@ Modules, one concern each:
 * `store`        – append-and-fsync partial results for resume
 * `distributed`  – rank/world from torchrun/accelerate, barrier
 
-`llamaduo.generation` re-exports the few entry points other code needs.
+The `local` service-LLM provider (service_llm/providers/local.py) generates through `hf_backend` too.
 """

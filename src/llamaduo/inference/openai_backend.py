@@ -28,7 +28,8 @@ from llamaduo.inference.model_ref import ADAPTER_CONFIG
 from llamaduo.inference.prompts import PromptRecord, WorkItem
 from llamaduo.service_llm import Job, JobResult, ServiceLLM
 from llamaduo.service_llm.pricing import Pricing
-from llamaduo.service_llm.providers import OpenAIProvider, Provider, ProviderSpec, RawCompletion
+from llamaduo.service_llm.providers import Provider, ProviderSpec, RawCompletion
+from llamaduo.service_llm.providers.openai import OpenAIProvider
 from llamaduo.service_llm.records import ResponseSchema
 
 logger = logging.getLogger("llamaduo.inference")

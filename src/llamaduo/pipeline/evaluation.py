@@ -342,10 +342,7 @@ DESCRIPTION = (
 
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point: parse (`--from-config` YAML + flags), then run."""
-    setup_logging()
-    # one INFO line per HTTP request from the SDK's transport would bury the summary
-    for noisy in ("httpx", "httpx2", "openai", "anthropic", "google_genai"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    setup_logging()  # also quiets the providers' SDK loggers
     (args,) = parse_config(EvaluationArgs, argv=argv, description=DESCRIPTION,
                            epilog=EXIT_CODES_HELP, legacy_keys=SERVICE_LLM_LEGACY)
     return run(args)

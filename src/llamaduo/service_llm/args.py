@@ -1,11 +1,7 @@
 """`ServiceLLMArgs`: the config keys every stage that calls a service LLM shares.
 
-A mixin dataclass: `@dataclass class EvalArgs(ServiceLLMArgs): ...`. Every field has a default
-and a help text, so `llamaduo.config.parse_config` turns each one into a CLI flag and a YAML key.
-The original tool's key names are kept unchanged (users' YAML files keep working); the
-new keys add the scheduling, ledger and cost controls. Concurrency (`eval_workers` /
-`gen_workers`) stays in the stage dataclasses and is passed to `ServiceLLM.from_args`.
-
+A mixin dataclass (`@dataclass class EvalArgs(ServiceLLMArgs)`): each field becomes a CLI flag
+and a YAML key (`llamaduo.config.parse_config`); the original tool's key names are kept.
 Values are validated by `ServiceLLM.from_args` (fail fast, no network), not here.
 """
 from __future__ import annotations
@@ -14,16 +10,12 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from llamaduo.defaults import default_file
+from llamaduo.service_llm import providers as _registry
 
-PROVIDERS = (
-    "openai",
-    "anthropic",
-    "anthropic-vertex",
-    "anthropic-bedrock",
-    "gemini",
-    "gemini-vertex",
-    "local",
-)
+#: the shipped providers, as found by the registry (providers/); `providers.names()` also
+#: lists those registered later
+PROVIDERS = _registry.names()
+_KEYED = [c for c in _registry.all_providers() if c.key_env]
 
 
 @dataclass
@@ -40,8 +32,8 @@ class ServiceLLMArgs:
         repr=False,  # a stage that logs its args must not log the key
         metadata={
             "secret": True,
-            "help": "API key (openai, anthropic, gemini). Default: env SERVICE_LLM_API_KEY, then the "
-            "provider's own (OPENAI_API_KEY, ANTHROPIC_API_KEY, GOOGLE_API_KEY / GEMINI_API_KEY). "
+            "help": "API key. Default: env SERVICE_LLM_API_KEY, then the provider's own ("
+            + "; ".join(f"{c.name}: {' / '.join(c.key_env)}" for c in _KEYED) + "). "
             "For *-vertex it is used as an OAuth access token if set; for anthropic-bedrock as "
             "a Bedrock API key. Never logged or stored.",
         },
@@ -59,7 +51,8 @@ class ServiceLLMArgs:
         metadata={
             "help": "YAML of generation settings: provider-neutral (temperature, max_tokens, top_p, "
             "stop, seed; mapped to each provider's names), a provider's own names, or extras under "
-            "an openai:/anthropic:/gemini:/local: section. Default: the shipped llamaduo/defaults/service_llm_gen.yaml "
+            "a section named after the provider family ("
+            + "/".join(f"{f}:" for f in _registry.families()) + "). Default: the shipped llamaduo/defaults/service_llm_gen.yaml "
             "(hosted providers); none for local."
         },
     )
@@ -108,8 +101,9 @@ class ServiceLLMArgs:
         default=None,
         metadata={
             "help": "Base URL of the API, e.g. an OpenAI-compatible server (vLLM, Ollama, "
-            "llama.cpp, TGI: http://localhost:8000/v1) or a proxy. Default: env OPENAI_BASE_URL "
-            "(openai), ANTHROPIC_BASE_URL (anthropic)."
+            "llama.cpp, TGI: http://localhost:8000/v1) or a proxy. Default: env "
+            + ", ".join(f"{c.base_url_env[0]} ({c.name})" for c in _registry.all_providers() if c.base_url_env)
+            + "."
         },
     )
     ledger_path: Optional[str] = field(

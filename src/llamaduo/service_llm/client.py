@@ -24,12 +24,7 @@ from llamaduo.service_llm import sidecar
 from llamaduo.service_llm.ledger import Ledger, LedgerWriteError, check_location, ledger_key
 from llamaduo.service_llm.limits import default_max_input_tokens
 from llamaduo.service_llm.pricing import Pricing, estimate_tokens
-from llamaduo.service_llm.providers import (
-    Provider,
-    ProviderSpec,
-    make_provider,
-    resolve_spec,
-)
+from llamaduo.service_llm.providers import Provider, ProviderSpec, get, make_provider, resolve_spec
 from llamaduo.service_llm.budget import Budget
 from llamaduo.service_llm.records import (
     ERROR,
@@ -153,6 +148,7 @@ class ServiceLLM:
         show_progress: bool = True,
         max_input_tokens: int = 0,
         oversize_rows: str = "refuse",
+        backoff_initial_s: float = 1.0,
     ) -> None:
         self.spec = spec
         self.workers = workers
@@ -167,11 +163,10 @@ class ServiceLLM:
         self.show_progress = show_progress
         self.max_input_tokens = max_input_tokens or default_max_input_tokens(spec.model, spec.max_output_tokens)
         self.oversize_rows = oversize_rows
-        #: first backoff ceiling in seconds (doubles per retry, capped at 60 s); tests shorten it
-        self.backoff_initial_s = 1.0
+        #: the first retry's backoff ceiling in seconds (doubles per retry, capped at 60 s)
+        self.backoff_initial_s = backoff_initial_s
         self.usage = Usage()  # cumulative over every run() of this object
         self.last_run = Usage()  # the most recent run() only
-        self.pacer_log: list[tuple[float, int]] = []  # (monotonic start, reserved tokens): for tests
         self._ledger: Optional[Ledger] = None
         self._provider: Optional[Provider] = None
 
@@ -184,6 +179,7 @@ class ServiceLLM:
         *,
         default_ledger_path: str | Path | None = None,
         show_progress: bool = True,
+        backoff_initial_s: float = 1.0,
     ) -> "ServiceLLM":
         """Validate everything that can be validated offline and build the client.
 
@@ -194,7 +190,7 @@ class ServiceLLM:
         """
         _check_values(args, workers)
         spec = resolve_spec(args)
-        pricing = Pricing.load(args.pricing_path) if spec.provider != "local" else Pricing.free()
+        pricing = Pricing.free() if get(spec.provider).free else Pricing.load(args.pricing_path)
         if args.max_cost_usd is not None and pricing.price(spec.model) is None:
             raise UsageError(
                 f"max_cost_usd is set but {args.pricing_path} has no price for model "
@@ -218,6 +214,7 @@ class ServiceLLM:
             show_progress=show_progress,
             max_input_tokens=args.max_input_tokens,
             oversize_rows=args.oversize_rows,
+            backoff_initial_s=backoff_initial_s,
         )
         if ledger_path is not None and not args.dry_run:
             # a ledger that cannot be written is exit 2 now, not a traceback after paid calls;
@@ -248,6 +245,10 @@ class ServiceLLM:
     def _new_provider(self) -> Provider:
         """The provider adapter for one run (a subclass may spread requests over servers)."""
         return make_provider(self.spec)
+
+    def _new_pacer(self) -> Pacer:
+        """The RPM/TPM pacer for one run."""
+        return Pacer(self.rate_limit_per_minute, self.tokens_per_minute)
 
     # ------------------------------------------------------------------ ledger & keys
     def _open_ledger(self) -> Optional[Ledger]:
@@ -353,7 +354,7 @@ class ServiceLLM:
         self.last_run = usage
         ledger = self._open_ledger()
         provider = self._new_provider()
-        pacer = Pacer(self.rate_limit_per_minute, self.tokens_per_minute, log=self.pacer_log)
+        pacer = self._new_pacer()
         results: list[Optional[JobResult[T]]] = [None] * len(jobs)
         leaders, followers = self._single_flight(jobs, skip=oversize)
         queue: asyncio.Queue[int] = asyncio.Queue()

@@ -1,11 +1,7 @@
-"""Where the key, base URL and cloud settings come from: config keys, ours, then the SDK's own.
-
-Users already have `OPENAI_API_KEY` (or `ANTHROPIC_API_KEY`, `GEMINI_API_KEY`...) exported for
-every other tool; refusing them made the first run fail. The providers' own variables are read
-in the order their SDKs read them, after the config key and `SERVICE_LLM_API_KEY`, which keep
-precedence (a key meant for this tool wins over a shell-wide one). Values are resolved here,
-not left to the SDK, so that the fail-fast checks see them and the log and `--print-config`
-can say WHICH variable was used: the name only, never the value.
+"""Where the key, base URL and cloud settings come from: the config key, `SERVICE_LLM_API_KEY`,
+then the provider's own variables (declared on its class, read in its SDK's order), so users'
+exported `OPENAI_API_KEY` etc. work. Resolved here, not by the SDK, so the fail-fast checks see
+them and the log and `--print-config` can name WHICH variable was used, never its value.
 """
 from __future__ import annotations
 
@@ -14,23 +10,16 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 OURS = "SERVICE_LLM_API_KEY"
-# The SDKs' own variables, in the SDKs' order (google-genai prefers GOOGLE_API_KEY).
-KEY_VARS = {
-    "openai": ("OPENAI_API_KEY",),
-    "anthropic": ("ANTHROPIC_API_KEY",),
-    "gemini": ("GOOGLE_API_KEY", "GEMINI_API_KEY"),
-    "anthropic-bedrock": ("AWS_BEARER_TOKEN_BEDROCK",),
-}
-BASE_URL_VARS = {
-    "openai": ("OPENAI_BASE_URL",),
-    "anthropic": ("ANTHROPIC_BASE_URL",),
-    "anthropic-bedrock": ("ANTHROPIC_BEDROCK_BASE_URL",),
-}
-PROJECT_VARS = {"gemini-vertex": ("GCP_PROJECT_ID", "GOOGLE_CLOUD_PROJECT"),
-                "anthropic-vertex": ("GCP_PROJECT_ID", "ANTHROPIC_VERTEX_PROJECT_ID", "GOOGLE_CLOUD_PROJECT")}
-LOCATION_VARS = {"gemini-vertex": ("GCP_LOCATION", "GOOGLE_CLOUD_LOCATION"),
-                 "anthropic-vertex": ("GCP_LOCATION", "CLOUD_ML_REGION", "GOOGLE_CLOUD_LOCATION")}
+# Defaults for settings a provider class does not declare (its *_env attributes, providers/).
+PROJECT_VARS = ("GCP_PROJECT_ID",)
+LOCATION_VARS = ("GCP_LOCATION",)
 REGION_VARS = ("AWS_LOCATION", "AWS_REGION", "AWS_DEFAULT_REGION")
+
+
+def _provider(name: str) -> Any:
+    from llamaduo.service_llm.providers import get
+
+    return get(name)
 
 
 @dataclass(frozen=True)
@@ -54,35 +43,38 @@ def _first(config_key: str, config_value: Optional[str], env_names: tuple[str, .
 
 
 def api_key(provider: str, args: Any) -> Setting:
-    return _first("service_llm_api_key", args.service_llm_api_key, (OURS, *KEY_VARS.get(provider, ())))
+    return _first("service_llm_api_key", args.service_llm_api_key, (OURS, *_provider(provider).key_env))
 
 
 def base_url(provider: str, args: Any) -> Setting:
-    return _first("service_llm_base_url", args.service_llm_base_url, BASE_URL_VARS.get(provider, ()))
+    return _first("service_llm_base_url", args.service_llm_base_url, _provider(provider).base_url_env)
 
 
 def gcp_project(provider: str, args: Any) -> Setting:
-    return _first("gcp_project_id", args.gcp_project_id, PROJECT_VARS.get(provider, ("GCP_PROJECT_ID",)))
+    return _first("gcp_project_id", args.gcp_project_id, _provider(provider).project_env or PROJECT_VARS)
 
 
 def gcp_location(provider: str, args: Any) -> Setting:
-    return _first("gcp_location", args.gcp_location, LOCATION_VARS.get(provider, ("GCP_LOCATION",)))
+    return _first("gcp_location", args.gcp_location, _provider(provider).location_env or LOCATION_VARS)
 
 
-def aws_region(args: Any) -> Setting:
-    return _first("aws_location", args.aws_location, REGION_VARS)
+def aws_region(provider: str, args: Any) -> Setting:
+    return _first("aws_location", args.aws_location, _provider(provider).region_env or REGION_VARS)
 
 
 def describe(args: Any) -> list[str]:
     """One line per setting taken from the environment, for the log and `--print-config`:
     names only, never values."""
+    from llamaduo.service_llm.providers import all_providers
+
     provider = (getattr(args, "service_llm_provider", "") or "").strip().lower()
-    if provider in ("", "local", "reference"):
+    cls = next((c for c in all_providers() if c.name == provider), None)
+    if cls is None or not cls.takes_api_key and not cls.base_url_env:  # e.g. local, reference
         return []
     settings = {"service_llm_api_key": api_key(provider, args), "service_llm_base_url": base_url(provider, args)}
-    if provider.endswith("-vertex"):
+    if cls.project_env:
         settings |= {"gcp_project_id": gcp_project(provider, args), "gcp_location": gcp_location(provider, args)}
-    if provider == "anthropic-bedrock":
-        settings["aws_location"] = aws_region(args)
+    if cls.region_env:
+        settings["aws_location"] = aws_region(provider, args)
     return [f"{key}: from {s.source}" + (" (value not shown)" if key == "service_llm_api_key" else "")
             for key, s in settings.items() if s.source and s.source.startswith("env ")]

@@ -182,7 +182,7 @@ class Estimate:
         )
 
 
-# --- errors the provider adapters raise (SDK exceptions never leave providers.py) ----------
+# --- errors the provider adapters raise (SDK exceptions never leave providers/) ----------
 class ProviderError(Exception):
     """Base for a failed provider call."""
 
