@@ -1,15 +1,6 @@
-"""`max_cost_usd` as a budget that calls must fit in, not a line they stop at after crossing.
-
-A call starts only if the spend so far, plus the expected cost of the calls in flight, plus its
-own expected cost stay within the limit. When it does not fit only because of calls in flight,
-it waits for them (their real cost is usually lower than expected) instead of being dropped.
-So the spend passes the limit only by how much dearer than expected the calls in flight turn
-out, and a tight budget is not wasted by skipping jobs that would have fitted.
-
-The first call of a run always starts, alone: the price per call is only a guess (input
-estimate + 256 output tokens) until one reply has come back, so the other workers wait for that
-reply rather than judge the budget by the guess. A budget smaller than one call therefore spends
-one call. One event loop runs every worker, so no lock is needed.
+"""`max_cost_usd` as a budget calls must fit in, not a line they stop at after crossing: a call
+starts only if spend + expected cost of the calls in flight + its own stay within the limit (or
+waits for calls in flight); the first call runs alone to learn the price. docs/service_llm.md (Cost).
 """
 from __future__ import annotations
 

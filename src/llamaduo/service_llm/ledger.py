@@ -1,21 +1,8 @@
-"""The response ledger: every completed call, persisted before its result is used.
-
-SQLite in WAL mode, one row per call, committed immediately: after a crash or kill -9
-every finished call is on disk, so a rerun reuses it and never pays for it twice. The
-key is a hash of what determines the answer: provider, model, generation config, the
-full message history (which includes re-asks) and the sample index. The base URL is not
-part of it, so a local server restarted on another port keeps its cache (use
---refresh-cache or another ledger if a different server serves the same model name). The
-API key is deliberately not part of the key and is never stored.
-
-Several processes may share one ledger file (WAL + busy timeout).
-
-Before the first paid call the ledger is opened, its schema checked and a write probed
-(`Ledger.__init__`): a ledger that cannot hold what is about to be paid for is a usage error
-(exit 2), not a traceback after the money is spent. A write that fails later (disk full, the
-file or its folder deleted or replaced) raises `LedgerWriteError`; the client then stops
-starting calls and `save_sidecar` writes the paid answers to a JSON-lines file that the next
-`Ledger` on the same path imports (src/llamaduo/service_llm/sidecar.py).
+"""The response ledger: every completed call, persisted (SQLite, WAL) before its result is used,
+so a rerun after a crash or kill -9 never pays for a finished call twice. Keyed by provider,
+model, gen config, the whole conversation and the sample index (never the API key). Checked
+and write-probed before the first call; a write that fails later raises `LedgerWriteError`
+and the paid answers go to a sidecar (sidecar.py). Details: docs/service_llm.md.
 """
 from __future__ import annotations
 

@@ -1,13 +1,8 @@
 """Stop a run whose provider cannot be reached at all, instead of retrying every row.
 
-Why: with a wrong URL, a server that is down, or no DNS, every request fails to connect;
-retrying each row `max_retries` times with backoff wastes minutes and then reads like a
-judged result. A connection that was never made (refused, DNS failure, connect timeout:
-`UnreachableError`) is counted across the whole run; any answer from the server, an HTTP
-error included, resets the count. After `MAX_CONSECUTIVE_UNREACHABLE` in a row, spread over
-at least `MIN_STREAK_S` (so that a one-instant blip which fails every in-flight worker at
-once is retried, not fatal), the run stops with "could not reach <provider> at <url>" (a
-FatalError: exit 1). Finished work is in the ledger, so a rerun after an outage resumes.
+`MAX_CONSECUTIVE_UNREACHABLE` never-connected attempts in a row (refused, DNS, connect timeout),
+spread over at least `MIN_STREAK_S`, raise FatalError "could not reach <provider> at <url>"
+(exit 1); any answer from the server resets the count. docs/service_llm.md (Scheduling).
 """
 from __future__ import annotations
 

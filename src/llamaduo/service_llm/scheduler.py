@@ -1,16 +1,10 @@
-"""Scheduling: smooth RPM/TPM pacing and bounded retries with backoff.
+"""Smooth RPM/TPM pacing and bounded retries with backoff.
 
-Why not `AsyncLimiter(rpm, 60)`: a bucket sized to a whole minute lets a minute's worth of
-requests out at once; together with the refill, a 60 s sliding window then sees up to
-2 x RPM, and real providers answer such bursts with 429s. Instead `Pacer` hands out start
-slots one every 60/RPM s (a leaky bucket of capacity 1, computed as reservations so the
-order is FIFO and nobody holds a lock while sleeping), and keeps a sliding-window log of
-reserved tokens so the TPM limit holds in every 60 s window, not just on average. This is
-hand-written because aiolimiter's leaky bucket has no "never more than N in any window"
-guarantee for variable-size (token) acquisitions and cannot refund unused reservations.
-
-Retries use tenacity: exponential backoff with full jitter, Retry-After honoured, bounded.
-Every attempt (retries included) takes a pacing slot: a retry is a request too.
+`Pacer` hands out start slots one every 60/RPM s (not a minute's bucket at once, which doubles
+the rate in a sliding window and earns 429s) and keeps a sliding-window log of reserved tokens
+so the TPM limit holds in every 60 s window, refunding unused reservations. Retries: tenacity,
+exponential backoff with jitter, Retry-After honoured; every attempt takes a pacing slot.
+Why hand-written and not aiolimiter: docs/service_llm.md (Scheduling).
 """
 from __future__ import annotations
 
