@@ -62,6 +62,7 @@ def test_each_provider_declares_everything(name):
     wire = cls.structured_kwargs(JUDGE_SCHEMA)
     assert wire is None or (isinstance(wire, dict) and wire)
     assert (cls.project_env == ()) == (cls.location_env == ())  # a GCP provider needs both
+    assert bool(cls.default_url) != cls.free  # a hosted provider says where it is (the loop check probes it)
     if not cls.free:  # a hosted provider's default model has a price
         assert Pricing.load(REPO / "src/llamaduo/defaults/pricing.yaml").price(cls.default_model) is not None
 
@@ -117,9 +118,8 @@ class ToyServer:
             def _send(self, status: int, obj: dict, headers: Optional[dict] = None) -> None:
                 data = json.dumps(obj).encode()
                 self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                for k, v in (headers or {}).items():
+                for k, v in {"Content-Type": "application/json", "Content-Length": str(len(data)),
+                             **(headers or {})}.items():
                     self.send_header(k, v)
                 self.end_headers()
                 self.wfile.write(data)

@@ -32,17 +32,7 @@ from typing import Any, Callable
 
 import yaml
 
-FREE_PROVIDERS = ("reference", "local")  # offline: nothing to reach, nothing to pay
 PROBE_TIMEOUT_S = 10.0
-# Where each SDK sends requests when no base URL is set (the SDKs' documented defaults).
-DEFAULT_URLS = {
-    "openai": "https://api.openai.com/v1",
-    "anthropic": "https://api.anthropic.com",
-    "gemini": "https://generativelanguage.googleapis.com",
-    "gemini-vertex": "https://{gcp}-aiplatform.googleapis.com",
-    "anthropic-vertex": "https://{gcp}-aiplatform.googleapis.com",
-    "anthropic-bedrock": "https://bedrock-runtime.{aws}.amazonaws.com",
-}
 # `*_path` keys that are not input files: created by the stage, or a model (folder or Hub id)
 NOT_FILES = ("ledger_path", "model_name_or_path", "tokenizer_name_or_path", "chat_template_path")
 
@@ -183,11 +173,14 @@ def stage_args(stage: Stage) -> Any:
 
 
 def provider_url(spec: Any) -> str:
-    """The URL requests would go to: the configured base URL, else the SDK's default."""
+    """The URL requests would go to: the configured base URL, else the provider's default
+    (its class's `default_url`; empty: nothing to probe)."""
+    from llamaduo.service_llm.providers import get
+
     if spec.base_url:
         return spec.base_url
-    return DEFAULT_URLS[spec.provider].format(gcp=spec.gcp_location or "us-central1",
-                                              aws=spec.aws_location or "us-east-1")
+    return get(spec.provider).default_url.format(gcp=spec.gcp_location or "us-central1",
+                                                 aws=spec.aws_location or "us-east-1")
 
 
 def probe(url: str) -> str | None:
@@ -213,9 +206,9 @@ def check_provider(stage: Stage, probed: dict[str, str | None], reach: Callable[
         llm = ServiceLLM.from_args(stage_args(stage), workers=1, show_progress=False)
     except LlamaDuoError as err:
         return [f"{stage.name} ({stage.config}): {err}"]
-    if llm.spec.provider in FREE_PROVIDERS:
-        return []
     url = provider_url(llm.spec)
+    if not url:  # offline (local): nothing to reach, nothing to pay
+        return []
     if url not in probed:
         probed[url] = reach(url)
     if probed[url] is None:

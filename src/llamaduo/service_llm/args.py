@@ -52,8 +52,8 @@ class ServiceLLMArgs:
             "help": "YAML of generation settings: provider-neutral (temperature, max_tokens, top_p, "
             "stop, seed; mapped to each provider's names), a provider's own names, or extras under "
             "a section named after the provider family ("
-            + "/".join(f"{f}:" for f in _registry.families()) + "). Default: the shipped llamaduo/defaults/service_llm_gen.yaml "
-            "(hosted providers); none for local."
+            + "/".join(f"{f}:" for f in _registry.families()) + "). Default: the shipped "
+            "llamaduo/defaults/service_llm_gen.yaml (hosted providers); none for local."
         },
     )
     gcp_project_id: Optional[str] = field(

@@ -23,8 +23,8 @@ class InvalidReply(ValueError):
 
 
 @dataclass(frozen=True)
-class Completion:
-    """One service-LLM call (or a ledger hit standing in for it)."""
+class RawCompletion:
+    """What a provider's `complete` returns: one call's answer and usage."""
 
     text: str
     input_tokens: int
@@ -32,6 +32,12 @@ class Completion:
     model: str
     finish_reason: str
     latency_s: float
+
+
+@dataclass(frozen=True)
+class Completion(RawCompletion):
+    """One service-LLM call, priced (or a ledger hit standing in for it)."""
+
     cost_usd: float
     cached: bool = False
 

@@ -3,7 +3,6 @@ AsyncAnthropicVertex or AsyncAnthropicBedrock (one adapter; the variants differ 
 from __future__ import annotations
 
 import importlib.util
-import inspect
 import json
 import os
 import time
@@ -15,6 +14,7 @@ from llamaduo.service_llm.providers.base import (
     Credentials,
     RawCompletion,
     StructuredFallback,
+    sdk_keywords,
     check_vertex,
     status_error,
     unreachable,
@@ -32,6 +32,7 @@ class AnthropicProvider(StructuredFallback):
     sdk = "anthropic.AsyncAnthropic"
     key_env = ("ANTHROPIC_API_KEY",)
     base_url_env = ("ANTHROPIC_BASE_URL",)
+    default_url = "https://api.anthropic.com"
     gen_names = {"max_tokens": "max_tokens", "stop": "stop_sequences", "seed": None,
                  "temperature": "temperature", "top_p": "top_p"}
     gen_defaults = {"max_tokens": DEFAULT_MAX_TOKENS}
@@ -41,8 +42,7 @@ class AnthropicProvider(StructuredFallback):
     def allowed_gen_keys(cls) -> Optional[set[str]]:
         from anthropic.resources.messages import AsyncMessages
 
-        params = inspect.signature(AsyncMessages.create).parameters
-        return set(params) - {"self", "messages", "model", "stream", "timeout"}
+        return sdk_keywords(AsyncMessages.create)
 
     @staticmethod
     def structured_kwargs(schema: ResponseSchema) -> Optional[dict]:
@@ -108,6 +108,7 @@ class AnthropicVertexProvider(AnthropicProvider):
     sdk = "anthropic.AsyncAnthropicVertex"
     key_env = ()  # SERVICE_LLM_API_KEY, if set, is an OAuth access token
     base_url_env = ()
+    default_url = "https://{gcp}-aiplatform.googleapis.com"
     project_env = ("GCP_PROJECT_ID", "ANTHROPIC_VERTEX_PROJECT_ID", "GOOGLE_CLOUD_PROJECT")
     location_env = ("GCP_LOCATION", "CLOUD_ML_REGION", "GOOGLE_CLOUD_LOCATION")
 
@@ -126,6 +127,7 @@ class AnthropicBedrockProvider(AnthropicProvider):
     sdk = "anthropic.AsyncAnthropicBedrock"
     key_env = ("AWS_BEARER_TOKEN_BEDROCK",)
     base_url_env = ("ANTHROPIC_BEDROCK_BASE_URL",)
+    default_url = "https://bedrock-runtime.{aws}.amazonaws.com"
     region_env = ("AWS_LOCATION", "AWS_REGION", "AWS_DEFAULT_REGION")
     secret_env = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
 

@@ -24,6 +24,7 @@ from llamaduo.errors import UsageError
 from llamaduo.service_llm.records import (
     FatalError,
     PermanentError,
+    RawCompletion,
     ResponseSchema,
     StructuredOutputRejected,
     TransientError,
@@ -37,16 +38,6 @@ NEUTRAL_GEN_CONFIG = default_file("service_llm_gen.yaml")
 #: the neutral concepts of a generation file (gen_settings.py) and their neutral names
 NEUTRAL_GEN_NAMES: Mapping[str, Optional[str]] = {
     "max_tokens": "max_tokens", "stop": "stop", "seed": "seed", "temperature": "temperature", "top_p": "top_p"}
-
-
-@dataclass(frozen=True)
-class RawCompletion:
-    text: str
-    input_tokens: int
-    output_tokens: int
-    model: str
-    finish_reason: str
-    latency_s: float
 
 
 @dataclass(frozen=True)
@@ -96,6 +87,9 @@ class ServiceProvider:
     takes_api_key: ClassVar[bool] = True
     key_env: ClassVar[tuple[str, ...]] = ()  # the SDK's own API-key variables, in the SDK's order
     base_url_env: ClassVar[tuple[str, ...]] = ()
+    #: where requests go without a base URL ({gcp}/{aws}: the region), probed by
+    #: llamaduo/loop/check.py; empty: nothing to reach (a local model)
+    default_url: ClassVar[str] = ""
     project_env: ClassVar[tuple[str, ...]] = ()  # set: needs a GCP project and location
     location_env: ClassVar[tuple[str, ...]] = ()
     region_env: ClassVar[tuple[str, ...]] = ()  # set: needs an AWS region
@@ -214,6 +208,13 @@ _REJECTION_MARKERS = re.compile(
     r"response_?mime_?type|responsemimetype|input_schema",
     re.IGNORECASE,
 )
+
+
+def sdk_keywords(method: Any) -> set[str]:
+    """The keyword arguments an SDK's create() takes, less those the adapter sets itself."""
+    import inspect
+
+    return set(inspect.signature(method).parameters) - {"self", "messages", "model", "stream", "timeout"}
 
 
 def rejects_structured(status: int, message: str) -> bool:

@@ -25,6 +25,7 @@ class GeminiProvider(StructuredFallback):
     family = "gemini"
     sdk = "google-genai (AI Studio)"
     key_env = ("GOOGLE_API_KEY", "GEMINI_API_KEY")  # google-genai prefers GOOGLE_API_KEY
+    default_url = "https://generativelanguage.googleapis.com"
     gen_names = {"max_tokens": "max_output_tokens", "stop": "stop_sequences", "seed": "seed",
                  "temperature": "temperature", "top_p": "top_p"}
     noisy_loggers = ("google_genai",)
@@ -111,6 +112,7 @@ class GeminiVertexProvider(GeminiProvider):
     name = "gemini-vertex"
     sdk = "google-genai, vertexai=True"
     key_env = ()  # SERVICE_LLM_API_KEY, if set, is an OAuth access token
+    default_url = "https://{gcp}-aiplatform.googleapis.com"
     project_env = ("GCP_PROJECT_ID", "GOOGLE_CLOUD_PROJECT")
     location_env = ("GCP_LOCATION", "GOOGLE_CLOUD_LOCATION")
 

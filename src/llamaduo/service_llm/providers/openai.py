@@ -2,7 +2,6 @@
 server (vLLM, Ollama, llama.cpp, TGI: set `service_llm_base_url`, no key needed)."""
 from __future__ import annotations
 
-import inspect
 import logging
 import re
 import time
@@ -13,6 +12,7 @@ from llamaduo.service_llm.providers.base import (
     Credentials,
     RawCompletion,
     StructuredFallback,
+    sdk_keywords,
     status_error,
     unreachable,
 )
@@ -34,6 +34,7 @@ class OpenAIProvider(StructuredFallback):
     sdk = "openai.AsyncOpenAI"
     key_env = ("OPENAI_API_KEY",)
     base_url_env = ("OPENAI_BASE_URL",)
+    default_url = "https://api.openai.com/v1"
     own_gen_names = frozenset({"max_completion_tokens"})
     stop_as_list = False
     noisy_loggers = ("openai",)
@@ -42,8 +43,7 @@ class OpenAIProvider(StructuredFallback):
     def allowed_gen_keys(cls) -> Optional[set[str]]:
         from openai.resources.chat.completions import AsyncCompletions
 
-        params = inspect.signature(AsyncCompletions.create).parameters
-        return set(params) - {"self", "messages", "model", "stream", "timeout"}
+        return sdk_keywords(AsyncCompletions.create)
 
     @classmethod
     def adjust_gen(cls, gen: dict, model: str, base_url: Optional[str], where: str) -> dict:
