@@ -20,7 +20,8 @@ from typing import Optional, Sequence
 import pytest
 
 from llamaduo.errors import EXIT_OK, UsageError
-from llamaduo.service_llm import JUDGE_SCHEMA, Job, ServiceLLM, ServiceLLMArgs, providers
+from llamaduo.judging.contract import JUDGE_SCHEMA
+from llamaduo.service_llm import Job, ServiceLLM, ServiceLLMArgs, providers
 from llamaduo.service_llm.pricing import Pricing
 from llamaduo.service_llm.providers.base import (
     NEUTRAL_GEN_NAMES,

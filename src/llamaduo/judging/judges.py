@@ -32,7 +32,7 @@ from llamaduo.judging.contract import (
     render_prompts,
 )
 from llamaduo.judging.reference import ReferenceJudge
-from llamaduo.service_llm import PROVIDERS, Job, ServiceLLM, ServiceLLMArgs
+from llamaduo.service_llm import Job, ServiceLLM, ServiceLLMArgs, providers
 
 logger = logging.getLogger("llamaduo.evaluation")
 
@@ -54,7 +54,7 @@ class Judge(Protocol):
 
 def judge_names() -> tuple[str, ...]:
     """Every valid `service_llm_provider` of the evaluation: the providers, then `reference`."""
-    return (*PROVIDERS, REFERENCE)
+    return (*providers.names(), REFERENCE)  # the live registry: a registered provider is a judge too
 
 
 def check_judge_name(name: str) -> None:
