@@ -16,10 +16,8 @@ from llamaduo.service_llm.providers.base import (
     StructuredFallback,
     sdk_keywords,
     check_vertex,
-    status_error,
-    unreachable,
 )
-from llamaduo.service_llm.records import ResponseSchema, TransientError
+from llamaduo.service_llm.records import ResponseSchema
 
 DEFAULT_MAX_TOKENS = 4096  # the Messages API refuses a call without max_tokens
 
@@ -70,13 +68,8 @@ class AnthropicProvider(StructuredFallback):
         start = time.monotonic()
         try:
             resp = await self.client.messages.create(model=self.spec.model, messages=list(messages), **gen)
-        except anthropic.APITimeoutError as err:
-            raise unreachable(err) or TransientError(f"timeout after {self.spec.timeout_s:g}s") from None
-        except anthropic.APIConnectionError as err:
-            raise unreachable(err) or TransientError(f"connection error: {err.__cause__ or err}"[:300]) from None
-        except anthropic.APIStatusError as err:
-            self.check_rejection(schema, err.status_code, err.message)
-            raise status_error(err.status_code, err.message, err.response.headers) from None
+        except (anthropic.APIConnectionError, anthropic.APIStatusError) as err:  # timeouts are connection errors
+            raise self.stainless_error(anthropic, err, schema) from None
         latency = time.monotonic() - start
         blocks = resp.content or []
         tool_input = _tool_input(blocks, schema)

@@ -13,10 +13,8 @@ from llamaduo.service_llm.providers.base import (
     RawCompletion,
     StructuredFallback,
     sdk_keywords,
-    status_error,
-    unreachable,
 )
-from llamaduo.service_llm.records import ResponseSchema, TransientError
+from llamaduo.service_llm.records import ResponseSchema
 from llamaduo.errors import UsageError
 
 logger = logging.getLogger("llamaduo.service_llm")
@@ -90,13 +88,8 @@ class OpenAIProvider(StructuredFallback):
         start = time.monotonic()
         try:
             resp = await self.client.chat.completions.create(model=self.spec.model, messages=list(messages), **gen)
-        except openai.APITimeoutError as err:
-            raise unreachable(err) or TransientError(f"timeout after {self.spec.timeout_s:g}s") from None
-        except openai.APIConnectionError as err:
-            raise unreachable(err) or TransientError(f"connection error: {err.__cause__ or err}"[:300]) from None
-        except openai.APIStatusError as err:
-            self.check_rejection(schema, err.status_code, err.message)
-            raise status_error(err.status_code, err.message, err.response.headers) from None
+        except (openai.APIConnectionError, openai.APIStatusError) as err:  # timeouts are connection errors
+            raise self.stainless_error(openai, err, schema) from None
         latency = time.monotonic() - start
         usage = getattr(resp, "usage", None)
         if not resp.choices:
