@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path[:0] = [str(REPO / "src"), str(REPO)]  # the checkout's src/llamaduo, then the repo root
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from tests.servers.process import server_process as protocol_server, server_stats as stats  # noqa: E402

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path[:0] = [str(REPO / "src"), str(REPO)]  # the checkout's src/llamaduo, then the repo root
 
 CARRY = REPO / ".whl"  # ignored by git (.gitignore); named in the device call's carry list
 WHEELS = CARRY / "wheels"

@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path[:0] = [str(REPO / "src"), str(REPO)]  # the checkout's src/llamaduo, then the repo root
 
 LIMIT_MB = 4096
 LOAD_ONLY = ("from transformers import AutoModelForCausalLM, AutoTokenizer; from llamaduo.models import resolve_model; "

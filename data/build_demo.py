@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
+sys.path[:0] = [str(HERE.parent / "src"), str(HERE.parent)]  # the checkout's src/llamaduo, then the repo root
 from llamaduo.sandbox import ExecJob, extract_code, run_many  # noqa: E402  (standard library only)
 
 TASKS = HERE / "demo" / "tasks.txt"

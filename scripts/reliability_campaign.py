@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Iterator
 
 HERE = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(HERE))
+sys.path[:0] = [str(HERE / "src"), str(HERE)]  # the checkout's src/llamaduo, then the repo root
 
 from tests.servers.bad_inputs import CASES, eval_argv, response_rows, run_case, stage_env, write_jsonl  # noqa: E402
 from tests.servers.process import server_stats  # noqa: E402

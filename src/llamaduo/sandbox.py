@@ -1,35 +1,20 @@
 """Run model-written code against a unit test, contained, and say why it failed.
 
-WHY stdlib only: `data/build_demo.py` checks every demo answer with this same runner and must
-run without the project's dependencies installed.
+Layers, outermost first (the full model and its limits: docs/evaluation.md, "The safety model
+and its limits"): a disposable wrapper process in its own process group, temporary folder and
+minimal environment sets rlimits on itself and forks the candidate (so the candidate's parent
+is the wrapper, never the evaluation; rlimits are set there, not with `preexec_fn`, which is
+unsafe in a threaded parent); a wall-clock timeout that kills the whole group; an audit hook
+refusing processes, signals, sockets and writes outside the folder. It stops accidents and
+naive code, not a determined attacker (`ctypes` bypasses the hook).
 
-The layers, outermost first (see docs/evaluation.md, "The safety model and its limits"):
+A run passes only if the test completes and the program then prints a per-run nonce, so an
+early `sys.exit(0)` fails. An answer that defines exactly one top-level function but not
+`entry_point` is tested under that name: a prompt that describes a function without naming it
+is judged on behaviour, not on guessing the reference's name.
 
-1. The evaluation process starts a *disposable wrapper* (`python -I -S`) in a new session
-   (`start_new_session=True`: its own process group), in a fresh temporary working folder,
-   with a minimal environment (PATH, LANG, HOME and TMPDIR = that folder; no API key or
-   token can leak because nothing else is passed). The wrapper sets the rlimits on itself
-   (CPU seconds, address space, file size, no core files, a process-count ceiling), then
-   forks the program that runs the candidate; the limits are inherited. The candidate's
-   parent is therefore the wrapper: `os.kill(os.getppid(), SIGKILL)` kills the wrapper,
-   never the evaluation. Limits are set inside the wrapper rather than with `preexec_fn`
-   because `preexec_fn` is unsafe in a threaded parent (rows run on a thread pool).
-2. A wall-clock timeout; when it expires, or as soon as the wrapper ends, the whole process
-   group is killed, so a child that outlived its parent or forked does not linger.
-3. Inside the program, a Python audit hook (`sys.addaudithook`, which code cannot remove)
-   refuses process creation (`os.system`, `subprocess`, fork, exec, spawn), signals
-   (`os.kill`), sockets, writes/renames/removals outside the working folder, and reading
-   other processes' `/proc` entries. It guards against accidents and naive code, not a
-   determined attacker: `ctypes` reaches libc directly and bypasses it. rlimits are not a
-   security boundary either; use a container or VM for untrusted code at scale.
-
-Entry point: when the answer does not define `entry_point` but defines exactly one top-level
-function, that function is tested under the entry point's name. WHY: prompts that describe a
-function without naming it ("Write a Python function that returns the product of a list")
-should be judged on behaviour, not on guessing the reference's name.
-
-A run passes only if the test completes and the program then prints a per-run nonce it
-read from stdin, so a candidate that calls `sys.exit(0)` / `os._exit(0)` early does not pass.
+Stdlib only: `data/build_demo.py` checks the demo answers with this runner without the
+project's dependencies installed.
 """
 from __future__ import annotations
 
