@@ -168,6 +168,15 @@ def test_no_test_column_no_execution_object(tmp_path):
     assert "execution" not in json.loads((tmp_path / "eval" / "summary.json").read_text())
 
 
+def test_consent_without_tests_warns_that_nothing_runs(tmp_path, caplog):
+    path = tmp_path / "batch.jsonl"
+    path.write_text(json.dumps({"instructions": "i", "target_responses": "r", "candidate_responses": "r"}) + "\n")
+    with caplog.at_level("WARNING", logger="llamaduo.evaluation"):
+        main(argv(path, tmp_path / "eval", "--allow_code_execution"))
+    assert "allow_code_execution is set but" in caplog.text and "pass@1 is not measured" in caplog.text
+    assert "execution" not in json.loads((tmp_path / "eval" / "summary.json").read_text())
+
+
 @pytest.fixture
 def no_model_load(monkeypatch):
     import llamaduo.judging.reference as reference

@@ -98,6 +98,25 @@ def test_greedy_sends_temperature_zero(test_data, tmp_path, repo_root):
     assert "no /models endpoint" in res.stderr
 
 
+def test_humaneval_shaped_tests_are_carried_and_finish_reason_kept(tmp_path, repo_root):
+    """The openai backend writes what the hf backend writes: the test split's `test` and
+    `entry_point` ride along (evaluation runs them), and the server's finish_reason is kept."""
+    source = Path(__file__).parent / "data" / "humaneval_shaped.jsonl"
+    rows = [json.loads(line) for line in source.read_text().splitlines()]
+    data = tmp_path / "he"
+    data.mkdir()
+    (data / "test_sft.jsonl").write_text(source.read_text())
+    out = tmp_path / "o"
+    with ProtocolServer() as server:
+        res = run_stage(args(data, out, "smollm2-135m-instruct", server.base_url(),
+                             extra=("--no-do-sample", "--repeat", "1")), repo_root)
+    assert res.returncode == 0, res.stderr
+    ds = load_from_disk(str(out))["batch_infer"]
+    assert ds["test"] == [r["test"] for r in rows] and ds["entry_point"] == [r["entry_point"] for r in rows]
+    assert ds["target_responses"] == [r["canonical_solution"] for r in rows]
+    assert set(ds["finish_reason"]) == {"stop"}
+
+
 def test_two_servers_share_the_requests_and_a_rerun_sends_none(test_data, adapter, tmp_path, repo_root):
     out = tmp_path / "responses"
     with ProtocolServer(models=["base"], loras={"round_1": str(adapter)}, latency=0.05) as a, \
@@ -213,6 +232,11 @@ def test_the_loop_serves_each_round_through_the_openai_backend(tmp_path, tiny_mo
         infer.update(backend="openai", openai_base_url=server.base_url(), served_model_name="tiny-base",
                      lora_name="{parent}", load_lora_at_runtime=True)
         Path(configs["INFER_CONFIG"]).write_text(yaml.safe_dump(infer))
+        # the demo rows carry unit tests, and the openai backend carries them to evaluation as the
+        # hf backend does: running them needs consent
+        evaluation = yaml.safe_load(Path(configs["EVAL_CONFIG"]).read_text())
+        evaluation.update(allow_code_execution=True)
+        Path(configs["EVAL_CONFIG"]).write_text(yaml.safe_dump(evaluation))
         proc = run_loop(loop_env(tmp_path, configs, max_rounds=1))
         bodies = [b for b in server.stats(detail=True)["openai_requests"]
                   if "<candidate_answer>" not in b["messages"][-1]["content"]]
@@ -227,3 +251,5 @@ def test_the_loop_serves_each_round_through_the_openai_backend(tmp_path, tiny_mo
     assert sha.startswith("served:tiny-base+lora:round_1@")
     for k in (0, 1):
         assert json.loads((out / f"round_{k}" / "responses" / "summary.json").read_text())["peak_rss_mb"] > 0
+        # the carried tests ran: pass@1 was measured on the served model's answers
+        assert json.loads((out / f"round_{k}" / "eval" / "summary.json").read_text())["execution"]["rows"] == 3

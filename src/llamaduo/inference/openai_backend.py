@@ -287,5 +287,7 @@ def generate_all(client: SpreadServiceLLM, records: Sequence[PromptRecord], item
 
 
 def _generated(res: JobResult) -> Generated:
+    """The answer with the server's finish_reason ("length" = cut at max_tokens). A server
+    that sends none gets "" here; batch_inference then infers it from the token count."""
     last = res.completions[-1]
-    return Generated(last.text.strip(), last.output_tokens)
+    return Generated(last.text.strip(), last.output_tokens, last.finish_reason or "")

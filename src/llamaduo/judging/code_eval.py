@@ -59,6 +59,10 @@ def check_execution_args(column_names: Sequence[str], settings: ExecSettings, so
         if settings.pass_rate_threshold is not None:
             raise UsageError(f"pass_rate_threshold is set but {source} has no '{TEST_COLUMN}' column to "
                              f"measure a pass rate with; unset it or add the tests (see docs/evaluation.md)")
+        if settings.allowed:  # consent given, but nothing to run: say so rather than report no pass@1 silently
+            logger.warning("allow_code_execution is set but %s has no '%s' column: no answer is run and "
+                           "pass@1 is not measured (batch_inference carries the test split's '%s' column "
+                           "when it has one)", source, TEST_COLUMN, TEST_COLUMN)
         return
     if not settings.allowed:
         raise UsageError(

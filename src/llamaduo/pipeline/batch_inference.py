@@ -185,11 +185,7 @@ def run(cfg: BatchInferenceConfig) -> int:
                              "not under torchrun/accelerate launch")
     if info.is_main:
         check_push_possible(cfg.push_lm_responses_to_hf_hub, f"responses to '{cfg.lm_response_ds_id}'")
-    what = f"test dataset '{cfg.test_ds_id}' split '{cfg.test_ds_split}'"
-    ds = to_messages(load_split(cfg.test_ds_id, cfg.test_ds_split, what="test dataset"), what,
-                     cfg.data_format, cfg.column_map)
-    check_sft_columns(ds, what)
-    records = prompt_records(ds, what=what)
+    ds, records = load_test_split(cfg)
     ref = resolve_model_ref(cfg.ft_model_id, cfg.ft_model_revision, cfg.ft_model_config_path)
     tokenizer = load_tokenizer(ref)
     settings = settings_of(cfg)
@@ -207,17 +203,9 @@ def run(cfg: BatchInferenceConfig) -> int:
         if not info.is_main:
             return EXIT_OK
         done = store.load()
-        out = assemble(records, done, cfg.repeat, cfg.ft_model_id, sha, cfg.max_new_tokens)
-        out = carry_columns(out, ds, [r.row_index for r in records for _ in range(cfg.repeat)])
-        folder = save_output({cfg.lm_response_ds_split: out}, cfg.lm_response_ds_id,
-                             push=cfg.push_lm_responses_to_hf_hub, append=cfg.lm_response_append, stage=STAGE,
-                             config=_card_config(cfg), output_root=cfg.output_root,
-                             inputs={"ft_model_id": cfg.ft_model_id, "model_sha": sha,
-                                     "test_ds_id": cfg.test_ds_id, "test_ds_split": cfg.test_ds_split})
+        folder, n_out = write_responses(cfg, ds, records, done, sha, started, inputs={}, summary={})
         store.remove()
-        write_summary(folder, cfg, len(records), len(out), started,
-                      {"new_tokens": sum(int(r.get("new_tokens", 0)) for r in done.values())})
-        print(f"batch_inference: {len(out)} responses ({len(records)} prompts x {cfg.repeat}) -> "
+        print(f"batch_inference: {n_out} responses ({len(records)} prompts x {cfg.repeat}) -> "
               f"{folder} split '{cfg.lm_response_ds_split}'")
         return EXIT_OK
     finally:
@@ -233,8 +221,7 @@ def _run_openai(cfg: BatchInferenceConfig, started: float) -> int:
     urls = oa.parse_base_urls(cfg.openai_base_url)
     target = oa.served_target(cfg.ft_model_id, cfg.served_model_name, cfg.lora_name)
     check_push_possible(cfg.push_lm_responses_to_hf_hub, f"responses to '{cfg.lm_response_ds_id}'")
-    ds = load_split(cfg.test_ds_id, cfg.test_ds_split, what="test dataset")
-    records = prompt_records(ds, what=f"test dataset '{cfg.test_ds_id}' split '{cfg.test_ds_split}'")
+    ds, records = load_test_split(cfg)
     target = oa.check_servers(urls, target, oa.api_key(), cfg.load_lora_at_runtime)
     sha = oa.model_sha_of(target, model_sha(target.lora_path) if target.lora_path else None)
     items = build_work_items(records, [()] * len(records), cfg.repeat, cfg.seed)
@@ -251,19 +238,43 @@ def _run_openai(cfg: BatchInferenceConfig, started: float) -> int:
         answers = oa.generate_all(client, records, items)
     finally:
         client.close()
-    done = {key: {"candidate_responses": g.text, "new_tokens": g.new_tokens} for key, g in answers.items()}
-    out = assemble(records, done, cfg.repeat, cfg.ft_model_id, sha)
+    done = {key: {"candidate_responses": g.text, "new_tokens": g.new_tokens, "finish_reason": g.finish_reason}
+            for key, g in answers.items()}
+    folder, n_out = write_responses(
+        cfg, ds, records, done, sha, started, inputs={"served_model": target.request_model},
+        summary={"served_model": target.request_model, "model_sha": sha, "service_llm": client.usage.as_dict(),
+                 "requests_by_url": client.requests_by_url})
+    print(f"batch_inference: {n_out} responses ({len(records)} prompts x {cfg.repeat}) from "
+          f"'{target.request_model}' -> {folder} split '{cfg.lm_response_ds_split}'")
+    return EXIT_OK
+
+
+def load_test_split(cfg: BatchInferenceConfig) -> tuple[Dataset, list[PromptRecord]]:
+    """The test split as `messages` (any supported format, `column_map` applied) and its prompts.
+    One loader for every backend, so data_format/column_map mean the same for each."""
+    what = f"test dataset '{cfg.test_ds_id}' split '{cfg.test_ds_split}'"
+    ds = to_messages(load_split(cfg.test_ds_id, cfg.test_ds_split, what="test dataset"), what,
+                     cfg.data_format, cfg.column_map)
+    check_sft_columns(ds, what)
+    return ds, prompt_records(ds, what=what)
+
+
+def write_responses(cfg: BatchInferenceConfig, ds: Dataset, records: Sequence[PromptRecord],
+                    done: dict[tuple[int, int], dict[str, Any]], sha: str, started: float,
+                    inputs: dict[str, Any], summary: dict[str, Any]) -> tuple[Path, int]:
+    """Assemble, carry the test split's other columns (`test`, `entry_point`: evaluation runs
+    them), save and write summary.json: one writer for every backend, so each output has the
+    same columns. Returns (folder, rows written)."""
+    out = assemble(records, done, cfg.repeat, cfg.ft_model_id, sha, cfg.max_new_tokens)
+    out = carry_columns(out, ds, [r.row_index for r in records for _ in range(cfg.repeat)])
     folder = save_output({cfg.lm_response_ds_split: out}, cfg.lm_response_ds_id,
                          push=cfg.push_lm_responses_to_hf_hub, append=cfg.lm_response_append, stage=STAGE,
                          config=_card_config(cfg), output_root=cfg.output_root,
-                         inputs={"ft_model_id": cfg.ft_model_id, "model_sha": sha, "served_model": target.request_model,
+                         inputs={"ft_model_id": cfg.ft_model_id, "model_sha": sha, **inputs,
                                  "test_ds_id": cfg.test_ds_id, "test_ds_split": cfg.test_ds_split})
-    write_summary(folder, cfg, len(records), len(out), started, {
-        "new_tokens": sum(g.new_tokens for g in answers.values()), "served_model": target.request_model,
-        "model_sha": sha, "service_llm": client.usage.as_dict(), "requests_by_url": client.requests_by_url})
-    print(f"batch_inference: {len(out)} responses ({len(records)} prompts x {cfg.repeat}) from "
-          f"'{target.request_model}' -> {folder} split '{cfg.lm_response_ds_split}'")
-    return EXIT_OK
+    write_summary(folder, cfg, len(records), len(out), started,
+                  {"new_tokens": sum(int(r.get("new_tokens") or 0) for r in done.values()), **summary})
+    return Path(folder), len(out)
 
 
 def write_summary(folder: Path, cfg: BatchInferenceConfig, prompts: int, responses: int, started: float,
