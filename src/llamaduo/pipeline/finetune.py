@@ -479,9 +479,9 @@ def _cpu_fast_path(script: Any, model_args: Any, sft: Any) -> str | None:
     attn = None
     if (sft.padding_free or sft.packing) and model_args.attn_implementation in (None, "sdpa"):
         attn = register_varlen_attention()
-    logger.info("CPU fast path on: %s batches, LM head on labelled tokens only %s, attention %s "
-                "(cpu_fast_path: false trains as configured)", "packed" if sft.packing else "padding-free",
-                "on" if head else "off (this TRL's head is not the known one)",
+    logger.info("CPU fast path on: %s batches, %s, attention %s (cpu_fast_path: false trains as configured)",
+                "packed" if sft.packing else "padding-free",
+                "LM head on labelled tokens only" if head else "TRL's own LM head (this TRL's is not the known one)",
                 attn or f"{model_args.attn_implementation} as configured (per-conversation attention needs sdpa)")
     return attn
 
