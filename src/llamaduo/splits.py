@@ -15,7 +15,7 @@ from typing import Hashable, Sequence
 from llamaduo.errors import UsageError
 
 
-def test_count(test_size: float, n_rows: int) -> int:
+def rows_for_test(test_size: float, n_rows: int) -> int:
     """`test_size` as a row count (a whole number >= 1) or a fraction (0 < x < 1) of `n_rows`.
 
     A fraction rounds to the nearest count but keeps at least one test row and one train row

@@ -29,7 +29,7 @@ from llamaduo.peak_rss import peak_rss_mb
 from llamaduo.pipeline.collect_inputs import SOURCE_PROMPT, Item, read_batch_pair, read_prompts
 from llamaduo.quality import QualityConfig, QualityFilter
 from llamaduo.service_llm import InvalidReply, Job, ServiceLLM, ServiceLLMArgs
-from llamaduo.splits import stratified_split, test_count
+from llamaduo.splits import stratified_split, rows_for_test
 
 logger = logging.getLogger("llamaduo.collect")
 
@@ -116,7 +116,7 @@ def validate_values(args: CollectArgs) -> list[str]:
     if not args.default_category.strip():
         problems.append("default_category must not be empty")
     try:
-        test_count(args.test_size, 10**9)
+        rows_for_test(args.test_size, 10**9)
     except UsageError as err:
         problems.append(str(err))
     problems += quality_config(args).validate()
@@ -185,7 +185,7 @@ def prepare(args: CollectArgs) -> Prepared:
                                default_ledger_path=out_dir / "service_llm_ledger.sqlite")
     items, empty, batch_counts = read_items(args)
     kept, dropped = drop_duplicates(items, args)
-    n_test = test_count(args.test_size, len(kept))  # a count larger than the data: exit 2 before any call
+    n_test = rows_for_test(args.test_size, len(kept))  # a count larger than the data: exit 2 before any call
     if n_test == 0:
         raise UsageError(f"only {len(kept)} distinct prompt(s): too few for a train and a test split")
     has_categories = any(item.category for item in kept)
@@ -240,7 +240,7 @@ def reference_row(item: Item, default_category: str) -> dict[str, Any]:
 
 def split_rows(rows: list[dict], args: CollectArgs, stratify: bool) -> tuple[list[dict], list[dict]]:
     keys = [row["category"] for row in rows] if stratify else [""] * len(rows)
-    train_idx, test_idx = stratified_split(keys, test_count(args.test_size, len(rows)), args.seed)
+    train_idx, test_idx = stratified_split(keys, rows_for_test(args.test_size, len(rows)), args.seed)
     return [rows[i] for i in train_idx], [rows[i] for i in test_idx]
 
 
