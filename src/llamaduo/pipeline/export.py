@@ -105,7 +105,11 @@ def verdict_text(summary: Optional[dict[str, Any]]) -> str:
 
     keys = ("rows", "scored_rows", "mean_similarity", "mean_precision", "judges", "model_id")
     numbers = {k: summary[k] for k in keys if k in summary}
-    return f"{verdict_line(summary)}\n\n```json\n{json.dumps(numbers, indent=2, default=str)}\n```"
+    try:
+        line = verdict_line(summary)
+    except (KeyError, TypeError, ValueError):  # a summary.json of another version: the verdict alone
+        line = f"verdict: {'QUALIFIED' if summary.get('qualified') else 'NOT QUALIFIED'}"
+    return f"{line}\n\n```json\n{json.dumps(numbers, indent=2, default=str)}\n```"
 
 
 def model_card(ref: ModelRef, facts: dict[str, Any], summary: Optional[dict[str, Any]], config: dict) -> str:

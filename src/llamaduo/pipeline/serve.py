@@ -20,6 +20,7 @@ import os
 import shlex
 import shutil
 import sys
+import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal, Optional, Sequence
@@ -33,6 +34,17 @@ from llamaduo.logging_setup import setup_logging
 logger = logging.getLogger("llamaduo.serve")
 
 COMPLETE = ".llamaduo-merged"  # written last into a merged folder: a half-written one is redone
+# `transformers serve` as a command: its CLI app, minus the PyPI update check, with SIGINT and
+# SIGTERM meaning a clean exit 0. Why: uvicorn shuts down gracefully, then re-raises the signal,
+# which click turns into "Aborted!" and exit 1 (SIGINT) or the default handler into a kill (SIGTERM).
+TRANSFORMERS_CLI = (
+    "import signal, sys\n"
+    "signal.signal(signal.SIGINT, lambda *_: sys.exit(0))\n"
+    "signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))\n"
+    "from transformers.cli.transformers import app\n"
+    "sys.argv[0] = 'transformers'\n"
+    "app()\n"
+)
 
 
 @dataclass
@@ -200,8 +212,10 @@ def weights_folder(args: ServeArgs, ref: ModelRef) -> Path:
 
 def name_folder(name: str, weights: Path) -> Path:
     """A folder in which `name` is a link to `weights`: `transformers serve NAME` run there
-    serves the weights under NAME (it names a local model by the path it was given)."""
-    folder = cache_root() / "serve" / "names" / hashlib.sha256(f"{name}|{weights}".encode()).hexdigest()[:16]
+    serves the weights under NAME (it names a local model by the path it was given). It lives
+    in the temp folder: the model cache may be read-only, and a link costs nothing to remake."""
+    key = hashlib.sha256(f"{name}|{weights.resolve()}".encode()).hexdigest()[:16]
+    folder = Path(tempfile.gettempdir()) / f"llamaduo-serve-{os.getuid()}" / key
     link = folder / name
     link.parent.mkdir(parents=True, exist_ok=True)
     if link.is_symlink() and Path(os.readlink(link)) != weights.resolve():
@@ -215,8 +229,7 @@ def name_folder(name: str, weights: Path) -> Path:
 
 
 def transformers_command(args: ServeArgs, name: str, device: str) -> list[str]:
-    cmd = [sys.executable, "-c", "import sys; from transformers.cli.transformers import main; "
-           "sys.argv[0] = 'transformers'; sys.exit(main())",
+    cmd = [sys.executable, "-c", TRANSFORMERS_CLI,
            "serve", name, "--host", args.host, "--port", str(args.port), "--device", device,
            "--dtype", pick_dtype(args.dtype, device), "--log-level", args.log_level]
     return cmd + shlex.split(args.engine_args or "")
@@ -226,7 +239,7 @@ def check_serving_deps() -> None:
     missing = [m for m in ("fastapi", "uvicorn") if importlib.util.find_spec(m) is None]
     if missing:
         raise UsageError(f"transformers serve needs {' and '.join(missing)}: pip install -r requirements.txt "
-                         "(or pip install 'transformers[serving]')")
+                         "(or pip install 'llamaduo[serve]')")
 
 
 # ------------------------------------------------------------------------------ the run
