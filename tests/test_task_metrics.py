@@ -124,6 +124,8 @@ def test_choice_reference_label_from_a_longer_reference_and_the_pattern():
     ('Here it is:\n```\n{"name": "Ada Lovelace"}\n```\nDone.', 100 / 3),
     ('{"name": "Ada Lovelace", "year": "1815", "tags": "math"}', 100 / 3),  # "1815" is not 1815
     ('The answer is {"name": "Ada Lovelace"}', 0),  # prose around a bare object: unparsable
+    ('```json\n{"name": "Ada Lovelace", "year": 1815}\n', 200 / 3),  # a fence cut at max_new_tokens
+    ('```JSON {"name": "Ada Lovelace"}```', 100 / 3), ('```python\n{"name": "Ada Lovelace"}\n```', 0),
     ('["Ada Lovelace"]', 0), ("not json", 0), ("", 0),
 ])
 def test_json_match_share_of_reference_keys(reply, want):

@@ -241,12 +241,13 @@ def confusion(golds: Sequence[str], preds: Sequence[Optional[str]], labels: Sequ
 # --------------------------------------------------------------------------- json_match
 
 
-_FENCE = re.compile(r"```[ \t]*([\w+.-]*)[ \t]*\n(.*?)```", re.DOTALL)
+#: A fence and its language tag; a fence cut off by max_new_tokens runs to the end of the reply.
+_FENCE = re.compile(r"```[ \t]*([\w+.-]*)[ \t]*\n?(.*?)(?:```|\Z)", re.DOTALL)
 
 
 def parse_json_object(text: Any) -> Optional[dict]:
     """The JSON object a reply holds: the whole reply, or the first ``` fence (```json or
-    plain) that holds one; None when neither does. Prose around a bare object is not parsed:
+    plain; an unclosed one runs to the end) that holds one; None when neither does. Prose around a bare object is not parsed:
     a reply meant for a program must be the object (or fence it)."""
     text = str(text or "").strip()
     candidates = [text] + [m.group(2) for m in _FENCE.finditer(text) if m.group(1).lower() in ("", "json")]
