@@ -158,7 +158,8 @@ def render_report(summary: dict, rows: Sequence[dict], histogram_name: str = HIS
     out += [f"- {line}" for line in summary_lines(s)]
     if not s.get("judged", True):  # no judge scores: the task metric's section follows
         return "\n".join([*out, f"- input: `{s.get('lm_response_ds_id', '?')}` split "
-                                 f"`{s.get('lm_response_ds_split', '?')}`; date: {s.get('date', '?')}", ""])
+                                 f"`{s.get('lm_response_ds_split', '?')}`; date: {s.get('date', '?')}", "",
+                           *rows_table(rows)])
     out += [
         f"- input: `{s.get('lm_response_ds_id', '?')}` split `{s.get('lm_response_ds_split', '?')}`; "
         f"repeats per row: {s.get('eval_repeat', '?')}; date: {s.get('date', '?')}",
@@ -211,11 +212,13 @@ def render_report(summary: dict, rows: Sequence[dict], histogram_name: str = HIS
 def rows_table(rows: Sequence[dict]) -> list[str]:
     """Every row on one line, so cut answers (`cut`: yes / no / ? when batch inference did not
     record finish_reason) can be found next to their scores."""
-    out = ["## All rows", "", "| # | prompt_id | repeat | similarity | precision | cut |", "|---|---|---|---|---|---|"]
+    task = any(r.get("task_score") is not None for r in rows)  # the task metric's column, when set
+    out = ["## All rows", "", "| # | prompt_id | repeat | similarity | precision | cut |" + (" task_score |" if task else ""),
+           "|---|---|---|---|---|---|" + ("---|" if task else "")]
     for i, r in enumerate(rows):
         cut = {True: "**yes**", False: "no", None: "?"}[is_cut(r)]
         pid = str(r.get("prompt_id", "-"))
         pid = pid if len(pid) <= 16 else pid[:12] + "…"  # sha256 ids: 12 hex digits still identify the row
         out.append(f"| {i} | {pid} | {r.get('repeat_index', '-')} | {_fmt(r.get('similarity_scores'))} | "
-                   f"{_fmt(r.get('precision_scores'))} | {cut} |")
+                   f"{_fmt(r.get('precision_scores'))} | {cut} |" + (f" {_fmt(r.get('task_score'))} |" if task else ""))
     return out + [""]
