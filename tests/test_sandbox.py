@@ -124,7 +124,8 @@ def test_values_cross_the_boundary_exactly():
     """Every builtin type round-trips; helpers and module-level values of the candidate that
     the test names are reachable (HumanEval's poly/encode_cyclic pattern); exceptions keep
     their builtin type; in-place changes to list arguments are seen by the test."""
-    code = ("import math\nLIMIT = 10\ndef helper(xs):\n    return sum(xs)\n"
+    code = ("import math, datetime as dt\nLIMIT = 10\ndef helper(xs):\n    return sum(xs)\n"
+            "def days(a, b):\n    return (b - a, b + dt.timedelta(days=1))\n"
             "def f(x):\n    if x < 0:\n        raise ValueError('negative')\n"
             "    return [x, 1.5, float('inf'), 2**200, 'é', b'\\x00', (1, None), {1: {True}}, frozenset({3}), 1j, range(3)]\n"
             "def sort_in_place(xs):\n    xs.sort()\n")
@@ -134,7 +135,10 @@ def test_values_cross_the_boundary_exactly():
             "    assert helper([1, 2]) == 3 and LIMIT == 10 and math.pi > 3\n"
             "    try:\n        candidate(-1)\n    except ValueError as e:\n        assert str(e) == 'negative'\n"
             "    else:\n        assert False\n"
-            "    xs = [3, 1, 2]\n    sort_in_place(xs)\n    assert xs == [1, 2, 3]\n")
+            "    xs = [3, 1, 2]\n    sort_in_place(xs)\n    assert xs == [1, 2, 3]\n"
+            "    from datetime import date, timedelta\n    from decimal import Decimal\n"
+            "    assert days(date(2024, 1, 1), date(2024, 1, 31)) == (timedelta(days=30), date(2024, 2, 1))\n"
+            "    assert helper([Decimal('0.1'), Decimal('0.2')]) == Decimal('0.3')\n")
     res = run(code, test)
     assert (res.passed, res.reason) == (True, "passed")
 

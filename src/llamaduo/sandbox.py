@@ -130,6 +130,16 @@ def _enc(v, depth=0):
         return [tag, [_enc(x, depth + 1) for x in v]]
     if isinstance(v, dict): return ["d", [[_enc(k, depth + 1), _enc(x, depth + 1)] for k, x in dict.items(v)]]
     if isinstance(v, range): return ["r", v.start, v.stop, v.step]
+    mod = t.__module__
+    if mod == "datetime":
+        import datetime as d
+        if isinstance(v, d.datetime): return ["dt", v.isoformat()]
+        if isinstance(v, d.date): return ["da", v.isoformat()]
+        if isinstance(v, d.time): return ["tm", v.isoformat()]
+        if isinstance(v, d.timedelta): return ["td", v.days, v.seconds, v.microseconds]
+    if mod == "decimal" and t.__name__ == "Decimal": return ["dec", str(v)]
+    if mod == "fractions" and t.__name__ == "Fraction": return ["fr", hex(v.numerator), hex(v.denominator)]
+    if mod == "collections" and t.__name__ == "deque": return ["q", [_enc(x, depth + 1) for x in v]]
     item = getattr(t, "item", None)  # numpy scalars
     if item is not None and type(t).__name__ != "module":
         return _enc(item(v), depth + 1)
@@ -138,6 +148,24 @@ _SIMPLE = {"n": lambda n: None, "b": lambda n: n[1] is True, "i": lambda n: int(
            "f": lambda n: float.fromhex(n[1]), "c": lambda n: complex(float.fromhex(n[1]), float.fromhex(n[2])),
            "s": lambda n: n[1] if type(n[1]) is str else _bad(), "y": lambda n: bytes.fromhex(n[1]),
            "Y": lambda n: bytearray.fromhex(n[1]), "r": lambda n: range(int(n[1]), int(n[2]), int(n[3]))}
+def _stdlib(tag, n):
+    """Values of a few stdlib types that tests pass and compare (dates, Decimal, Fraction, deque)."""
+    if tag in ("dt", "da", "tm", "td"):
+        import datetime as d
+        if tag == "td":
+            return d.timedelta(days=int(n[1]), seconds=int(n[2]), microseconds=int(n[3]))
+        return {"dt": d.datetime, "da": d.date, "tm": d.time}[tag].fromisoformat(str(n[1]))
+    if tag == "dec":
+        import decimal
+        return decimal.Decimal(str(n[1]))
+    if tag == "fr":
+        import fractions
+        return fractions.Fraction(int(n[1], 16), int(n[2], 16))
+    if tag == "q":
+        import collections
+        return collections.deque(_dec(x) for x in n[1])
+    _bad()
+_STDLIB = ("dt", "da", "tm", "td", "dec", "fr", "q")
 _SEQ = {"l": list, "t": tuple, "S": set, "F": frozenset}
 def _bad():
     raise ValueError("malformed value from the candidate's process")
@@ -145,6 +173,7 @@ def _dec(n):
     if type(n) is not list or not n or type(n[0]) is not str: _bad()
     tag = n[0]
     if tag in _SIMPLE: return _SIMPLE[tag](n)
+    if tag in _STDLIB: return _stdlib(tag, n)
     if type(n[1]) is not list: _bad()
     if tag in _SEQ: return _SEQ[tag](_dec(x) for x in n[1])
     if tag == "d": return {_dec(p[0]): _dec(p[1]) for p in n[1]}
