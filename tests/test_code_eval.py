@@ -44,11 +44,12 @@ def test_auc_matches_pairwise_counting_with_ties():
     assert auc([1, 2], [True, True]) is None  # one class: undefined, not 0.5
 
 
-def test_pass_rate_ci_is_clipped_to_0_100():
+def test_pass_rate_ci_is_the_wilson_interval_over_prompts():
     stats = pass_rate_stats({"a": [True], "b": [True], "c": [False]})
     assert stats["pass_at_1"] == pytest.approx(2 / 3, abs=1e-4)
     lo, hi = stats["pass_rate_ci95"]
-    assert lo == 0.0 and hi == 100.0  # the raw Student-t interval is [-76.8, 210.1]
+    # Wilson, 2 of 3: [20.77, 93.85]; the old Student-t interval was [-76.8, 210.1] before clipping
+    assert (lo, hi) == pytest.approx((20.77, 93.85), abs=0.01)
 
 
 def test_agreement_counts_rows_the_judge_passed_that_fail():

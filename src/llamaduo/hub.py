@@ -1,7 +1,9 @@
 """Local outputs and the Hugging Face Hub: the one module that writes to the Hub.
 
 Every stage writes a local output folder first (`save_to_disk` + a `<split>.jsonl` copy a person
-can open + `README.md` card), then optionally pushes. Pushing never touches the local copy, so
+can open + the Hub layout `data/<split>-00000-of-00001.parquet` + `README.md` card, whose
+`configs` header is then true locally and on the Hub: `load_dataset(folder)` works), then
+optionally pushes. Pushing never touches the local copy, so
 a failed push loses nothing and the error says where the output is.
 
 Every Hub call, the pre-flight reachability and token checks included, goes through `get_api()`,
@@ -19,7 +21,8 @@ import os
 import socket
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Mapping, Protocol
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Mapping, Protocol
 from urllib.parse import urlsplit
 
 import yaml
@@ -206,10 +209,33 @@ def _save_local(splits: dict[str, Dataset], out_dir: Path, staging: Path,
             final[name] = concatenate_datasets([final[name], _align_to(ds, final[name])])
         else:
             final[name] = ds
-    DatasetDict(final).save_to_disk(str(staging))
-    for name, ds in final.items():
-        ds.to_json(str(staging / f"{name}.jsonl"), lines=True, force_ascii=False)
+    with _quiet_progress(sum(len(ds) for ds in final.values())):
+        DatasetDict(final).save_to_disk(str(staging))
+        (staging / "data").mkdir()
+        for name, ds in final.items():
+            ds.to_json(str(staging / f"{name}.jsonl"), lines=True, force_ascii=False)
+            # the Hub layout the card's `configs` header names, so `load_dataset(folder)` works locally too
+            ds.to_parquet(str(staging / "data" / f"{name}-00000-of-00001.parquet"))
     return {name: len(ds) for name, ds in final.items()}
+
+
+_QUIET_BELOW_ROWS = 10_000
+
+
+@contextmanager
+def _quiet_progress(rows: int) -> Iterator[None]:
+    """No `datasets` progress bars for a small write (three bars for a 40-row split are noise);
+    a large one keeps them. Restores the previous setting."""
+    import datasets
+
+    was_disabled = datasets.is_progress_bar_enabled() is False
+    if rows < _QUIET_BELOW_ROWS and not was_disabled:
+        datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if rows < _QUIET_BELOW_ROWS and not was_disabled:
+            datasets.enable_progress_bars()
 
 
 def _align_to(new: Dataset, old: Dataset) -> Dataset:

@@ -44,6 +44,8 @@ def _holds(value: Any, secrets: dict[str, str]) -> Optional[str]:
         return next((src for v in value if (src := _holds(v, secrets))), None)
     if isinstance(value, dict):
         return next((src for v in value.values() if (src := _holds(v, secrets))), None)
+    if isinstance(value, bytes):
+        return next((src for s, src in secrets.items() if s.encode() in value), None)
     return None
 
 
@@ -127,7 +129,15 @@ def _scan(folder: Path, what: str, mask: bool) -> None:
             path.write_text(redact(data.decode("utf-8", "replace")), encoding="utf-8")
             logger.warning("masked a known secret in %s of %s", rel, what)
             data = path.read_bytes()
-        for secret, src in secrets.items():
-            if any(f in data for f in _forms(secret)):
-                raise RunFailed(f"refusing to write {what}: {rel} holds a known secret ({src}); "
-                                f"nothing was written")
+        found = next((src for secret, src in secrets.items() if any(f in data for f in _forms(secret))), None)
+        if found is None and path.suffix == ".parquet":  # compressed: look at the values
+            found = _holds(_parquet_rows(path), secrets)
+        if found:
+            raise RunFailed(f"refusing to write {what}: {rel} holds a known secret ({found}); "
+                            f"nothing was written")
+
+
+def _parquet_rows(path: Path) -> list:
+    import pyarrow.parquet as pq
+
+    return pq.read_table(path).to_pylist()
