@@ -150,6 +150,12 @@ class EvaluationArgs(ServiceLLMArgs):
     execution_workers: int = field(
         default=0, metadata={"help": "Test runs in parallel (0 = min(4, CPUs))."}
     )
+    execution_isolation: str = field(
+        default="auto", metadata={"help": "Kernel sandbox for the tests: auto or bwrap (bubblewrap: own "
+                                          "user/PID/network/mount namespaces; exit 2 when unavailable), or "
+                                          "none (no isolation, unsafe, warned on every run).",
+                                  "choices": ["auto", "bwrap", "none"]}
+    )
     task_metric: Optional[str] = field(
         default=None, metadata={"help": "A metric that checks each answer against the reference, into the "
                                         "`task_score` column (0-100): " + "; ".join(
@@ -286,7 +292,8 @@ def dry_run(judge: Judge, template: str, ds: Dataset, args: EvaluationArgs) -> i
 
 def execution_settings(args: EvaluationArgs) -> code_eval.ExecSettings:
     return code_eval.ExecSettings(args.allow_code_execution, args.pass_rate_threshold,
-                                  args.execution_timeout_s, args.execution_memory_mb, args.execution_workers)
+                                  args.execution_timeout_s, args.execution_memory_mb, args.execution_workers,
+                                  args.execution_isolation)
 
 
 def judge_scores(rows: Sequence[RowScore], thresholds: Thresholds) -> tuple[dict, dict]:
