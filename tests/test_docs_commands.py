@@ -117,6 +117,8 @@ PLANS: dict[str, Plan] = {
     "python evaluation.py --from-config config/evaluation.yaml --service-llm-provider openai --service-model-name "
     "gpt-4.1-mini --rate-limit-per-minute 500 --tokens-per-minute 200000 --eval-workers 16 --dry-run":
         Plan(setup=responses("outputs/batch_inference"), env=KEY),
+    "python evaluation.py --from-config config/evaluation.yaml --service_llm_provider none --task_metric rouge_l "
+    "--task_metric_threshold 40": Plan(setup=responses("outputs/batch_inference")),  # no judge: runs for real
     "python evaluation.py --from-config config/demo/evaluation.yaml --pass_rate_threshold 60":
         Plan(setup=responses("outputs/demo/batch_inference", tests=True), codes=(0, 3)),
     "python evaluation.py --from-config config/evaluation.yaml": PRINT,                   # a paid judge
