@@ -22,8 +22,10 @@ import pytest
 from llamaduo import sandbox
 from llamaduo.sandbox import (ExecJob, IsolationUnavailable, SandboxLimits, extract_code, minimal_env,
                               resolve_isolation, run_candidate, run_many)
-from tests.servers.attacks import (ATTACKS, CANARY, FORGERIES, HUMANEVAL, ROOT, fill, recording_server,
-                                   survivors)
+from tests.servers.attacks import (ATTACKS, CANARY, FORGERIES, HUMANEVAL, decoy_checkout, fill,
+                                   recording_server, survivors, tree)
+
+ROOT = Path(__file__).resolve().parents[1]
 
 FAST = SandboxLimits(timeout_s=5, memory_mb=512)
 TEST = "assert f(1) == 2"
@@ -123,6 +125,7 @@ def test_values_cross_the_boundary_exactly():
     their builtin type; in-place changes to list arguments are seen by the test."""
     code = ("import math, datetime as dt\nLIMIT = 10\ndef helper(xs):\n    return sum(xs)\n"
             "def days(a, b):\n    return (b - a, b + dt.timedelta(days=1))\n"
+            "def evens(n):\n    yield from range(0, n, 2)\n"
             "def f(x):\n    if x < 0:\n        raise ValueError('negative')\n"
             "    return [x, 1.5, float('inf'), 2**200, 'é', b'\\x00', (1, None), {1: {True}}, frozenset({3}), 1j, range(3)]\n"
             "def sort_in_place(xs):\n    xs.sort()\n")
@@ -135,7 +138,8 @@ def test_values_cross_the_boundary_exactly():
             "    xs = [3, 1, 2]\n    sort_in_place(xs)\n    assert xs == [1, 2, 3]\n"
             "    from datetime import date, timedelta\n    from decimal import Decimal\n"
             "    assert days(date(2024, 1, 1), date(2024, 1, 31)) == (timedelta(days=30), date(2024, 2, 1))\n"
-            "    assert helper([Decimal('0.1'), Decimal('0.2')]) == Decimal('0.3')\n")
+            "    assert helper([Decimal('0.1'), Decimal('0.2')]) == Decimal('0.3')\n"
+            "    gen = evens(7)\n    assert next(gen) == 0 and list(gen) == [2, 4, 6]\n")
     res = run(code, test)
     assert (res.passed, res.reason) == (True, "passed")
 
@@ -191,29 +195,26 @@ print(json.dumps([[r.passed, r.reason] for r in first + second]))
 
 
 def _run_attacks(tmp: Path, isolation: str, names) -> dict:
-    watched = tmp / "watched"
+    watched, checkout = tmp / "watched", decoy_checkout(tmp / "checkout")
     watched.mkdir()
     (watched / "victim.txt").write_text("keep me")
-    before = sorted(p.name for p in watched.iterdir())
-    root_before = sorted(p.name for p in ROOT.iterdir())
+    before, checkout_before, repo_before = tree(watched), tree(checkout), sorted(p.name for p in ROOT.iterdir())
     srv = recording_server()
     port = srv.server_address[1]
     env = {**minimal_env(str(tmp)), "PYTHONPATH": f"{ROOT / 'src'}", "OPENAI_API_KEY": f"sk-{CANARY}",
            "HF_TOKEN": f"hf_{CANARY}", "MY_SERVICE_SECRET": CANARY}
-    jobs = [[fill(ATTACKS[n][0], watched, port), fill(ATTACKS[n][1], watched, port)] for n in names]
-    started = time.monotonic()
+    jobs = [[fill(ATTACKS[n][0], watched, port, checkout), fill(ATTACKS[n][1], watched, port, checkout)]
+            for n in names]
     proc = subprocess.run([sys.executable, "-c", DRIVER, isolation, "--service_llm_api_key", f"key-{CANARY}"],
                           input=json.dumps(jobs), capture_output=True, text=True, env=env, cwd=tmp, timeout=300)
-    elapsed = time.monotonic() - started
     time.sleep(0.5)
     srv.shutdown()
     srv.server_close()
     results = json.loads(proc.stdout.splitlines()[-1]) if proc.returncode == 0 and proc.stdout.strip() else None
     return {"proc": proc, "results": results, "names": list(names), "hits": list(srv.hits),
-            "before": before, "after": sorted(p.name for p in watched.iterdir()),
-            "victim": (watched / "victim.txt").read_text() if (watched / "victim.txt").exists() else None,
-            "root_before": root_before, "root_after": sorted(p.name for p in ROOT.iterdir()),
-            "survivors": survivors(), "seconds": elapsed}
+            "files_before": (before, checkout_before, repo_before),
+            "files_after": (tree(watched), tree(checkout), sorted(p.name for p in ROOT.iterdir())),
+            "survivors": survivors()}
 
 
 @pytest.fixture(scope="module")
@@ -232,9 +233,8 @@ def test_the_evaluator_survives_every_attack_and_a_rerun(attacked):
 
 @needs_bwrap
 def test_no_file_appears_or_disappears_outside_the_sandbox(attacked):
-    assert attacked["after"] == attacked["before"]
-    assert attacked["victim"] == "keep me"
-    assert attacked["root_after"] == attacked["root_before"]
+    assert attacked["files_after"] == attacked["files_before"]
+    assert attacked["files_after"][0]["victim.txt"] == b"keep me"
 
 
 @needs_bwrap

@@ -140,6 +140,13 @@ def _enc(v, depth=0):
     if mod == "decimal" and t.__name__ == "Decimal": return ["dec", str(v)]
     if mod == "fractions" and t.__name__ == "Fraction": return ["fr", hex(v.numerator), hex(v.denominator)]
     if mod == "collections" and t.__name__ == "deque": return ["q", [_enc(x, depth + 1) for x in v]]
+    if hasattr(t, "__next__") and hasattr(t, "__iter__"):  # a generator or other iterator: its items
+        items = []
+        for x in v:
+            if len(items) >= 100000:
+                raise ValueError("an iterator of more than 100000 items cannot be checked outside the sandbox")
+            items.append(_enc(x, depth + 1))
+        return ["it", items]
     item = getattr(t, "item", None)  # numpy scalars
     if item is not None and type(t).__name__ != "module":
         return _enc(item(v), depth + 1)
@@ -164,8 +171,10 @@ def _stdlib(tag, n):
     if tag == "q":
         import collections
         return collections.deque(_dec(x) for x in n[1])
+    if tag == "it":
+        return iter([_dec(x) for x in n[1]])
     _bad()
-_STDLIB = ("dt", "da", "tm", "td", "dec", "fr", "q")
+_STDLIB = ("dt", "da", "tm", "td", "dec", "fr", "q", "it")
 _SEQ = {"l": list, "t": tuple, "S": set, "F": frozenset}
 def _bad():
     raise ValueError("malformed value from the candidate's process")
@@ -279,7 +288,13 @@ class CandidateGone(BaseException):
     `except Exception` cannot swallow it."""
 class CandidateError(Exception):
     """The candidate raised an exception that is not a builtin one."""
-_ERRORS = {n: c for n, c in vars(_b).items() if isinstance(c, type) and issubclass(c, Exception)}
+# Builtin exceptions keep their type in the test, except the ones that steer control flow:
+# a StopIteration from the candidate would end `all(map(candidate, cases))` early, as a pass.
+_ERRORS = {n: c for n, c in vars(_b).items() if isinstance(c, type) and issubclass(c, Exception)
+           and not issubclass(c, (StopIteration, StopAsyncIteration))}
+# Modules the test may get under a name the candidate imported them as: the standard library
+# (less two with side effects on import) and numpy; never a module the candidate merely names.
+_MODULES = (set(sys.stdlib_module_names) - {"antigravity", "this"}) | {"numpy"}
 def _main():
     _limits(sys.argv[1:5])
     entry, rfd, wfd, mem_mb = sys.argv[5], int(sys.argv[6]), int(sys.argv[7]), sys.argv[8]
@@ -371,7 +386,7 @@ def _main():
                 continue
             if desc[0] == "callable":
                 ns[name] = stand_in(name)
-            elif desc[0] == "module" and type(desc[1]) is str:
+            elif desc[0] == "module" and type(desc[1]) is str and desc[1].split(".")[0] in _MODULES:
                 try:
                     ns[name] = __import__(desc[1], fromlist=["_"])
                 except Exception:

@@ -6,17 +6,22 @@ evaluator process) and scripts/reliability_campaign.py (run through `evaluation.
 Each attack is (candidate code, test) with placeholders filled by `fill`: {S} a watched
 folder, {PORT} a local TCP server that must receive nothing, {MARKER} a string any process
 left behind carries on its command line, {CANARY} the secret the evaluator holds, {ROOT}
-the checkout. The entry point is always `f`; the right answer is `f(x) = x + 1`.
+a decoy checkout. The entry point is always `f`; the right answer is `f(x) = x + 1`.
 """
 from __future__ import annotations
 
+import json
 import os
+import signal
 import socketserver
+import subprocess
+import sys
 import threading
+import time
 import uuid
 from pathlib import Path
+from typing import Optional
 
-ROOT = Path(__file__).resolve().parents[2]
 HUMANEVAL = "def check(candidate):\n    assert candidate(3) == 4\n    assert candidate(-1) == 0\n"
 
 CANARY = f"canary-{uuid.uuid4().hex[:12]}"
@@ -182,6 +187,12 @@ ATTACKS: dict[str, tuple[str, str]] = {
         "        pass\n"
         "def f(x):\n"
         "    return 0\n", HUMANEVAL),
+    "StopIteration ends the test's loop": (
+        "def f(x):\n"
+        "    raise StopIteration\n",
+        "def check(candidate):\n"
+        "    for got, want in zip(map(candidate, [3, -1]), [4, 0]):\n"
+        "        assert got == want\n"),
     "exit early with success": (
         "import os, sys\n"
         "print('passed')\n"
@@ -190,15 +201,29 @@ ATTACKS: dict[str, tuple[str, str]] = {
 }
 FORGERIES = ("read the verdict through frames and gc", "patch builtins isinstance, callable, AssertionError",
              "__eq__ always true", "int and str subclasses with a lying __eq__",
-             "write a fake pass on every descriptor", "exit early with success",
+             "write a fake pass on every descriptor", "exit early with success", "StopIteration ends the test's loop",
              "read canaries from /proc environ and cmdline", "kill the evaluator (ctypes, /proc pids, kill -1)",
              "stop itself and its group")
 
 
 
-def fill(text: str, watched: Path, port: int) -> str:
+def fill(text: str, watched: Path, port: int, checkout: Path) -> str:
+    """The attack with its placeholders filled; `checkout` is a decoy of a project folder (a
+    README.md and a src/), so that an escape harms no real checkout."""
     return (text.replace("{S}", str(watched)).replace("{PORT}", str(port)).replace("{MARKER}", MARKER)
-            .replace("{CANARY}", CANARY).replace("{ROOT}", str(ROOT)))
+            .replace("{CANARY}", CANARY).replace("{ROOT}", str(checkout)))
+
+
+def decoy_checkout(folder: Path) -> Path:
+    (folder / "src").mkdir(parents=True)
+    (folder / "README.md").write_text("decoy")
+    (folder / "src" / "mod.py").write_text("x = 1\n")
+    return folder
+
+
+def tree(folder: Path) -> dict[str, bytes]:
+    """Every file under `folder` with its bytes: compared before and after an attack."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 class Recorder(socketserver.BaseRequestHandler):
@@ -216,8 +241,8 @@ def recording_server() -> socketserver.ThreadingTCPServer:
     return srv
 
 
-def survivors() -> list[str]:
-    """Pids of the host's processes whose command line carries MARKER: left behind by an attack."""
+def survivors(marker: str = MARKER) -> list[str]:
+    """Pids of the host's processes whose command line carries `marker`: left behind by an attack."""
     found = []
     for p in os.listdir("/proc"):
         if p.isdigit():
@@ -225,6 +250,107 @@ def survivors() -> list[str]:
                 cmd = Path(f"/proc/{p}/cmdline").read_bytes()
             except OSError:
                 continue
-            if MARKER.encode() in cmd and b"pytest" not in cmd:
+            if marker.encode() in cmd:
                 found.append(p)
     return found
+
+
+# --------------------------------------------------------------------------- through evaluation.py
+
+ESCAPES = ("file", "network", "survivor", "canary", "forged pass", "evaluator died")
+ALONE = ("kill the evaluator (ctypes, /proc pids, kill -1)",)  # run by itself: its escape would take the others down
+
+
+class _Scene:
+    """One attack's own watched folder, decoy checkout, server and process marker, so that
+    what escapes is attributed to the attack that did it."""
+
+    def __init__(self, name: str, folder: Path, index: int) -> None:
+        self.name, self.marker = name, f"{MARKER}x{index}x"
+        self.watched, self.checkout = folder / "watched", decoy_checkout(folder / "checkout")
+        self.watched.mkdir(parents=True)
+        (self.watched / "victim.txt").write_text("keep me")
+        self.before = (tree(self.watched), tree(self.checkout))
+        self.server = recording_server()
+
+    def row(self) -> dict:
+        code, test = (fill(t, self.watched, self.server.server_address[1], self.checkout).replace(MARKER, self.marker)
+                      for t in ATTACKS[self.name])
+        return {"instructions": f"Write f(x) = x + 1. ({self.name})", "prompt_id": self.name, "entry_point": "f",
+                "target_responses": "```python\ndef f(x):\n    return x + 1\n```",
+                "candidate_responses": f"```python\n{code}\n```", "test": test}
+
+    def escapes(self, out_row: Optional[dict]) -> list[str]:
+        self.server.shutdown()
+        self.server.server_close()
+        found = []
+        if (tree(self.watched), tree(self.checkout)) != self.before:
+            found.append("file")
+        if self.server.hits:  # type: ignore[attr-defined]
+            found.append("network")
+        left = survivors(self.marker)
+        if left:
+            found.append("survivor")
+            for pid in left:
+                _kill(pid)
+        if out_row is not None and CANARY in json.dumps(out_row):
+            found.append("canary")
+        if out_row is not None and self.name in FORGERIES and out_row.get("passed"):
+            found.append("forged pass")
+        return found
+
+
+def _kill(pid: str) -> None:
+    try:
+        os.kill(int(pid), signal.SIGKILL)
+    except OSError:
+        pass
+
+
+def _evaluate(names: list[str], work: Path, repo: Path, env: dict[str, str]) -> dict[str, list[str]]:
+    """The attacks as the rows of one `evaluation.py --allow_code_execution` (from the checkout
+    `repo`), run twice (a rerun must not die on them either); {attack: escapes}."""
+    scenes = [_Scene(n, work / f"attack{i}", i) for i, n in enumerate(names)]
+    data = work / "resp.jsonl"
+    data.write_text("".join(json.dumps(s.row()) + "\n" for s in scenes))
+    out = work / "eval"
+    argv = [sys.executable, "evaluation.py", "--service_llm_provider", "reference", "--lm_response_ds_id", str(data),
+            "--eval_ds_id", str(out), "--allow_code_execution", "--execution_timeout_s", "4",
+            "--avg_similarity_threshold", "0", "--avg_precision_threshold", "0", "--coverage_threshold", "0",
+            "--service_llm_api_key", f"key-{CANARY}"]
+    runs = [subprocess.run(argv, cwd=repo, env=env, capture_output=True, text=True, timeout=900) for _ in range(2)]
+    time.sleep(0.5)
+    died = any(r.returncode not in (0, 3) for r in runs) or not (out / "eval.jsonl").is_file()
+    rows = {} if died else {r["prompt_id"]: r for r in map(json.loads, (out / "eval.jsonl").read_text().splitlines())}
+    printed = "".join(r.stdout + r.stderr for r in runs)
+    files = b"".join(p.read_bytes() for p in out.rglob("*") if p.is_file()) if out.exists() else b""
+    result = {}
+    for scene in scenes:
+        found = scene.escapes(rows.get(scene.name))
+        if died:
+            found.append("evaluator died")
+        result[scene.name] = found
+    if CANARY in printed or CANARY.encode() in files:  # a canary outside the rows: count it once
+        first = next(iter(result))
+        if "canary" not in result[first]:
+            result[first].append("canary")
+    return result
+
+
+def evaluation_campaign(work: Path, repo: Path, include_alone: bool = True) -> dict:
+    """Every attack through evaluation.py, with canary secrets in the environment and on the
+    command line; {attacks, contained, by_kind: {escape: attacks}, escaped: [...]}.
+    `include_alone=False` leaves out the attacks that kill every process they can see: run
+    against an older checkout without a PID namespace, they would kill every process of the
+    user on the machine, not only the evaluation."""
+    env = {k: v for k, v in os.environ.items() if not k.endswith(("_API_KEY", "_TOKEN"))}
+    env.update(PYTHONPATH=os.pathsep.join([str(repo / "src"), str(repo)]), HF_HUB_OFFLINE="1",
+               HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1", LLAMADUO_LOG_LEVEL="WARNING",
+               OPENAI_API_KEY=f"sk-{CANARY}", HF_TOKEN=f"hf_{CANARY}", MY_SERVICE_SECRET=CANARY)
+    per_attack: dict[str, list[str]] = {}
+    groups = [[n for n in ATTACKS if n not in ALONE], *([[n] for n in ALONE] if include_alone else [])]
+    for i, names in enumerate(groups):
+        per_attack.update(_evaluate(names, work / f"group{i}", repo, env))
+    return {"attacks": len(per_attack), "contained": sum(1 for e in per_attack.values() if not e),
+            "by_kind": {k: sum(k in e for e in per_attack.values()) for k in ESCAPES},
+            "escaped": [f"{n}: {', '.join(e)}" for n, e in per_attack.items() if e]}
