@@ -11,7 +11,6 @@ campaign used (docs/evaluation.md, "The safety model").
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time

@@ -50,7 +50,6 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Optional, Sequence
 
 ISOLATIONS = ("auto", "bwrap", "none")
