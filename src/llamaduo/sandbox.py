@@ -55,6 +55,8 @@ from typing import Optional, Sequence
 ISOLATIONS = ("auto", "bwrap", "none")
 PIDS_MAX = 64  # processes and threads the candidate may have at once (pids cgroup)
 MAX_MESSAGE = 64 * 2**20  # bytes: one value coming back from the candidate
+SCRATCH_BYTES = 64 * 2**20  # the sandbox's /tmp (a tmpfs: RAM)
+SHM_BYTES = 16 * 2**20  # its /dev/shm
 _FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+.-]*)[^\n]*\n(.*?)(?:\n[ \t]*```|\Z)", re.DOTALL)
 _SANDBOX_UID = "1000"  # the candidate's uid inside its user namespace (no capabilities)
 
@@ -471,11 +473,25 @@ def _bwrap_argv(program: str, args: Sequence[str]) -> list[str]:
             argv += ["--symlink", os.readlink(p), p]
         else:
             argv += ["--ro-bind", p, p]
-    argv += ["--ro-bind-try", "/etc/localtime", "/etc/localtime",
-             "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--chdir", "/tmp", "--clearenv"]
+    # /tmp and /dev/shm are the only writable places, each a size-capped tmpfs (tmpfs is RAM);
+    # the root, /dev and every bound folder are read-only
+    shm, tmp = (["--size", str(SHM_BYTES)], ["--size", str(SCRATCH_BYTES)]) if _bwrap_has_size() else ([], [])
+    argv += ["--ro-bind-try", "/etc/localtime", "/etc/localtime", "--proc", "/proc", "--dev", "/dev",
+             *shm, "--tmpfs", "/dev/shm", "--remount-ro", "/dev", *tmp, "--tmpfs", "/tmp", "--remount-ro", "/",
+             "--chdir", "/tmp", "--clearenv"]
     for k, v in minimal_env("/tmp").items():
         argv += ["--setenv", k, v]
     return argv + ["--", _interpreter(), "-I", "-S", "-c", program, *args]
+
+
+@functools.lru_cache(maxsize=None)
+def _bwrap_has_size() -> bool:
+    """bubblewrap >= 0.7 caps a tmpfs's size (`--size`); older ones leave it unbounded."""
+    try:
+        out = subprocess.run([shutil.which("bwrap") or "bwrap", "--help"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return "--size" in out.stdout + out.stderr
 
 
 @functools.lru_cache(maxsize=None)

@@ -193,6 +193,21 @@ ATTACKS: dict[str, tuple[str, str]] = {
         "def check(candidate):\n"
         "    for got, want in zip(map(candidate, [3, -1]), [4, 0]):\n"
         "        assert got == want\n"),
+    "fill every writable place": (
+        "import os, signal\n"
+        "def f(x):\n"
+        "    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "    total, block = 0, b'x' * (4 << 20)\n"
+        "    for d in ('/tmp', '/dev/shm', '/', '/root', '/dev', '{S}'):\n"
+        "        for i in range(40):\n"
+        "            try:\n"
+        "                with open(f'{d}/fill{i}', 'wb') as fh:\n"
+        "                    fh.write(block)\n"
+        "                total += len(block)\n"
+        "            except OSError:\n"
+        "                break\n"
+        "    return total\n",
+        "def check(candidate):\n    assert candidate(0) >= 200 * 2 ** 20\n"),
     "exit early with success": (
         "import os, sys\n"
         "print('passed')\n"
@@ -202,6 +217,7 @@ ATTACKS: dict[str, tuple[str, str]] = {
 FORGERIES = ("read the verdict through frames and gc", "patch builtins isinstance, callable, AssertionError",
              "__eq__ always true", "int and str subclasses with a lying __eq__",
              "write a fake pass on every descriptor", "exit early with success", "StopIteration ends the test's loop",
+             "fill every writable place",
              "read canaries from /proc environ and cmdline", "kill the evaluator (ctypes, /proc pids, kill -1)",
              "stop itself and its group")
 
