@@ -19,6 +19,11 @@ def main(argv: list[str] | None = None) -> None:
               "Runs one LlamaDuo stage (or the loop) with its own arguments; "
               "`python -m llamaduo STAGE --help` shows them.", file=sys.stdout if argv else sys.stderr)
         sys.exit(0 if argv else 2)
+    if argv[0] in ("--version", "-V"):
+        from llamaduo.version import version_line
+
+        print(version_line("python -m llamaduo"))
+        sys.exit(0)
     name, rest = argv[0], argv[1:]
     entry = cli.COMMANDS.get(name)
     if entry is None:
