@@ -318,12 +318,26 @@ def test_dry_run_estimate_counts_calls_without_calling(server, tmp_path):
     assert "3 calls" in est.summary() and "2 already in the ledger" in est.summary()
 
 
-def test_pricing_prefix_match_and_unknown(tmp_path):
+def test_pricing_exact_or_known_alias_never_a_prefix_guess(tmp_path, caplog):
     prices = Pricing.load("src/llamaduo/defaults/pricing.yaml")
-    assert prices.price("gpt-4o-2024-08-06") == prices.price("gpt-4o")
+    assert prices.price("gpt-4o-2024-08-06") == prices.price("gpt-4o")  # a dated snapshot: a known alias
     assert prices.price("gpt-4o-mini-2024-07-18") == prices.price("gpt-4o-mini")
     assert prices.price("no-such-model") is None and prices.cost("no-such-model", 10, 10) == 0.0
     assert prices.cost("gpt-4o", 1_000_000, 1_000_000) == pytest.approx(12.5)
+    # each of these was priced as the shorter name by the old longest-prefix rule
+    assert prices.price("o1-mini") != prices.price("o1")
+    assert prices.price("claude-opus-4-5") == (5.0, 25.0) and prices.price("claude-opus-4") == (15.0, 75.0)
+    assert prices.price("gemini-2.5-flash-lite") != prices.price("gemini-2.5-flash")
+    for made_up in ("o1-foo", "gpt-4o-foo", "claude-opus-4-9", "gemini-2.5-flash-ultra"):
+        assert prices.price(made_up) is None, made_up
+    # the YAML overrides, by exact name or a listed alias; its names are not prefixes either
+    own = tmp_path / "p.yaml"
+    own.write_text("models:\n  gpt-4o: {input: 1.0, output: 1.0, aliases: [my-4o]}\n  toy: {input: 2, output: 3}\n")
+    mine = Pricing.load(own)
+    assert mine.price("gpt-4o") == (1.0, 1.0) and mine.price("my-4o") == (1.0, 1.0)
+    assert mine.price("toy") == (2.0, 3.0) and mine.price("toy-2") is None
+    caplog.set_level("WARNING")
+    assert mine.cost("toy-2", 10, 10) == 0.0 and "set pricing_path" in caplog.text
 
 
 # --------------------------------------------------------------------------- local provider

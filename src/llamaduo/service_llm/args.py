@@ -133,7 +133,10 @@ class ServiceLLMArgs:
     )
     pricing_path: str = field(
         default=default_file("pricing.yaml"),
-        metadata={"help": "YAML of USD prices per 1M input/output tokens, per model."},
+        metadata={"help": "YAML of USD prices per 1M input/output tokens, per model (exact names, plus "
+                          "`aliases: [..]` per entry), overriding the maintained genai-prices table; a model "
+                          "neither knows is never priced by a prefix guess. Default: the shipped "
+                          "llamaduo/defaults/pricing.yaml."},
     )
     max_input_tokens: int = field(
         default=0,

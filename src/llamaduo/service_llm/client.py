@@ -193,8 +193,9 @@ class ServiceLLM:
         pricing = Pricing.free() if get(spec.provider).free else Pricing.load(args.pricing_path)
         if args.max_cost_usd is not None and pricing.price(spec.model) is None:
             raise UsageError(
-                f"max_cost_usd is set but {args.pricing_path} has no price for model "
-                f"'{spec.model}'; add it (USD per 1M input/output tokens)"
+                f"max_cost_usd is set but there is no price for model '{spec.model}' (neither genai-prices "
+                f"nor the pricing_path YAML knows it; no prefix guess is made); write a YAML with "
+                f"'models: {{{spec.model}: {{input: .., output: ..}}}}' (USD per 1M tokens) and set pricing_path to it"
             )
         if args.no_cache:
             ledger_path = None
