@@ -355,3 +355,14 @@ def test_local_provider_runs_in_process(tiny_model_dir, tmp_path):
     assert [r.value for r in again.run([Job("Say hi."), Job("Say bye.")], parse=lambda t: t)] == \
         [r.value for r in results]
     assert again.last_run.cached == 2 and again.last_run.calls == 0
+
+
+def test_rate_default_is_unpaced_for_a_loopback_server_only():
+    from llamaduo.service_llm.client import effective_rate_limit
+
+    for url in ("http://127.0.0.1:8000/v1", "http://localhost:1234/v1", "http://[::1]:80/v1", "http://127.0.0.2/"):
+        assert effective_rate_limit(None, url) == 0, url
+    for url in (None, "https://api.openai.com/v1", "http://10.0.0.5:8000/v1", "http://localhost.example.com/"):
+        assert effective_rate_limit(None, url) == 60, url
+    assert effective_rate_limit(30, "http://127.0.0.1:8000/v1") == 30  # an explicit value always wins
+    assert effective_rate_limit(0, None) == 0
