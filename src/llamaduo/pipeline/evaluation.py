@@ -240,6 +240,21 @@ def build_summary(args: EvaluationArgs, rows: Sequence[RowScore], outcome: Judge
     return summary
 
 
+def versions_block(args: EvaluationArgs, judge: Judge, template: str, outcome: JudgeOutcome) -> dict:
+    """summary.json `versions`: what a score depends on besides the data (package versions,
+    the judge prompt's hash, the judge's settings), so two runs' numbers can be compared."""
+    import hashlib
+
+    from llamaduo.version import run_versions
+
+    spec = getattr(getattr(judge, "llm", None), "spec", None)
+    return {**run_versions(),
+            "judge_prompt_sha256": hashlib.sha256(template.encode("utf-8")).hexdigest(),
+            "judge": {"provider": args.service_llm_provider, "model": outcome.evaluator,
+                      "eval_repeat": outcome.effective_repeat,
+                      "gen_config": dict(spec.gen_config) if spec is not None else None}}
+
+
 # --------------------------------------------------------------------------- run
 
 def dry_run(judge: Judge, template: str, ds: Dataset, args: EvaluationArgs) -> int:
@@ -307,6 +322,7 @@ def run(args: EvaluationArgs) -> int:
     rows = [aggregate_row(js) for js in outcome.repeats]
     out_ds = add_columns(ds, output_columns(rows, outcome.prompts, outcome.evaluator, date), output_features())
     summary = build_summary(args, rows, outcome, thresholds, ds, date, out_dir)
+    summary["versions"] = versions_block(args, judge, template, outcome)
     if code_eval.has_tests(ds.column_names):
         out_ds = run_execution(out_ds, rows, thresholds, exec_settings, summary)
     failed = too_many_failures(summary) or outcome.stopped_for_budget
