@@ -42,6 +42,7 @@ from llamaduo.judging import (
     too_many_failures,
     write_histogram,
 )
+from llamaduo.judging.report import histogram_title
 from llamaduo.judging.contract import INPUT_COLUMNS, JudgeOutcome, load_eval_template, output_columns, output_features
 from llamaduo.judging.judges import REFERENCE, Judge, check_judge_name, judge_names, make_judge
 from llamaduo.judging.truncation import FINISH_COLUMN, truncated_summary
@@ -201,7 +202,8 @@ def write_reports(out_dir: Path, summary: dict, ds: Dataset, rows: Sequence[RowS
     (out_dir / SUMMARY_NAME).write_text(scrub_secrets(json.dumps(summary, indent=2)) + "\n")
     scored = [r for r in rows if r.scored]
     write_histogram([r.similarity for r in scored], [r.precision for r in scored],
-                    out_dir / HISTOGRAM_NAME, thresholds=(thresholds.similarity, thresholds.precision))
+                    out_dir / HISTOGRAM_NAME, thresholds=(thresholds.similarity, thresholds.precision),
+                    title=histogram_title(summary))
     report = render_report(summary, ds.to_list())
     report += "\n".join(["", *code_eval.execution_report(summary, ds.to_list())])
     (out_dir / REPORT_NAME).write_text(scrub_secrets(report))
