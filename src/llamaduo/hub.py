@@ -30,6 +30,7 @@ from datasets import Dataset, DatasetDict, concatenate_datasets
 from huggingface_hub import HfApi
 from huggingface_hub.errors import HfHubHTTPError, LocalTokenNotFoundError
 
+from llamaduo import leak_check
 from llamaduo.errors import RunFailed, UsageError
 from llamaduo.outputs import OutputPlan, staged_output
 from llamaduo.redact import redact
@@ -174,6 +175,7 @@ def save_output(
         logger.warning("not writing empty split(s) %s to %s", ", ".join(empty), output_id)
         splits = {name: ds for name, ds in splits.items() if len(ds)}
     appends = {s: bool(append.get(s, False)) if isinstance(append, Mapping) else bool(append) for s in splits}
+    splits = {name: leak_check.mask_dataset(ds, f"split '{name}' of {output_id}") for name, ds in splits.items()}
     with staged_output(out_dir) as staging:
         rows = _save_local(dict(splits), out_dir, staging, appends)
         card = render_dataset_card(stage=stage, config=config, inputs=inputs or {}, rows=rows,
@@ -181,6 +183,7 @@ def save_output(
         (staging / "README.md").write_text(card)
         if extra_files is not None:
             extra_files(staging)
+        leak_check.secure_folder(staging, f"the output {out_dir}")  # the last check, before the swap
     logger.info("wrote %s to %s", ", ".join(f"{s}: {n} rows" for s, n in rows.items()), out_dir)
     if push and not local_only:
         try:
@@ -261,6 +264,9 @@ def push_splits(
     replacement of that split's shards (overwrite), plus the dataset card."""
     from huggingface_hub import CommitOperationAdd, CommitOperationDelete
 
+    splits = {name: leak_check.mask_dataset(ds, f"split '{name}' of {repo_id}") for name, ds in splits.items()}
+    for name, ds in splits.items():  # the last check before anything reaches the Hub
+        leak_check.check_dataset(ds, f"split '{name}' to the Hub dataset '{repo_id}'")
     api = get_api()
     api.create_repo(repo_id, repo_type="dataset", exist_ok=True, private=private)
     existing = list(api.list_repo_files(repo_id, repo_type="dataset"))
@@ -277,24 +283,29 @@ def push_splits(
     card = render_dataset_card(stage=stage, config=config, inputs=inputs,
                                rows={n: len(d) for n, d in splits.items()},
                                appended=dict(appends), split_names=split_names)
+    leak_check.check_text(card, f"the card of the Hub dataset '{repo_id}'")
     ops.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=card.encode()))
     modes = ", ".join(f"{n} ({'append' if appends.get(n) else 'overwrite'})" for n in splits)
     api.create_commit(repo_id, ops, commit_message=f"llamaduo {stage}: {modes}", repo_type="dataset")
     logger.info("pushed %s to the Hub dataset %s", modes, repo_id)
 
 
-def push_model_folder(folder: str | Path, repo_id: str, card_text: str, private: bool | None = None) -> None:
+def push_model_folder(folder: str | Path, repo_id: str, card_text: str, private: bool | None = None,
+                      commit_message: str = "llamaduo finetune") -> None:
     """Upload a model/adapter folder with its model card in one commit."""
     from huggingface_hub import CommitOperationAdd
 
     folder = Path(folder)
+    card_text = scrub_secrets(card_text)
+    leak_check.check_text(card_text, f"the card of the Hub model '{repo_id}'")
+    leak_check.check_folder(folder, f"the model folder {folder} to the Hub model '{repo_id}'")
     api = get_api()
     api.create_repo(repo_id, repo_type="model", exist_ok=True, private=private)
     ops = [CommitOperationAdd(path_in_repo=str(p.relative_to(folder)), path_or_fileobj=str(p))
            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != "README.md"
            and not any(part.startswith("checkpoint-") for part in p.relative_to(folder).parts)]
     ops.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=scrub_secrets(card_text).encode()))
-    api.create_commit(repo_id, ops, commit_message="llamaduo finetune", repo_type="model")
+    api.create_commit(repo_id, ops, commit_message=commit_message, repo_type="model")
 
 
 def _split_of(path: str) -> str | None:
