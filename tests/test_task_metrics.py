@@ -164,6 +164,21 @@ def test_rouge_l_is_the_f_measure():
     assert tm.rouge_l(["cat mat"], ["the cat lay on the mat"])[0] == pytest.approx(50)
 
 
+# --------------------------------------------------------------------------- judge agreement
+
+
+def test_agreement_is_auc_for_right_wrong_metrics_and_correlation_for_continuous_ones():
+    judge = {"similarity": [90.0, 85.0, 40.0, 95.0], "precision": [80.0, 20.0, 30.0, 70.0]}
+    bars = {"similarity": 80.0, "precision": 50.0}
+    ag = tm.agreement(tm.MetricSettings(tm.EXACT_MATCH), [100.0, 0.0, 100.0, 0.0], judge, bars)
+    # right rows 0, 2 vs wrong rows 1, 3: similarity 90>85 and 90<95, 40<85 and 40<95 -> AUC 1/4
+    assert ag["similarity"]["auc"] == 0.25 and ag["similarity"]["mean_passing"] == 65.0
+    assert ag["judge_pass_test_fail"] == {"count": 1, "rows": [3]}  # row 3: judge passed, answer wrong
+    ag = tm.agreement(tm.MetricSettings(tm.TOKEN_F1), [10.0, 20.0, 30.0, None], judge, bars)
+    assert ag["rows"] == 3
+    assert ag["similarity"]["spearman"] == -1.0 and ag["precision"]["spearman"] == pytest.approx(-0.5)
+
+
 # --------------------------------------------------------------------------- settings
 
 
@@ -219,6 +234,7 @@ def test_provider_none_exact_match_threshold_decides_exit_code(tmp_path, capsys)
     assert ds["task_score"] == [100, 0, 0, 100] and ds["similarity_scores"] == [None] * 4
     report = (tmp_path / "hi" / "report.md").read_text()
     assert "## Task metric: exact_match" in report and not (tmp_path / "hi" / "scores_histogram.png").exists()
+    assert "| 2 | - | - | n/a | n/a | ? | 0.0 |" in report  # the all-rows table carries task_score
 
     rc = run_none(data, tmp_path / "lo", "--task_metric", "exact_match", "--task_metric_threshold", "40")
     assert rc == EXIT_OK

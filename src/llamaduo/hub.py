@@ -290,7 +290,8 @@ def push_splits(
     logger.info("pushed %s to the Hub dataset %s", modes, repo_id)
 
 
-def push_model_folder(folder: str | Path, repo_id: str, card_text: str, private: bool | None = None) -> None:
+def push_model_folder(folder: str | Path, repo_id: str, card_text: str, private: bool | None = None,
+                      commit_message: str = "llamaduo finetune") -> None:
     """Upload a model/adapter folder with its model card in one commit."""
     from huggingface_hub import CommitOperationAdd
 
@@ -304,7 +305,7 @@ def push_model_folder(folder: str | Path, repo_id: str, card_text: str, private:
            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != "README.md"
            and not any(part.startswith("checkpoint-") for part in p.relative_to(folder).parts)]
     ops.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=scrub_secrets(card_text).encode()))
-    api.create_commit(repo_id, ops, commit_message="llamaduo finetune", repo_type="model")
+    api.create_commit(repo_id, ops, commit_message=commit_message, repo_type="model")
 
 
 def _split_of(path: str) -> str | None:

@@ -470,7 +470,7 @@ def summary_block(s: MetricSettings, result: MetricResult, *, mean: Optional[flo
     if s.name in SHARES:
         ci, method = (wilson_ci95(mean / 100.0, n) if mean is not None else None), "wilson"
     else:
-        ci, method = mean_ci95(vals)[1], "student-t over rows, clipped to 0-100"
+        ci, method = mean_ci95(vals)[1], "student-t"
     crit = None if s.threshold is None else criterion(s.name, mean, s.threshold)
     block = {"name": s.name, "mean": _r(mean), "ci_low": _r(ci[0]) if ci else None,
              "ci_high": _r(ci[1]) if ci else None, "n": n, "threshold": s.threshold,

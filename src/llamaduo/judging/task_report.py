@@ -8,6 +8,8 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 LOWEST_ROWS = 5
+CI_METHODS = {"wilson": "the Wilson score interval of a share (honest at 0/n and n/n)",
+              "student-t": "the Student-t interval over rows, clipped to 0-100"}
 
 
 def _fmt(x: Any, nd: int = 1) -> str:
@@ -99,7 +101,7 @@ def task_report(summary: dict, rows: Sequence[dict]) -> list[str]:
     out = [f"## Task metric: {tm['name']}", "", *[f"- {line}" for line in task_metric_lines(summary)]]
     if tm.get("answer_pattern"):
         out.append(f"- answer_pattern: `{tm['answer_pattern']}`")
-    out += [f"- the 95% CI is the {tm['ci_method']} interval", ""]
+    out += [f"- 95% CI: {CI_METHODS.get(tm['ci_method'], tm['ci_method'])}", ""]
     out += _agreement_table(tm) + _confusion(tm)
     low = lowest_rows(rows)
     if low:
