@@ -62,6 +62,7 @@ CHECK_ONLY="${CHECK_ONLY:-0}"
 if [[ $# -gt 0 ]]; then
   case "$1" in
     -h|--help) usage; exit 0 ;;
+    -V|--version) "${LLAMADUO_HELPER_PYTHON:-${PYTHON:-python3}}" -c 'from llamaduo.version import version_line; print(version_line("llamaduo-loop"))'; exit 0 ;;
     --check) [[ $# -eq 1 ]] || { echo "error: --check takes no value (got: $*)" >&2; exit 2; }; CHECK_ONLY=1 ;;
     *) echo "error: the loop takes no arguments but --check (got: $*); set the variables instead, see --help" >&2; exit 2 ;;
   esac

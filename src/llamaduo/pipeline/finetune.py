@@ -55,9 +55,20 @@ class ScriptArgs:
     dataset_id: Optional[str] = field(default=None, metadata={
         "help": "one dataset reference to train on (all of it); overrides dataset_mixer. "
                 "Handy on the CLI: --dataset-id outputs/round_1/merged"})
+    dataset_name: Optional[str] = field(default=None, metadata={
+        "help": "TRL's name for dataset_id (`trl sft --dataset_name`): one dataset reference to train on"})
     dataset_splits: list[str] = field(default_factory=lambda: ["train_sft", "test_sft"], metadata={
         "help": "splits to load from every dataset: names containing 'train' are trained on, names containing "
-                "'test' are the eval set (used only when eval_strategy is not 'no')"})
+                "'test' are the eval set (used only when eval_strategy is not 'no'); train_sft/test_sft fall "
+                "back to train/test when a dataset lacks them"})
+    dataset_train_split: Optional[str] = field(default=None, metadata={
+        "help": "TRL's name: the split to train on, whatever its name (overrides the train names of dataset_splits)"})
+    dataset_test_split: Optional[str] = field(default=None, metadata={
+        "help": "TRL's name: the eval split, whatever its name (overrides the test names of dataset_splits)"})
+    base_model_hub_id: Optional[str] = field(default=None, metadata={
+        "help": "Hub id to record as the base model (adapter_config.json, model card) when model_name_or_path "
+                "is a local folder; default: its config.json _name_or_path when that is a Hub id, else the "
+                "folder's name. The embedded alias records HuggingFaceTB/SmolLM2-135M-Instruct"})
     data_format: str = data_format_field()
     column_map: Optional[dict] = column_map_field()
     preprocessing_num_workers: Optional[int] = field(default=None, metadata={
@@ -347,6 +358,14 @@ def load_tokenizer(script: Any, model_args: Any, sft: Any, base: str) -> Any:
 # --------------------------------------------------------------------------- run
 
 
+def dataset_reference(script: Any) -> str | None:
+    """`dataset_id`, or TRL's `dataset_name` for it; both set to different values is a usage error."""
+    if script.dataset_id and script.dataset_name and script.dataset_id != script.dataset_name:
+        raise UsageError(f"dataset_id '{script.dataset_id}' and dataset_name '{script.dataset_name}' name "
+                         f"different datasets; set one of them")
+    return script.dataset_id or script.dataset_name
+
+
 def output_plan(script: Any, model_args: Any, sft: Any) -> OutputPlan:
     """Lock output_dir for the run (main process only: the other ranks write into it too).
     Not replaced atomically: checkpoints are written, and resumed from, in place."""
@@ -367,7 +386,7 @@ def run(script: Any, model_args: Any, sft: Any) -> int:
     started = time.time()
     check_values(script, model_args, sft)
     check_format_args(script.data_format, script.column_map)
-    mixer = resolve_mixer(script.dataset_mixer, script.dataset_id)
+    mixer = resolve_mixer(script.dataset_mixer, dataset_reference(script))
     want_eval = str(getattr(sft.eval_strategy, "value", sft.eval_strategy)) != "no"
     resume = prepare_output_dir(script, sft)
     push, sft.push_to_hub = bool(sft.push_to_hub), False  # pushing goes through llamaduo.hub, once, at the end
@@ -378,10 +397,11 @@ def run(script: Any, model_args: Any, sft: Any) -> int:
     early_base = None if is_embedded_alias(model_args.model_name_or_path) else resolve_base(model_args)
 
     data = load_mixed(mixer, script.dataset_splits, seed=sft.seed, want_eval=want_eval,
-                      data_format=script.data_format, column_map=script.column_map)
+                      data_format=script.data_format, column_map=script.column_map,
+                      train_split=script.dataset_train_split, test_split=script.dataset_test_split)
     if want_eval and data.eval is None:
         raise UsageError(f"eval_strategy={sft.eval_strategy} needs a test split in dataset_splits "
-                         f"(got {script.dataset_splits}); or set eval_strategy: no")
+                         f"(got {script.dataset_splits}) or dataset_test_split; or set eval_strategy: no")
     base = early_base or resolve_base(model_args)  # may convert the embedded model once: after the cheap checks
     tokenizer = load_tokenizer(script, model_args, sft, base)
     kwargs = sft.dataset_kwargs if isinstance(sft.dataset_kwargs, dict) else {}
@@ -418,7 +438,7 @@ def run(script: Any, model_args: Any, sft: Any) -> int:
     trainer.save_model(sft.output_dir)
     if trainer.is_world_process_zero():
         _finish(trainer, script, model_args, sft, base, tokenizer, data, metrics, n_tokens, resume, push,
-                started, truncation)
+                started, truncation, limit)
     return EXIT_OK
 
 
@@ -488,18 +508,21 @@ def _cpu_fast_path(script: Any, model_args: Any, sft: Any) -> str | None:
 
 def _finish(trainer: Any, script: Any, model_args: Any, sft: Any, base: str, tokenizer: Any, data: Any,
             metrics: dict, n_tokens: int, resume: str | None, push: bool, started: float,
-            truncation: dict) -> None:
+            truncation: dict, max_length: int | None) -> None:
     """Main process only: everything inference and people need next to the weights."""
     from llamaduo.hub import push_model_folder
-    from llamaduo.pipeline.finetune_model import SUMMARY_FILE, model_card, save_merged, write_generation_config
+    from llamaduo.pipeline.finetune_model import (SUMMARY_FILE, base_hub_id, model_card, record_base_hub_id,
+                                                  save_merged, write_generation_config)
 
     out_dir = Path(sft.output_dir)
+    hub_id = base_hub_id(model_args.model_name_or_path, base, script.base_model_hub_id)
+    record_base_hub_id(out_dir, hub_id)
     tokenizer.save_pretrained(str(out_dir))
     write_generation_config(trainer.model, tokenizer, out_dir)
     logged = [h for h in trainer.state.log_history if "loss" in h]
     losses = [h["loss"] for h in logged]
     summary = {
-        "base_model": model_args.model_name_or_path, "base_model_path": base,
+        "base_model": model_args.model_name_or_path, "base_model_path": base, "base_model_hub_id": hub_id,
         "adapter": bool(model_args.use_peft), "world_size": sft.world_size,
         "global_step": trainer.state.global_step, "resumed_from": resume,
         "train_rows": len(data.train), "eval_rows": len(data.eval) if data.eval is not None else 0,
@@ -518,8 +541,8 @@ def _finish(trainer: Any, script: Any, model_args: Any, sft: Any, base: str, tok
         logger.info("merge_adapter ignored: full fine-tuning already saved a full model")
     if merged:
         save_merged(trainer, base, model_args, tokenizer, out_dir)
-    config = config_to_dict(script, model_args, sft)
-    card = model_card(base_model=model_args.model_name_or_path, base_path=base, use_peft=bool(model_args.use_peft),
+    config = config_to_dict(script, model_args, sft) | {"max_length": max_length}  # the limit trained with
+    card = model_card(base_model=hub_id, use_peft=bool(model_args.use_peft), license=_base_license(model_args),
                       sources=data.sources, config=_card_config(config), merged=merged,
                       metrics={k: summary[k] for k in ("global_step", "first_loss", "last_loss", "train_tokens")}
                       | {"metrics": metrics})
@@ -539,6 +562,13 @@ def _finish(trainer: Any, script: Any, model_args: Any, sft: Any, base: str, tok
 
 def _short(loss: float | None) -> str:
     return "none" if loss is None else f"{loss:.4f}"
+
+
+def _base_license(model_args: Any) -> str | None:
+    """The embedded model's license (Apache-2.0, from its wheel); others are not guessed."""
+    from llamaduo.models import is_embedded_alias
+
+    return "apache-2.0" if is_embedded_alias(model_args.model_name_or_path) else None
 
 
 _CARD_KEYS_SKIP = ("logging_dir", "hub_token", "push_to_hub_token", "deepspeed", "fsdp_config", "accelerator_config")
