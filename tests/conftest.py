@@ -5,9 +5,10 @@ Hub id stalls for 20-45 s before failing.
 Test tiers (`make test-fast` runs `-m "not slow"`; `make test` runs everything with pytest-xdist):
 every test is classified at collection, so a new test needs no marker of its own. A test is
 `model` (and `slow`) when it uses a model fixture (`MODEL_FIXTURES`, directly or through another
-fixture), `process` (and `slow`) when its code, a helper or fixture it calls, starts a process
-(found by reading the test module's AST, `process_starting_names`), and `slow` when marked so by
-hand (a test that is neither, but still takes seconds)."""
+fixture) or its code loads one (`MODEL_CALLS`), `process` (and `slow`) when its code starts a
+process (`PROCESS_CALLS`); "its code" is the test, its class, its fixtures and the helpers they
+call, read from the test module's AST (`names_that`). `slow` by hand: a test that is neither but
+still takes seconds (a stage run in-process that loads the embedding judge, say)."""
 from __future__ import annotations
 
 import ast
@@ -92,8 +93,11 @@ def _build_tiny_model(out: Path, embedded_model_dir: Path) -> None:
 # ============================================================================ test tiers
 #: fixtures that load or build a model: a test using one (directly or through another fixture) is `model`
 MODEL_FIXTURES = frozenset({"embedded_model_dir", "tiny_model_dir"})
+#: calls that load a model (a function or method of that name): `model` too
+MODEL_CALLS = frozenset({"from_pretrained", "SentenceTransformer", "ReferenceJudge", "provision_embedded_model",
+                         "load_model", "HFGenerator"})
 #: calls that start a process, by module (`subprocess.run`, `os.system`, `multiprocessing.Process`...)
-_PROCESS_CALLS = {
+PROCESS_CALLS = {
     "subprocess": {"run", "Popen", "call", "check_call", "check_output", "getoutput", "getstatusoutput"},
     "os": {"system", "popen", "fork", "execv", "execvp", "execvpe", "spawnv", "spawnvp", "posix_spawn"},
     "asyncio": {"create_subprocess_exec", "create_subprocess_shell"},
@@ -101,65 +105,61 @@ _PROCESS_CALLS = {
 }
 
 
-def _starts_process(node: ast.AST) -> bool:
-    """A call from `_PROCESS_CALLS` anywhere under `node` (strings are not code: a sandbox test's
-    `"subprocess.run(...)"` source text does not count)."""
-    for sub in ast.walk(node):
-        if isinstance(sub, ast.Call) and isinstance(sub.func, ast.Attribute) and isinstance(sub.func.value, ast.Name):
-            if sub.func.attr in _PROCESS_CALLS.get(sub.func.value.id, ()):
-                return True
-    return False
+def _is_process_call(call: ast.Call) -> bool:
+    f = call.func
+    return isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name) and f.attr in PROCESS_CALLS.get(f.value.id, ())
+
+
+def _is_model_call(call: ast.Call) -> bool:
+    f = call.func
+    return (f.attr if isinstance(f, ast.Attribute) else getattr(f, "id", None)) in MODEL_CALLS
+
+
+_KINDS = {"process": _is_process_call, "model": _is_model_call}
 
 
 @functools.lru_cache(maxsize=None)
-def process_starting_names(path: str) -> frozenset[str]:
-    """Top-level functions (helpers and fixtures) of the module at `path` that start a process,
-    directly, through another such function, or through one imported from a `tests.` module."""
+def names_that(kind: str, path: str) -> frozenset[str]:
+    """Top-level functions, fixtures and classes of the module at `path` whose code makes a `kind`
+    call (`_KINDS`): directly, through another such function of the module, or through one imported
+    from a `tests.` module. Read from the AST, so code inside strings (a sandbox test's
+    `"subprocess.run(...)"`) does not count."""
     tree = ast.parse(Path(path).read_text(encoding="utf-8"))
-    starting: set[str] = set()
+    found: set[str] = set()
     for node in tree.body:  # imported helpers: `from tests.servers.process import server_process`
         if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("tests.") and not node.level:
             source = REPO_ROOT / (node.module.replace(".", os.sep) + ".py")
             if source.is_file():
-                theirs = process_starting_names(str(source))
-                starting |= {a.asname or a.name for a in node.names if a.name in theirs}
-    funcs = {n.name: n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))}
-    starting |= {name for name, fn in funcs.items() if _starts_process(fn)}
+                theirs = names_that(kind, str(source))
+                found |= {a.asname or a.name for a in node.names if a.name in theirs}
+    defs = {n.name: n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))}
+    found |= {name for name, node in defs.items()
+              if any(isinstance(c, ast.Call) and _KINDS[kind](c) for c in ast.walk(node))}
     changed = True
     while changed:  # helpers calling helpers
         changed = False
-        for name, fn in funcs.items():
-            if name not in starting and _names_used(fn) & starting:
-                starting.add(name)
+        for name, node in defs.items():
+            if name not in found and {n.id for n in ast.walk(node) if isinstance(n, ast.Name)} & found:
+                found.add(name)
                 changed = True
-    return frozenset(starting)
+    return frozenset(found)
 
 
-def _names_used(node: ast.AST) -> set[str]:
-    return {n.id for n in ast.walk(node) if isinstance(n, ast.Name)}
-
-
-def _runs_a_process(item: pytest.Item) -> bool:
-    path = str(item.path)
-    starting = process_starting_names(path) | process_starting_names(str(Path(__file__)))
-    if set(getattr(item, "fixturenames", ())) & starting:
-        return True
-    fn = getattr(item, "function", None)
-    name = getattr(fn, "__name__", None)
-    if name is None:
-        return False
-    if name in starting:
-        return True
-    owner = getattr(item, "cls", None)
-    return owner is not None and owner.__name__ in starting
+def _makes(kind: str, item: pytest.Item) -> bool:
+    """Whether the test, a fixture it uses or its class makes a `kind` call."""
+    found = names_that(kind, str(item.path)) | names_that(kind, __file__)
+    names = set(getattr(item, "fixturenames", ()))
+    names.add(getattr(getattr(item, "function", None), "__name__", ""))
+    names.add(getattr(getattr(item, "cls", None), "__name__", ""))
+    return bool(names & found)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Classify every test into the tiers (see this module's docstring)."""
     for item in items:
-        if MODEL_FIXTURES & set(getattr(item, "fixturenames", ())):
+        if MODEL_FIXTURES & set(getattr(item, "fixturenames", ())) or _makes("model", item):
             item.add_marker(pytest.mark.model)
             item.add_marker(pytest.mark.slow)
-        if _runs_a_process(item):
+        if _makes("process", item):
             item.add_marker(pytest.mark.process)
             item.add_marker(pytest.mark.slow)
