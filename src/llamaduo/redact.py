@@ -37,11 +37,45 @@ _SECRET_PARAM = re.compile(
 )
 
 
+# a URL with a scheme, up to the first blank or quote
+_URL = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"<>]+")
+#: query parameters known to carry no credential: their values stay readable in logs and cards.
+#: Every other parameter's value is masked (an allowlist, because credential names cannot all be
+#: guessed: `?code=`, `?X-Goog-Signature=`, `?sv=...&sig=` of an Azure SAS, `?hmac=`...).
+HARMLESS_PARAMS = frozenset({
+    "api-version", "api_version", "apiversion", "model", "models", "deployment", "deployment-id",
+    "deployment_id", "version", "revision", "region", "location", "alt", "format", "stream", "limit",
+    "lang", "locale", "beta", "timeout", "project", "organization", "org",
+})
+
+
+def _mask_query(query: str) -> str:
+    """Each `name=value` (separated by & or ;) keeps its value only when `name` is harmless."""
+    parts = re.split(r"([&;])", query)
+    for i in range(0, len(parts), 2):
+        name, eq, value = parts[i].partition("=")
+        if not parts[i] or (eq and (not value or name.lower() in HARMLESS_PARAMS)):
+            continue
+        parts[i] = f"{name}={MASK}" if eq else MASK  # a bare `?token` is masked whole
+    return "".join(parts)
+
+
+def _mask_url(url: str) -> str:
+    """Userinfo, every query value not known to be harmless, and the whole fragment (where
+    OAuth's implicit flow puts `#access_token=`) become `***`; scheme, host and path stay."""
+    url = _USERINFO.sub(lambda m: f"{m['scheme']}{MASK}@", url)
+    rest, hash_, fragment = url.partition("#")
+    base, qmark, query = rest.partition("?")
+    return base + (qmark + _mask_query(query) if qmark else "") + (hash_ + MASK if fragment else hash_)
+
+
 def redact(text: str) -> str:
-    """`text` with URL credentials, credential-named query values and the values of known
-    credential env vars replaced by `***`."""
+    """`text` with URL credentials (userinfo, fragment, query values not known to be harmless),
+    credential-named query values outside URLs and the values of known credential env vars
+    replaced by `***`."""
     if not text:
         return text
+    text = _URL.sub(lambda m: _mask_url(m.group(0)), text)
     text = _USERINFO.sub(lambda m: f"{m['scheme']}{MASK}@", text)
     text = _SECRET_PARAM.sub(lambda m: f"{m['lead']}{MASK}", text)
     for var in secret_env_vars():

@@ -84,11 +84,13 @@ fi
 
 die_usage() { echo "error: $*" >&2; exit 2; }
 
-[[ "$MAX_ROUNDS" =~ ^[0-9]+$ ]] && (( MAX_ROUNDS >= 1 )) \
-  || die_usage "MAX_ROUNDS must be an integer >= 1, got '$MAX_ROUNDS'"
+# at most 4 digits before bash arithmetic sees it: 99999999999999999999 wraps around in (( ))
+[[ "$MAX_ROUNDS" =~ ^0*[0-9]{1,4}$ ]] && (( 10#$MAX_ROUNDS >= 1 )) \
+  || die_usage "MAX_ROUNDS must be an integer within 1-9999, got '$MAX_ROUNDS'"
+MAX_ROUNDS=$((10#$MAX_ROUNDS))
 MAX_COST_USD="${MAX_COST_USD:-}"
-[[ -z "$MAX_COST_USD" || "$MAX_COST_USD" =~ ^([0-9]+\.?[0-9]*|\.[0-9]+)$ && ! "$MAX_COST_USD" =~ ^[0.]+$ ]] \
-  || die_usage "MAX_COST_USD must be a number > 0 (USD), got '$MAX_COST_USD'"
+[[ -z "$MAX_COST_USD" || "$MAX_COST_USD" =~ ^([0-9]{1,12}\.?[0-9]{0,12}|\.[0-9]{1,12})$ && ! "$MAX_COST_USD" =~ ^[0.]+$ ]] \
+  || die_usage "MAX_COST_USD must be a number > 0 (USD, at most 12 digits before the point), got '$MAX_COST_USD'"
 [[ "$CHECK_ONLY" == 0 || "$CHECK_ONLY" == 1 ]] || die_usage "CHECK_ONLY must be 0 or 1, got '$CHECK_ONLY'"
 missing=0
 for var in FINETUNE_CONFIG INFER_CONFIG EVAL_CONFIG DATAGEN_CONFIG MERGE_CONFIG; do
