@@ -3,7 +3,6 @@
 invalid chat rows (and `drop_invalid_rows`), a full disk, and the loop's MAX_ROUNDS."""
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -16,6 +15,7 @@ import pytest
 from datasets import Dataset
 
 from llamaduo.config import parse_config
+from llamaduo.data import load_split
 from llamaduo.errors import UsageError
 from llamaduo.outputs import check_not_input, check_output_path
 from llamaduo.redact import redact
@@ -177,8 +177,8 @@ def test_merge_drops_invalid_rows_when_asked(tmp_path):
                           "LLAMADUO_LOG_LEVEL": "INFO"}, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "dropped 1 invalid row(s) of 4" in done.stderr
-    train = [json.loads(line) for line in (tmp_path / "merged" / "train_sft.jsonl").read_text().splitlines()]
-    assert len(train) == 3 + 2 and "train2" not in {r["prompt_id"] for r in train}
+    train = load_split(str(tmp_path / "merged"), "train_sft")
+    assert len(train) == 3 + 2 and "train2" not in set(train["prompt_id"])
 
 
 # ----------------------------------------------------------------------------- a full disk

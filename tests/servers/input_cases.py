@@ -14,7 +14,6 @@ import contextlib
 import hashlib
 import importlib
 import io
-import json
 import os
 import time
 import traceback
@@ -22,7 +21,7 @@ from pathlib import Path
 from typing import Callable
 
 from tests.servers.bad_inputs import (REPO, Build, Case, Outcome, eval_argv, gen_argv, merge_argv, response_rows,
-                                      sft_folder, sft_rows, write_jsonl)
+                                      run_case, sft_folder, sft_rows, write_jsonl)
 from tests.servers.process import server_stats
 
 #: folders of a case's work folder that belong to the run's scratch (stage_env's TMPDIR and cache)
@@ -315,5 +314,8 @@ def run_in_process(case: Case, work: Path, url: str) -> tuple[Outcome, list[str]
     return outcome, changes(before_tree, snapshot(work))
 
 
-def json_line(outcome: Outcome) -> str:
-    return json.dumps({"rc": outcome.returncode, "errors": outcome.error_lines, "requests": outcome.requests})
+def run_subprocess(case: Case, work: Path, url: str, repo: Path = REPO) -> tuple[Outcome, list[str]]:
+    """`bad_inputs.run_case` (a real subprocess of the stage script in `repo`) plus what changed in `work`."""
+    before: dict[str, str] = {}
+    outcome = run_case(case, work, url, repo=repo, on_built=lambda: before.update(snapshot(work)))
+    return outcome, changes(before, snapshot(work))
