@@ -252,7 +252,7 @@ def test_bad_input_exits_2_before_any_call(server, tmp_path, case):
         pattern = "has prompts but no answers.*column_map"
     elif case == "num_samples":
         argv += ["--num_samples", "0"]
-        pattern = "num_samples must be >= 1"
+        pattern = "'num_samples' must be within 1-1,000,000, got 0"
     elif case == "placeholder":
         tmpl = tmp_path / "prompts.toml"
         tmpl.write_text('[synth_data_gen]\nprompt = "Like $instruction / $response, about $topc"\n')

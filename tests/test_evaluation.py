@@ -207,7 +207,7 @@ def test_every_failure_kind_is_counted_not_crashed(fresh, repo_root, tmp_path):
 
 
 @pytest.mark.parametrize("case, extra, message", [
-    ("repeat", ["--eval_repeat", "0"], "eval_repeat must be >= 1"),
+    ("repeat", ["--eval_repeat", "0"], "'eval_repeat' must be within 1-1,000, got 0"),
     ("threshold", ["--avg_similarity_threshold", "101"], "avg_similarity_threshold must be within 0-100"),
     ("coverage", ["--coverage_threshold", "-1"], "coverage_threshold must be within 0-100"),
     ("ratio", ["--max_failure_ratio", "1.5"], "max_failure_ratio must be within 0-1"),
