@@ -28,6 +28,9 @@ finetune = _stage("finetune")
 evaluation = _stage("evaluation")
 data_gen = _stage("data_gen")
 dataset_merge = _stage("dataset_merge")
+collect = _stage("collect")
+export = _stage("export")
+_serve = _stage("serve")
 _batch_inference = _stage("batch_inference")
 
 
@@ -37,6 +40,13 @@ def batch_inference() -> NoReturn:
     36 s with this, with identical outputs. Set before torch is imported; an explicit setting wins."""
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     _batch_inference()
+
+
+def serve() -> NoReturn:
+    """Serve a model behind an OpenAI-compatible API. The engine is exec'd; like batch
+    inference, idle OpenMP threads sleep instead of spinning (set before torch is imported)."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    _serve()
 
 
 def loop() -> NoReturn:
@@ -57,5 +67,6 @@ def loop() -> NoReturn:
 COMMANDS: dict[str, Callable[[], NoReturn]] = {
     "finetune": finetune, "batch_inference": batch_inference, "evaluation": evaluation,
     "data_gen": data_gen, "dataset_merge": dataset_merge, "loop": loop,
+    "collect": collect, "serve": serve, "export": export,
     "infer": batch_inference, "eval": evaluation, "datagen": data_gen, "merge": dataset_merge,
 }

@@ -92,6 +92,7 @@ def parse_config(
     if adjust is not None:
         values = adjust(values)
     instances = _build_dataclasses(dataclass_types, values)
+    _register_secrets(instances)
     if print_config:
         from llamaduo.redact import redact  # URL credentials too, not only credential-named keys
 
@@ -116,6 +117,21 @@ def config_to_dict(*configs: Any, mask_secrets: bool = True) -> dict[str, Any]:
                 value = MASK
             out[f.name] = _plain(value)
     return out
+
+
+def _register_secrets(instances: Iterable[Any]) -> None:
+    """Every secret config value (an API key given as a flag or in YAML) is masked in every
+    output text from now on, like the credential env vars (llamaduo.redact)."""
+    from llamaduo.redact import register_secret, url_secrets
+
+    for cfg in instances:
+        for f in dataclasses.fields(cfg):
+            value = getattr(cfg, f.name, None)
+            if is_secret_field(f):
+                register_secret(value, f.name)
+            elif isinstance(value, str) and "://" in value:  # a base URL's password or ?key=
+                for part in url_secrets(value):
+                    register_secret(part, f"credentials in {f.name}")
 
 
 def is_secret_field(f: dataclasses.Field) -> bool:

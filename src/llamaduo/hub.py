@@ -1,7 +1,9 @@
 """Local outputs and the Hugging Face Hub: the one module that writes to the Hub.
 
 Every stage writes a local output folder first (`save_to_disk` + a `<split>.jsonl` copy a person
-can open + `README.md` card), then optionally pushes. Pushing never touches the local copy, so
+can open + the Hub layout `data/<split>-00000-of-00001.parquet` + `README.md` card, whose
+`configs` header is then true locally and on the Hub: `load_dataset(folder)` works), then
+optionally pushes. Pushing never touches the local copy, so
 a failed push loses nothing and the error says where the output is.
 
 Every Hub call, the pre-flight reachability and token checks included, goes through `get_api()`,
@@ -19,7 +21,8 @@ import os
 import socket
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Mapping, Protocol
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Mapping, Protocol
 from urllib.parse import urlsplit
 
 import yaml
@@ -27,6 +30,7 @@ from datasets import Dataset, DatasetDict, concatenate_datasets
 from huggingface_hub import HfApi
 from huggingface_hub.errors import HfHubHTTPError, LocalTokenNotFoundError
 
+from llamaduo import leak_check
 from llamaduo.errors import RunFailed, UsageError
 from llamaduo.outputs import OutputPlan, staged_output
 from llamaduo.redact import redact
@@ -171,6 +175,7 @@ def save_output(
         logger.warning("not writing empty split(s) %s to %s", ", ".join(empty), output_id)
         splits = {name: ds for name, ds in splits.items() if len(ds)}
     appends = {s: bool(append.get(s, False)) if isinstance(append, Mapping) else bool(append) for s in splits}
+    splits = {name: leak_check.mask_dataset(ds, f"split '{name}' of {output_id}") for name, ds in splits.items()}
     with staged_output(out_dir) as staging:
         rows = _save_local(dict(splits), out_dir, staging, appends)
         card = render_dataset_card(stage=stage, config=config, inputs=inputs or {}, rows=rows,
@@ -178,6 +183,7 @@ def save_output(
         (staging / "README.md").write_text(card)
         if extra_files is not None:
             extra_files(staging)
+        leak_check.secure_folder(staging, f"the output {out_dir}")  # the last check, before the swap
     logger.info("wrote %s to %s", ", ".join(f"{s}: {n} rows" for s, n in rows.items()), out_dir)
     if push and not local_only:
         try:
@@ -203,10 +209,33 @@ def _save_local(splits: dict[str, Dataset], out_dir: Path, staging: Path,
             final[name] = concatenate_datasets([final[name], _align_to(ds, final[name])])
         else:
             final[name] = ds
-    DatasetDict(final).save_to_disk(str(staging))
-    for name, ds in final.items():
-        ds.to_json(str(staging / f"{name}.jsonl"), lines=True, force_ascii=False)
+    with _quiet_progress(sum(len(ds) for ds in final.values())):
+        DatasetDict(final).save_to_disk(str(staging))
+        (staging / "data").mkdir()
+        for name, ds in final.items():
+            ds.to_json(str(staging / f"{name}.jsonl"), lines=True, force_ascii=False)
+            # the Hub layout the card's `configs` header names, so `load_dataset(folder)` works locally too
+            ds.to_parquet(str(staging / "data" / f"{name}-00000-of-00001.parquet"))
     return {name: len(ds) for name, ds in final.items()}
+
+
+_QUIET_BELOW_ROWS = 10_000
+
+
+@contextmanager
+def _quiet_progress(rows: int) -> Iterator[None]:
+    """No `datasets` progress bars for a small write (three bars for a 40-row split are noise);
+    a large one keeps them. Restores the previous setting."""
+    import datasets
+
+    was_disabled = datasets.is_progress_bar_enabled() is False
+    if rows < _QUIET_BELOW_ROWS and not was_disabled:
+        datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if rows < _QUIET_BELOW_ROWS and not was_disabled:
+            datasets.enable_progress_bars()
 
 
 def _align_to(new: Dataset, old: Dataset) -> Dataset:
@@ -235,6 +264,9 @@ def push_splits(
     replacement of that split's shards (overwrite), plus the dataset card."""
     from huggingface_hub import CommitOperationAdd, CommitOperationDelete
 
+    splits = {name: leak_check.mask_dataset(ds, f"split '{name}' of {repo_id}") for name, ds in splits.items()}
+    for name, ds in splits.items():  # the last check before anything reaches the Hub
+        leak_check.check_dataset(ds, f"split '{name}' to the Hub dataset '{repo_id}'")
     api = get_api()
     api.create_repo(repo_id, repo_type="dataset", exist_ok=True, private=private)
     existing = list(api.list_repo_files(repo_id, repo_type="dataset"))
@@ -251,24 +283,29 @@ def push_splits(
     card = render_dataset_card(stage=stage, config=config, inputs=inputs,
                                rows={n: len(d) for n, d in splits.items()},
                                appended=dict(appends), split_names=split_names)
+    leak_check.check_text(card, f"the card of the Hub dataset '{repo_id}'")
     ops.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=card.encode()))
     modes = ", ".join(f"{n} ({'append' if appends.get(n) else 'overwrite'})" for n in splits)
     api.create_commit(repo_id, ops, commit_message=f"llamaduo {stage}: {modes}", repo_type="dataset")
     logger.info("pushed %s to the Hub dataset %s", modes, repo_id)
 
 
-def push_model_folder(folder: str | Path, repo_id: str, card_text: str, private: bool | None = None) -> None:
+def push_model_folder(folder: str | Path, repo_id: str, card_text: str, private: bool | None = None,
+                      commit_message: str = "llamaduo finetune") -> None:
     """Upload a model/adapter folder with its model card in one commit."""
     from huggingface_hub import CommitOperationAdd
 
     folder = Path(folder)
+    card_text = scrub_secrets(card_text)
+    leak_check.check_text(card_text, f"the card of the Hub model '{repo_id}'")
+    leak_check.check_folder(folder, f"the model folder {folder} to the Hub model '{repo_id}'")
     api = get_api()
     api.create_repo(repo_id, repo_type="model", exist_ok=True, private=private)
     ops = [CommitOperationAdd(path_in_repo=str(p.relative_to(folder)), path_or_fileobj=str(p))
            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != "README.md"
            and not any(part.startswith("checkpoint-") for part in p.relative_to(folder).parts)]
     ops.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=scrub_secrets(card_text).encode()))
-    api.create_commit(repo_id, ops, commit_message="llamaduo finetune", repo_type="model")
+    api.create_commit(repo_id, ops, commit_message=commit_message, repo_type="model")
 
 
 def _split_of(path: str) -> str | None:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from llamaduo.judging.code_eval import execution_lines
+from llamaduo.judging.task_report import task_metric_lines
 from llamaduo.judging.truncation import is_cut, truncation_line
 
 HISTOGRAM_NAME = "scores_histogram.png"
@@ -102,8 +103,10 @@ def verdict_line(summary: dict) -> str:
     never a statement about the bar alone."""
     verdict = "QUALIFIED" if summary["qualified"] else "NOT QUALIFIED"
     criteria = summary.get("criteria") or []
-    if not summary.get("scored_rows"):
+    if summary.get("judged", True) and not summary.get("scored_rows"):
         return f"verdict: {verdict}: no row was scored"
+    if not criteria:
+        return f"verdict: {verdict}: no criterion is set"
     return f"verdict: {verdict}: " + "; ".join(_measured(c) for c in criteria)
 
 
@@ -112,6 +115,10 @@ def summary_lines(summary: dict) -> list[str]:
     s = summary
     tokens = s.get("tokens") or {}
     this_run = s.get("this_run") or {}
+    if not s.get("judged", True):
+        return [verdict_line(s), f"evaluator: {s.get('evaluator', '?')}",
+                f"rows: {s['rows']}; no judge (service_llm_provider none): no judge calls, cost $0",
+                truncation_line(s)]
     return [
         verdict_line(s),
         f"evaluator: {s.get('evaluator', '?')}",
@@ -134,9 +141,11 @@ def summary_lines(summary: dict) -> list[str]:
 
 def one_screen_summary(summary: dict, output_dir: Path | str | None = None) -> str:
     """The block printed at the end of a run."""
-    lines = ["=" * 72, "evaluation summary", "-" * 72, *summary_lines(summary), *execution_lines(summary)]
+    lines = ["=" * 72, "evaluation summary", "-" * 72, *summary_lines(summary), *task_metric_lines(summary),
+             *execution_lines(summary)]
     if output_dir is not None:
-        lines.append(f"output: {output_dir} (summary.json, report.md, {HISTOGRAM_NAME})")
+        histogram = f", {HISTOGRAM_NAME}" if summary.get("judged", True) else ""
+        lines.append(f"output: {output_dir} (summary.json, report.md{histogram})")
     lines.append("=" * 72)
     return "\n".join(lines)
 
@@ -147,6 +156,10 @@ def render_report(summary: dict, rows: Sequence[dict], histogram_name: str = HIS
     s = summary
     out = ["# Evaluation report", ""]
     out += [f"- {line}" for line in summary_lines(s)]
+    if not s.get("judged", True):  # no judge scores: the task metric's section follows
+        return "\n".join([*out, f"- input: `{s.get('lm_response_ds_id', '?')}` split "
+                                 f"`{s.get('lm_response_ds_split', '?')}`; date: {s.get('date', '?')}", "",
+                           *rows_table(rows)])
     out += [
         f"- input: `{s.get('lm_response_ds_id', '?')}` split `{s.get('lm_response_ds_split', '?')}`; "
         f"repeats per row: {s.get('eval_repeat', '?')}; date: {s.get('date', '?')}",
@@ -199,11 +212,13 @@ def render_report(summary: dict, rows: Sequence[dict], histogram_name: str = HIS
 def rows_table(rows: Sequence[dict]) -> list[str]:
     """Every row on one line, so cut answers (`cut`: yes / no / ? when batch inference did not
     record finish_reason) can be found next to their scores."""
-    out = ["## All rows", "", "| # | prompt_id | repeat | similarity | precision | cut |", "|---|---|---|---|---|---|"]
+    task = any(r.get("task_score") is not None for r in rows)  # the task metric's column, when set
+    out = ["## All rows", "", "| # | prompt_id | repeat | similarity | precision | cut |" + (" task_score |" if task else ""),
+           "|---|---|---|---|---|---|" + ("---|" if task else "")]
     for i, r in enumerate(rows):
         cut = {True: "**yes**", False: "no", None: "?"}[is_cut(r)]
         pid = str(r.get("prompt_id", "-"))
         pid = pid if len(pid) <= 16 else pid[:12] + "…"  # sha256 ids: 12 hex digits still identify the row
         out.append(f"| {i} | {pid} | {r.get('repeat_index', '-')} | {_fmt(r.get('similarity_scores'))} | "
-                   f"{_fmt(r.get('precision_scores'))} | {cut} |")
+                   f"{_fmt(r.get('precision_scores'))} | {cut} |" + (f" {_fmt(r.get('task_score'))} |" if task else ""))
     return out + [""]

@@ -227,7 +227,7 @@ def check_provider(stage: Stage, probed: dict[str, str | None], reach: Callable[
     from llamaduo.service_llm import ServiceLLM
 
     provider = str(stage.printed.get("service_llm_provider") or "")
-    if provider == "reference":
+    if provider in ("reference", "none"):  # offline judges (none: the task metric alone)
         return []
     try:
         llm = ServiceLLM.from_args(stage_args(stage), workers=1, show_progress=False)

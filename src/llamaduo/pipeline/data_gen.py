@@ -264,8 +264,12 @@ def resolve_test_split(args: DataGenArgs) -> tuple[str, str] | None:
     if args.test_ds_split:
         return ref, args.test_ds_split  # explicit: must exist (load_split raises UsageError)
     splits = available_splits(ref)
-    if DEFAULT_TEST_SPLIT in splits:
-        return ref, DEFAULT_TEST_SPLIT
+    for name in (DEFAULT_TEST_SPLIT, "test"):  # a plain HF dataset's test split (load_split's fallback)
+        if name in splits:
+            if name != DEFAULT_TEST_SPLIT:
+                logger.info("'%s' has no '%s' split: decontaminating against its '%s' split", ref,
+                            DEFAULT_TEST_SPLIT, name)
+            return ref, name
     logger.warning(
         "no test split to decontaminate against: '%s' has no '%s' split (splits: %s); set "
         "test_ds_id/test_ds_split, or decontaminate: false to silence this",

@@ -12,7 +12,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
-from datasets import Dataset
+from datasets import Dataset, Value
 
 from llamaduo.config import config_to_dict, parse_config
 from llamaduo.data import (SYNTH_COLUMNS, canonical_synth_columns, first_user_message, load_split,
@@ -34,7 +34,7 @@ Example:
   python dataset_merge.py --from-config config/dataset_merge.yaml --second-ds-id outputs/synth
 """
 
-MISSING = "[missing]"
+MISSING = None  # the value HF users expect for "not known" (was the string "[missing]" before 2026-12)
 
 
 @dataclass
@@ -105,9 +105,10 @@ def _align_row(row: dict[str, Any], fills: Counter) -> dict[str, Any]:
     for column in ("generator", "seed_prompt", "category"):
         value = row.get(column)
         if value is None or value == "":
-            fills[f"{column} (as '{MISSING}')"] += 1
-            value = MISSING
-        out[column] = str(value)
+            fills[f"{column} (as null)"] += 1
+            out[column] = MISSING
+        else:
+            out[column] = str(value)
     extras = {k: v for k, v in row.items() if k not in SYNTH_COLUMNS}
     return {**{c: out[c] for c in SYNTH_COLUMNS}, **extras}
 
@@ -115,7 +116,11 @@ def _align_row(row: dict[str, Any], fills: Counter) -> dict[str, Any]:
 def rows_to_dataset(rows: list[dict[str, Any]]) -> Dataset:
     """One table from rows whose extra columns differ by source (None where a source lacks one)."""
     columns = list(dict.fromkeys(k for row in rows for k in row))
-    return Dataset.from_list([{c: row.get(c) for c in columns} for row in rows])
+    ds = Dataset.from_list([{c: row.get(c) for c in columns} for row in rows])
+    for column in ("generator", "seed_prompt", "category"):  # all-null: still a string column
+        if column in ds.column_names and ds.features[column] == Value("null"):
+            ds = ds.cast_column(column, Value("string"))
+    return ds
 
 
 def _messages_key(row: dict[str, Any]) -> str:
