@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Fault and bad-input campaign: prints the reliability table of docs/reliability.md.
 
-    python scripts/reliability_campaign.py [--kills 6] [--seed 14] [--only matrix,kill,atomic,lock]
+    python scripts/reliability_campaign.py [--kills 6] [--seed 14] [--only matrix,kill,atomic,lock,attacks]
                                            [--repo PATH]
 
 Everything runs on loopback against the local protocol server (tests/servers/), as real
@@ -21,6 +21,10 @@ subprocesses of the stage scripts, bounded in count and time (default about 4-5 
   output_writer.py), killed at random moments; a reader must find one complete version.
 * lock:   two evaluation runs on one output folder started 0.3 s apart; requests must equal
   the judgements of one run.
+* attacks: every attack of tests/servers/attacks.py as the answer of one row of `evaluation.py
+  --allow_code_execution` (run twice), with canary secrets in the environment and on the command
+  line; contained = no file changed outside the sandbox, no connection to a local server, no
+  surviving process, no canary in the output, no forged pass, the evaluation alive.
 
 `--repo PATH` runs the stages of another checkout (e.g. an older commit) with the same cases,
 for a before/after comparison (the atomic part needs this checkout's writer and is skipped).
@@ -45,6 +49,7 @@ from typing import Iterator
 HERE = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(HERE / "src"), str(HERE)]  # the checkout's src/llamaduo, then the repo root
 
+from tests.servers.attacks import ESCAPES, evaluation_campaign  # noqa: E402
 from tests.servers.bad_inputs import CASES, eval_argv, response_rows, run_case, stage_env, write_jsonl  # noqa: E402
 from tests.servers.input_cases import INPUT_CASES, run_subprocess  # noqa: E402
 from tests.servers.process import server_stats  # noqa: E402
@@ -223,6 +228,11 @@ def table(results: dict) -> str:
         lines.append(f"| two runs on one output folder, 0.3 s apart | 1 | "
                      f"{int(r['requests'] == r['judgements'] and sorted(r['exit_codes'])[-1] == 2)} | - | "
                      f"{r['requests'] - r['judgements']} | - |")
+    if "attacks" in results:
+        a = results["attacks"]
+        lines += ["", "| sandbox attacks through evaluation.py | contained | " + " | ".join(ESCAPES) + " |",
+                  "|---|---|" + "---|" * len(ESCAPES),
+                  f"| {a['attacks']} | {a['contained']} | " + " | ".join(str(a["by_kind"][k]) for k in ESCAPES) + " |"]
     return "\n".join(lines)
 
 
@@ -248,7 +258,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--kills", type=int, default=6, help="kill points per kill campaign (default 6)")
     parser.add_argument("--seed", type=int, default=14)
-    parser.add_argument("--only", default="matrix,inputs,kill,atomic,lock")
+    parser.add_argument("--only", default="matrix,inputs,kill,atomic,lock,attacks")
     parser.add_argument("--jobs", type=int, default=2, help="bad-input cases run in parallel (default 2)")
     parser.add_argument("--repo", type=Path, default=HERE, help="checkout whose stages are run (default: this one)")
     ns = parser.parse_args()
@@ -274,6 +284,9 @@ def main() -> int:
                 results["lock"] = lock_race(url, work, repo)
         if "atomic" in parts:
             results["atomic"] = atomic_campaign(work, ns.kills, rng)
+        if "attacks" in parts:
+            # another checkout may have no PID namespace: its kill attack would hit every process
+            results["attacks"] = evaluation_campaign(work / "attacks", repo, include_alone=repo == HERE)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(table(results))

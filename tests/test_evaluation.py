@@ -115,6 +115,15 @@ def test_exact_means_coverage_and_qualification(fresh, repo_root, tmp_path):
     lo, hi = s["similarity_ci95"]
     assert lo < 68 < hi
     assert fresh.stats()["accepted"] == 10
+    import hashlib
+
+    import llamaduo
+
+    versions = s["versions"]  # what the scores depend on besides the data
+    assert versions["llamaduo"] == llamaduo.__version__ and versions["transformers"]
+    prompt = load_eval_template(str(repo_root / "src/llamaduo/defaults/prompts.toml"))
+    assert versions["judge_prompt_sha256"] == hashlib.sha256(prompt.encode()).hexdigest()
+    assert versions["judge"]["model"] == "mock-judge" and versions["judge"]["eval_repeat"] == 2
     # cost from the ledger: mock-judge costs $1 / $2 per 1M input / output tokens
     tok = s["tokens"]
     assert tok["input"] > 0 and tok["output"] > 0

@@ -15,8 +15,18 @@ from typing import Callable, NoReturn
 from llamaduo.errors import run_main
 
 
+def _print_version_and_exit() -> None:
+    """`--version` answered before the stage module (and torch) is imported."""
+    from llamaduo.version import version_line, wants_version
+
+    if wants_version(sys.argv[1:]):
+        print(version_line(os.path.basename(sys.argv[0]) or "llamaduo"))
+        sys.exit(0)
+
+
 def _stage(name: str) -> Callable[[], NoReturn]:
     def entry() -> NoReturn:
+        _print_version_and_exit()
         run_main(importlib.import_module(f"llamaduo.pipeline.{name}").main)
 
     entry.__name__ = entry.__qualname__ = name
@@ -56,6 +66,7 @@ def loop() -> NoReturn:
     folder."""
     from llamaduo.loop import script_path
 
+    _print_version_and_exit()
     env = dict(os.environ)
     env.setdefault("PYTHON", sys.executable)
     env.setdefault("LLAMADUO_HELPER_PYTHON", sys.executable)

@@ -28,6 +28,7 @@ from typing import Any, Callable, Iterator, Mapping, Optional, TypeVar
 
 from filelock import FileLock, Timeout
 
+from llamaduo import leak_check
 from llamaduo.errors import UsageError
 
 logger = logging.getLogger("llamaduo.outputs")
@@ -176,6 +177,7 @@ def publish_files(out_dir: Path, write: Callable[[Path], None]) -> Path:
     folder's other entries)."""
     with staged_output(out_dir) as staging:
         write(staging)
+        leak_check.secure_folder(staging, f"the output {out_dir}")  # the last check, before the swap
     return Path(out_dir)
 
 

@@ -14,7 +14,10 @@ fine-tuning have run (or after paid judge calls). Checked, for each stage:
 4. for a service-LLM stage (evaluation, data_gen): the provider's keys and credentials, by
    the same offline validation the stage runs (`ServiceLLM.from_args`; no key is printed);
 5. for a paid provider: that its API answers at all — one plain GET of the base URL, with no
-   key and no paid call; any HTTP status counts as reachable.
+   key and no paid call; any HTTP status counts as reachable;
+6. every Hub push target (`push_to_hub` / `push_*_to_hf_hub` on): a valid repo id, the Hub usable
+   (not HF_HUB_OFFLINE), and a token that can write to the repo's namespace (`whoami` through
+   the llamaduo.hub seam).
 
 Usage (the loop builds the argument list, so the overrides live in one place):
     python -m llamaduo.loop.check --python PY [--stage NAME CONFIG [OVERRIDES...]]...
@@ -243,6 +246,60 @@ def check_provider(stage: Stage, probed: dict[str, str | None], reach: Callable[
     return [f"{stage.name} ({stage.config}): provider {llm.spec.provider} at {url} is not reachable: {probed[url]}"]
 
 
+# ------------------------------------------------------------------------------ 5. Hub push targets
+
+# stage -> (the key that turns its push on, the key naming the Hub repo it pushes to)
+PUSH_KEYS = {
+    "finetune": ("push_to_hub", "hub_model_id"),
+    "batch_inference": ("push_lm_responses_to_hf_hub", "lm_response_ds_id"),
+    "evaluation": ("push_eval_to_hf_hub", "eval_ds_id"),
+    "data_gen": ("push_synth_ds_to_hf_hub", "synth_ds_id"),
+    "dataset_merge": ("push_result_ds_to_hf_hub", "result_ds_id"),
+}
+
+
+def check_push_targets(stages: list[Stage]) -> list[str]:
+    """Every Hub push target the stages would write to, checked as the stage checks it first
+    (llamaduo.hub.check_push_possible: offline, reachable, a token, write access to the repo's
+    namespace), so a push that cannot happen fails here and not after round 0's minutes.
+
+    WHY here: a stage checks its own push only when it starts, and finetune starts after round 0
+    (batch inference and the judge calls) has run."""
+    from llamaduo.errors import LlamaDuoError
+    from llamaduo.hub import check_push_possible
+
+    problems = []
+    for stage in stages:
+        switch, target = PUSH_KEYS.get(stage.name, (None, None))
+        if not switch or not stage.printed.get(switch):
+            continue
+        repo_id = str(stage.printed.get(target) or "")
+        where = f"{stage.name} ({stage.config})"
+        invalid = _repo_id_problem(repo_id)
+        if invalid:
+            problems.append(f"{where}: {switch} is on but {target} '{repo_id}' {invalid}; set {switch}: false "
+                            f"(the loop writes every round to a local folder; push the final output yourself)")
+            continue
+        try:
+            check_push_possible(True, f"{target} '{repo_id}'", repo_id, switch)
+        except LlamaDuoError as err:
+            problems.append(f"{where}: {err}")
+    return problems
+
+
+def _repo_id_problem(repo_id: str) -> str | None:
+    """Why `repo_id` is no Hub repo id (the loop's per-round folders are paths), or None."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if not repo_id:
+        return "is not set"
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError:
+        return "is not a Hub repo id (the loop passes a local per-round folder there)"
+    return None
+
+
 # ------------------------------------------------------------------------------ main
 
 
@@ -256,6 +313,7 @@ def run_checks(python: str, stages: list[Stage]) -> list[str]:
         problems += check_paths(stage)
         if stage.name in ("evaluation", "data_gen"):
             problems += check_provider(stage, probed)
+    problems += check_push_targets(stages)
     return problems
 
 
@@ -272,7 +330,8 @@ def main(argv: list[str]) -> int:
         print(f"error: check: {problem}", file=sys.stderr)
     if problems:
         return 2
-    print(f"check: {len(stages)} stage configs parse; inputs, credentials and providers OK", file=sys.stderr)
+    print(f"check: {len(stages)} stage configs parse; inputs, credentials, providers and Hub push targets OK",
+          file=sys.stderr)
     return 0
 
 

@@ -472,6 +472,10 @@ def prepare(args: DataGenArgs) -> Prepared:
     test_ref = resolve_test_split(args)
     test = load_test_prompts(test_ref, args.data_format, args.column_map, args.drop_invalid_rows)
     existing, used_prompts = load_existing(args, out_dir)
+    # The loop's existing_ds_id is the data trained on so far, which holds the reference rows
+    # too: count (and filter against) each instruction once, not as train and again as existing.
+    known = {normalize_text(text) for _, text in train}
+    existing = [(key, text) for key, text in existing if normalize_text(text) not in known]
     used = frozenset(i for i, s in enumerate(seeds) if normalize_text(s.instruction) in used_prompts)
     return Prepared(template, seeds, train, test, test_ref, existing, out_dir, llm, used)
 
@@ -566,9 +570,9 @@ def run(args: DataGenArgs) -> int:
         return EXIT_OK
     logger.info(
         "data_gen: %s; %d seed rows from %s[%s] (%d used by earlier data: taken last); %d train rows "
-        "and %d test prompts for the filters%s",
+        "(%d reference + %d earlier) and %d test prompts for the filters%s",
         prep.llm.describe(), len(prep.seeds), args.reference_ds_id, args.reference_ds_split, len(prep.used_seeds),
-        len(prep.train) + len(prep.existing), len(prep.test),
+        len(prep.train) + len(prep.existing), len(prep.train), len(prep.existing), len(prep.test),
         f" ({prep.test_ref[0]}[{prep.test_ref[1]}])" if prep.test_ref else " (NO decontamination)",
     )
     qf = QualityFilter(quality_config(args), train=prep.train + prep.existing, test=prep.test)

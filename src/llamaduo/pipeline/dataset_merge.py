@@ -42,11 +42,13 @@ class MergeArgs:
     """Merge two SFT datasets (e.g. the original and a synthetic one) into one."""
 
     first_ds_id: Optional[str] = field(default=None, metadata={"help": "first dataset: Hub id, local folder or file"})
-    first_ds_train_split: str = field(default="train_sft", metadata={"help": "train split of the first dataset"})
+    first_ds_train_split: str = field(default="train_sft", metadata={
+        "help": "train split of the first dataset (train_sft falls back to train when absent)"})
     first_ds_test_split: Optional[str] = field(
-        default="test_sft", metadata={"help": "test split of the first dataset ('' to have no test split)"})
+        default="test_sft", metadata={"help": "test split of the first dataset ('' to have no test split; test_sft falls back to test)"})
     second_ds_id: Optional[str] = field(default=None, metadata={"help": "second dataset: Hub id, local folder or file"})
-    second_ds_train_split: str = field(default="train_sft", metadata={"help": "train split of the second dataset"})
+    second_ds_train_split: str = field(default="train_sft", metadata={
+        "help": "train split of the second dataset (train_sft falls back to train when absent)"})
     second_ds_test_split: Optional[str] = field(
         default=None, metadata={"help": "test split of the second dataset, added to the result's test split"})
     push_result_ds_to_hf_hub: bool = field(default=False, metadata={"help": "also push the result to the Hub"})

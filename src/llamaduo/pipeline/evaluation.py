@@ -44,6 +44,7 @@ from llamaduo.judging import (
     too_many_failures,
     write_histogram,
 )
+from llamaduo.judging.report import histogram_title
 from llamaduo.judging.contract import INPUT_COLUMNS, JudgeOutcome, load_eval_template, output_columns, output_features
 from llamaduo.judging.judges import NONE, REFERENCE, Judge, check_judge_name, judge_names, make_judge
 from llamaduo.judging.truncation import FINISH_COLUMN, truncated_summary
@@ -241,7 +242,8 @@ def write_reports(out_dir: Path, summary: dict, ds: Dataset, rows: Sequence[RowS
     scored = [r for r in rows if r.scored]
     if summary.get("judged", True):
         write_histogram([r.similarity for r in scored], [r.precision for r in scored],
-                        out_dir / HISTOGRAM_NAME, thresholds=(thresholds.similarity, thresholds.precision))
+                        out_dir / HISTOGRAM_NAME, thresholds=(thresholds.similarity, thresholds.precision),
+                        title=histogram_title(summary))
     report = render_report(summary, ds.to_list())
     report += "\n".join(["", *task_report(summary, ds.to_list()), *code_eval.execution_report(summary, ds.to_list())])
     (out_dir / REPORT_NAME).write_text(scrub_secrets(report))
@@ -278,6 +280,21 @@ def build_summary(args: EvaluationArgs, rows: Sequence[RowScore], outcome: Judge
         "output_dir": str(out_dir),
     })
     return summary
+
+
+def versions_block(args: EvaluationArgs, judge: Judge, template: str, outcome: JudgeOutcome) -> dict:
+    """summary.json `versions`: what a score depends on besides the data (package versions,
+    the judge prompt's hash, the judge's settings), so two runs' numbers can be compared."""
+    import hashlib
+
+    from llamaduo.version import run_versions
+
+    spec = getattr(getattr(judge, "llm", None), "spec", None)
+    return {**run_versions(),
+            "judge_prompt_sha256": hashlib.sha256(template.encode("utf-8")).hexdigest(),
+            "judge": {"provider": args.service_llm_provider, "model": outcome.evaluator,
+                      "eval_repeat": outcome.effective_repeat,
+                      "gen_config": dict(spec.gen_config) if spec is not None else None}}
 
 
 # --------------------------------------------------------------------------- run
@@ -381,6 +398,7 @@ def run(args: EvaluationArgs) -> int:
 
     rows = [aggregate_row(js) for js in outcome.repeats]
     summary = build_summary(args, rows, outcome, thresholds, ds, date, out_dir)
+    summary["versions"] = versions_block(args, judge, template, outcome)
     exec_columns = run_execution(ds, rows, thresholds, exec_settings, summary) if code_eval.has_tests(ds.column_names) else None
     task_scores = run_task_metric(prep, ds, rows, thresholds, exec_columns, summary) if prep else None
     summary["qualified"] = summary["qualified"] and bool(summary["criteria"])  # no bar at all: never qualified

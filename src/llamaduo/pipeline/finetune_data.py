@@ -62,11 +62,25 @@ def classify_splits(splits: Sequence[str]) -> tuple[list[str], list[str]]:
     return train, test
 
 
+def split_roles(splits: Sequence[str], train_split: str | None = None,
+                test_split: str | None = None) -> tuple[list[str], list[str]]:
+    """(train splits, test splits): TRL's `dataset_train_split`/`dataset_test_split` name a role
+    whatever the split is called; otherwise the names in `dataset_splits` decide."""
+    if not (train_split or test_split):
+        return classify_splits(splits)
+    train = [train_split] if train_split else [s for s in splits if "train" in s]
+    test = [test_split] if test_split else [s for s in splits if "test" in s and "train" not in s]
+    if not train:
+        raise UsageError(f"dataset_splits {list(splits)} has no train split; set dataset_train_split")
+    return train, test
+
+
 def load_mixed(mixer: Mapping[str, float], splits: Sequence[str], *, seed: int, want_eval: bool,
                data_format: str = "auto", column_map: Mapping[str, str] | None = None,
-               drop_invalid_rows: bool = False) -> MixedData:
+               drop_invalid_rows: bool = False, train_split: str | None = None,
+               test_split: str | None = None) -> MixedData:
     """Load, check and mix every dataset; raises UsageError on any bad input (before model load)."""
-    train_splits, test_splits = classify_splits(splits)
+    train_splits, test_splits = split_roles(splits, train_split, test_split)
     train_parts: list[Dataset] = []
     eval_parts: list[Dataset] = []
     sources: list[dict[str, Any]] = []

@@ -68,11 +68,12 @@ class ServiceLLMArgs:
         default=None,
         metadata={"help": "AWS region for anthropic-bedrock. Default: env AWS_LOCATION, AWS_REGION."},
     )
-    rate_limit_per_minute: int = field(
-        default=60,
+    rate_limit_per_minute: Optional[int] = field(
+        default=None,
         metadata={
             "help": "Requests per minute, paced smoothly (one request every 60/RPM s); retries "
-            "count too. 0 = no limit."
+            "count too. 0 = no limit. Default (None): 0 (no limit) when service_llm_base_url is a "
+            "loopback address (localhost, 127.0.0.1, ::1: a local server), else 60."
         },
     )
     # --- new keys ---------------------------------------------------------------------------
@@ -135,7 +136,10 @@ class ServiceLLMArgs:
     )
     pricing_path: str = field(
         default=default_file("pricing.yaml"),
-        metadata={"help": "YAML of USD prices per 1M input/output tokens, per model."},
+        metadata={"help": "YAML of USD prices per 1M input/output tokens, per model (exact names, plus "
+                          "`aliases: [..]` per entry), overriding the maintained genai-prices table; a model "
+                          "neither knows is never priced by a prefix guess. Default: the shipped "
+                          "llamaduo/defaults/pricing.yaml."},
     )
     max_input_tokens: int = field(
         default=0,
