@@ -18,9 +18,22 @@ export TOKENIZERS_PARALLELISM ?= false
 TEST_WORKERS ?= auto
 XDIST := -n $(TEST_WORKERS) --dist worksteal
 
-.PHONY: setup demo test test-fast bench clean-outputs venv-vllm
+.PHONY: setup demo test test-fast bench clean-outputs venv-vllm sandbox-tool
 
-setup: $(VENV)/.installed $(VENV)/.package $(VENV)/.model
+setup: $(VENV)/.installed $(VENV)/.package $(VENV)/.model sandbox-tool
+
+# bubblewrap: the kernel sandbox evaluation runs model-written code in (docs/evaluation.md, "The
+# safety model"). Installed with apt-get where we are root on Debian/Ubuntu (CI, a fresh machine);
+# elsewhere a note, not a failure: evaluation then refuses to run code unless execution_isolation: none.
+sandbox-tool:
+	@command -v bwrap >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap) \
+	      || echo "note: could not install bubblewrap; code execution in evaluation will be refused"; \
+	  else \
+	    echo "note: bubblewrap (bwrap) is not installed; install it (e.g. sudo apt-get install bubblewrap)" \
+	         "to run model-written code in evaluation (docs/evaluation.md)"; \
+	  fi; }
 
 # torch is installed first and pinned: an unpinned torch pulls a CUDA build of several GB.
 $(VENV)/.installed: requirements.txt requirements-models.txt

@@ -44,11 +44,12 @@ def test_auc_matches_pairwise_counting_with_ties():
     assert auc([1, 2], [True, True]) is None  # one class: undefined, not 0.5
 
 
-def test_pass_rate_ci_is_clipped_to_0_100():
+def test_pass_rate_ci_is_the_wilson_interval_over_prompts():
     stats = pass_rate_stats({"a": [True], "b": [True], "c": [False]})
     assert stats["pass_at_1"] == pytest.approx(2 / 3, abs=1e-4)
     lo, hi = stats["pass_rate_ci95"]
-    assert lo == 0.0 and hi == 100.0  # the raw Student-t interval is [-76.8, 210.1]
+    # Wilson, 2 of 3: [20.77, 93.85]; the old Student-t interval was [-76.8, 210.1] before clipping
+    assert (lo, hi) == pytest.approx((20.77, 93.85), abs=0.01)
 
 
 def test_agreement_counts_rows_the_judge_passed_that_fail():
@@ -214,3 +215,48 @@ def test_the_script_says_how_to_opt_in(repo_root, tmp_path):
     assert proc.returncode == 2 and "allow_code_execution: true" in proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error")]
     assert "Traceback" not in proc.stderr and len(errors) == 1 and "allow_code_execution" in errors[0]
+
+
+# --------------------------------------------------------------------------- isolation and secrets
+
+
+def test_no_kernel_sandbox_exits_2_before_any_model_load(tmp_path, no_model_load, monkeypatch):
+    from llamaduo import sandbox
+
+    data = write_batch(tmp_path / "batch.jsonl", [[correct(t)] for t in humaneval_rows()])
+    monkeypatch.setenv("PATH", str(tmp_path))  # no bwrap on PATH
+    sandbox._bwrap_problem.cache_clear()
+    try:
+        with pytest.raises(UsageError, match="no kernel sandbox for model-written code: bubblewrap .bwrap. is not "
+                                             "installed.*set execution_isolation: none"):
+            main(argv(data, tmp_path / "eval", "--allow_code_execution"))
+        with pytest.raises(UsageError, match="execution_isolation"):
+            main(argv(data, tmp_path / "eval", "--allow_code_execution", "--execution_isolation", "docker"))
+    finally:
+        monkeypatch.undo()
+        sandbox._bwrap_problem.cache_clear()
+    assert not (tmp_path / "eval").exists()
+
+
+def test_isolation_none_runs_and_warns_that_it_is_unsafe(tmp_path, caplog):
+    tasks = humaneval_rows()
+    data = write_batch(tmp_path / "batch.jsonl", [[correct(t)] for t in tasks])
+    with caplog.at_level("WARNING", logger="llamaduo.evaluation"):
+        assert main(argv(data, tmp_path / "eval", "--allow_code_execution", "--execution_isolation", "none")) == EXIT_OK
+    assert "UNSAFE: execution_isolation is none" in caplog.text
+    assert json.loads((tmp_path / "eval" / "summary.json").read_text())["execution"]["isolation"] == "none"
+
+
+def test_a_secret_in_an_answer_never_reaches_the_output(tmp_path, monkeypatch):
+    """An answer that carries the evaluation's own keys (hard-coded, echoed) into its failure
+    reason: exec_reason, the report, summary.json and every file of the output hold `***`."""
+    key, cfg_key = "sk-canary-openai-5e1f0c", "cfg-canary-7d2b9a41"
+    monkeypatch.setenv("OPENAI_API_KEY", key)
+    tasks = humaneval_rows()
+    leak = fence(f"def {tasks[0]['entry_point']}(*args):\n    raise ValueError('{key} and {cfg_key}')\n")
+    data = write_batch(tmp_path / "batch.jsonl", [[leak]] + [[correct(t)] for t in tasks[1:]])
+    main(argv(data, tmp_path / "eval", "--allow_code_execution", "--service_llm_api_key", cfg_key))
+    ds = load_from_disk(str(tmp_path / "eval"))["eval"]
+    assert ds["exec_reason"][0] == "ValueError: *** and ***"
+    files = b"".join(p.read_bytes() for p in (tmp_path / "eval").rglob("*") if p.is_file())
+    assert key.encode() not in files and cfg_key.encode() not in files

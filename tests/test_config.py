@@ -163,3 +163,32 @@ def test_secret_masking_is_not_too_broad():
         average_tokens_across_devices: bool = True
 
     assert config_to_dict(S()) == {"hub_token": "***", "max_new_tokens": 5, "average_tokens_across_devices": True}
+
+
+def test_help_shows_every_default_and_masks_secrets(tmp_path, capsys):
+    cfg = write(tmp_path, "eval_repeat: 5\nservice_llm_api_key: sk-do-not-print\n")
+    with pytest.raises(SystemExit) as exit_info:
+        parse_config(Args, argv=["--from-config", cfg, "--help"])
+    assert exit_info.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    assert "judge repeats (default: 5)" in out  # the value in effect: the file's
+    assert "(default: 60)" in out and "(default: 90.0)" in out and "(default: False)" in out
+    assert "sk-do-not-print" not in out and "(default: ***)" in out
+    fields = [f for f in Args.__dataclass_fields__]
+    assert out.count("(default:") >= len(fields)
+
+
+@pytest.mark.parametrize("script", ["dataset_merge.py", "evaluation.py", "finetune.py", "batch_inference.py",
+                                    "data_gen.py"])
+def test_version_without_heavy_imports(repo_root, script):
+    """`--version` on every stage prints the version and imports neither torch nor transformers."""
+    probe = ("import runpy, sys; sys.argv = [%r, '--version']\n"
+             "try:\n    runpy.run_path(%r, run_name='__main__')\n"
+             "except SystemExit as e:\n    code = e.code\n"
+             "heavy = [m for m in ('torch', 'transformers', 'datasets') if m in sys.modules]\n"
+             "print('HEAVY', heavy, 'CODE', code)") % (script, script)
+    proc = subprocess.run([sys.executable, "-c", probe], cwd=repo_root, capture_output=True, text=True)
+    import llamaduo
+
+    assert f"{script} (llamaduo) {llamaduo.__version__}" in proc.stdout, proc.stderr
+    assert "HEAVY [] CODE 0" in proc.stdout

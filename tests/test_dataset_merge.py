@@ -60,7 +60,7 @@ def test_merge_end_to_end(repo_root, datasets_dir):
     synth = [r for r in train if r["generator"] == "gpt-4o"]
     assert [r["seed_prompt"] for r in synth] == ["task 3", "task 4"]  # plural spellings accepted
     assert synth[0]["prompt_id"] == prompt_id_for("new task A")
-    assert {r["generator"] for r in train if r["prompt"].startswith("task")} == {"[missing]"}
+    assert {r["generator"] for r in train if r["prompt"].startswith("task")} == {None}  # null, not "[missing]"
     summary = json.loads((out / "summary.json").read_text())
     assert summary["exact_duplicates_dropped"] == 2 and summary["contaminated_dropped"] == 1
     assert summary["added"] == 2  # new task A and B: what the loop's stop rule reads
@@ -130,3 +130,27 @@ def test_added_is_zero_when_every_second_row_is_already_known(repo_root, dataset
     assert proc.returncode == 0, proc.stderr
     summary = json.loads((out / "summary.json").read_text())
     assert summary["second_train"] == 2 and summary["added"] == 0 and summary["train"] == 6
+
+
+def test_merge_plain_train_test_splits_without_flags(repo_root, tmp_path):
+    """A plain HF dataset (train/test, no *_sft names) merges with no split flag, the log says
+    which split was used, and the output opens with `load_dataset(folder)` as well as load_from_disk."""
+    from datasets import load_dataset
+
+    first = tmp_path / "plain"
+    write_jsonl(first / "train.jsonl", [pair(f"task {i}", f"answer {i}") for i in range(4)])
+    write_jsonl(first / "test.jsonl", [pair("held out", "x")])
+    write_jsonl(tmp_path / "second" / "train.jsonl", [pair("new task", "new answer"), pair("held out", "y")])
+    out = tmp_path / "merged"
+    proc = run_merge(repo_root, "--first-ds-id", str(first), "--second-ds-id", str(tmp_path / "second"),
+                     "--result-ds-id", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert "has no split 'train_sft': using its 'train' split" in proc.stderr
+    assert "has no split 'test_sft': using its 'test' split" in proc.stderr
+    loaded = load_dataset(str(out))
+    assert sorted(loaded) == ["test_sft", "train_sft"]
+    assert len(loaded["train_sft"]) == 5 and len(loaded["test_sft"]) == 1  # "held out" dropped from train
+    assert loaded["train_sft"]["prompt"] == load_from_disk(str(out))["train_sft"]["prompt"]
+    assert loaded["train_sft"][0]["generator"] is None
+    assert "Saving the dataset" not in proc.stderr  # no datasets progress bars for a small write
+    assert "Creating json from Arrow" not in proc.stderr

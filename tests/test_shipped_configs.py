@@ -43,9 +43,25 @@ def load(stage: str, config: str) -> tuple[dict, str]:
     return yaml.safe_load(proc.stdout), proc.stderr
 
 
+# step 0 (collect.py) writes the reference dataset the sets read
+COLLECT = "config/collect.yaml"
+
+
 def test_every_shipped_config_file_is_in_a_set():
     in_sets = {c for s in SETS.values() for c in s.values()}
-    assert STAGE_CONFIGS - NOT_STAGE == in_sets
+    assert STAGE_CONFIGS - NOT_STAGE == in_sets | {COLLECT}
+
+
+def test_collect_writes_what_the_real_set_reads():
+    """collect.py's output has the splits the real set reads as its reference data (point the
+    sets' reference keys at it, docs/loop.md), and it writes where no stage writes."""
+    col, _ = load("collect", COLLECT)
+    mg, _ = load("dataset_merge", SETS["real"]["dataset_merge"])
+    bi, _ = load("batch_inference", SETS["real"]["batch_inference"])
+    dg, _ = load("data_gen", SETS["real"]["data_gen"])
+    assert (col["train_split"], col["test_split"]) == (mg["first_ds_train_split"], mg["first_ds_test_split"])
+    assert col["test_split"] == bi["test_ds_split"] and col["train_split"] == dg["reference_ds_split"]
+    assert col["reference_ds_id"] not in (mg["result_ds_id"], bi["lm_response_ds_id"], dg["synth_ds_id"])
 
 
 @pytest.mark.parametrize("name", sorted(SETS))

@@ -56,14 +56,30 @@ def load_split(
     splits = load_splits(ref, revision=revision, what=what)
     if SINGLE_SPLIT in splits:
         ds = splits[SINGLE_SPLIT]
-    elif split in splits:
-        ds = splits[split]
     else:
-        raise UsageError(f"{what} '{ref}' has no split '{split}'; existing splits: {', '.join(sorted(splits))}")
+        ds = splits[resolve_split_name(splits, split, ref, what)]
     check_columns(ds, required_columns, f"{what} '{ref}' split '{split}'")
     if len(ds) == 0:
         raise UsageError(f"{what} '{ref}' split '{split}' is empty")
     return ds
+
+
+# The LlamaDuo/alignment-handbook default split names, and the plain names most Hub datasets use.
+SPLIT_FALLBACKS = {"train_sft": "train", "test_sft": "test"}
+
+
+def resolve_split_name(splits: Iterable[str], split: str, ref: str, what: str = "dataset") -> str:
+    """`split` when the dataset has it; else the plain `train`/`test` for the default
+    `train_sft`/`test_sft` (logged, so a run's log says which split it read). WHY: a plain HF
+    dataset (train/test) would otherwise need 3-4 split flags per stage."""
+    names = set(splits)
+    if split in names:
+        return split
+    fallback = SPLIT_FALLBACKS.get(split)
+    if fallback and fallback in names:
+        logger.info("%s '%s' has no split '%s': using its '%s' split", what, ref, split, fallback)
+        return fallback
+    raise UsageError(f"{what} '{ref}' has no split '{split}'; existing splits: {', '.join(sorted(names))}")
 
 
 def load_splits(ref: str, *, revision: str | None = None, what: str = "dataset") -> dict[str, Dataset]:

@@ -1,7 +1,9 @@
 """Local outputs and the Hugging Face Hub: the one module that writes to the Hub.
 
 Every stage writes a local output folder first (`save_to_disk` + a `<split>.jsonl` copy a person
-can open + `README.md` card), then optionally pushes. Pushing never touches the local copy, so
+can open + the Hub layout `data/<split>-00000-of-00001.parquet` + `README.md` card, whose
+`configs` header is then true locally and on the Hub: `load_dataset(folder)` works), then
+optionally pushes. Pushing never touches the local copy, so
 a failed push loses nothing and the error says where the output is.
 
 Every Hub call, the pre-flight reachability and token checks included, goes through `get_api()`,
@@ -19,7 +21,8 @@ import os
 import socket
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Mapping, Protocol
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Mapping, Protocol
 from urllib.parse import urlsplit
 
 import yaml
@@ -27,6 +30,7 @@ from datasets import Dataset, DatasetDict, concatenate_datasets
 from huggingface_hub import HfApi
 from huggingface_hub.errors import HfHubHTTPError, LocalTokenNotFoundError
 
+from llamaduo import leak_check
 from llamaduo.errors import RunFailed, UsageError
 from llamaduo.outputs import OutputPlan, staged_output
 from llamaduo.redact import redact
@@ -94,22 +98,65 @@ def ensure_hub_reachable(what: str) -> None:
     get_api().check_reachable(what)
 
 
-def check_push_possible(push: bool, what: str) -> None:
-    """Called by a stage before any work when it will push, so a long run cannot end in a
-    push that was never possible (offline, unreachable, no token or a rejected one)."""
+PUSH_FIX = "or log in with `hf auth login` (or set HF_TOKEN) and unset HF_HUB_OFFLINE"
+
+
+def check_push_possible(push: bool, what: str, repo_id: str | None = None,
+                        switch: str = "push_to_hub / push_*_to_hf_hub") -> None:
+    """Called by a stage (and the loop's check) before any work when it will push, so a long run
+    cannot end in a push that was never possible (offline, unreachable, no token, a rejected or
+    read-only one, or, given `repo_id`, a namespace the token cannot write to). `switch` names
+    the key that turns the push off, for the one-line fix."""
     if not push:
         return
     api = get_api()
-    api.check_reachable(f"pushing {what}")
     try:
-        api.whoami()
+        api.check_reachable(f"pushing {what}")
+    except UsageError as err:
+        if hub_offline():  # the probe's own message is about loading a model, not about pushing
+            raise UsageError(f"pushing {what}: HF_HUB_OFFLINE is set, so nothing can be pushed; set {switch}: false, "
+                             f"{PUSH_FIX}") from err
+        raise
+    try:
+        who = api.whoami()
     except LocalTokenNotFoundError as err:
-        raise UsageError(f"pushing {what} needs a Hugging Face token: run `hf auth login` or set HF_TOKEN") from err
+        raise UsageError(f"pushing {what} needs a Hugging Face token: run `hf auth login` or set HF_TOKEN, "
+                         f"or set {switch}: false") from err
     except HfHubHTTPError as err:
         status = getattr(err.response, "status_code", None)
         why = "the Hub rejected the Hugging Face token" if status in (401, 403) else \
             f"the Hugging Face token could not be checked (HTTP {status})"
         raise UsageError(f"pushing {what}: {why}: {redact(str(err))}; run `hf auth login` or set HF_TOKEN") from err
+    problem = write_access_problem(who, repo_id) if repo_id else None
+    if problem:
+        raise UsageError(f"pushing {what}: {problem}; set {switch}: false, or log in with `hf auth login` as a "
+                         f"user who can write there")
+
+
+def write_access_problem(who: Mapping[str, Any], repo_id: str) -> str | None:
+    """Why the token `whoami` describes cannot write to `repo_id`, or None when it can (or when
+    the answer does not say: an older Hub, a token without `auth` details).
+
+    Read off the whoami answer: the namespace must be the user's or one of their orgs (not with a
+    read-only role), and the token must be a write token or a fine-grained one granting
+    `repo.write` on that namespace or repo."""
+    user = str(who.get("name") or "")
+    namespace = repo_id.split("/", 1)[0] if "/" in repo_id else user
+    orgs = {str(o.get("name")): str(o.get("roleInOrg") or "") for o in who.get("orgs") or [] if isinstance(o, Mapping)}
+    if user and namespace != user and namespace not in orgs:
+        return f"the Hugging Face token is {user}'s, who is neither '{namespace}' nor a member of that organization"
+    if orgs.get(namespace) == "read":
+        return f"{user} has only read access in the organization '{namespace}'"
+    token = (who.get("auth") or {}).get("accessToken") or {}
+    role = token.get("role")
+    if role == "read":
+        return "the Hugging Face token is read-only: create a write token"
+    if role == "fineGrained":
+        scoped = (token.get("fineGrained") or {}).get("scoped") or []
+        if not any("repo.write" in (e.get("permissions") or []) and
+                   (e.get("entity") or {}).get("name") in (namespace, repo_id) for e in scoped):
+            return f"the fine-grained Hugging Face token does not grant repo.write on '{namespace}'"
+    return None
 
 
 def repo_sha(repo_id: str, revision: str | None = None, repo_type: str = "model") -> str | None:
@@ -171,6 +218,7 @@ def save_output(
         logger.warning("not writing empty split(s) %s to %s", ", ".join(empty), output_id)
         splits = {name: ds for name, ds in splits.items() if len(ds)}
     appends = {s: bool(append.get(s, False)) if isinstance(append, Mapping) else bool(append) for s in splits}
+    splits = {name: leak_check.mask_dataset(ds, f"split '{name}' of {output_id}") for name, ds in splits.items()}
     with staged_output(out_dir) as staging:
         rows = _save_local(dict(splits), out_dir, staging, appends)
         card = render_dataset_card(stage=stage, config=config, inputs=inputs or {}, rows=rows,
@@ -178,6 +226,7 @@ def save_output(
         (staging / "README.md").write_text(card)
         if extra_files is not None:
             extra_files(staging)
+        leak_check.secure_folder(staging, f"the output {out_dir}")  # the last check, before the swap
     logger.info("wrote %s to %s", ", ".join(f"{s}: {n} rows" for s, n in rows.items()), out_dir)
     if push and not local_only:
         try:
@@ -203,10 +252,33 @@ def _save_local(splits: dict[str, Dataset], out_dir: Path, staging: Path,
             final[name] = concatenate_datasets([final[name], _align_to(ds, final[name])])
         else:
             final[name] = ds
-    DatasetDict(final).save_to_disk(str(staging))
-    for name, ds in final.items():
-        ds.to_json(str(staging / f"{name}.jsonl"), lines=True, force_ascii=False)
+    with _quiet_progress(sum(len(ds) for ds in final.values())):
+        DatasetDict(final).save_to_disk(str(staging))
+        (staging / "data").mkdir()
+        for name, ds in final.items():
+            ds.to_json(str(staging / f"{name}.jsonl"), lines=True, force_ascii=False)
+            # the Hub layout the card's `configs` header names, so `load_dataset(folder)` works locally too
+            ds.to_parquet(str(staging / "data" / f"{name}-00000-of-00001.parquet"))
     return {name: len(ds) for name, ds in final.items()}
+
+
+_QUIET_BELOW_ROWS = 10_000
+
+
+@contextmanager
+def _quiet_progress(rows: int) -> Iterator[None]:
+    """No `datasets` progress bars for a small write (three bars for a 40-row split are noise);
+    a large one keeps them. Restores the previous setting."""
+    import datasets
+
+    was_disabled = datasets.is_progress_bar_enabled() is False
+    if rows < _QUIET_BELOW_ROWS and not was_disabled:
+        datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if rows < _QUIET_BELOW_ROWS and not was_disabled:
+            datasets.enable_progress_bars()
 
 
 def _align_to(new: Dataset, old: Dataset) -> Dataset:
@@ -235,6 +307,9 @@ def push_splits(
     replacement of that split's shards (overwrite), plus the dataset card."""
     from huggingface_hub import CommitOperationAdd, CommitOperationDelete
 
+    splits = {name: leak_check.mask_dataset(ds, f"split '{name}' of {repo_id}") for name, ds in splits.items()}
+    for name, ds in splits.items():  # the last check before anything reaches the Hub
+        leak_check.check_dataset(ds, f"split '{name}' to the Hub dataset '{repo_id}'")
     api = get_api()
     api.create_repo(repo_id, repo_type="dataset", exist_ok=True, private=private)
     existing = list(api.list_repo_files(repo_id, repo_type="dataset"))
@@ -251,24 +326,29 @@ def push_splits(
     card = render_dataset_card(stage=stage, config=config, inputs=inputs,
                                rows={n: len(d) for n, d in splits.items()},
                                appended=dict(appends), split_names=split_names)
+    leak_check.check_text(card, f"the card of the Hub dataset '{repo_id}'")
     ops.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=card.encode()))
     modes = ", ".join(f"{n} ({'append' if appends.get(n) else 'overwrite'})" for n in splits)
     api.create_commit(repo_id, ops, commit_message=f"llamaduo {stage}: {modes}", repo_type="dataset")
     logger.info("pushed %s to the Hub dataset %s", modes, repo_id)
 
 
-def push_model_folder(folder: str | Path, repo_id: str, card_text: str, private: bool | None = None) -> None:
+def push_model_folder(folder: str | Path, repo_id: str, card_text: str, private: bool | None = None,
+                      commit_message: str = "llamaduo finetune") -> None:
     """Upload a model/adapter folder with its model card in one commit."""
     from huggingface_hub import CommitOperationAdd
 
     folder = Path(folder)
+    card_text = scrub_secrets(card_text)
+    leak_check.check_text(card_text, f"the card of the Hub model '{repo_id}'")
+    leak_check.check_folder(folder, f"the model folder {folder} to the Hub model '{repo_id}'")
     api = get_api()
     api.create_repo(repo_id, repo_type="model", exist_ok=True, private=private)
     ops = [CommitOperationAdd(path_in_repo=str(p.relative_to(folder)), path_or_fileobj=str(p))
            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != "README.md"
            and not any(part.startswith("checkpoint-") for part in p.relative_to(folder).parts)]
     ops.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=scrub_secrets(card_text).encode()))
-    api.create_commit(repo_id, ops, commit_message="llamaduo finetune", repo_type="model")
+    api.create_commit(repo_id, ops, commit_message=commit_message, repo_type="model")
 
 
 def _split_of(path: str) -> str | None:

@@ -7,6 +7,9 @@
 - `aggregate`: `RowScore`, `aggregate_row`, `summarize` (means, 95% CI, coverage, agreement,
   failures, `qualified`), `too_many_failures`.
 - `report`: histogram PNG, `report.md`, the printed one-screen summary.
+- `task_metrics` + `task_report`: metrics that check each answer against the reference
+  (exact_match, choice, json_match, token_f1, rouge_l, unit_tests) into `task_score`, the
+  summary's `task_metric` block with its 95% CI, and its report section.
 - `code_eval` + `passk`: execution-based evaluation (answers run against the rows' `test`
   column in llamaduo.sandbox): pass@k, the pass rate with its CI, agreement with the judge.
 
@@ -30,9 +33,11 @@ from llamaduo.judging.report import (
     worst_rows,
     write_histogram,
 )
+from llamaduo.judging.task_report import task_metric_lines, task_report
 
 __all__ = [
     "RepeatScore", "RowScore", "Thresholds", "aggregate_row", "coverage", "mean_ci95", "summarize",
     "too_many_failures", "REFERENCE_EVALUATOR", "ReferenceJudge", "embedding_model_dir",
     "HISTOGRAM_NAME", "one_screen_summary", "render_report", "worst_rows", "write_histogram",
+    "task_metric_lines", "task_report",
 ]

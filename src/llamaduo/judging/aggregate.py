@@ -73,6 +73,28 @@ def mean_ci95(values: Sequence[float],
     return mean, [max(lo, mean - half), min(hi, mean + half)]
 
 
+#: The two-sided 95% normal quantile (scipy.special.ndtri(0.975)), for the Wilson interval.
+Z95 = 1.959963984540054
+
+
+def wilson_ci95(share: float, n: int) -> list[float] | None:
+    """The Wilson score 95% interval of a share (0-1) observed over `n` independent units,
+    on the 0-100 scale; None for n = 0.
+
+    Why Wilson and not mean +- 1.96 * SE: the normal (Wald) interval collapses to [0, 0] at
+    0/n and to [100, 100] at n/n, claiming certainty no finite sample gives; Wilson's stays
+    inside [0, 100] and keeps a width there (0 of 44 -> [0, 8.0]). Written out (a few lines)
+    because statsmodels is not a dependency."""
+    if n <= 0:
+        return None
+    p = min(1.0, max(0.0, float(share)))
+    z2 = Z95 * Z95
+    denom = 1.0 + z2 / n
+    centre = (p + z2 / (2 * n)) / denom
+    half = Z95 * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / denom
+    return [100.0 * max(0.0, centre - half), 100.0 * min(1.0, centre + half)]
+
+
 def coverage(values: Sequence[float], threshold: float) -> float | None:
     """Share (0-1) of values at or above the threshold."""
     if not values:
@@ -94,19 +116,22 @@ def _round(x: float | None, nd: int = 4) -> float | None:
     return None if x is None else round(float(x), nd)
 
 
-def summarize(rows: Sequence[RowScore], thresholds: Thresholds) -> dict:
+def summarize(rows: Sequence[RowScore], thresholds: Thresholds, judged: bool = True) -> dict:
     """All the summary.json numbers that depend only on the scores.
 
     `qualified` requires both means to reach their thresholds; a run with no scored row
-    cannot qualify.
+    cannot qualify. Without a judge (`judged=False`, service_llm_provider none) no row is
+    judged, none failed, and the judge sets no criterion: the verdict rests on the criteria
+    other checks (the task metric) append.
     """
     scored = [r for r in rows if r.scored]
     judgements = sum(len(r.judgements) for r in rows)
     failures = sum(r.failures for r in rows)
     out: dict = {
+        "judged": judged,
         "rows": len(rows),
         "scored_rows": len(scored),
-        "failed_rows": len(rows) - len(scored),
+        "failed_rows": len(rows) - len(scored) if judged else 0,
         "judgements": judgements,
         "failures": failures,
         "failure_ratio": _round(failures / judgements if judgements else 0.0),
@@ -128,8 +153,8 @@ def summarize(rows: Sequence[RowScore], thresholds: Thresholds) -> dict:
     # Compare the unrounded means: 69.99996 must not round its way to a pass at 70.
     out["criteria"] = [
         criterion(f"mean {name}", means[name], getattr(thresholds, name)) for name in SCORES
-    ]
-    out["qualified"] = bool(scored) and all(c["passed"] for c in out["criteria"])
+    ] if judged else []
+    out["qualified"] = (bool(scored) or not judged) and all(c["passed"] for c in out["criteria"])
     return out
 
 
@@ -143,6 +168,6 @@ def criterion(name: str, value: float | None, bar: float) -> dict:
 
 def too_many_failures(summary: dict) -> bool:
     """True when failed judgements exceed the allowed ratio (or nothing could be scored)."""
-    if summary["rows"] and not summary["scored_rows"]:
+    if summary["rows"] and not summary["scored_rows"] and summary.get("judged", True):
         return True
     return summary["failure_ratio"] > summary["max_failure_ratio"]

@@ -21,7 +21,8 @@ from datasets import Dataset, Value
 from llamaduo.errors import UsageError
 from llamaduo.judging.aggregate import criterion
 from llamaduo.judging.passk import group_results, judge_agreement, pass_rate_stats
-from llamaduo.sandbox import ExecJob, SandboxLimits, extract_code, run_many
+from llamaduo.redact import mask_secrets
+from llamaduo.sandbox import ExecJob, IsolationUnavailable, SandboxLimits, extract_code, resolve_isolation, run_many
 
 logger = logging.getLogger("llamaduo.evaluation")
 
@@ -40,6 +41,7 @@ class ExecSettings:
     timeout_s: float
     memory_mb: int
     workers: int
+    isolation: str = "auto"
 
 
 def has_tests(column_names: Sequence[str]) -> bool:
@@ -68,8 +70,23 @@ def check_execution_args(column_names: Sequence[str], settings: ExecSettings, so
         raise UsageError(
             f"{source} has a '{TEST_COLUMN}' column: evaluation would run the model-written code "
             f"against it. That needs your consent: set allow_code_execution: true in the config "
-            f"(or pass --allow_code_execution). It runs sandboxed, with limits, but is not a "
-            f"security boundary (docs/evaluation.md, 'Execution-based evaluation').")
+            f"(or pass --allow_code_execution). It runs in a kernel sandbox (bubblewrap), with limits "
+            f"(docs/evaluation.md, 'The safety model').")
+    check_isolation(settings.isolation)
+
+
+def check_isolation(isolation: str) -> None:
+    """Exit 2 when no kernel sandbox can be had (unless isolation none is chosen by name), and
+    warn on every run that chooses none: model-written code then runs with the evaluation's
+    own rights, files and network."""
+    try:
+        used = resolve_isolation(isolation)
+    except (IsolationUnavailable, ValueError) as err:
+        raise UsageError(str(err)) from None
+    if used == "none":
+        logger.warning("UNSAFE: execution_isolation is none: model-written code runs without a kernel "
+                       "sandbox (it can read your files and secrets, reach the network and kill processes); "
+                       "use it only for code you trust")
 
 
 def _jobs(ds: Dataset) -> tuple[list[ExecJob], list[bool]]:
@@ -93,14 +110,15 @@ def evaluate_code(ds: Dataset, settings: ExecSettings, judge_scores: dict[str, S
     pass-rate criterion for summary["criteria"] or None when no pass_rate_threshold is set)."""
     jobs, tested = _jobs(ds)
     todo = [i for i, t in enumerate(tested) if t]
-    limits = SandboxLimits(timeout_s=settings.timeout_s, memory_mb=settings.memory_mb)
-    logger.info("running %d answers against their tests (sandboxed, timeout %gs, %d MB)",
-                len(todo), settings.timeout_s, settings.memory_mb)
+    limits = SandboxLimits(timeout_s=settings.timeout_s, memory_mb=settings.memory_mb,
+                           isolation=settings.isolation)
+    logger.info("running %d answers against their tests (isolation %s, timeout %gs, %d MB)",
+                len(todo), resolve_isolation(settings.isolation), settings.timeout_s, settings.memory_mb)
     results = run_many([jobs[i] for i in todo], limits, workers=settings.workers)
     passed: list[Optional[bool]] = [None] * len(ds)
     reasons: list[Optional[str]] = ["no test"] * len(ds)
-    for i, res in zip(todo, results):
-        passed[i], reasons[i] = res.passed, res.reason
+    for i, res in zip(todo, results):  # a reason quotes the candidate's text: mask any key it holds
+        passed[i], reasons[i] = res.passed, mask_secrets(res.reason)
     keys = _prompt_keys(ds)
     groups = group_results(keys, passed)
     per_prompt = {k: sum(v) / len(v) for k, v in groups.items()}
@@ -111,6 +129,7 @@ def evaluate_code(ds: Dataset, settings: ExecSettings, judge_scores: dict[str, S
                "pass_rate_threshold": settings.pass_rate_threshold,
                "failure_reasons": _reason_counts(reasons, passed),
                "timeout_s": settings.timeout_s, "memory_mb": settings.memory_mb,
+               "isolation": resolve_isolation(settings.isolation),
                "agreement": judge_agreement(passed, judge_scores, judge_thresholds)}
     crit = None
     if settings.pass_rate_threshold is not None:
@@ -168,7 +187,8 @@ def execution_report(summary: dict, rows: Sequence[dict]) -> list[str]:
            f"- pass@k (unbiased estimator over {_samples(ex)} sample(s) per prompt): "
            + (", ".join(f"pass@{k} {100 * v:.1f}%" for k, v in ex["pass_at_k"].items()) or "n/a"),
            f"- failure kinds: " + (", ".join(f"{k} ({n})" for k, n in ex["failure_reasons"].items()) or "none"),
-           f"- limits per run: {ex['timeout_s']:g} s wall clock, {ex['memory_mb']} MB address space", ""]
+           f"- limits per run: {ex['timeout_s']:g} s wall clock, {ex['memory_mb']} MB address space; "
+           f"isolation: {ex.get('isolation', 'bwrap')}", ""]
     ag = ex.get("agreement")
     if ag:
         out += ["| judge score | mean on passing rows | mean on failing rows | AUC (predicting a pass) |",

@@ -8,7 +8,8 @@ evaluation writes.
   schema-valid JSON object of the reply that is not quoted from the data). A judge hands back
   one `RepeatScore` per (row, repeat) in a `JudgeOutcome`; every score lives on `SCALE`.
 - Out: the evaluation's output columns, each with its datasets feature and how its value is
-  computed (`OUTPUT_COLUMNS`); `output_columns` and `output_features` both read it.
+  computed (`OUTPUT_COLUMNS`, the judge's columns and the task metric's `task_score`);
+  `output_columns` and `output_features` both read it.
 
 Why the parser takes the LAST valid object and skips quoted ones: a model that thinks aloud
 writes its answer last, and a judge that echoes the candidate must never hand a verdict
@@ -280,6 +281,7 @@ class RowOut(NamedTuple):
     prompt: str
     evaluator: str
     date: str
+    task_score: float | None = None  # the task metric's 0-100 row score (llamaduo.judging.task_metrics)
 
 
 @dataclass(frozen=True)
@@ -309,13 +311,15 @@ OUTPUT_COLUMNS: tuple[OutputColumn, ...] = (
     *_per_score("{}_reasons", List(_STR), lambda o, s: [getattr(j, f"{s}_reason") for j in o.row.judgements]),
     *_per_score("{}_std", _FLOAT, lambda o, s: getattr(o.row, f"{s}_std")),
     OutputColumn("failure_reason", _STR, lambda o: o.row.failure_reason),
+    OutputColumn("task_score", _FLOAT, lambda o: o.task_score),  # null when no task_metric is set
 )
 
 
 def output_columns(rows: Sequence[RowScore], prompts: Sequence[str], evaluator: str,
-                   date: str) -> dict[str, list]:
+                   date: str, task_scores: Sequence[float | None] | None = None) -> dict[str, list]:
     """The values of every column of OUTPUT_COLUMNS, in order."""
-    outs = [RowOut(r, p, evaluator, date) for r, p in zip(rows, prompts, strict=True)]
+    scores = [None] * len(rows) if task_scores is None else task_scores
+    outs = [RowOut(r, p, evaluator, date, t) for r, p, t in zip(rows, prompts, scores, strict=True)]
     return {c.name: [c.value(o) for o in outs] for c in OUTPUT_COLUMNS}
 
 

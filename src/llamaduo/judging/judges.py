@@ -37,6 +37,8 @@ from llamaduo.service_llm import Job, ServiceLLM, ServiceLLMArgs, providers
 logger = logging.getLogger("llamaduo.evaluation")
 
 REFERENCE = "reference"
+#: No judge at all: the task metric alone decides (llamaduo.judging.task_metrics).
+NONE = "none"
 
 
 class Judge(Protocol):
@@ -54,7 +56,7 @@ class Judge(Protocol):
 
 def judge_names() -> tuple[str, ...]:
     """Every valid `service_llm_provider` of the evaluation: the providers, then `reference`."""
-    return (*providers.names(), REFERENCE)  # the live registry: a registered provider is a judge too
+    return (*providers.names(), NONE, REFERENCE)  # the live registry: a registered provider is a judge too
 
 
 def check_judge_name(name: str) -> None:
@@ -68,12 +70,15 @@ def check_judge_name(name: str) -> None:
 
 def make_judge(args: ServiceLLMArgs, *, workers: int, ledger_path: Path, batch_size: int) -> Judge:
     """The judge named by `args.service_llm_provider`: `reference` is the offline
-    ReferenceJudge; any other name is the LLM judge through that provider (built fail-fast:
-    a missing key or a bad setting is a UsageError here, before any data is loaded)."""
+    ReferenceJudge; `none` is NoJudge; any other name is the LLM judge through that provider
+    (built fail-fast: a missing key or a bad setting is a UsageError here, before any data is
+    loaded)."""
     check_judge_name(args.service_llm_provider)
     batch_size = max(batch_size, 1)
     if args.service_llm_provider == REFERENCE:
         return ReferenceJudge(batch_size=batch_size)
+    if args.service_llm_provider == NONE:
+        return NoJudge()
     llm = ServiceLLM.from_args(args, workers=workers, default_ledger_path=ledger_path)
     return LLMJudge(llm, batch_size=batch_size)
 
@@ -83,6 +88,24 @@ def _import_matplotlib() -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot  # noqa: F401
+
+
+class NoJudge:
+    """`service_llm_provider: none`: judges nothing, calls nothing, costs nothing. Every row
+    comes back with no judgement (not a failed one), so the judge columns are null and the
+    verdict rests on the task metric."""
+
+    evaluator = "none (no judge: the task metric alone)"
+
+    def estimate(self, rows: Dataset, template: str, repeat: int) -> str:
+        return (f"dry run: {len(rows)} rows; service_llm_provider none: no judge, no calls, cost $0 "
+                "(the task metric decides)")
+
+    def judge(self, rows: Dataset, template: str, repeat: int) -> JudgeOutcome:
+        return JudgeOutcome([""] * len(rows), [[] for _ in range(len(rows))], self.evaluator, effective_repeat=0)
+
+    def close(self) -> None:
+        """Nothing to release."""
 
 
 class LLMJudge:

@@ -5,8 +5,9 @@
   pass@k = 1 - C(n-c, k) / C(n, k), computed as 1 - prod_{i=n-c+1..n} (1 - k/i) so that no
   huge binomial is ever formed. It is averaged over prompts.
 - The pass rate is the mean over prompts of each prompt's share of passing samples (= pass@1),
-  with the Student-t 95% interval over prompts (prompts are the independent units, as rows
-  are for the judge's scores), clipped to [0, 100]: a rate cannot leave that range.
+  with the Wilson score 95% interval over prompts (prompts are the independent units, as rows
+  are for the judge's scores). Not the normal approximation: that one collapses to [0, 0] at
+  0 of 44 and to [100, 100] at 20 of 20, where an honest interval for 0/44 reaches 8%.
 - Agreement with the judge: mean judge score on passing vs failing rows; the AUC of the judge
   score for predicting a pass (Mann-Whitney, ties count one half); the rows the judge scored
   at or above its thresholds that fail their tests.
@@ -16,7 +17,7 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Hashable, Optional, Sequence
 
-from llamaduo.judging.aggregate import mean_ci95
+from llamaduo.judging.aggregate import wilson_ci95
 
 K_VALUES = (1, 2, 5, 10, 20, 50, 100)
 LISTED_ROWS = 20  # judge-pass/test-fail rows listed by index in summary.json
@@ -44,13 +45,14 @@ def group_results(keys: Sequence[Hashable], passed: Sequence[Optional[bool]]) ->
 
 
 def pass_rate_stats(groups: dict[Hashable, list[bool]]) -> dict:
-    """pass@1 (fraction), the pass rate and its clipped 95% CI (percent), and pass@k for every
+    """pass@1 (fraction), the pass rate and its Wilson 95% CI (percent), and pass@k for every
     k in K_VALUES that every prompt has enough samples for."""
     if not groups:
         return {"prompts": 0, "pass_at_1": None, "pass_rate": None, "pass_rate_ci95": None, "pass_at_k": {}}
     n_min = min(len(v) for v in groups.values())
     per_prompt = [sum(v) / len(v) for v in groups.values()]
-    mean, ci = mean_ci95([100.0 * p for p in per_prompt])
+    mean = 100.0 * sum(per_prompt) / len(per_prompt)
+    ci = wilson_ci95(mean / 100.0, len(per_prompt))
     pass_k = {str(k): round(sum(pass_at_k(len(v), sum(v), k) for v in groups.values()) / len(groups), 4)
               for k in K_VALUES if k <= n_min}
     return {
@@ -58,7 +60,7 @@ def pass_rate_stats(groups: dict[Hashable, list[bool]]) -> dict:
         "samples_per_prompt": [n_min, max(len(v) for v in groups.values())],
         "pass_at_1": round(mean / 100.0, 4),
         "pass_rate": round(mean, 2),
-        "pass_rate_ci95": None if ci is None else [round(max(0.0, ci[0]), 2), round(min(100.0, ci[1]), 2)],
+        "pass_rate_ci95": None if ci is None else [round(ci[0], 2), round(ci[1], 2)],
         "pass_at_k": pass_k,
     }
 

@@ -21,6 +21,7 @@ from llamaduo.defaults import default_file
 from llamaduo.config import config_to_dict, parse_config
 from llamaduo.legacy_keys import SERVICE_LLM_LEGACY
 from llamaduo.data import load_split
+from llamaduo.value_checks import check_planned
 from llamaduo.errors import (
     EXIT_CODES_HELP,
     EXIT_FAILED,
@@ -30,7 +31,7 @@ from llamaduo.errors import (
     UsageError,
 )
 from llamaduo.hub import check_push_possible, dataset_output_plan, local_output_dir, save_output, scrub_secrets
-from llamaduo.judging import code_eval
+from llamaduo.judging import code_eval, task_metrics
 from llamaduo.judging import (
     HISTOGRAM_NAME,
     RowScore,
@@ -39,11 +40,13 @@ from llamaduo.judging import (
     one_screen_summary,
     render_report,
     summarize,
+    task_report,
     too_many_failures,
     write_histogram,
 )
+from llamaduo.judging.report import histogram_title
 from llamaduo.judging.contract import INPUT_COLUMNS, JudgeOutcome, load_eval_template, output_columns, output_features
-from llamaduo.judging.judges import REFERENCE, Judge, check_judge_name, judge_names, make_judge
+from llamaduo.judging.judges import NONE, REFERENCE, Judge, check_judge_name, judge_names, make_judge
 from llamaduo.judging.truncation import FINISH_COLUMN, truncated_summary
 from llamaduo.logging_setup import setup_logging
 from llamaduo.outputs import OutputPlan, guarded_output
@@ -68,7 +71,7 @@ class EvaluationArgs(ServiceLLMArgs):
         default="gemini",
         metadata={"help": "The judge: " + ", ".join(judge_names()) + f". `{REFERENCE}` is the offline "
                           "reference judge: 100*cos(all-MiniLM-L6-v2) / 100*ROUGE-L precision; "
-                          "no network, no key, free."},
+                          f"no network, no key, free. `{NONE}`: no judge, the task_metric alone decides."},
     )
     prompt_tmpl_path: str = field(
         default=default_file("prompts.toml"),
@@ -88,11 +91,11 @@ class EvaluationArgs(ServiceLLMArgs):
                                       "reference judge's embedding batches."}
     )
     eval_repeat: int = field(
-        default=3, metadata={"help": "How many times each row is judged; scores are averaged. "
+        default=3, metadata={"min": 1, "max": 1000, "help": "How many times each row is judged; scores are averaged. "
                                      "The deterministic reference judge scores each row once."}
     )
     eval_workers: int = field(
-        default=8, metadata={"help": "Concurrent judge requests (the RPM limit still applies)."}
+        default=8, metadata={"min": 1, "max": 1024, "help": "Concurrent judge requests (the RPM limit still applies)."}
     )
     avg_similarity_threshold: float = field(
         default=90.0, metadata={"help": "Qualified needs mean similarity >= this (0-100)."}
@@ -141,13 +144,37 @@ class EvaluationArgs(ServiceLLMArgs):
                                         "(pass@1, 0-100) >= this."}
     )
     execution_timeout_s: float = field(
-        default=10.0, metadata={"help": "Wall-clock limit per test run (the CPU limit is this + 1 s)."}
+        default=10.0, metadata={"min": 0.001, "max": 86400, "help": "Wall-clock limit per test run (the CPU limit is this + 1 s)."}
     )
     execution_memory_mb: int = field(
         default=2048, metadata={"help": "Address-space limit per test run, in MB."}
     )
     execution_workers: int = field(
         default=0, metadata={"help": "Test runs in parallel (0 = min(4, CPUs))."}
+    )
+    execution_isolation: str = field(
+        default="auto", metadata={"help": "Kernel sandbox for the tests: auto or bwrap (bubblewrap: own "
+                                          "user/PID/network/mount namespaces; exit 2 when unavailable), or "
+                                          "none (no isolation, unsafe, warned on every run).",
+                                  "choices": ["auto", "bwrap", "none"]}
+    )
+    task_metric: Optional[str] = field(
+        default=None, metadata={"help": "A metric that checks each answer against the reference, into the "
+                                        "`task_score` column (0-100): " + "; ".join(
+                                            f"{k} ({v})" for k, v in task_metrics.METRICS.items())
+                                        + ". Unset: none. See docs/evaluation.md, 'Choosing a task metric'."}
+    )
+    task_metric_threshold: Optional[float] = field(
+        default=None, metadata={"help": "When set, qualified also needs the task metric's mean (0-100) >= this."}
+    )
+    labels: list[str] = field(
+        default_factory=list, metadata={"help": "The closed label set of task_metric choice. Empty: the "
+                                                "distinct reference answers."}
+    )
+    answer_pattern: Optional[str] = field(
+        default=None, metadata={"help": "A regex whose first group reads the answer out of a longer reply "
+                                        "(exact_match, choice, token_f1); a reply it does not match scores 0 "
+                                        "(choice: is searched whole). Applied to a reference only where it matches."}
     )
 
 
@@ -176,6 +203,19 @@ def validate_args(args: EvaluationArgs) -> None:
                              "(set allow_low_threshold: true to keep it)")
     if not 0 <= args.max_failure_ratio <= 1:
         raise UsageError(f"max_failure_ratio must be within 0-1, got {args.max_failure_ratio:g}")
+    task_metrics.check_settings(metric_settings(args), allow_low_threshold=args.allow_low_threshold)
+    if args.service_llm_provider == NONE:
+        if not args.task_metric:
+            raise UsageError("service_llm_provider none evaluates on the task metric alone: set task_metric "
+                             "(see docs/evaluation.md, 'Choosing a task metric')")
+        if args.task_metric_threshold is None and args.pass_rate_threshold is None:
+            raise UsageError("service_llm_provider none has no judge to qualify by: set task_metric_threshold, "
+                             "the bar the task metric must reach")
+
+
+def metric_settings(args: EvaluationArgs) -> task_metrics.MetricSettings:
+    return task_metrics.MetricSettings(args.task_metric or None, args.task_metric_threshold,
+                                       tuple(args.labels or ()), args.answer_pattern or None)
 
 
 # --------------------------------------------------------------------------- output
@@ -200,10 +240,12 @@ def write_reports(out_dir: Path, summary: dict, ds: Dataset, rows: Sequence[RowS
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / SUMMARY_NAME).write_text(scrub_secrets(json.dumps(summary, indent=2)) + "\n")
     scored = [r for r in rows if r.scored]
-    write_histogram([r.similarity for r in scored], [r.precision for r in scored],
-                    out_dir / HISTOGRAM_NAME, thresholds=(thresholds.similarity, thresholds.precision))
+    if summary.get("judged", True):
+        write_histogram([r.similarity for r in scored], [r.precision for r in scored],
+                        out_dir / HISTOGRAM_NAME, thresholds=(thresholds.similarity, thresholds.precision),
+                        title=histogram_title(summary))
     report = render_report(summary, ds.to_list())
-    report += "\n".join(["", *code_eval.execution_report(summary, ds.to_list())])
+    report += "\n".join(["", *task_report(summary, ds.to_list()), *code_eval.execution_report(summary, ds.to_list())])
     (out_dir / REPORT_NAME).write_text(scrub_secrets(report))
 
 
@@ -215,7 +257,7 @@ def _tokens(usage: dict) -> dict[str, int]:
 def build_summary(args: EvaluationArgs, rows: Sequence[RowScore], outcome: JudgeOutcome,
                   thresholds: Thresholds, ds: Dataset, date: str, out_dir: Path) -> dict:
     """summary.json: the score statistics plus run facts under stable keys."""
-    summary = summarize(rows, thresholds)
+    summary = summarize(rows, thresholds, judged=args.service_llm_provider != NONE)
     usage = outcome.usage
     model_ids = sorted({str(m) for m in ds["model_id"]}) if "model_id" in ds.column_names else []
     summary.update({
@@ -240,6 +282,21 @@ def build_summary(args: EvaluationArgs, rows: Sequence[RowScore], outcome: Judge
     return summary
 
 
+def versions_block(args: EvaluationArgs, judge: Judge, template: str, outcome: JudgeOutcome) -> dict:
+    """summary.json `versions`: what a score depends on besides the data (package versions,
+    the judge prompt's hash, the judge's settings), so two runs' numbers can be compared."""
+    import hashlib
+
+    from llamaduo.version import run_versions
+
+    spec = getattr(getattr(judge, "llm", None), "spec", None)
+    return {**run_versions(),
+            "judge_prompt_sha256": hashlib.sha256(template.encode("utf-8")).hexdigest(),
+            "judge": {"provider": args.service_llm_provider, "model": outcome.evaluator,
+                      "eval_repeat": outcome.effective_repeat,
+                      "gen_config": dict(spec.gen_config) if spec is not None else None}}
+
+
 # --------------------------------------------------------------------------- run
 
 def dry_run(judge: Judge, template: str, ds: Dataset, args: EvaluationArgs) -> int:
@@ -253,21 +310,52 @@ def dry_run(judge: Judge, template: str, ds: Dataset, args: EvaluationArgs) -> i
 
 def execution_settings(args: EvaluationArgs) -> code_eval.ExecSettings:
     return code_eval.ExecSettings(args.allow_code_execution, args.pass_rate_threshold,
-                                  args.execution_timeout_s, args.execution_memory_mb, args.execution_workers)
+                                  args.execution_timeout_s, args.execution_memory_mb, args.execution_workers,
+                                  args.execution_isolation)
 
 
-def run_execution(out_ds: Dataset, rows: Sequence[RowScore], thresholds: Thresholds,
-                  settings: code_eval.ExecSettings, summary: dict) -> Dataset:
-    """Run the answers against their tests: add the per-row columns, put the `execution`
-    object into the summary, and make a set pass_rate_threshold one of the `criteria` of
-    `qualified` (the verdict line then shows the measured pass rate beside its bar)."""
-    columns, summary["execution"], crit = code_eval.evaluate_code(
-        out_ds, settings, {"similarity": [r.similarity for r in rows], "precision": [r.precision for r in rows]},
-        {"similarity": thresholds.similarity, "precision": thresholds.precision})
+def judge_scores(rows: Sequence[RowScore], thresholds: Thresholds) -> tuple[dict, dict]:
+    """The judge's per-row scores and their bars, for agreement with tests and metrics."""
+    return ({"similarity": [r.similarity for r in rows], "precision": [r.precision for r in rows]},
+            {"similarity": thresholds.similarity, "precision": thresholds.precision})
+
+
+def add_criterion(summary: dict, crit: Optional[dict]) -> None:
+    """Make `crit` one of the `criteria` of `qualified` (the verdict line then shows the
+    measured value beside its bar)."""
     if crit is not None:
         summary["criteria"].append(crit)
         summary["qualified"] = summary["qualified"] and crit["passed"]
-    return add_columns(out_ds, columns, code_eval.EXEC_FEATURES)
+
+
+def run_execution(ds: Dataset, rows: Sequence[RowScore], thresholds: Thresholds,
+                  settings: code_eval.ExecSettings, summary: dict) -> dict[str, list]:
+    """Run the answers against their tests: return the per-row columns, put the `execution`
+    object into the summary, and make a set pass_rate_threshold one of the `criteria`."""
+    columns, summary["execution"], crit = code_eval.evaluate_code(ds, settings, *judge_scores(rows, thresholds))
+    add_criterion(summary, crit)
+    return columns
+
+
+def run_task_metric(prep: task_metrics.Prepared, ds: Dataset, rows: Sequence[RowScore], thresholds: Thresholds,
+                    exec_columns: Optional[dict[str, list]], summary: dict) -> list[Optional[float]]:
+    """Score every row with the task metric: return the `task_score` values, put the
+    `task_metric` object into the summary and its threshold into the `criteria`."""
+    settings = prep.settings
+    judged = summary.get("judged", True)
+    scores, bars = judge_scores(rows, thresholds)
+    if settings.name == task_metrics.UNIT_TESTS:
+        assert exec_columns is not None  # prepare() refused unit_tests without a test column
+        result, mean, n = task_metrics.unit_test_result(exec_columns["passed"], code_eval._prompt_keys(ds))
+        agreement = (summary.get("execution") or {}).get("agreement") if judged else None
+        block, crit = task_metrics.summary_block(settings, result, mean=mean, n=n, agreement=agreement)
+    else:
+        result = task_metrics.score_rows(prep, ds[task_metrics.CANDIDATE_COLUMN], ds[task_metrics.REFERENCE_COLUMN])
+        agreement = task_metrics.agreement(settings, result.scores, scores, bars) if judged else None
+        block, crit = task_metrics.summary_block(settings, result, agreement=agreement)
+    summary["task_metric"] = block
+    add_criterion(summary, crit)
+    return result.scores
 
 
 def output_plan(args: EvaluationArgs) -> OutputPlan:
@@ -278,7 +366,7 @@ def output_plan(args: EvaluationArgs) -> OutputPlan:
                                overwrite_input=args.overwrite_input)
 
 
-@guarded_output(output_plan)
+@guarded_output(output_plan, precheck=validate_args)
 def run(args: EvaluationArgs) -> int:
     """The whole stage; returns the exit code (0 qualified, 3 not qualified)."""
     validate_args(args)
@@ -290,9 +378,13 @@ def run(args: EvaluationArgs) -> int:
     ds = load_split(args.lm_response_ds_id, args.lm_response_ds_split,
                     required_columns=INPUT_COLUMNS, what="response dataset")
     check_text_columns(ds, INPUT_COLUMNS, f"response dataset '{args.lm_response_ds_id}'")
+    check_planned(f"response dataset '{args.lm_response_ds_id}'", len(ds), args.eval_repeat, "eval_repeat")
     exec_settings = execution_settings(args)
-    code_eval.check_execution_args(ds.column_names, exec_settings,
-                                   f"the response dataset '{args.lm_response_ds_id}'")
+    source = f"the response dataset '{args.lm_response_ds_id}'"
+    code_eval.check_execution_args(ds.column_names, exec_settings, source)
+    metric = metric_settings(args)
+    prep = (task_metrics.prepare(metric, ds[task_metrics.REFERENCE_COLUMN], ds.column_names, source,
+                                 has_tests=code_eval.has_tests(ds.column_names)) if metric.name else None)
     thresholds = Thresholds(args.avg_similarity_threshold, args.avg_precision_threshold,
                             args.coverage_threshold, args.max_failure_ratio)
     date = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
@@ -305,10 +397,15 @@ def run(args: EvaluationArgs) -> int:
         judge.close()
 
     rows = [aggregate_row(js) for js in outcome.repeats]
-    out_ds = add_columns(ds, output_columns(rows, outcome.prompts, outcome.evaluator, date), output_features())
     summary = build_summary(args, rows, outcome, thresholds, ds, date, out_dir)
-    if code_eval.has_tests(ds.column_names):
-        out_ds = run_execution(out_ds, rows, thresholds, exec_settings, summary)
+    summary["versions"] = versions_block(args, judge, template, outcome)
+    exec_columns = run_execution(ds, rows, thresholds, exec_settings, summary) if code_eval.has_tests(ds.column_names) else None
+    task_scores = run_task_metric(prep, ds, rows, thresholds, exec_columns, summary) if prep else None
+    summary["qualified"] = summary["qualified"] and bool(summary["criteria"])  # no bar at all: never qualified
+    out_ds = add_columns(ds, output_columns(rows, outcome.prompts, outcome.evaluator, date, task_scores),
+                         output_features())
+    if exec_columns is not None:
+        out_ds = add_columns(out_ds, exec_columns, code_eval.EXEC_FEATURES)
     failed = too_many_failures(summary) or outcome.stopped_for_budget
     summary["exit_code"] = EXIT_FAILED if failed else (EXIT_OK if summary["qualified"] else EXIT_NOT_QUALIFIED)
     # A failed evaluation is kept locally for inspection but never pushed. The reports are
@@ -343,6 +440,10 @@ DESCRIPTION = (
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point: parse (`--from-config` YAML + flags), then run."""
     setup_logging()  # also quiets the providers' SDK loggers
-    (args,) = parse_config(EvaluationArgs, argv=argv, description=DESCRIPTION,
-                           epilog=EXIT_CODES_HELP, legacy_keys=SERVICE_LLM_LEGACY)
-    return run(args)
+    return run(*parse_args(argv))
+
+
+def parse_args(argv: Sequence[str] | None = None) -> tuple[EvaluationArgs]:
+    """(EvaluationArgs,) from the CLI and an optional `--from-config` YAML (also the loop's check)."""
+    return parse_config(EvaluationArgs, argv=argv, description=DESCRIPTION,
+                        epilog=EXIT_CODES_HELP, legacy_keys=SERVICE_LLM_LEGACY)
