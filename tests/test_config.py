@@ -1,6 +1,7 @@
 """llamaduo.config: CLI/YAML precedence, bool negation, errors with suggestions, --print-config."""
 from __future__ import annotations
 
+import subprocess
 import sys
 from dataclasses import dataclass, field
 from typing import Optional
