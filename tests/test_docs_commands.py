@@ -234,6 +234,10 @@ SKIP: dict[str, str] = {
     "curl -s localhost:8123/_stats; curl -s -X POST localhost:8123/_reset":
         "needs the server of the line above running; tests/test_service_llm*.py use /_stats and /_reset",
     "python bench/evaluation_throughput.py": "a benchmark (minutes)",
+    "FINETUNE_CONFIG=config/cpu/finetune.yaml INFER_CONFIG=config/cpu/batch_inference.yaml EVAL_CONFIG=config/"
+    "evaluation.yaml DATAGEN_CONFIG=config/synth_data_gen.yaml MERGE_CONFIG=config/dataset_merge.yaml bash "
+    "scripts/llamaduo.sh": "the real configs call the reader's paid service LLM; tests/test_cpu_recipe.py runs the CPU "
+    "recipe and tests/test_push_targets.py the loop's check of it",
     ".venv/bin/python bench/dedup_scale.py": "a benchmark (minutes)",
     ".venv/bin/python bench/dedup_scale.py --sizes 2000 20000": "a benchmark (minutes)",
     ".venv/bin/python bench/service_throughput.py": "a benchmark (minutes)",
