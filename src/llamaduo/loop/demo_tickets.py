@@ -231,3 +231,20 @@ def to_row(pair: Pair) -> dict:
 
 def to_jsonl(pairs: list[Pair]) -> str:
     return "".join(json.dumps(to_row(p), ensure_ascii=False) + "\n" for p in pairs)
+
+
+def template_labels(message: str, templates: dict[str, tuple[str, ...]]) -> set[str]:
+    """The labels whose templates can produce `message` (with any opener and closer): used by
+    the tests to prove that test tickets and training tickets come from disjoint phrasings."""
+    import re
+
+    found = set()
+    for label, tpls in templates.items():
+        for tpl in tpls:
+            body = re.escape(tpl)
+            for slot in FILLERS:
+                body = body.replace(re.escape("{" + slot + "}"), "(?:" + "|".join(map(re.escape, FILLERS[slot])) + ")")
+            pattern = "(?:" + "|".join(map(re.escape, OPENERS)) + ")" + body + "(?:" + "|".join(map(re.escape, CLOSERS)) + ")"
+            if re.fullmatch(pattern, message, flags=re.IGNORECASE):
+                found.add(label)
+    return found
