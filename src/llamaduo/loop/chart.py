@@ -76,7 +76,10 @@ def draw(pts: list[dict[str, Any]], path: Path, title: str = "LlamaDuo loop") ->
             bar = judged[-1][f"{key}_threshold"]
             if bar:
                 right.axhline(float(bar), color=color, ls=":", label=f"{key} bar {float(bar):g}")
-        right.set_title(f"judge: {judged[-1]['judge']}", fontsize=9)
+        who = judged[-1]["judge"].split(" (")[0].replace("the offline reference judge", "reference judge (not an LLM)")
+        if not (judged[-1]["similarity_threshold"] or judged[-1]["precision_threshold"]):
+            who += ": thresholds 0, it informs only"
+        right.set_title(f"judge: {who}", fontsize=9)
         right.legend(loc="lower right", fontsize=8)
     else:
         right.text(0.5, 0.5, "no judge (service_llm_provider none)", ha="center", va="center",
@@ -88,7 +91,7 @@ def draw(pts: list[dict[str, Any]], path: Path, title: str = "LlamaDuo loop") ->
         ax.set_ylim(0, 105)
         ax.grid(alpha=0.3)
     left.set_ylabel("score (0-100)")
-    fig.suptitle(title)
+    fig.suptitle(title + " (the task metric decides `qualified`)")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
