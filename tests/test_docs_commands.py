@@ -178,6 +178,18 @@ PLANS: dict[str, Plan] = {
         "evaluation.py --config config/llama3_1b/eval/evaluation-gemini-coding.yaml",
         "data_gen.py --from-config config/synth_data_gen.yaml",
         "dataset_merge.py --from-config config/dataset_merge.yaml")},
+    # --- collect (step 0): a dry run, and a real run against the protocol server; serve/export need a model
+    "python collect.py --from-config config/collect.yaml --dry-run": Plan(env=KEY),
+    "python collect.py --from-config config/collect.yaml": PRINT,                             # a paid service LLM
+    "python collect.py --from-config config/collect.yaml --service-llm-provider openai --service-llm-base-url "
+    "http://localhost:8000/v1 --service-model-name my-model": Plan(server=True),
+    "python export.py --adapter-id outputs/llamaduo/round_1/model --output-dir outputs/export "
+    "--evaluation-summary outputs/llamaduo/round_1/eval/summary.json": PRINT,             # tests/test_export.py
+    "python serve.py --model-id smollm2-135m-instruct --port 8000": PRINT,                # tests/test_serve.py
+    "python serve.py --model-id outputs/llamaduo/round_1/model --lora-name \"{parent}\" --port 8000": PRINT,
+    "python batch_inference.py --from-config config/batch_inference_openai.yaml --ft-model-id "
+    "outputs/llamaduo/round_1/model --openai-base-url http://localhost:8000/v1 --lm-response-ds-id "
+    "outputs/served/responses": PRINT,
     # --- the protocol server: starts and listens
     "python -m tests.servers.protocol_server --port 8123 --latency 1.0 --rpm 600": Plan(background=True),
 }
@@ -222,6 +234,10 @@ SKIP: dict[str, str] = {
     "bash bench/gpu_check.sh --dry-run": "reads the wheels that `prepare` downloads",
     "vllm serve meta-llama/Meta-Llama-3-70B-Instruct --tensor-parallel-size 4 --port 8000": "a 70B model on 4 GPUs",
     "ollama serve": "Ollama is not installed here",
+    "cd outputs/export && ollama create my-model -f Modelfile": "Ollama is not installed here",
+    "vllm serve ~/.cache/llamaduo/smollm2-135m-instruct --host 127.0.0.1 --port 8000 --served-model-name "
+    "smollm2-135m-instruct --enable-lora --lora-modules round_1=$PWD/outputs/llamaduo/round_1/model "
+    "--max-lora-rank 16": "vLLM needs a GPU (tests/test_serve.py checks serve.py builds this command)",
     "python evaluation.py --from-config cfg.yaml; case $? in 0) echo \"qualified: ship it\" ;; 3) echo "
     "\"not yet: generate more data\" ;; *) echo \"evaluation failed\"; exit 1 ;; esac":
         "a shell pattern around the reader's own cfg.yaml",
@@ -230,6 +246,10 @@ SKIP: dict[str, str] = {
     "curl -s localhost:8123/_stats; curl -s -X POST localhost:8123/_reset":
         "needs the server of the line above running; tests/test_service_llm*.py use /_stats and /_reset",
     "python bench/evaluation_throughput.py": "a benchmark (minutes)",
+    "FINETUNE_CONFIG=config/cpu/finetune.yaml INFER_CONFIG=config/cpu/batch_inference.yaml EVAL_CONFIG=config/"
+    "evaluation.yaml DATAGEN_CONFIG=config/synth_data_gen.yaml MERGE_CONFIG=config/dataset_merge.yaml bash "
+    "scripts/llamaduo.sh": "the real configs call the reader's paid service LLM; tests/test_cpu_recipe.py runs the CPU "
+    "recipe and tests/test_push_targets.py the loop's check of it",
     ".venv/bin/python bench/dedup_scale.py": "a benchmark (minutes)",
     ".venv/bin/python bench/dedup_scale.py --sizes 2000 20000": "a benchmark (minutes)",
     ".venv/bin/python bench/service_throughput.py": "a benchmark (minutes)",

@@ -30,8 +30,10 @@ def test_cut_answers_are_counted_warned_and_flagged(server, repo_root, tmp_path,
     assert "WARNING: 3 of 5 answers" in report
     table = report[report.index("## All rows"):].splitlines()
     flags = {line.split("|")[2].strip(): line.split("|")[6].strip() for line in table if line.startswith("| ")
-             and line.split("|")[2].strip() not in ("prompt_id", "---")}
-    assert flags == {f"p{i}": "**yes**" if r == "length" else "no" for i, r in enumerate(REASONS)}
+             and line.split("|")[2].strip() not in ("instruction", "---")}
+    # rows named by their instruction, not a prompt_id hash
+    assert flags == {f"Write function number {i} in Python.": "**yes**" if r == "length" else "no"
+                     for i, r in enumerate(REASONS)}
     # the worst row (p4: sim 40, prec 20) is flagged where its candidate is shown
     assert "### 1. similarity 40.0, precision 20.0 (answer cut at max_new_tokens)" in report
 

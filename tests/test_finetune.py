@@ -16,6 +16,7 @@ import pytest
 
 from llamaduo.chat_template import IGNORE_INDEX, tokenize_conversation
 from llamaduo.errors import UsageError
+from llamaduo.inference.model_ref import resolve_model_ref
 
 CONVERSATION = [
     {"role": "system", "content": "You answer in one short sentence."},
@@ -225,7 +226,7 @@ def test_lora_run_saves_adapter_template_generation_config_and_merged_model(
     assert pushed["README.md"] == (out / "README.md").read_bytes()
 
     adapter_cfg = json.loads((out / "adapter_config.json").read_text())
-    assert adapter_cfg["base_model_name_or_path"] == str(tiny_model_dir.resolve())
+    assert adapter_cfg["base_model_name_or_path"] == tiny_model_dir.resolve().name  # a name, never a path
     assert adapter_cfg["target_modules"] == ["q_proj"]
     # Trained with the CPU fast path's attention (padding-free), saved with a config any loader knows.
     assert "sdpa_varlen" not in (out / "merged" / "config.json").read_text()
@@ -247,7 +248,10 @@ def test_lora_run_saves_adapter_template_generation_config_and_merged_model(
     assert "eval_loss" in summary["metrics"]
     assert summary["peak_rss_mb"] > 100  # a trained model was in memory
     card = (out / "README.md").read_text()
-    assert str(sft_data) in card and f"base_model: {tiny_model_dir}" in card and "lora_r: 4" in card
+    assert sft_data.name in card and f"base_model: {tiny_model_dir.name}" in card and "lora_r: 4" in card
+    assert str(tmp_path) not in card and str(tiny_model_dir) not in card  # no path of the training machine
+    assert "max_length: 128" in card  # the limit trained with, though padding-free truncates it here
+    assert resolve_model_ref(str(out)).base_path == str(tiny_model_dir.resolve())  # the exact local base
 
     # The merged model computes what base + adapter computes.
     ids = torch.tensor([base_tok("Write a Python function")["input_ids"]])
@@ -355,3 +359,48 @@ def test_resume_picks_the_last_complete_checkpoint(tmp_path: Path) -> None:
         assert resolve_resume(SimpleNamespace(resume_from_checkpoint=value), out) == str(out / "checkpoint-10")
     with pytest.raises(UsageError, match="not a checkpoint"):
         resolve_resume(SimpleNamespace(resume_from_checkpoint=str(out / "checkpoint-12")), out)
+
+
+def test_trl_style_config_with_dataset_name_and_plain_splits(tiny_model_dir: Path, tmp_path: Path,
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    """A `trl sft --config` file: dataset_name + dataset_train_split/dataset_test_split, a dataset
+    with plain train/test splits; the adapter and card name the base by Hub id / name, no path."""
+    data = tmp_path / "plain"
+    _write_jsonl(data / "train.jsonl", _rows(8))
+    _write_jsonl(data / "test.jsonl", _rows(2))
+    base = tmp_path / "base"
+    shutil.copytree(tiny_model_dir, base)
+    cfg = json.loads((base / "config.json").read_text())
+    (base / "config.json").write_text(json.dumps({**cfg, "_name_or_path": "acme/tiny-chat"}))
+    out = tmp_path / "out"
+    trl_yaml = tmp_path / "trl.yaml"
+    trl_yaml.write_text(f"model_name_or_path: {base}\ndataset_name: {data}\ndataset_train_split: train\n"
+                        f"dataset_test_split: test\neval_strategy: steps\neval_steps: 1\nmax_steps: 1\n"
+                        f"use_peft: true\nlora_r: 4\nlora_alpha: 8\noutput_dir: {out}\nreport_to: none\n"
+                        f"save_strategy: 'no'\nmax_length: 128\nper_device_train_batch_size: 4\n"
+                        f"gradient_checkpointing: false\ndataloader_num_workers: 0\n")
+    assert _finetune(["--config", str(trl_yaml)]) == 0
+    adapter_cfg = json.loads((out / "adapter_config.json").read_text())
+    assert adapter_cfg["base_model_name_or_path"] == "acme/tiny-chat"  # the recorded Hub id
+    card = (out / "README.md").read_text()
+    assert "base_model: acme/tiny-chat" in card and str(tmp_path) not in card
+    summary = json.loads((out / "finetune_summary.json").read_text())
+    assert summary["train_rows"] == 8 and summary["eval_rows"] == 2
+    # the same on the CLI, TRL's flag; and the default train_sft/test_sft fall back to train/test, logged
+    out2 = tmp_path / "out2"
+    caplog.set_level("INFO")
+    argv = _argv(tiny_model_dir, data, out2, "--max-steps", "1")
+    del argv[argv.index("--dataset-id"):argv.index("--dataset-id") + 2]
+    assert _finetune(argv + ["--dataset_name", str(data)]) == 0
+    assert "has no split 'train_sft': using its 'train' split" in caplog.text
+    with pytest.raises(UsageError, match="name different datasets"):
+        _finetune(_argv(tiny_model_dir, data, tmp_path / "o3") + ["--dataset_name", str(tmp_path)])
+
+
+def test_embedded_alias_records_the_smollm2_hub_id() -> None:
+    from llamaduo.pipeline.finetune_model import base_hub_id
+
+    assert base_hub_id("smollm2-135m-instruct", "/root/.cache/llamaduo/smollm2-135m-instruct") == \
+        "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert base_hub_id("acme/x", "acme/x") == "acme/x"
+    assert base_hub_id("/somewhere/my-base", "/nonexistent/my-base", "org/hint") == "org/hint"

@@ -23,6 +23,7 @@ from llamaduo.judging import (
     worst_rows,
     write_histogram,
 )
+from llamaduo.judging.report import histogram_title
 
 # Student-t 0.975 quantiles from a printed table, so the CI test does not reuse scipy's answer.
 T975 = {2: 4.302653, 4: 2.776445}
@@ -133,13 +134,17 @@ def test_report_and_histogram(tmp_path):
     s = summarize(scored, Thresholds(60, 60))
     s.update(evaluator="test-judge", cost_usd=0.0123, tokens={"input": 10, "output": 5, "total": 15})
     png = write_histogram([r.similarity for r in scored], [r.precision for r in scored],
-                          tmp_path / "h.png", thresholds=(60, 60))
+                          tmp_path / "h.png", thresholds=(60, 60), title=histogram_title(
+                              {**s, "model_ids": ["me/tiny-lora"]}, "outputs/llamaduo/round_2/evaluation"))
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 2000
+    assert histogram_title({**s, "model_ids": ["me/tiny-lora"]}, "out/round_2/evaluation") == \
+        "Evaluation scores: me/tiny-lora (round 2), judge test-judge"
     md = render_report(s, rows, histogram_name="h.png")
     assert "![score histogram](h.png)" in md
     assert "NOT QUALIFIED" in md
     assert md.index("task 3") < md.index("task 1") < md.index("task 6")
-    assert "prec reason 3" in md and "task 0" not in md
+    assert "prec reason 3" in md and "task 0" not in md[:md.index("## All rows")]  # not among the worst
+    assert "| 0 | task 0 | - | 90.0 | 90.0 | ? |" in md  # every row, named by its instruction
     assert "repeat 0: not JSON" in md
     screen = one_screen_summary(s, tmp_path)
     assert "$0.0123" in screen and len(screen.splitlines()) < 25

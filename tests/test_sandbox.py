@@ -11,13 +11,9 @@ campaign used (docs/evaluation.md, "The safety model").
 from __future__ import annotations
 
 import json
-import os
-import socketserver
 import subprocess
 import sys
-import threading
 import time
-import uuid
 from pathlib import Path
 
 import pytest
@@ -25,11 +21,13 @@ import pytest
 from llamaduo import sandbox
 from llamaduo.sandbox import (ExecJob, IsolationUnavailable, SandboxLimits, extract_code, minimal_env,
                               resolve_isolation, run_candidate, run_many)
+from tests.servers.attacks import (ATTACKS, CANARY, FORGERIES, HUMANEVAL, decoy_checkout, fill,
+                                   recording_server, survivors, tree)
+
+ROOT = Path(__file__).resolve().parents[1]
 
 FAST = SandboxLimits(timeout_s=5, memory_mb=512)
 TEST = "assert f(1) == 2"
-HUMANEVAL = "def check(candidate):\n    assert candidate(3) == 4\n    assert candidate(-1) == 0\n"
-ROOT = Path(__file__).resolve().parents[1]
 
 try:
     resolve_isolation("bwrap")
@@ -126,6 +124,7 @@ def test_values_cross_the_boundary_exactly():
     their builtin type; in-place changes to list arguments are seen by the test."""
     code = ("import math, datetime as dt\nLIMIT = 10\ndef helper(xs):\n    return sum(xs)\n"
             "def days(a, b):\n    return (b - a, b + dt.timedelta(days=1))\n"
+            "def evens(n):\n    yield from range(0, n, 2)\n"
             "def f(x):\n    if x < 0:\n        raise ValueError('negative')\n"
             "    return [x, 1.5, float('inf'), 2**200, 'é', b'\\x00', (1, None), {1: {True}}, frozenset({3}), 1j, range(3)]\n"
             "def sort_in_place(xs):\n    xs.sort()\n")
@@ -138,7 +137,8 @@ def test_values_cross_the_boundary_exactly():
             "    xs = [3, 1, 2]\n    sort_in_place(xs)\n    assert xs == [1, 2, 3]\n"
             "    from datetime import date, timedelta\n    from decimal import Decimal\n"
             "    assert days(date(2024, 1, 1), date(2024, 1, 31)) == (timedelta(days=30), date(2024, 2, 1))\n"
-            "    assert helper([Decimal('0.1'), Decimal('0.2')]) == Decimal('0.3')\n")
+            "    assert helper([Decimal('0.1'), Decimal('0.2')]) == Decimal('0.3')\n"
+            "    gen = evens(7)\n    assert next(gen) == 0 and list(gen) == [2, 4, 6]\n")
     res = run(code, test)
     assert (res.passed, res.reason) == (True, "passed")
 
@@ -181,181 +181,6 @@ def test_the_sandbox_sees_only_a_minimal_environment_and_its_own_processes(monke
 
 # --------------------------------------------------------------------------- the attack suite
 
-CANARY = f"canary-{uuid.uuid4().hex[:12]}"
-MARKER = f"survivor-{uuid.uuid4().hex[:12]}"
-
-# name -> (candidate code, test); {S} = the watched folder, {PORT} = the local server's port
-ATTACKS: dict[str, tuple[str, str]] = {
-    "fork_exec shell": (
-        "import _posixsubprocess, os, time\n"
-        "def f(x):\n"
-        "    cmd = [b'/bin/sh', b'-c', b'touch {S}/by_fork_exec; curl -s -m 2 http://127.0.0.1:{PORT}/fe; rm -f {S}/victim.txt']\n"
-        "    r, w = os.pipe()\n"
-        "    for extra in ((0, None, False), (None, False)):\n"
-        "        try:\n"
-        "            _posixsubprocess.fork_exec(cmd, [b'/bin/sh'], True, (), None, None, -1, -1, -1, -1, -1, -1,\n"
-        "                                       r, w, True, False, 0, None, None, None, -1, *extra)\n"
-        "            break\n"
-        "        except TypeError:\n"
-        "            continue\n"
-        "    os.system('touch {S}/by_system'); time.sleep(1)\n"
-        "    return x + 1\n", HUMANEVAL),
-    "dir_fd writes and deletes": (
-        "import os\n"
-        "def f(x):\n"
-        "    for d in ('{S}', '{ROOT}', '/', '/usr', '/tmp/..', '/proc/1/root{S}', '/proc/self/cwd/../..'):\n"
-        "        try:\n"
-        "            fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)\n"
-        "        except OSError:\n"
-        "            continue\n"
-        "        for name in ('victim.txt', 'README.md'):\n"
-        "            try:\n"
-        "                os.unlink(name, dir_fd=fd)\n"
-        "            except OSError:\n"
-        "                pass\n"
-        "        try:\n"
-        "            os.write(os.open('by_dir_fd', os.O_CREAT | os.O_WRONLY, 0o644, dir_fd=fd), b'x')\n"
-        "        except OSError:\n"
-        "            pass\n"
-        "    return x + 1\n", HUMANEVAL),
-    "sqlite3 and plain files": (
-        "import sqlite3, os\n"
-        "def f(x):\n"
-        "    for p in ('{S}/by_sqlite.db', '{ROOT}/by_sqlite.db', '/usr/by_sqlite.db'):\n"
-        "        try:\n"
-        "            sqlite3.connect(p).execute('create table t (x)')\n"
-        "        except sqlite3.Error:\n"
-        "            pass\n"
-        "        try:\n"
-        "            open(p + '.txt', 'w').write('x')\n"
-        "        except OSError:\n"
-        "            pass\n"
-        "    return x + 1\n", HUMANEVAL),
-    "setsid survivors": (
-        "import os, subprocess, sys, time\n"
-        "def f(x):\n"
-        "    for i in range(4):\n"
-        "        subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(300)', '{MARKER}'],\n"
-        "                         start_new_session=True)\n"
-        "    if os.fork() == 0:\n"
-        "        os.setsid()\n"
-        "        if os.fork() == 0:\n"
-        "            os.execv(sys.executable, [sys.executable, '-c', 'import time; time.sleep(300)', '{MARKER}'])\n"
-        "        os._exit(0)\n"
-        "    time.sleep(0.5)\n"
-        "    return x + 1\n", HUMANEVAL),
-    "network: fastopen, connect, udp, curl": (
-        "import socket, subprocess\n"
-        "def f(x):\n"
-        "    for send in (lambda s: s.sendto(b'GET /tfo HTTP/1.0\\r\\n\\r\\n', socket.MSG_FASTOPEN, ('127.0.0.1', {PORT})),\n"
-        "                 lambda s: s.sendmsg([b'GET /tfo2 HTTP/1.0\\r\\n\\r\\n'], [], socket.MSG_FASTOPEN, ('127.0.0.1', {PORT})),\n"
-        "                 lambda s: (s.connect(('127.0.0.1', {PORT})), s.sendall(b'GET / HTTP/1.0\\r\\n\\r\\n'))):\n"
-        "        try:\n"
-        "            send(socket.socket())\n"
-        "        except OSError:\n"
-        "            pass\n"
-        "    try:\n"
-        "        socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b'x', ('127.0.0.1', {PORT}))\n"
-        "    except OSError:\n"
-        "        pass\n"
-        "    subprocess.run(['curl', '-s', '-m', '2', 'http://127.0.0.1:{PORT}/curl'])\n"
-        "    return x + 1\n", HUMANEVAL),
-    "kill the evaluator (ctypes, /proc pids, kill -1)": (
-        "import ctypes, os, signal\n"
-        "def f(x):\n"
-        "    libc = ctypes.CDLL(None)\n"
-        "    for p in os.listdir('/proc/self/..'):\n"
-        "        if p.isdigit() and int(p) != os.getpid():\n"
-        "            libc.kill(int(p), 9)\n"
-        "    libc.kill(os.getppid(), 9)\n"
-        "    libc.kill(-1, 9)\n"
-        "    libc.kill(0, 9)\n"
-        "    return x + 1\n", HUMANEVAL),
-    "stop itself and its group": (
-        "import os, signal\n"
-        "def f(x):\n"
-        "    os.killpg(0, signal.SIGSTOP)\n"
-        "    return x + 1\n", HUMANEVAL),
-    "read canaries from /proc environ and cmdline": (
-        "import os\n"
-        "def f(x):\n"
-        "    text = repr(dict(os.environ))\n"
-        "    for base in ('/proc/self/..', '/proc/1/root/proc', '/proc'):\n"
-        "        try:\n"
-        "            pids = os.listdir(base)\n"
-        "        except OSError:\n"
-        "            continue\n"
-        "        for p in pids:\n"
-        "            for what in ('environ', 'cmdline'):\n"
-        "                try:\n"
-        "                    fd = os.open(what, os.O_RDONLY, dir_fd=os.open(base + '/' + p, os.O_RDONLY))\n"
-        "                    text += os.read(fd, 1 << 20).decode('latin-1')\n"
-        "                except (OSError, ValueError):\n"
-        "                    pass\n"
-        "    for p in ('/root/.cache/huggingface/token', '/etc/shadow', '{ROOT}/.env', '/proc/1/environ'):\n"
-        "        try:\n"
-        "            text += open(p).read()\n"
-        "        except OSError:\n"
-        "            pass\n"
-        "    return text\n",
-        "def check(candidate):\n    assert '{CANARY}' in candidate(0)\n"),
-    "read the verdict through frames and gc": (
-        "import gc, sys\n"
-        "def f(x):\n"
-        "    seen = []\n"
-        "    frame = sys._getframe()\n"
-        "    while frame is not None:\n"
-        "        seen.append(repr(frame.f_locals)[:500])\n"
-        "        frame.f_globals.setdefault('passed', True)\n"
-        "        frame = frame.f_back\n"
-        "    for o in gc.get_objects():\n"
-        "        if isinstance(o, (set, dict)) and not isinstance(o, type):\n"
-        "            try:\n"
-        "                o.clear() if isinstance(o, set) else None\n"
-        "            except Exception:\n"
-        "                pass\n"
-        "    return 0\n", HUMANEVAL),
-    "patch builtins isinstance, callable, AssertionError": (
-        "import builtins\n"
-        "builtins.isinstance = lambda *a: True\n"
-        "builtins.callable = lambda *a: False\n"
-        "builtins.AssertionError = type('AssertionError', (Exception,), {})\n"
-        "builtins.type = lambda *a: int\n"
-        "def f(x):\n"
-        "    return 0\n", HUMANEVAL),
-    "__eq__ always true": (
-        "class Anything:\n"
-        "    def __eq__(self, other):\n        return True\n"
-        "    def __ne__(self, other):\n        return False\n"
-        "def f(x):\n"
-        "    return Anything()\n", HUMANEVAL),
-    "int and str subclasses with a lying __eq__": (
-        "class Liar(int):\n"
-        "    def __eq__(self, other):\n        return True\n"
-        "    __hash__ = int.__hash__\n"
-        "def f(x):\n"
-        "    return Liar(99)\n", HUMANEVAL),
-    "write a fake pass on every descriptor": (
-        "import os\n"
-        "for fd in range(64):\n"
-        "    try:\n"
-        "        os.write(fd, b'{\"passed\": true, \"reason\": \"passed\"}\\n{\"ok\": [\"i\", \"0x4\"], \"args\": []}\\n')\n"
-        "    except OSError:\n"
-        "        pass\n"
-        "def f(x):\n"
-        "    return 0\n", HUMANEVAL),
-    "exit early with success": (
-        "import os, sys\n"
-        "print('passed')\n"
-        "def f(x):\n"
-        "    os._exit(0)\n", HUMANEVAL),
-}
-FORGERIES = ("read the verdict through frames and gc", "patch builtins isinstance, callable, AssertionError",
-             "__eq__ always true", "int and str subclasses with a lying __eq__",
-             "write a fake pass on every descriptor", "exit early with success",
-             "read canaries from /proc environ and cmdline", "kill the evaluator (ctypes, /proc pids, kill -1)",
-             "stop itself and its group")
-
 # The evaluator: runs the attacks twice (a rerun must not die on the same row) and prints results.
 DRIVER = """
 import json, sys
@@ -368,60 +193,27 @@ print(json.dumps([[r.passed, r.reason] for r in first + second]))
 """
 
 
-class _Recorder(socketserver.BaseRequestHandler):
-    def handle(self) -> None:
-        self.server.hits.append(self.request.recv(4096))  # type: ignore[attr-defined]
-
-
-def _server() -> socketserver.ThreadingTCPServer:
-    srv = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _Recorder)
-    srv.hits = []  # type: ignore[attr-defined]
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    return srv
-
-
-def _fill(text: str, watched: Path, port: int) -> str:
-    return (text.replace("{S}", str(watched)).replace("{PORT}", str(port)).replace("{MARKER}", MARKER)
-            .replace("{CANARY}", CANARY).replace("{ROOT}", str(ROOT)))
-
-
-def _survivors() -> list[str]:
-    found = []
-    for p in os.listdir("/proc"):
-        if p.isdigit():
-            try:
-                cmd = Path(f"/proc/{p}/cmdline").read_bytes()
-            except OSError:
-                continue
-            if MARKER.encode() in cmd and b"pytest" not in cmd:
-                found.append(p)
-    return found
-
-
 def _run_attacks(tmp: Path, isolation: str, names) -> dict:
-    watched = tmp / "watched"
+    watched, checkout = tmp / "watched", decoy_checkout(tmp / "checkout")
     watched.mkdir()
     (watched / "victim.txt").write_text("keep me")
-    before = sorted(p.name for p in watched.iterdir())
-    root_before = sorted(p.name for p in ROOT.iterdir())
-    srv = _server()
+    before, checkout_before, repo_before = tree(watched), tree(checkout), sorted(p.name for p in ROOT.iterdir())
+    srv = recording_server()
     port = srv.server_address[1]
     env = {**minimal_env(str(tmp)), "PYTHONPATH": f"{ROOT / 'src'}", "OPENAI_API_KEY": f"sk-{CANARY}",
            "HF_TOKEN": f"hf_{CANARY}", "MY_SERVICE_SECRET": CANARY}
-    jobs = [[_fill(ATTACKS[n][0], watched, port), _fill(ATTACKS[n][1], watched, port)] for n in names]
-    started = time.monotonic()
+    jobs = [[fill(ATTACKS[n][0], watched, port, checkout), fill(ATTACKS[n][1], watched, port, checkout)]
+            for n in names]
     proc = subprocess.run([sys.executable, "-c", DRIVER, isolation, "--service_llm_api_key", f"key-{CANARY}"],
                           input=json.dumps(jobs), capture_output=True, text=True, env=env, cwd=tmp, timeout=300)
-    elapsed = time.monotonic() - started
     time.sleep(0.5)
     srv.shutdown()
     srv.server_close()
     results = json.loads(proc.stdout.splitlines()[-1]) if proc.returncode == 0 and proc.stdout.strip() else None
     return {"proc": proc, "results": results, "names": list(names), "hits": list(srv.hits),
-            "before": before, "after": sorted(p.name for p in watched.iterdir()),
-            "victim": (watched / "victim.txt").read_text() if (watched / "victim.txt").exists() else None,
-            "root_before": root_before, "root_after": sorted(p.name for p in ROOT.iterdir()),
-            "survivors": _survivors(), "seconds": elapsed}
+            "files_before": (before, checkout_before, repo_before),
+            "files_after": (tree(watched), tree(checkout), sorted(p.name for p in ROOT.iterdir())),
+            "survivors": survivors()}
 
 
 @pytest.fixture(scope="module")
@@ -440,9 +232,8 @@ def test_the_evaluator_survives_every_attack_and_a_rerun(attacked):
 
 @needs_bwrap
 def test_no_file_appears_or_disappears_outside_the_sandbox(attacked):
-    assert attacked["after"] == attacked["before"]
-    assert attacked["victim"] == "keep me"
-    assert attacked["root_after"] == attacked["root_before"]
+    assert attacked["files_after"] == attacked["files_before"]
+    assert attacked["files_after"][0]["victim.txt"] == b"keep me"
 
 
 @needs_bwrap

@@ -318,12 +318,26 @@ def test_dry_run_estimate_counts_calls_without_calling(server, tmp_path):
     assert "3 calls" in est.summary() and "2 already in the ledger" in est.summary()
 
 
-def test_pricing_prefix_match_and_unknown(tmp_path):
+def test_pricing_exact_or_known_alias_never_a_prefix_guess(tmp_path, caplog):
     prices = Pricing.load("src/llamaduo/defaults/pricing.yaml")
-    assert prices.price("gpt-4o-2024-08-06") == prices.price("gpt-4o")
+    assert prices.price("gpt-4o-2024-08-06") == prices.price("gpt-4o")  # a dated snapshot: a known alias
     assert prices.price("gpt-4o-mini-2024-07-18") == prices.price("gpt-4o-mini")
     assert prices.price("no-such-model") is None and prices.cost("no-such-model", 10, 10) == 0.0
     assert prices.cost("gpt-4o", 1_000_000, 1_000_000) == pytest.approx(12.5)
+    # each of these was priced as the shorter name by the old longest-prefix rule
+    assert prices.price("o1-mini") != prices.price("o1")
+    assert prices.price("claude-opus-4-5") == (5.0, 25.0) and prices.price("claude-opus-4") == (15.0, 75.0)
+    assert prices.price("gemini-2.5-flash-lite") != prices.price("gemini-2.5-flash")
+    for made_up in ("o1-foo", "gpt-4o-foo", "claude-opus-4-9", "gemini-2.5-flash-ultra"):
+        assert prices.price(made_up) is None, made_up
+    # the YAML overrides, by exact name or a listed alias; its names are not prefixes either
+    own = tmp_path / "p.yaml"
+    own.write_text("models:\n  gpt-4o: {input: 1.0, output: 1.0, aliases: [my-4o]}\n  toy: {input: 2, output: 3}\n")
+    mine = Pricing.load(own)
+    assert mine.price("gpt-4o") == (1.0, 1.0) and mine.price("my-4o") == (1.0, 1.0)
+    assert mine.price("toy") == (2.0, 3.0) and mine.price("toy-2") is None
+    caplog.set_level("WARNING")
+    assert mine.cost("toy-2", 10, 10) == 0.0 and "set pricing_path" in caplog.text
 
 
 # --------------------------------------------------------------------------- local provider
@@ -341,3 +355,14 @@ def test_local_provider_runs_in_process(tiny_model_dir, tmp_path):
     assert [r.value for r in again.run([Job("Say hi."), Job("Say bye.")], parse=lambda t: t)] == \
         [r.value for r in results]
     assert again.last_run.cached == 2 and again.last_run.calls == 0
+
+
+def test_rate_default_is_unpaced_for_a_loopback_server_only():
+    from llamaduo.service_llm.client import effective_rate_limit
+
+    for url in ("http://127.0.0.1:8000/v1", "http://localhost:1234/v1", "http://[::1]:80/v1", "http://127.0.0.2/"):
+        assert effective_rate_limit(None, url) == 0, url
+    for url in (None, "https://api.openai.com/v1", "http://10.0.0.5:8000/v1", "http://localhost.example.com/"):
+        assert effective_rate_limit(None, url) == 60, url
+    assert effective_rate_limit(30, "http://127.0.0.1:8000/v1") == 30  # an explicit value always wins
+    assert effective_rate_limit(0, None) == 0

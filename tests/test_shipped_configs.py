@@ -1,8 +1,8 @@
 """Every shipped config loads, and each set chains: a stage's input is the previous stage's output.
 
 Both sets are read exactly as a user runs them (`<stage>.py --from-config FILE --print-config`
-in a subprocess, from the repository root), so renamed keys, legacy keys and defaults are
-resolved as in a real run:
+from the repository root; the stage's `main` runs in-process as its script runs it,
+tests/inprocess.py), so renamed keys, legacy keys and defaults are resolved as in a real run:
 
     finetune.output_dir -> batch_inference.ft_model_id (round 0 of the demo: the base model)
     batch_inference.lm_response_ds_id/_split -> evaluation.lm_response_ds_id/_split
@@ -12,12 +12,12 @@ resolved as in a real run:
 """
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
+
+from tests.inprocess import run_stage
 
 REPO = Path(__file__).resolve().parents[1]
 SETS = {
@@ -38,15 +38,30 @@ NOT_STAGE = {"src/llamaduo/defaults/pricing.yaml", "src/llamaduo/defaults/servic
 
 
 def load(stage: str, config: str) -> tuple[dict, str]:
-    proc = subprocess.run([sys.executable, f"{stage}.py", "--from-config", config, "--print-config"],
-                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    proc = run_stage(stage, ["--from-config", config, "--print-config"], cwd=REPO)
     assert proc.returncode == 0, f"{config}: {proc.stderr[-1500:]}"
     return yaml.safe_load(proc.stdout), proc.stderr
 
 
+# step 0 (collect.py) writes the reference dataset the sets read
+COLLECT = "config/collect.yaml"
+
+
 def test_every_shipped_config_file_is_in_a_set():
     in_sets = {c for s in SETS.values() for c in s.values()}
-    assert STAGE_CONFIGS - NOT_STAGE == in_sets
+    assert STAGE_CONFIGS - NOT_STAGE == in_sets | {COLLECT}
+
+
+def test_collect_writes_what_the_real_set_reads():
+    """collect.py's output has the splits the real set reads as its reference data (point the
+    sets' reference keys at it, docs/loop.md), and it writes where no stage writes."""
+    col, _ = load("collect", COLLECT)
+    mg, _ = load("dataset_merge", SETS["real"]["dataset_merge"])
+    bi, _ = load("batch_inference", SETS["real"]["batch_inference"])
+    dg, _ = load("data_gen", SETS["real"]["data_gen"])
+    assert (col["train_split"], col["test_split"]) == (mg["first_ds_train_split"], mg["first_ds_test_split"])
+    assert col["test_split"] == bi["test_ds_split"] and col["train_split"] == dg["reference_ds_split"]
+    assert col["reference_ds_id"] not in (mg["result_ds_id"], bi["lm_response_ds_id"], dg["synth_ds_id"])
 
 
 @pytest.mark.parametrize("name", sorted(SETS))

@@ -15,8 +15,18 @@ from typing import Callable, NoReturn
 from llamaduo.errors import run_main
 
 
+def _print_version_and_exit() -> None:
+    """`--version` answered before the stage module (and torch) is imported."""
+    from llamaduo.version import version_line, wants_version
+
+    if wants_version(sys.argv[1:]):
+        print(version_line(os.path.basename(sys.argv[0]) or "llamaduo"))
+        sys.exit(0)
+
+
 def _stage(name: str) -> Callable[[], NoReturn]:
     def entry() -> NoReturn:
+        _print_version_and_exit()
         run_main(importlib.import_module(f"llamaduo.pipeline.{name}").main)
 
     entry.__name__ = entry.__qualname__ = name
@@ -28,6 +38,9 @@ finetune = _stage("finetune")
 evaluation = _stage("evaluation")
 data_gen = _stage("data_gen")
 dataset_merge = _stage("dataset_merge")
+collect = _stage("collect")
+export = _stage("export")
+_serve = _stage("serve")
 _batch_inference = _stage("batch_inference")
 
 
@@ -39,6 +52,13 @@ def batch_inference() -> NoReturn:
     _batch_inference()
 
 
+def serve() -> NoReturn:
+    """Serve a model behind an OpenAI-compatible API. The engine is exec'd; like batch
+    inference, idle OpenMP threads sleep instead of spinning (set before torch is imported)."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    _serve()
+
+
 def loop() -> NoReturn:
     """`llamaduo-loop`: exec bash on the packaged loop script with this command's arguments and
     environment. The stages run as `$PYTHON -m llamaduo STAGE`; PYTHON defaults to this
@@ -46,6 +66,7 @@ def loop() -> NoReturn:
     folder."""
     from llamaduo.loop import script_path
 
+    _print_version_and_exit()
     env = dict(os.environ)
     env.setdefault("PYTHON", sys.executable)
     env.setdefault("LLAMADUO_HELPER_PYTHON", sys.executable)
@@ -57,5 +78,6 @@ def loop() -> NoReturn:
 COMMANDS: dict[str, Callable[[], NoReturn]] = {
     "finetune": finetune, "batch_inference": batch_inference, "evaluation": evaluation,
     "data_gen": data_gen, "dataset_merge": dataset_merge, "loop": loop,
+    "collect": collect, "serve": serve, "export": export,
     "infer": batch_inference, "eval": evaluation, "datagen": data_gen, "merge": dataset_merge,
 }

@@ -23,10 +23,10 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import yaml
-from transformers import HfArgumentParser
-from transformers.hf_argparser import string_to_bool
 
 from llamaduo.errors import UsageError
+from llamaduo.hf_argparse import HfArgumentParser, string_to_bool
+from llamaduo.value_checks import BOUND_KEYS, check_fields
 
 logger = logging.getLogger("llamaduo.config")
 
@@ -154,9 +154,12 @@ def _build_parser(
         description=description,
         epilog=epilog,
         prog=prog,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=_DefaultsHelpFormatter,
         allow_abbrev=False,
     )
+    from llamaduo.version import version_line
+
+    parser.add_argument("--version", "-V", action="version", version=version_line(parser.prog))
     parser.add_argument(
         *_CONFIG_FLAGS, dest="from_config", metavar="YAML",
         help="load settings from a YAML mapping (--config is an alias, as in TRL); any explicit "
@@ -175,11 +178,40 @@ def _build_parser(
                             nargs="?", const=True, help="legacy key, mapped for compatibility")
     _add_negative_bool_flags(parser)
     _use_json_for_dict_fields(parser)
+    secret = {f.name for t in dataclass_types for f in dataclasses.fields(t) if is_secret_field(f)}
+    for action in parser._actions:
+        action.secret = action.dest in secret  # type: ignore[attr-defined]  # read by the help formatter
+        if not action.help and action.option_strings:  # argparse lists a help-less flag without its default
+            action.help = action.dest.replace("_", " ")
     parser.error = _raise_usage  # type: ignore[method-assign]  # exit 2 via UsageError, one line
     return parser
 
 
-_CUSTOM_METADATA = ("secret",)
+class _DefaultsHelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """`--help` shows every key's default, `(default: ...)` as TRL's does (the value in effect,
+    so `--config x.yaml --help` shows the file's); a secret's default is masked."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if ("%(default)" in text or not action.option_strings or action.default is argparse.SUPPRESS
+                or action.dest in ("help", "version", *_META_DESTS)):
+            return text
+        return f"{text} (default: {_default_text(action).replace('%', '%%')})".lstrip()
+
+
+def _default_text(action: argparse.Action) -> str:
+    value = action.default
+    if value is None:
+        return "None"
+    if getattr(action, "secret", False):
+        return MASK
+    value = _plain(value)
+    if isinstance(value, (list, dict)):
+        return json.dumps(value)
+    return str(value)
+
+
+_CUSTOM_METADATA = ("secret", *BOUND_KEYS)
 
 
 def _strip_custom_metadata(parser_cls: type[HfArgumentParser]) -> type[HfArgumentParser]:
@@ -453,6 +485,7 @@ def _build_dataclasses(dataclass_types: Iterable[type], values: dict[str, Any]) 
     for dtype in dataclass_types:
         keys = {f.name for f in dataclasses.fields(dtype) if f.init}
         kwargs = {k: v for k, v in values.items() if k in keys}
+        check_fields(dtype, kwargs)  # NaN/inf, NUL, str types, split names, bounds: before __post_init__
         try:
             instances.append(dtype(**kwargs))
         except (ValueError, TypeError) as err:

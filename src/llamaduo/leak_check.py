@@ -13,12 +13,13 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any, Optional
-
-from datasets import Dataset
+from typing import TYPE_CHECKING, Any, Optional
 
 from llamaduo.errors import RunFailed
 from llamaduo.redact import known_secrets, mask_secrets, redact
+
+if TYPE_CHECKING:  # datasets is imported by the callers that pass one; outputs.py stays light
+    from datasets import Dataset
 
 logger = logging.getLogger("llamaduo.leak_check")
 

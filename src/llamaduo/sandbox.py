@@ -50,12 +50,13 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Optional, Sequence
 
 ISOLATIONS = ("auto", "bwrap", "none")
 PIDS_MAX = 64  # processes and threads the candidate may have at once (pids cgroup)
 MAX_MESSAGE = 64 * 2**20  # bytes: one value coming back from the candidate
+SCRATCH_BYTES = 64 * 2**20  # the sandbox's /tmp (a tmpfs: RAM)
+SHM_BYTES = 16 * 2**20  # its /dev/shm
 _FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+.-]*)[^\n]*\n(.*?)(?:\n[ \t]*```|\Z)", re.DOTALL)
 _SANDBOX_UID = "1000"  # the candidate's uid inside its user namespace (no capabilities)
 
@@ -140,6 +141,13 @@ def _enc(v, depth=0):
     if mod == "decimal" and t.__name__ == "Decimal": return ["dec", str(v)]
     if mod == "fractions" and t.__name__ == "Fraction": return ["fr", hex(v.numerator), hex(v.denominator)]
     if mod == "collections" and t.__name__ == "deque": return ["q", [_enc(x, depth + 1) for x in v]]
+    if hasattr(t, "__next__") and hasattr(t, "__iter__"):  # a generator or other iterator: its items
+        items = []
+        for x in v:
+            if len(items) >= 100000:
+                raise ValueError("an iterator of more than 100000 items cannot be checked outside the sandbox")
+            items.append(_enc(x, depth + 1))
+        return ["it", items]
     item = getattr(t, "item", None)  # numpy scalars
     if item is not None and type(t).__name__ != "module":
         return _enc(item(v), depth + 1)
@@ -164,8 +172,10 @@ def _stdlib(tag, n):
     if tag == "q":
         import collections
         return collections.deque(_dec(x) for x in n[1])
+    if tag == "it":
+        return iter([_dec(x) for x in n[1]])
     _bad()
-_STDLIB = ("dt", "da", "tm", "td", "dec", "fr", "q")
+_STDLIB = ("dt", "da", "tm", "td", "dec", "fr", "q", "it")
 _SEQ = {"l": list, "t": tuple, "S": set, "F": frozenset}
 def _bad():
     raise ValueError("malformed value from the candidate's process")
@@ -279,7 +289,13 @@ class CandidateGone(BaseException):
     `except Exception` cannot swallow it."""
 class CandidateError(Exception):
     """The candidate raised an exception that is not a builtin one."""
-_ERRORS = {n: c for n, c in vars(_b).items() if isinstance(c, type) and issubclass(c, Exception)}
+# Builtin exceptions keep their type in the test, except the ones that steer control flow:
+# a StopIteration from the candidate would end `all(map(candidate, cases))` early, as a pass.
+_ERRORS = {n: c for n, c in vars(_b).items() if isinstance(c, type) and issubclass(c, Exception)
+           and not issubclass(c, (StopIteration, StopAsyncIteration))}
+# Modules the test may get under a name the candidate imported them as: the standard library
+# (less two with side effects on import) and numpy; never a module the candidate merely names.
+_MODULES = (set(sys.stdlib_module_names) - {"antigravity", "this"}) | {"numpy"}
 def _main():
     _limits(sys.argv[1:5])
     entry, rfd, wfd, mem_mb = sys.argv[5], int(sys.argv[6]), int(sys.argv[7]), sys.argv[8]
@@ -371,7 +387,7 @@ def _main():
                 continue
             if desc[0] == "callable":
                 ns[name] = stand_in(name)
-            elif desc[0] == "module" and type(desc[1]) is str:
+            elif desc[0] == "module" and type(desc[1]) is str and desc[1].split(".")[0] in _MODULES:
                 try:
                     ns[name] = __import__(desc[1], fromlist=["_"])
                 except Exception:
@@ -457,11 +473,25 @@ def _bwrap_argv(program: str, args: Sequence[str]) -> list[str]:
             argv += ["--symlink", os.readlink(p), p]
         else:
             argv += ["--ro-bind", p, p]
-    argv += ["--ro-bind-try", "/etc/localtime", "/etc/localtime",
-             "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--chdir", "/tmp", "--clearenv"]
+    # /tmp and /dev/shm are the only writable places, each a size-capped tmpfs (tmpfs is RAM);
+    # the root, /dev and every bound folder are read-only
+    shm, tmp = (["--size", str(SHM_BYTES)], ["--size", str(SCRATCH_BYTES)]) if _bwrap_has_size() else ([], [])
+    argv += ["--ro-bind-try", "/etc/localtime", "/etc/localtime", "--proc", "/proc", "--dev", "/dev",
+             *shm, "--tmpfs", "/dev/shm", "--remount-ro", "/dev", *tmp, "--tmpfs", "/tmp", "--remount-ro", "/",
+             "--chdir", "/tmp", "--clearenv"]
     for k, v in minimal_env("/tmp").items():
         argv += ["--setenv", k, v]
     return argv + ["--", _interpreter(), "-I", "-S", "-c", program, *args]
+
+
+@functools.lru_cache(maxsize=None)
+def _bwrap_has_size() -> bool:
+    """bubblewrap >= 0.7 caps a tmpfs's size (`--size`); older ones leave it unbounded."""
+    try:
+        out = subprocess.run([shutil.which("bwrap") or "bwrap", "--help"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return "--size" in out.stdout + out.stderr
 
 
 @functools.lru_cache(maxsize=None)

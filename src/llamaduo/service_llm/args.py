@@ -68,11 +68,12 @@ class ServiceLLMArgs:
         default=None,
         metadata={"help": "AWS region for anthropic-bedrock. Default: env AWS_LOCATION, AWS_REGION."},
     )
-    rate_limit_per_minute: int = field(
-        default=60,
+    rate_limit_per_minute: Optional[int] = field(
+        default=None,
         metadata={
             "help": "Requests per minute, paced smoothly (one request every 60/RPM s); retries "
-            "count too. 0 = no limit."
+            "count too. 0 = no limit. Default (None): 0 (no limit) when service_llm_base_url is a "
+            "loopback address (localhost, 127.0.0.1, ::1: a local server), else 60."
         },
     )
     # --- new keys ---------------------------------------------------------------------------
@@ -84,11 +85,12 @@ class ServiceLLMArgs:
         },
     )
     request_timeout_s: float = field(
-        default=120.0, metadata={"help": "Per-request timeout in seconds; a timeout is retried."}
+        default=120.0, metadata={"min": 0.001, "max": 86400, "help": "Per-request timeout in seconds; a timeout is retried."}
     )
     max_retries: int = field(
         default=6,
         metadata={
+            "min": 0, "max": 100,
             "help": "Retries per call on 429, 5xx, timeouts and dropped connections (exponential "
             "backoff with jitter, Retry-After honoured). The SDKs' own retries are off."
         },
@@ -127,13 +129,17 @@ class ServiceLLMArgs:
     max_cost_usd: Optional[float] = field(
         default=None,
         metadata={
+            "min": 0,
             "help": "Budget in USD (prices from pricing_path): a call expected to take this run's "
             "spend past it does not start; finished work is kept. Default: no limit."
         },
     )
     pricing_path: str = field(
         default=default_file("pricing.yaml"),
-        metadata={"help": "YAML of USD prices per 1M input/output tokens, per model."},
+        metadata={"help": "YAML of USD prices per 1M input/output tokens, per model (exact names, plus "
+                          "`aliases: [..]` per entry), overriding the maintained genai-prices table; a model "
+                          "neither knows is never priced by a prefix guess. Default: the shipped "
+                          "llamaduo/defaults/pricing.yaml."},
     )
     max_input_tokens: int = field(
         default=0,
@@ -153,6 +159,4 @@ class ServiceLLMArgs:
 
     def config_notes(self) -> list[str]:
         """Settings taken from the environment, by variable name (for `--print-config`)."""
-        from llamaduo.service_llm.credentials import describe
-
-        return describe(self)
+        return _registry.describe_credentials(self)

@@ -56,11 +56,36 @@ def default_ledger_location() -> Path:
     return Path(root) / "service_llm_ledger.sqlite"
 
 
+HOSTED_RATE_LIMIT_PER_MINUTE = 60
+
+
+def effective_rate_limit(configured: int | None, base_url: str | None) -> int:
+    """`rate_limit_per_minute` as set, else 0 (no pacing) for a loopback base URL and 60 for a
+    hosted API. WHY: pacing a local server at 60/min made 105 calls take 1 min 45 s."""
+    if configured is not None:
+        return configured
+    return 0 if is_loopback_url(base_url) else HOSTED_RATE_LIMIT_PER_MINUTE
+
+
+def is_loopback_url(url: str | None) -> bool:
+    """Whether a base URL points at this machine (localhost, 127.0.0.0/8, ::1)."""
+    import ipaddress
+    from urllib.parse import urlsplit
+
+    host = (urlsplit(url).hostname or "") if url else ""
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _check_values(args: ServiceLLMArgs, workers: int) -> None:
     """Range checks on the numeric keys (the config parser checks only types)."""
     if workers < 1:
         raise UsageError(f"workers must be >= 1, got {workers}")
-    if args.rate_limit_per_minute < 0:
+    if args.rate_limit_per_minute is not None and args.rate_limit_per_minute < 0:
         raise UsageError(f"rate_limit_per_minute must be >= 0 (0 = no limit), got {args.rate_limit_per_minute}")
     if args.tokens_per_minute < 0:
         raise UsageError(f"tokens_per_minute must be >= 0 (0 = no limit), got {args.tokens_per_minute}")
@@ -193,8 +218,9 @@ class ServiceLLM:
         pricing = Pricing.free() if get(spec.provider).free else Pricing.load(args.pricing_path)
         if args.max_cost_usd is not None and pricing.price(spec.model) is None:
             raise UsageError(
-                f"max_cost_usd is set but {args.pricing_path} has no price for model "
-                f"'{spec.model}'; add it (USD per 1M input/output tokens)"
+                f"max_cost_usd is set but there is no price for model '{spec.model}' (neither genai-prices "
+                f"nor the pricing_path YAML knows it; no prefix guess is made); write a YAML with "
+                f"'models: {{{spec.model}: {{input: .., output: ..}}}}' (USD per 1M tokens) and set pricing_path to it"
             )
         if args.no_cache:
             ledger_path = None
@@ -203,7 +229,7 @@ class ServiceLLM:
         client = cls(
             spec,
             workers=workers,
-            rate_limit_per_minute=args.rate_limit_per_minute,
+            rate_limit_per_minute=effective_rate_limit(args.rate_limit_per_minute, spec.base_url),
             tokens_per_minute=args.tokens_per_minute,
             max_retries=args.max_retries,
             max_reasks=args.max_reasks,
