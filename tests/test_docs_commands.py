@@ -192,6 +192,8 @@ SKIP: dict[str, str] = {
     ".venv/bin/python scripts/reliability_campaign.py --kills 20 --seed 7": "the reliability campaign (minutes)",
     "mkdir -p /tmp/before && git archive e6b334c | tar -x -C /tmp/before": "needs the repository's git history",
     ".venv/bin/python scripts/reliability_campaign.py --repo /tmp/before": "the campaign against an old checkout",
+    ".venv/bin/python scripts/reliability_campaign.py --only attacks": "the sandbox attacks (minutes); "
+    "tests/test_sandbox.py runs the same attacks",
     "accelerate launch --config_file config/accelerate/multi_gpu.yaml finetune.py --from-config "
     "config/sample_config.yaml": "multi-GPU launch (test_finetune loads the accelerate configs)",
     "accelerate launch --config_file config/accelerate/multi_gpu.yaml --num_processes 8 finetune.py "
