@@ -179,6 +179,18 @@ def test_answered_row_wins_over_its_bare_duplicate_and_dry_run_counts(tmp_path, 
     assert answers[prompt(1)] == "already known"
 
 
+def test_a_folder_with_one_split_serves_the_default_split_name(tmp_path):
+    folder = tmp_path / "logs"
+    folder.mkdir()
+    write_jsonl(folder / "train_sft.jsonl", [{"question": prompt(i), "answer": f"A{i}"} for i in range(5)])
+    with ProtocolServer(latency=0.0, rpm=0) as server:
+        assert collect.main(argv(folder, tmp_path / "o", server.base_url(), "--test-size", "2")) == 0
+        assert server.stats()["total"] == 0  # every row held its answer
+    train, test = splits(tmp_path / "o")
+    assert (len(train), len(test)) == (3, 2)
+    assert sorted(r["messages"][-1]["content"] for r in train + test) == [f"A{i}" for i in range(5)]
+
+
 def test_split_counts_and_strata():
     assert rows_for_test(6, 34) == 6 and rows_for_test(0.1, 34) == 3 and rows_for_test(0.01, 34) == 1
     keys = ["a"] * 10 + ["b"] * 6 + ["c"] * 4

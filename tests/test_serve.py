@@ -88,6 +88,13 @@ def test_embedded_model_answers_the_openai_sdk_and_batch_inference(tmp_path, rep
         assert res.returncode == 0, res.stderr[-3000:]
         answers = [json.loads(line) for line in next(out.glob("*.jsonl")).read_text().splitlines()]
         assert len(answers) == 2 and all(a["candidate_responses"].strip() for a in answers)
+        # evaluation judges the served answers (the free reference judge): a verdict, exit 0 or 3
+        ev = subprocess.run(
+            [sys.executable, "evaluation.py", "--service-llm-provider", "reference", "--lm-response-ds-id", str(out),
+             "--eval-ds-id", str(tmp_path / "eval"), "--eval-repeat", "1"], cwd=repo_root, env=stage_env(repo_root),
+            capture_output=True, text=True, timeout=600)
+        assert ev.returncode in (0, 3), ev.stderr[-3000:]
+        assert json.loads((tmp_path / "eval" / "summary.json").read_text())["scored_rows"] == 2
         stop(proc, signal.SIGTERM, log)
     finally:
         if proc.poll() is None:

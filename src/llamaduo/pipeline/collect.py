@@ -324,8 +324,11 @@ def finish(args: CollectArgs, prep: Prepared, failed: list[str], calls: dict[str
                 len(train), len(test), out_dir, summary["duplicates_dropped"], summary["already_answered"],
                 len(failed))
     if failed:
-        msg = (f"{len(failed)} prompt(s) got no answer (first: {failed[0]}); the {len(rows)} answered rows are "
-               f"written to {out_dir}, and a rerun asks only for the missing ones")
+        why = (f"max_cost_usd={args.max_cost_usd} was reached before {len(failed)} prompt(s) were asked"
+               if prep.llm.last_run.stopped_for_budget else
+               f"{len(failed)} prompt(s) got no answer (first: {failed[0]})")
+        msg = (f"{why}; the {len(rows)} answered rows are written to {out_dir}, and a rerun asks only for "
+               "the missing ones")
         if not args.allow_failed:
             raise RunFailed(msg)
         logger.warning("%s (exit 0: allow_failed is set)", msg)

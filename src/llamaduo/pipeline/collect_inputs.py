@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional
 
-from llamaduo.data import load_split
+from llamaduo.data import SINGLE_SPLIT, load_split, load_splits
 from llamaduo.errors import UsageError
 from llamaduo.formats import MAPPABLE, SHAREGPT_ROLES
 
@@ -121,7 +121,7 @@ def read_prompts(ref: str, split: str, column_map: Optional[Mapping[str, str]],
         rows: Iterable[Mapping[str, Any]] = [{"prompt": line} for line in _txt_lines(path)]
         columns = ["prompt"]
     else:
-        ds = load_split(ref, split, what="prompts dataset (prompts_ds_id)")
+        ds = _load_prompts_split(ref, split)
         rows, columns = ds, ds.column_names
     mapped = {**(column_map or {})}
     known = ("messages", "conversations", *PROMPT_COLUMNS)
@@ -136,6 +136,19 @@ def read_prompts(ref: str, split: str, column_map: Optional[Mapping[str, str]],
         else:
             items.append(item)
     return items, empty
+
+
+def _load_prompts_split(ref: str, split: str) -> Any:
+    """The split asked for; a source with one split only (a folder holding `train_sft.jsonl`,
+    a Hub dataset with just `train`) serves any name, with a log line saying which it read."""
+    what = "prompts dataset (prompts_ds_id)"
+    splits = load_splits(ref, what=what)
+    if split not in splits and len(splits) == 1:
+        name = next(iter(splits))
+        if name != SINGLE_SPLIT:
+            logger.info("%s '%s' has no split '%s'; reading its only split '%s'", what, ref, split, name)
+        split = name
+    return load_split(ref, split, what=what)
 
 
 def _txt_lines(path: Path) -> list[str]:

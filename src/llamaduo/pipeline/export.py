@@ -153,7 +153,7 @@ def run(args: ExportArgs) -> int:
     check_push_possible(args.push_to_hub, f"model '{args.hub_model_id}'")
     if summary is not None and not summary.get("qualified"):
         logger.warning("the evaluation summary says NOT QUALIFIED; exporting anyway (the card says so)")
-    from llamaduo.merge import ollama_modelfile, save_standalone
+    from llamaduo.pipeline.export_model import ollama_modelfile, save_standalone
 
     out_dir = Path(args.output_dir)
     config = config_to_dict(args)

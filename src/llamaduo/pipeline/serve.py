@@ -186,7 +186,7 @@ def merged_folder(args: ServeArgs, ref: ModelRef) -> Path:
     if (target / COMPLETE).is_file():
         logger.info("using the merged model in %s", target)
         return target
-    from llamaduo.merge import save_standalone
+    from llamaduo.pipeline.export_model import save_standalone
     from llamaduo.outputs import staged_output
 
     logger.info("merging adapter %s into %s once (transformers serve loads full models only) -> %s",

@@ -15,7 +15,7 @@ from typing import Any, Optional
 from llamaduo.errors import UsageError
 from llamaduo.inference.model_ref import ModelRef
 
-logger = logging.getLogger("llamaduo.merge")
+logger = logging.getLogger("llamaduo.export")
 
 DTYPES = ("auto", "bfloat16", "float16", "float32")
 
