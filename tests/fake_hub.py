@@ -20,6 +20,12 @@ class FakeHubApi:
         self.fail_commits = False
         self.token: str | None = "hf_fake"  # None: as if nobody is logged in
         self.reachable = True
+        # whoami's answer: the user, their organizations ({name: roleInOrg}) and the token's role
+        # ("write", "read" or "fineGrained" with `scoped` grants), as the Hub's /api/whoami-v2 says
+        self.user = "me"
+        self.orgs: dict[str, str] = {}
+        self.role = "write"
+        self.scoped: list[dict] = []
 
     # The pre-flight checks (hub.check_push_possible, hub.ensure_hub_reachable).
     def check_reachable(self, what):
@@ -31,7 +37,9 @@ class FakeHubApi:
         self.calls.append("whoami")
         if self.token is None:
             raise LocalTokenNotFoundError("fake hub: no token")
-        return {"name": "fake-user", "type": "user"}
+        token = {"role": self.role} | ({"fineGrained": {"scoped": self.scoped}} if self.role == "fineGrained" else {})
+        return {"name": self.user, "type": "user", "orgs": [{"name": n, "roleInOrg": r} for n, r in self.orgs.items()],
+                "auth": {"type": "access_token", "accessToken": token}}
 
     def create_repo(self, repo_id, *, repo_type=None, exist_ok=False, private=None):
         self.calls.append("create_repo")

@@ -206,6 +206,21 @@ def test_rerun_replays_the_ledger_and_append_dedups_against_existing(server, tmp
     assert s["dropped_by_reason"] == {"exact_duplicate_of_train": 2}
 
 
+def test_reference_rows_in_the_existing_data_count_once(server, tmp_path, caplog):
+    """Loop round 1 passes the reference data itself as existing_ds_id (the data trained on so
+    far): its rows are the train rows, counted and filtered against once (they were logged as
+    twice the train rows: "240" for 120)."""
+    import logging
+
+    n_train = sum(1 for line in (DEMO / "train_sft.jsonl").read_text().splitlines() if line.strip())
+    with caplog.at_level(logging.INFO, logger="llamaduo"):
+        assert run_stage(args_for(server, tmp_path / "synth", "--num_samples", "2", "--existing_ds_id",
+                                  str(DEMO))) == 0
+    assert summary(tmp_path / "synth")["near_duplicates"]["existing_rows"] == 0
+    (line,) = [r.getMessage() for r in caplog.records if "test prompts for the filters" in r.getMessage()]
+    assert f"; {n_train} train rows ({n_train} reference + 0 earlier)" in line, line
+
+
 def write_jsonl(path: Path, rows: list[dict]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -252,7 +267,7 @@ def test_bad_input_exits_2_before_any_call(server, tmp_path, case):
         pattern = "has prompts but no answers.*column_map"
     elif case == "num_samples":
         argv += ["--num_samples", "0"]
-        pattern = "num_samples must be >= 1"
+        pattern = "'num_samples' must be within 1-1,000,000, got 0"
     elif case == "placeholder":
         tmpl = tmp_path / "prompts.toml"
         tmpl.write_text('[synth_data_gen]\nprompt = "Like $instruction / $response, about $topc"\n')

@@ -98,22 +98,65 @@ def ensure_hub_reachable(what: str) -> None:
     get_api().check_reachable(what)
 
 
-def check_push_possible(push: bool, what: str) -> None:
-    """Called by a stage before any work when it will push, so a long run cannot end in a
-    push that was never possible (offline, unreachable, no token or a rejected one)."""
+PUSH_FIX = "or log in with `hf auth login` (or set HF_TOKEN) and unset HF_HUB_OFFLINE"
+
+
+def check_push_possible(push: bool, what: str, repo_id: str | None = None,
+                        switch: str = "push_to_hub / push_*_to_hf_hub") -> None:
+    """Called by a stage (and the loop's check) before any work when it will push, so a long run
+    cannot end in a push that was never possible (offline, unreachable, no token, a rejected or
+    read-only one, or, given `repo_id`, a namespace the token cannot write to). `switch` names
+    the key that turns the push off, for the one-line fix."""
     if not push:
         return
     api = get_api()
-    api.check_reachable(f"pushing {what}")
     try:
-        api.whoami()
+        api.check_reachable(f"pushing {what}")
+    except UsageError as err:
+        if hub_offline():  # the probe's own message is about loading a model, not about pushing
+            raise UsageError(f"pushing {what}: HF_HUB_OFFLINE is set, so nothing can be pushed; set {switch}: false, "
+                             f"{PUSH_FIX}") from err
+        raise
+    try:
+        who = api.whoami()
     except LocalTokenNotFoundError as err:
-        raise UsageError(f"pushing {what} needs a Hugging Face token: run `hf auth login` or set HF_TOKEN") from err
+        raise UsageError(f"pushing {what} needs a Hugging Face token: run `hf auth login` or set HF_TOKEN, "
+                         f"or set {switch}: false") from err
     except HfHubHTTPError as err:
         status = getattr(err.response, "status_code", None)
         why = "the Hub rejected the Hugging Face token" if status in (401, 403) else \
             f"the Hugging Face token could not be checked (HTTP {status})"
         raise UsageError(f"pushing {what}: {why}: {redact(str(err))}; run `hf auth login` or set HF_TOKEN") from err
+    problem = write_access_problem(who, repo_id) if repo_id else None
+    if problem:
+        raise UsageError(f"pushing {what}: {problem}; set {switch}: false, or log in with `hf auth login` as a "
+                         f"user who can write there")
+
+
+def write_access_problem(who: Mapping[str, Any], repo_id: str) -> str | None:
+    """Why the token `whoami` describes cannot write to `repo_id`, or None when it can (or when
+    the answer does not say: an older Hub, a token without `auth` details).
+
+    Read off the whoami answer: the namespace must be the user's or one of their orgs (not with a
+    read-only role), and the token must be a write token or a fine-grained one granting
+    `repo.write` on that namespace or repo."""
+    user = str(who.get("name") or "")
+    namespace = repo_id.split("/", 1)[0] if "/" in repo_id else user
+    orgs = {str(o.get("name")): str(o.get("roleInOrg") or "") for o in who.get("orgs") or [] if isinstance(o, Mapping)}
+    if user and namespace != user and namespace not in orgs:
+        return f"the Hugging Face token is {user}'s, who is neither '{namespace}' nor a member of that organization"
+    if orgs.get(namespace) == "read":
+        return f"{user} has only read access in the organization '{namespace}'"
+    token = (who.get("auth") or {}).get("accessToken") or {}
+    role = token.get("role")
+    if role == "read":
+        return "the Hugging Face token is read-only: create a write token"
+    if role == "fineGrained":
+        scoped = (token.get("fineGrained") or {}).get("scoped") or []
+        if not any("repo.write" in (e.get("permissions") or []) and
+                   (e.get("entity") or {}).get("name") in (namespace, repo_id) for e in scoped):
+            return f"the fine-grained Hugging Face token does not grant repo.write on '{namespace}'"
+    return None
 
 
 def repo_sha(repo_id: str, revision: str | None = None, repo_type: str = "model") -> str | None:

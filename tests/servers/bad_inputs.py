@@ -312,11 +312,14 @@ def stage_env(work: Path, repo: Path = REPO) -> dict[str, str]:
     return env
 
 
-def run_case(case: Case, work: Path, url: str, timeout_s: float = 300, repo: Path = REPO) -> Outcome:
+def run_case(case: Case, work: Path, url: str, timeout_s: float = 300, repo: Path = REPO,
+             on_built: Optional[Callable[[], None]] = None) -> Outcome:
     """Build the case in `work`, run its stage (from the checkout `repo`) as a subprocess,
-    count the server's requests."""
+    count the server's requests. `on_built` runs between the two (e.g. a snapshot of `work`)."""
     work.mkdir(parents=True, exist_ok=True)
     argv, cleanup = case.build(work, url)
+    if on_built is not None:
+        on_built()
     before = server_stats(url)["total"]
     start = time.monotonic()
     try:

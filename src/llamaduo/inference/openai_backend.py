@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from llamaduo.errors import RunFailed, UsageError
-from llamaduo.inference.hf_backend import END_OF_TURN_TOKENS, Generated, GenSettings
+from llamaduo.inference.generation import END_OF_TURN_TOKENS, Generated, GenSettings
 from llamaduo.inference.model_ref import ADAPTER_CONFIG
 from llamaduo.inference.prompts import PromptRecord, WorkItem
 from llamaduo.inference.served_name import ServedTarget, served_target  # noqa: F401 - re-exported

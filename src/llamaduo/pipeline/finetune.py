@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional, Sequence
 
 from llamaduo.config import config_to_dict, parse_config, unwrap_accept_none
-from llamaduo.formats import check_format_args, column_map_field, data_format_field
+from llamaduo.formats import check_format_args, column_map_field, data_format_field, drop_invalid_rows_field
 from llamaduo.errors import EXIT_CODES_HELP, EXIT_OK, RunFailed, UsageError
 from llamaduo.logging_setup import setup_logging
 from llamaduo.outputs import OutputPlan, guarded_output
@@ -71,6 +71,7 @@ class ScriptArgs:
                 "folder's name. The embedded alias records HuggingFaceTB/SmolLM2-135M-Instruct"})
     data_format: str = data_format_field()
     column_map: Optional[dict] = column_map_field()
+    drop_invalid_rows: bool = drop_invalid_rows_field()
     preprocessing_num_workers: Optional[int] = field(default=None, metadata={
         "help": "processes for tokenizing the data (alignment-handbook key; default: dataset_num_proc)"})
     tokenizer_name_or_path: Optional[str] = field(default=None, metadata={
@@ -85,9 +86,10 @@ class ScriptArgs:
     overwrite_output_dir: bool = field(default=False, metadata={
         "help": "start over when output_dir already holds a run (its checkpoints are deleted)"})
     cpu_fast_path: bool = field(default=True, metadata={
-        "help": "on a CPU: score only the labelled tokens with a plain log-softmax LM head, and attend "
-                "within each conversation of padding-free/packed batches (src/llamaduo/sft_cpu.py). Same loss and "
-                "gradients as TRL's GPU-minded defaults, about 2x the tokens/s (bench/finetune_throughput.py)"})
+        "help": "on a CPU: padding-free batches (unless packing is on), an LM head that scores only the "
+                "labelled tokens, and attention within each conversation (src/llamaduo/sft_cpu.py). Same loss "
+                "and gradients as TRL's GPU-minded defaults, about 2x the tokens/s (bench/finetune_throughput.py). "
+                "false: batches, head and attention exactly as configured. No effect on a CUDA GPU"})
     truncation: Literal["drop", "error", "keep"] = field(default="drop", metadata={
         "help": "conversations longer than max_length (cutting one drops its reply's end-of-turn label): "
                 "drop = train without them, with a warning; error = exit 2 before training, naming how many "
@@ -131,6 +133,11 @@ def machine_defaults(values: dict) -> dict:
         if out.get("fp16"):
             logger.warning("fp16 needs a GPU: training on the CPU without fp16")
             out["fp16"] = False
+        if out.get("cpu_fast_path", True) and not out.get("packing"):
+            # The fast path's batches: real tokens only. A GPU recipe (sample_config.yaml) pads every
+            # batch to its longest row, which on a CPU is compute spent on padding; _cpu_fast_path
+            # logs the one line saying so.
+            out["padding_free"] = True
         for bits in ("load_in_4bit", "load_in_8bit"):
             if out.get(bits):
                 logger.warning("%s (QLoRA via bitsandbytes) needs a CUDA GPU and none was found: "
@@ -234,6 +241,11 @@ def check_values(script: Any, model_args: Any, sft: Any) -> None:
         raise UsageError(f"max_length must be positive, got {sft.max_length}")
     if sft.learning_rate <= 0:
         raise UsageError(f"learning_rate must be positive, got {sft.learning_rate}")
+    for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
+        if getattr(sft, name) < 1:
+            raise UsageError(f"{name} must be >= 1, got {getattr(sft, name)}")
+    if sft.max_steps <= 0 and sft.num_train_epochs <= 0:
+        raise UsageError(f"num_train_epochs must be positive (or max_steps set), got {sft.num_train_epochs}")
     if script.chat_template and sft.chat_template_path:
         raise UsageError("set only one of chat_template and chat_template_path")
     if sft.push_to_hub and not sft.hub_model_id:
@@ -365,15 +377,26 @@ def output_plan(script: Any, model_args: Any, sft: Any) -> OutputPlan:
     Not replaced atomically: checkpoints are written, and resumed from, in place."""
     if not sft.output_dir or not _is_main_process():
         return OutputPlan(None)
-    return OutputPlan(Path(sft.output_dir), str(sft.output_dir), "output_dir")
+    datasets = [script.dataset_id] if script.dataset_id else list(script.dataset_mixer or {})
+    inputs = {f"training dataset {i + 1}": str(ref) for i, ref in enumerate(datasets)}
+    if model_args.model_name_or_path:
+        inputs["model_name_or_path"] = model_args.model_name_or_path
+    return OutputPlan(Path(sft.output_dir), str(sft.output_dir), "output_dir", inputs, overwrite_key=None)
 
 
-@guarded_output(output_plan)
+def precheck(script: Any, model_args: Any, sft: Any) -> None:
+    """The checks that read no file, before the output folder is locked (a refused value writes nothing)."""
+    check_values(script, model_args, sft)
+    check_format_args(script.data_format, script.column_map)
+
+
+@guarded_output(output_plan, precheck=precheck)
 def run(script: Any, model_args: Any, sft: Any) -> int:
     from llamaduo.chat_template import tokenize_dataset
     from llamaduo.hub import check_push_possible
     from llamaduo.pipeline.finetune_data import load_mixed, resolve_mixer
     from llamaduo.pipeline.finetune_truncation import apply_truncation_policy
+    from llamaduo.pipeline.finetune_logging import scale_logging
     from llamaduo.pipeline.finetune_plan import log_plan, train_plan
 
     started = time.time()
@@ -383,7 +406,7 @@ def run(script: Any, model_args: Any, sft: Any) -> int:
     want_eval = str(getattr(sft.eval_strategy, "value", sft.eval_strategy)) != "no"
     resume = prepare_output_dir(script, sft)
     push, sft.push_to_hub = bool(sft.push_to_hub), False  # pushing goes through llamaduo.hub, once, at the end
-    check_push_possible(push, f"the fine-tuned model '{sft.hub_model_id}'")
+    check_push_possible(push, f"the fine-tuned model '{sft.hub_model_id}'", sft.hub_model_id, "push_to_hub")
     from llamaduo.models import is_embedded_alias
 
     # a Hub id that cannot be used (offline and not cached) fails before the data is read
@@ -391,6 +414,7 @@ def run(script: Any, model_args: Any, sft: Any) -> int:
 
     data = load_mixed(mixer, script.dataset_splits, seed=sft.seed, want_eval=want_eval,
                       data_format=script.data_format, column_map=script.column_map,
+                      drop_invalid_rows=script.drop_invalid_rows,
                       train_split=script.dataset_train_split, test_split=script.dataset_test_split)
     if want_eval and data.eval is None:
         raise UsageError(f"eval_strategy={sft.eval_strategy} needs a test split in dataset_splits "
@@ -419,13 +443,15 @@ def run(script: Any, model_args: Any, sft: Any) -> int:
             script.truncation, "eval data", **fit)
         truncation["eval"] = eval_cut.as_dict()
     n_tokens = sum(len(x) for x in train_ds["input_ids"])
-    log_plan(train_plan(len(train_ds), n_tokens, sft), mixer)
+    plan = train_plan(len(train_ds), n_tokens, sft)
+    log_plan(plan, mixer)
+    scale_logging(sft, plan.steps)
 
     trainer = _build_trainer(script, model_args, sft, base, tokenizer, train_ds, eval_ds)
     result = trainer.train(resume_from_checkpoint=resume)
     metrics = dict(result.metrics)
     if eval_ds is not None:
-        metrics.update(trainer.evaluate())
+        metrics.update(_final_eval(trainer))
     trainer.save_model(sft.output_dir)
     if trainer.is_world_process_zero():
         _finish(trainer, script, model_args, sft, base, tokenizer, data, metrics, n_tokens, resume, push,
@@ -433,10 +459,21 @@ def run(script: Any, model_args: Any, sft: Any) -> int:
     return EXIT_OK
 
 
+def _final_eval(trainer: Any) -> dict:
+    """The eval metrics of the trained model: the ones logged at the last step when the eval
+    strategy already evaluated there (an epoch strategy does), else one evaluation now. WHY:
+    evaluating the same weights twice cost a held-out CPU run 206 s per pass."""
+    last = next((h for h in reversed(trainer.state.log_history) if "eval_loss" in h), None)
+    if last is not None and last.get("step") == trainer.state.global_step:
+        return {k: v for k, v in last.items() if k.startswith("eval_")}
+    return trainer.evaluate()
+
+
 def _build_trainer(script: Any, model_args: Any, sft: Any, base: str, tokenizer: Any, train_ds: Any,
                    eval_ds: Any) -> Any:
     from trl import SFTTrainer, get_peft_config
 
+    from llamaduo.pipeline.finetune_logging import first_and_last_loss_callback
     from llamaduo.pipeline.finetune_model import check_lora_targets, load_base_model
 
     on_cuda = _cuda_available()
@@ -456,7 +493,8 @@ def _build_trainer(script: Any, model_args: Any, sft: Any, base: str, tokenizer:
     if isinstance(sft.dataset_kwargs, dict):
         sft.dataset_kwargs = {k: v for k, v in sft.dataset_kwargs.items() if k == "skip_prepare_dataset"} or None
     trainer = SFTTrainer(model=model, args=sft, train_dataset=train_ds, eval_dataset=eval_ds,
-                         processing_class=tokenizer, peft_config=peft_config)
+                         processing_class=tokenizer, peft_config=peft_config,
+                         callbacks=[first_and_last_loss_callback()])
     logger.info("world size %d (rank %d); %s", sft.world_size, sft.process_index,
                 "LoRA adapter" if peft_config else "full fine-tuning")
     return trainer
@@ -471,14 +509,17 @@ def _cpu_fast_path(script: Any, model_args: Any, sft: Any) -> str | None:
     return_freed_memory_to_os()  # bounded RSS on a CPU (src/llamaduo/sft_cpu.py says why), fast path or not
     if not script.cpu_fast_path:
         disable_fast_lm_head()  # the patch is process-wide: an earlier run in this process may have set it
+        logger.info("CPU fast path off (cpu_fast_path: false): batches (padding_free=%s, packing=%s), LM head "
+                    "and attention as configured", bool(sft.padding_free), bool(sft.packing))
         return None
     head = enable_fast_lm_head()
     attn = None
     if (sft.padding_free or sft.packing) and model_args.attn_implementation in (None, "sdpa"):
         attn = register_varlen_attention()
-    logger.info("CPU fast path: LM head on labelled tokens only %s; attention %s", "on" if head else "off",
-                attn or f"{model_args.attn_implementation or 'default'} (per-conversation attention needs "
-                        "padding_free or packing)")
+    logger.info("CPU fast path on: %s batches, %s, attention %s (cpu_fast_path: false trains as configured)",
+                "packed" if sft.packing else "padding-free",
+                "LM head on labelled tokens only" if head else "TRL's own LM head (this TRL's is not the known one)",
+                attn or f"{model_args.attn_implementation} as configured (per-conversation attention needs sdpa)")
     return attn
 
 
@@ -487,27 +528,34 @@ def _finish(trainer: Any, script: Any, model_args: Any, sft: Any, base: str, tok
             truncation: dict, max_length: int | None) -> None:
     """Main process only: everything inference and people need next to the weights."""
     from llamaduo.hub import push_model_folder
-    from llamaduo.pipeline.finetune_model import (SUMMARY_FILE, base_hub_id, model_card, record_base_hub_id,
-                                                  save_merged, write_generation_config)
+    from llamaduo.pipeline.finetune_model import (LOSS_CURVE, SUMMARY_FILE, base_hub_id, model_card,
+                                                  record_base_hub_id, save_merged, write_generation_config,
+                                                  write_loss_curve)
 
     out_dir = Path(sft.output_dir)
     hub_id = base_hub_id(model_args.model_name_or_path, base, script.base_model_hub_id)
     record_base_hub_id(out_dir, hub_id)
     tokenizer.save_pretrained(str(out_dir))
     write_generation_config(trainer.model, tokenizer, out_dir)
-    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    logged = [h for h in trainer.state.log_history if "loss" in h]
+    losses = [h["loss"] for h in logged]
     summary = {
         "base_model": model_args.model_name_or_path, "base_model_path": base, "base_model_hub_id": hub_id,
         "adapter": bool(model_args.use_peft), "world_size": sft.world_size,
         "global_step": trainer.state.global_step, "resumed_from": resume,
         "train_rows": len(data.train), "eval_rows": len(data.eval) if data.eval is not None else 0,
-        "train_tokens": n_tokens, "truncation": truncation, "first_loss": losses[0] if losses else None,
-        "last_loss": losses[-1] if losses else None, "losses": losses, "metrics": metrics,
+        "train_tokens": n_tokens,
+        "tokens_seen": next((h["num_tokens"] for h in reversed(trainer.state.log_history) if "num_tokens" in h), None),
+        "truncation": truncation, "first_loss": losses[0] if losses else None,
+        "last_loss": losses[-1] if losses else None, "losses": losses,
+        "loss_steps": [h.get("step") for h in logged], "metrics": metrics,
         "data": data.sources, "seconds": round(time.time() - started, 1),
         "attn_implementation": getattr(trainer.model.config, "_attn_implementation", None),
         "peak_rss_mb": peak_rss_mb(),
     }
     (out_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, default=str))
+    write_loss_curve(trainer.state.log_history, out_dir / LOSS_CURVE,
+                     f"Fine-tune of {hub_id}: {len(data.train)} rows, {trainer.state.global_step} steps")
     merged = bool(script.merge_adapter and model_args.use_peft)
     if script.merge_adapter and not model_args.use_peft:
         logger.info("merge_adapter ignored: full fine-tuning already saved a full model")
@@ -519,8 +567,10 @@ def _finish(trainer: Any, script: Any, model_args: Any, sft: Any, base: str, tok
                       metrics={k: summary[k] for k in ("global_step", "first_loss", "last_loss", "train_tokens")}
                       | {"metrics": metrics})
     (out_dir / "README.md").write_text(card)
-    logger.info("fine-tuned %s saved to %s (loss %s -> %s)", "adapter" if model_args.use_peft else "model",
-                out_dir, summary["first_loss"], summary["last_loss"])
+    logger.info("fine-tuned %s saved to %s (loss %s at step %s -> %s at step %s, %d losses logged)",
+                "adapter" if model_args.use_peft else "model", out_dir, _short(summary["first_loss"]),
+                summary["loss_steps"][0] if logged else None, _short(summary["last_loss"]),
+                summary["loss_steps"][-1] if logged else None, len(losses))
     if push:
         try:
             push_model_folder(out_dir, sft.hub_model_id, card, private=sft.hub_private_repo)
@@ -528,6 +578,10 @@ def _finish(trainer: Any, script: Any, model_args: Any, sft: Any, base: str, tok
             raise RunFailed(f"push to the Hub model '{sft.hub_model_id}' failed ({err}); "
                             f"the local output is intact at {out_dir}") from err
         logger.info("pushed %s to the Hub model repo %s", out_dir, sft.hub_model_id)
+
+
+def _short(loss: float | None) -> str:
+    return "none" if loss is None else f"{loss:.4f}"
 
 
 def _base_license(model_args: Any) -> str | None:
