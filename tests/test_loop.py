@@ -315,7 +315,8 @@ def test_demo_check_starts_the_standin_teacher_and_stops_it_at_exit(tmp_path):
     starts the stand-in teacher before its check, hands data_gen its URL (the check reaches it
     through the openai provider: a refused connection would exit 2), and stops it on exit."""
     out = tmp_path / "out"
-    env = {**os.environ, "OUT": str(out), "PYTHON": sys.executable}
+    # MAX_COST_USD: the stand-in is free, so data_gen gets no budget (and needs no price for it)
+    env = {**os.environ, "OUT": str(out), "PYTHON": sys.executable, "MAX_COST_USD": "1"}
     for var in ("FINETUNE_CONFIG", "INFER_CONFIG", "EVAL_CONFIG", "DATAGEN_CONFIG", "MERGE_CONFIG"):
         env.pop(var, None)
     proc = subprocess.run(["bash", str(SCRIPT), "--check"], cwd=REPO, env=env, capture_output=True, text=True,

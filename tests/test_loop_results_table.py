@@ -89,6 +89,7 @@ def test_chart_draws_one_point_per_round_with_ci_and_bar(tmp_path):
 
     pts = chart.points(out)
     assert [p["round"] for p in pts] == [0, 1, 2] and pts[2]["task_metric"]["ci_low"] == 80.2
+    assert chart._bound(0.0, 3.0) == 0.0 and chart._bound(None, 3.0) == 3.0  # 0 of n: the bar reaches 0
     proc = subprocess.run([sys.executable, "-m", "llamaduo.loop.chart", str(out)], cwd=REPO,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr

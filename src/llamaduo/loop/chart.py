@@ -38,6 +38,12 @@ def points(out: Path) -> list[dict[str, Any]]:
     return found
 
 
+def _bound(value: Any, mean: float) -> float:
+    """A CI bound as a number; the mean itself (no error bar) when the summary has none.
+    (0.0 is a real bound: the lower end of 0 of n.)"""
+    return mean if value is None else float(value)
+
+
 def draw(pts: list[dict[str, Any]], path: Path, title: str = "LlamaDuo loop") -> None:
     """Write the two-panel PNG for `pts` (see the module docstring)."""
     import matplotlib
@@ -53,8 +59,8 @@ def draw(pts: list[dict[str, Any]], path: Path, title: str = "LlamaDuo loop") ->
         name = metric[0]["task_metric"].get("name", "task metric")
         xs = [p["round"] for p in metric]
         ys = [float(p["task_metric"]["mean"]) for p in metric]
-        lo = [y - float(p["task_metric"].get("ci_low", y) or y) for y, p in zip(ys, metric)]
-        hi = [float(p["task_metric"].get("ci_high", y) or y) - y for y, p in zip(ys, metric)]
+        lo = [y - _bound(p["task_metric"].get("ci_low"), y) for y, p in zip(ys, metric)]
+        hi = [_bound(p["task_metric"].get("ci_high"), y) - y for y, p in zip(ys, metric)]
         left.errorbar(xs, ys, yerr=[lo, hi], fmt="o-", capsize=5, color="tab:blue", label=f"{name} (95% CI)")
         for x, y, p in zip(xs, ys, metric):
             left.annotate(f"{y:.1f}" + (" ✓" if p["qualified"] else ""), (x, y), textcoords="offset points",

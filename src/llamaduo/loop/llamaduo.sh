@@ -267,6 +267,7 @@ config_of() {
 }
 is_paid() {  # is_paid STAGE: the stage calls a service LLM that may cost money
   [[ "$1" == evaluation || "$1" == data_gen ]] || return 1
+  [[ "$1" == data_gen && -n "$TEACHER_URL" ]] && return 1  # the stand-in teacher is free (and has no price)
   local provider; provider="$(cfg get "$(config_of "$1")" service_llm_provider gemini)"
   [[ "$provider" != reference && "$provider" != local ]]
 }
