@@ -20,6 +20,9 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
+# pytest-xdist runs one worker per core, and each may start stage processes: idle OpenMP threads
+# sleep instead of spinning on the cores the other worker needs (llamaduo.cli.batch_inference).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import functools  # noqa: E402
 import sys  # noqa: E402

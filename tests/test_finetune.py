@@ -338,7 +338,7 @@ def test_demo_config_and_cli_dataset_overrides(repo_root: Path) -> None:
 
     demo = ["--from-config", str(repo_root / "config/demo/finetune.yaml")]
     script, model_args, _ = parse_args(demo)
-    assert model_args.model_name_or_path == "smollm2-135m-instruct" and script.dataset_mixer == {"data/demo": 1.0}
+    assert model_args.model_name_or_path == "smollm2-135m-instruct" and script.dataset_mixer == {"data/demo_tickets": 1.0}
     script, _, _ = parse_args(demo + ["--dataset-mixer", '{"outputs/round_1/merged": 1.0}'])
     assert resolve_mixer(script.dataset_mixer, script.dataset_id) == {"outputs/round_1/merged": 1.0}
     script, _, _ = parse_args(demo + ["--dataset-id", "outputs/round_2/merged"])

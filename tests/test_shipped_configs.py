@@ -34,7 +34,7 @@ STAGE_CONFIGS = {str(p.relative_to(REPO)) for p in (REPO / "config").glob("*.yam
     str(p.relative_to(REPO)) for p in (REPO / "config/demo").glob("*.yaml")}
 # files that are no stage config: generation settings and prices
 NOT_STAGE = {"src/llamaduo/defaults/pricing.yaml", "src/llamaduo/defaults/service_llm_gen.yaml", "config/gpt_gen_configs.yaml",
-             "config/claude_gen_configs.yaml", "config/gemini_gen_configs.yaml", "config/demo/data_gen_local_gen.yaml"}
+             "config/claude_gen_configs.yaml", "config/gemini_gen_configs.yaml"}
 
 
 def load(stage: str, config: str) -> tuple[dict, str]:
