@@ -317,8 +317,10 @@ def run_in_process(case: Case, work: Path, url: str) -> tuple[Outcome, list[str]
     return outcome, changes(before_tree, snapshot(work))
 
 
-def run_subprocess(case: Case, work: Path, url: str, repo: Path = REPO) -> tuple[Outcome, list[str]]:
-    """`bad_inputs.run_case` (a real subprocess of the stage script in `repo`) plus what changed in `work`."""
+def run_subprocess(case: Case, work: Path, url: str, repo: Path = REPO,
+                   timeout_s: float = 150) -> tuple[Outcome, list[str]]:
+    """`bad_inputs.run_case` (a real subprocess of the stage script in `repo`) plus what changed in
+    `work`. A refusal takes seconds; a case still running after `timeout_s` is doing the work."""
     before: dict[str, str] = {}
-    outcome = run_case(case, work, url, repo=repo, on_built=lambda: before.update(snapshot(work)))
+    outcome = run_case(case, work, url, timeout_s=timeout_s, repo=repo, on_built=lambda: before.update(snapshot(work)))
     return outcome, changes(before, snapshot(work))
