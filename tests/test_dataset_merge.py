@@ -160,5 +160,10 @@ def test_merge_plain_train_test_splits_without_flags(repo_root, tmp_path):
     assert len(loaded["train_sft"]) == 5 and len(loaded["test_sft"]) == 1  # "held out" dropped from train
     assert loaded["train_sft"]["prompt"] == load_from_disk(str(out))["train_sft"]["prompt"]
     assert loaded["train_sft"][0]["generator"] is None
+    from huggingface_hub import DatasetCard
+
+    card = DatasetCard.load(out / "README.md").data
+    assert card.size_categories == ["n<1K"] and card.task_categories == ["text-generation"]
+    assert card.license == "unknown" and card.source_datasets == ["original"]  # local inputs, no Hub source
     assert "Saving the dataset" not in proc.stderr  # no datasets progress bars for a small write
     assert "Creating json from Arrow" not in proc.stderr
