@@ -244,11 +244,9 @@ def test_bad_input_exits_2_before_any_call(fresh, repo_root, tmp_path, case, ext
 
 
 def test_help_documents_exit_codes(repo_root):
-    import subprocess
-    import sys
+    from tests.inprocess import run_stage
 
-    res = subprocess.run([sys.executable, "evaluation.py", "--help"], cwd=repo_root, capture_output=True,
-                         text=True, timeout=120)
+    res = run_stage("evaluation", ["--help"], cwd=repo_root)
     assert res.returncode == 0
     text = " ".join(res.stdout.split())
     assert "3 evaluation completed but did not qualify" in text and "--coverage_threshold" in text

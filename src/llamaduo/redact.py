@@ -11,21 +11,37 @@ from __future__ import annotations
 import logging
 import os
 import re
+from typing import Callable, Iterable
 
 MASK = "***"
 
-#: env vars whose values are credentials, besides those the service-LLM providers declare
-#: (their key_env / secret_env: `secret_env_vars()`); their values are replaced wherever they appear
+#: env vars whose values are credentials, besides those registered by other modules (the
+#: service-LLM provider registry registers every provider's key_env / secret_env); their values are
+#: replaced wherever they appear
 SECRET_ENV_VARS = ("SERVICE_LLM_API_KEY", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
+
+# Callables that list more credential variables, asked at each masking. Registration (instead of
+# importing the provider registry here) keeps this module, and errors.py that uses it, at the bottom
+# of the import graph: whoever knows secret names tells the masker, the masker imports nobody.
+_secret_sources: list[Callable[[], Iterable[str]]] = []
+
+
+def register_secret_env_vars(source: Callable[[], Iterable[str]]) -> None:
+    """Add a callable listing credential variable names (asked lazily, so a provider registered
+    later is still covered). Registering the same callable twice is a no-op."""
+    if source not in _secret_sources:
+        _secret_sources.append(source)
 
 
 def secret_env_vars() -> tuple[str, ...]:
-    """SECRET_ENV_VARS plus every provider's credential variables (providers/ registry)."""
-    try:
-        from llamaduo.service_llm.providers import secret_env_vars as providers_secrets
-    except ImportError:  # the registry is still being imported (a log line during its import)
-        return SECRET_ENV_VARS
-    return SECRET_ENV_VARS + providers_secrets()
+    """SECRET_ENV_VARS plus every registered source's names (the providers' credential variables)."""
+    names = dict.fromkeys(SECRET_ENV_VARS)
+    for source in list(_secret_sources):
+        try:
+            names.update(dict.fromkeys(source()))
+        except ImportError:  # a source's modules are still being imported (a log line during that import)
+            continue
+    return tuple(names)
 
 # scheme://userinfo@ : the userinfo (user, or user:password) is a credential either way
 _USERINFO = re.compile(r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<userinfo>[^/@\s'\"<>]+)@")

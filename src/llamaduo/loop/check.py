@@ -171,6 +171,32 @@ def check_paths(stage: Stage) -> list[str]:
         problem = _model_problem(stage.printed.get(key))
         if problem:
             problems.append(f"{stage.name} ({stage.config}): {key}: {problem}")
+    problems += [f"{stage.name} ({stage.config}): {p}" for p in model_wheel_problems(stage.printed)]
+    return problems
+
+
+def model_wheel_problems(printed: dict) -> list[str]:
+    """The models the config names must be installed: the embedded model (as model, tuned model
+    or `local` service LLM) needs its wheel, the reference judge its embedding wheel. WHY: a
+    `pip install .` without them passed --check and then failed in the stage."""
+    from llamaduo.errors import UsageError
+    from llamaduo.models import embedded_model_problem, is_embedded_alias
+
+    problems = []
+    names = [printed.get(k) for k in ("model_name_or_path", "ft_model_id")]
+    if printed.get("service_llm_provider") == "local":
+        names.append(printed.get("service_model_name") or "smollm2-135m-instruct")
+    if any(isinstance(n, str) and is_embedded_alias(n) for n in names):
+        problem = embedded_model_problem()
+        if problem:
+            problems.append(problem)
+    if printed.get("service_llm_provider") == "reference":
+        from llamaduo.judging.reference import embedding_model_dir
+
+        try:
+            embedding_model_dir()
+        except UsageError as err:
+            problems.append(str(err))
     return problems
 
 

@@ -27,8 +27,9 @@ from llamaduo.logging_setup import setup_logging
 from llamaduo.hub import check_push_possible, dataset_output_plan, local_output_dir, save_output
 from llamaduo.inference import distributed
 from llamaduo.inference.carry import carry_columns
-from llamaduo.inference.hf_backend import (FINISH_LENGTH, FINISH_STOP, GenSettings, HFGenerator, load_model,
-                                      load_tokenizer, stop_token_ids)
+# hf_backend (torch, transformers) is imported where a model is loaded: `--help` and
+# `--print-config` stay free of both
+from llamaduo.inference.generation import FINISH_LENGTH, FINISH_STOP, GenSettings
 from llamaduo.inference.model_ref import ModelRef, resolve_model_ref
 from llamaduo.inference.plan import batches_for_rank, build_work_items, padding_waste, plan_batches
 from llamaduo.inference.prompts import PromptRecord, WorkItem, prompt_records, tokenize_prompts
@@ -177,6 +178,8 @@ def output_plan(cfg: BatchInferenceConfig) -> OutputPlan:
 
 @guarded_output(output_plan, precheck=validate)
 def run(cfg: BatchInferenceConfig) -> int:
+    from llamaduo.inference.hf_backend import load_tokenizer  # torch: only once a run starts
+
     validate(cfg)
     started = time.perf_counter()
     if cfg.backend == "openai":
@@ -346,6 +349,7 @@ def _generate_missing(cfg: BatchInferenceConfig, info: distributed.DistInfo, ref
 
 def _make_generator(cfg: BatchInferenceConfig, info: distributed.DistInfo, ref: ModelRef, tokenizer,
                     settings: GenSettings):
+    from llamaduo.inference.hf_backend import HFGenerator, load_model, stop_token_ids
     from llamaduo.models import pick_device_dtype
 
     device, dtype = pick_device_dtype()

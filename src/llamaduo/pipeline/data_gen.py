@@ -39,6 +39,7 @@ from llamaduo.delimiters import render_data
 from llamaduo.outputs import OutputPlan, guarded_output, publish_files
 from llamaduo.peak_rss import peak_rss_mb
 from llamaduo.prompts import check_placeholders, load_template
+from llamaduo.judging import task_metrics
 from llamaduo.quality import QualityConfig, QualityFilter
 from llamaduo.validation import check_sft_columns
 from llamaduo.service_llm import (
@@ -50,6 +51,7 @@ from llamaduo.service_llm import (
     ServiceLLMArgs,
     extract_json,
 )
+from llamaduo.service_llm.structured import snippet
 
 logger = logging.getLogger("llamaduo.data_gen")
 
@@ -76,6 +78,7 @@ R_INSTR_LONG = "instruction_too_long"
 R_RESP_SHORT = "response_too_short"
 R_RESP_LONG = "response_too_long"
 R_SAME_AS_SEED = "same_as_seed"
+R_NOT_A_LABEL = "label_not_in_set"
 # reply-level reasons (a whole call produced nothing usable)
 R_REPLY_INVALID = "reply_invalid"
 R_CALL_FAILED = "call_failed"
@@ -124,6 +127,13 @@ class DataGenArgs(ServiceLLMArgs):
     max_instruction_chars: int = field(default=4000, metadata={"help": "Longer instructions are dropped."})
     min_response_chars: int = field(default=10, metadata={"help": "Shorter responses are dropped."})
     max_response_chars: int = field(default=8000, metadata={"help": "Longer responses are dropped."})
+    labels: list[str] = field(
+        default_factory=list,
+        metadata={"help": "For a classification task: the closed label set. A pair whose response is not "
+                  "exactly one of these labels (compared after strip, casefold and dropping trailing . ! ?) "
+                  "is dropped as label_not_in_set. Empty: no label check. A wrong label that is in the set "
+                  "cannot be caught here."},
+    )
     # --- quality filters -----------------------------------------------------------------------
     test_ds_id: Optional[str] = field(
         default=None,
@@ -204,6 +214,8 @@ def validate_values(args: DataGenArgs) -> list[str]:
             problems.append(f"need 1 <= min_{what}_chars <= max_{what}_chars, got {lo} and {hi}")
     if not args.synth_ds_id:
         problems.append("synth_ds_id is required")
+    if any(not str(x).strip() for x in args.labels):
+        problems.append("labels must not contain an empty label")
     if not args.synth_ds_split or args.synth_ds_split == REJECTED_SPLIT:
         problems.append(f"synth_ds_split must be set and must not be '{REJECTED_SPLIT}'")
     problems += quality_config(args).validate()
@@ -416,7 +428,15 @@ def check_pair(instruction: str, response: str, seed: Seed, args: DataGenArgs) -
         return R_RESP_LONG, f"{n_r} > {args.max_response_chars} chars"
     if normalize_text(instruction) == normalize_text(seed.instruction):
         return R_SAME_AS_SEED, "the instruction repeats its seed's instruction"
+    if args.labels and normalize_label(response) not in {normalize_label(x) for x in args.labels}:
+        return R_NOT_A_LABEL, f"response {snippet(response, 40)!r} is not one of the labels {list(args.labels)}"
     return None
+
+
+def normalize_label(text: str) -> str:
+    """A label as compared by the `labels` check: the same normalisation as evaluation's
+    exact_match (strip, casefold, collapse spaces, drop trailing . ! ?)."""
+    return task_metrics.normalize(text)
 
 
 def synth_row(instruction: str, response: str, seed: Seed, generator: str, topic: str) -> dict[str, Any]:

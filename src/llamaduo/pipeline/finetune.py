@@ -528,8 +528,9 @@ def _finish(trainer: Any, script: Any, model_args: Any, sft: Any, base: str, tok
             truncation: dict, max_length: int | None) -> None:
     """Main process only: everything inference and people need next to the weights."""
     from llamaduo.hub import push_model_folder
-    from llamaduo.pipeline.finetune_model import (SUMMARY_FILE, base_hub_id, model_card, record_base_hub_id,
-                                                  save_merged, write_generation_config)
+    from llamaduo.pipeline.finetune_model import (LOSS_CURVE, SUMMARY_FILE, base_hub_id, model_card,
+                                                  record_base_hub_id, save_merged, write_generation_config,
+                                                  write_loss_curve)
 
     out_dir = Path(sft.output_dir)
     hub_id = base_hub_id(model_args.model_name_or_path, base, script.base_model_hub_id)
@@ -553,6 +554,8 @@ def _finish(trainer: Any, script: Any, model_args: Any, sft: Any, base: str, tok
         "peak_rss_mb": peak_rss_mb(),
     }
     (out_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, default=str))
+    write_loss_curve(trainer.state.log_history, out_dir / LOSS_CURVE,
+                     f"Fine-tune of {hub_id}: {len(data.train)} rows, {trainer.state.global_step} steps")
     merged = bool(script.merge_adapter and model_args.use_peft)
     if script.merge_adapter and not model_args.use_peft:
         logger.info("merge_adapter ignored: full fine-tuning already saved a full model")

@@ -159,6 +159,4 @@ class ServiceLLMArgs:
 
     def config_notes(self) -> list[str]:
         """Settings taken from the environment, by variable name (for `--print-config`)."""
-        from llamaduo.service_llm.credentials import describe
-
-        return describe(self)
+        return _registry.describe_credentials(self)
