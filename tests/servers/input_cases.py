@@ -210,6 +210,9 @@ INPUT_CASES: list[Case] = [
          "over the limit of 10,000,000"),
     Case("gen-num-samples-1e12", "data_gen", _gen_flags("--num_samples", "1000000000000"), "must be within"),
     Case("infer-repeat-1e9", "batch_inference", _infer_flags("--repeat", "1000000000"), "must be within"),
+    Case("gen-target-pairs-1e11", "data_gen", _gen_flags("--target_num_pairs", "99999999999"), "must be within"),
+    Case("infer-max-new-tokens-1e9", "batch_inference", _infer_flags("--max_new_tokens", "1000000000"),
+         "must be within"),
     Case("eval-timeout-nan", "evaluation", _eval_flags("--execution_timeout_s", "nan"), "finite number"),
     Case("eval-max-cost-nan", "evaluation", _eval_yaml("max_cost_usd: .nan\n"), "finite number"),
     Case("eval-threshold-minus-inf", "evaluation", _eval_yaml("avg_similarity_threshold: -.inf\n"),
@@ -314,8 +317,10 @@ def run_in_process(case: Case, work: Path, url: str) -> tuple[Outcome, list[str]
     return outcome, changes(before_tree, snapshot(work))
 
 
-def run_subprocess(case: Case, work: Path, url: str, repo: Path = REPO) -> tuple[Outcome, list[str]]:
-    """`bad_inputs.run_case` (a real subprocess of the stage script in `repo`) plus what changed in `work`."""
+def run_subprocess(case: Case, work: Path, url: str, repo: Path = REPO,
+                   timeout_s: float = 150) -> tuple[Outcome, list[str]]:
+    """`bad_inputs.run_case` (a real subprocess of the stage script in `repo`) plus what changed in
+    `work`. A refusal takes seconds; a case still running after `timeout_s` is doing the work."""
     before: dict[str, str] = {}
-    outcome = run_case(case, work, url, repo=repo, on_built=lambda: before.update(snapshot(work)))
+    outcome = run_case(case, work, url, timeout_s=timeout_s, repo=repo, on_built=lambda: before.update(snapshot(work)))
     return outcome, changes(before, snapshot(work))

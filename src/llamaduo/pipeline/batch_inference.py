@@ -63,7 +63,7 @@ class BatchInferenceConfig:
     test_ds_split: str = field(default="test_sft", metadata={"help": "split of test_ds_id to answer"})
     batch_infer_data_preprocess_bs: int = field(default=16, metadata={
         "help": "how many prompts are chat-templated and tokenized at a time"})
-    inference_bs: int = field(default=4, metadata={"help": "samples per generate() batch (hf backend)"})
+    inference_bs: int = field(default=4, metadata={"min": 1, "max": 65_536, "help": "samples per generate() batch (hf backend)"})
     repeat: int = field(default=4, metadata={"min": 1, "max": 1000, "help": "samples per prompt, each with its own seed"})
     push_lm_responses_to_hf_hub: bool = field(default=False, metadata={"help": "push the responses to the Hub"})
     lm_response_ds_id: Optional[str] = field(default=None, metadata={
@@ -75,7 +75,7 @@ class BatchInferenceConfig:
     load_in_4bit: bool = field(default=False, metadata={"help": "4-bit weights via bitsandbytes (CUDA only)"})
     temperature: float = field(default=0.4, metadata={"help": "sampling temperature; 0 = greedy"})
     top_p: float = field(default=1.0, metadata={"help": "nucleus sampling threshold in (0, 1]"})
-    max_new_tokens: int = field(default=1024, metadata={"help": "most tokens generated per answer"})
+    max_new_tokens: int = field(default=1024, metadata={"min": 1, "max": 1_000_000, "help": "most tokens generated per answer"})
     do_sample: bool = field(default=True, metadata={"help": "sample (true) or decode greedily (false)"})
     seed: int = field(default=42, metadata={"help": "base seed; each (prompt, repeat) derives its own from it"})
     stop_strings: list[str] = field(default_factory=list, metadata={

@@ -109,7 +109,7 @@ class DataGenArgs(ServiceLLMArgs):
     gen_workers: int = field(default=4, metadata={"min": 1, "max": 1024, "help": "Concurrent service-LLM requests."})
     target_num_pairs: Optional[int] = field(
         default=None,
-        metadata={"help": "Keep generating rounds of num_samples seeds until this many clean pairs "
+        metadata={"min": 1, "max": 100_000_000, "help": "Keep generating rounds of num_samples seeds until this many clean pairs "
                   "survive (or max_rounds / max_cost_usd). Default: one round."},
     )
     max_rounds: int = field(default=10, metadata={"min": 1, "max": 100_000, "help": "Round limit when target_num_pairs is set."})
@@ -154,8 +154,8 @@ class DataGenArgs(ServiceLLMArgs):
     near_dup_threshold: float = field(
         default=0.8, metadata={"help": "Word n-gram Jaccard at/above which two instructions are duplicates."}
     )
-    ngram_size: int = field(default=3, metadata={"help": "Words per shingle for the Jaccard similarity."})
-    minhash_num_perm: int = field(default=64, metadata={"help": "MinHash permutations (LSH candidate search)."})
+    ngram_size: int = field(default=3, metadata={"min": 1, "max": 64, "help": "Words per shingle for the Jaccard similarity."})
+    minhash_num_perm: int = field(default=64, metadata={"max": 4096, "help": "MinHash permutations (LSH candidate search)."})
     existing_ds_id: Optional[str] = field(
         default=None,
         metadata={"help": "Another dataset whose instructions count as existing train data for the "

@@ -147,7 +147,7 @@ class EvaluationArgs(ServiceLLMArgs):
         default=10.0, metadata={"min": 0.001, "max": 86400, "help": "Wall-clock limit per test run (the CPU limit is this + 1 s)."}
     )
     execution_memory_mb: int = field(
-        default=2048, metadata={"help": "Address-space limit per test run, in MB."}
+        default=2048, metadata={"max": 1_048_576, "help": "Address-space limit per test run, in MB."}
     )
     execution_workers: int = field(
         default=0, metadata={"help": "Test runs in parallel (0 = min(4, CPUs))."}
