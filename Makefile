@@ -1,6 +1,7 @@
 # Two commands for a fresh machine:
 #   make demo   set up, then run the offline LlamaDuo loop on the demo data
-#   make test   set up, then run the test suite
+#   make test   set up, then run the test suite (pytest-xdist: one worker per core)
+#   make test-fast  the developer's loop: every stage's logic, no model load, no process (-m "not slow")
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -11,7 +12,13 @@ VLLM_CHECK  := .venv-vllm-check
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup demo test bench clean-outputs venv-vllm sandbox-tool
+# pytest-xdist: one worker per core (`make test TEST_WORKERS=4` to change); worksteal hands the
+# waiting tests of a busy worker to an idle one, so the long end-to-end tests do not end up queued
+# behind each other. Tests are classified at collection (tests/conftest.py: slow, model, process).
+TEST_WORKERS ?= auto
+XDIST := -n $(TEST_WORKERS) --dist worksteal
+
+.PHONY: setup demo test test-fast bench clean-outputs venv-vllm sandbox-tool
 
 setup: $(VENV)/.installed $(VENV)/.package $(VENV)/.model sandbox-tool
 
@@ -71,7 +78,10 @@ demo: setup
 	PYTHON=$(PY) bash scripts/llamaduo.sh
 
 test: setup $(DSTACK_VENV)/.installed $(VLLM_CHECK)/.installed
-	$(PY) -m pytest
+	$(PY) -m pytest $(XDIST)
+
+test-fast: setup
+	$(PY) -m pytest $(XDIST) -m "not slow"
 
 bench: setup
 	for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

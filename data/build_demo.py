@@ -1,4 +1,13 @@
-"""Build the demo dataset (data/demo/{train_sft,test_sft}.jsonl) from data/demo/tasks.txt.
+"""Build the demo datasets: data/demo_tickets (the loop demo) and data/demo (coding, with unit tests).
+
+data/demo_tickets/{train_sft,test_sft}.jsonl: the loop demo's task, support tickets labelled with
+one of five intents, from the seeded generator llamaduo.loop.demo_tickets (the same code the
+stand-in teacher draws new pairs from). train_sft is a SMALL seed set (round 1 trains on it
+alone); test_sft holds the held-out prompts, written from phrasing templates that the seed set
+and the stand-in teacher never use. Checks before writing: balanced labels, no duplicate
+prompt, no test prompt near a seed prompt (the same near-duplicate rule as below).
+
+data/demo/{train_sft,test_sft}.jsonl: short Python coding tasks from data/demo/tasks.txt.
 
 WHY a builder: the tasks are hand-written in a compact, reviewable text file; the JSON-lines
 files are derived from it so that they cannot drift from the source. The jsonl files in the
@@ -17,7 +26,7 @@ What it also checks, before writing anything:
   ratio >= 0.9 on the normalized text).
 
 Usage:
-    python data/build_demo.py           # (re)write the jsonl files
+    python data/build_demo.py           # (re)write the jsonl files of both datasets
     python data/build_demo.py --check   # exit 1 if the files differ from what would be built
 """
 from __future__ import annotations
@@ -34,9 +43,11 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent / "src"), str(HERE.parent)]  # the checkout's src/llamaduo, then the repo root
 from llamaduo.sandbox import ExecJob, extract_code, run_many  # noqa: E402  (standard library only)
+from llamaduo.loop import demo_tickets  # noqa: E402  (standard library only)
 
 TASKS = HERE / "demo" / "tasks.txt"
 OUT_DIR = HERE / "demo"
+TICKETS_DIR = HERE / "demo_tickets"
 PROMPT_HEAD = "Write a Python function that "
 SENTENCE_HEAD = "This function "
 CATEGORY = "coding"
@@ -191,22 +202,43 @@ def build() -> dict[str, str]:
     return {"train_sft.jsonl": dump(train), "test_sft.jsonl": dump(test)}
 
 
+def build_tickets() -> dict[str, str]:
+    """{file name: exact jsonl text} of data/demo_tickets, after its checks pass."""
+    seed, test = demo_tickets.seed_pairs(), demo_tickets.test_pairs()
+    for name, pairs in (("seed", seed), ("test", test)):
+        counts = {lab: sum(p.label == lab for p in pairs) for lab in demo_tickets.LABELS}
+        if max(counts.values()) - min(counts.values()) > 1:
+            raise ValueError(f"{name} labels are not balanced: {counts}")
+    prompts = [p.instruction for p in seed + test]
+    if len({_norm(p) for p in prompts}) != len(prompts):
+        raise ValueError("duplicate ticket prompts")
+    # compare the tickets without the shared task header (it would make every pair look alike)
+    hits = near_duplicates([demo_tickets.message_of(p.instruction) for p in seed],
+                           [demo_tickets.message_of(p.instruction) for p in test])
+    if hits:
+        lines = "\n".join(f"  {jac:.2f}/{ratio:.2f} {t!r} ~ {p!r}" for t, p, jac, ratio in hits)
+        raise ValueError(f"test tickets near-duplicate seed tickets:\n{lines}")
+    return {"train_sft.jsonl": demo_tickets.to_jsonl(seed), "test_sft.jsonl": demo_tickets.to_jsonl(test)}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="verify the files instead of writing them")
     args = parser.parse_args(argv)
-    files = build()
+    files = {OUT_DIR / n: text for n, text in build().items()}
+    files |= {TICKETS_DIR / n: text for n, text in build_tickets().items()}
     if args.check:
-        stale = [n for n, text in files.items()
-                 if not (OUT_DIR / n).exists() or (OUT_DIR / n).read_text(encoding="utf-8") != text]
+        stale = [str(path.relative_to(HERE)) for path, text in files.items()
+                 if not path.exists() or path.read_text(encoding="utf-8") != text]
         if stale:
             print(f"out of date: {stale}; run python data/build_demo.py", file=sys.stderr)
             return 1
-        print("demo dataset is up to date")
+        print("demo datasets are up to date")
         return 0
-    for name, text in files.items():
-        (OUT_DIR / name).write_text(text, encoding="utf-8")
-        print(f"wrote {OUT_DIR / name}: {text.count(chr(10))} rows")
+    for path, text in files.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+        print(f"wrote {path}: {text.count(chr(10))} rows")
     return 0
 
 

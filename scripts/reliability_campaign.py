@@ -10,6 +10,9 @@ subprocesses of the stage scripts, bounded in count and time (default about 4-5 
 
 * matrix: every bad input of tests/servers/bad_inputs.py; handled = exit 2, one `error:` line,
   no traceback, zero requests.
+* inputs: issue 23's classes (tests/servers/input_cases.py: real paths, split names, counts and
+  non-finite numbers, types, chat rows, finetune's checks) over all five stages; handled as
+  above, and the case's work folder (its inputs) byte-identical afterwards.
 * kill:   evaluation with a fault mix (500s, 429 with Retry-After, dropped connections, non-JSON
   replies, each on some rows), killed with SIGKILL (or SIGINT, alternately) after a random
   number of answers, then rerun to completion. Rows lost = rows without a score at the end;
@@ -48,6 +51,7 @@ sys.path[:0] = [str(HERE / "src"), str(HERE)]  # the checkout's src/llamaduo, th
 
 from tests.servers.attacks import ESCAPES, evaluation_campaign  # noqa: E402
 from tests.servers.bad_inputs import CASES, eval_argv, response_rows, run_case, stage_env, write_jsonl  # noqa: E402
+from tests.servers.input_cases import INPUT_CASES, run_subprocess  # noqa: E402
 from tests.servers.process import server_stats  # noqa: E402
 
 WORKERS = 4  # concurrent judge calls: at most this many answers can be in flight when a run is killed
@@ -80,6 +84,33 @@ def matrix(urls: list[str], work: Path, repo: Path) -> dict:
                             f"{', traceback' if outcome.traceback else ''})")
     return {"tried": len(CASES), "handled": handled, "tracebacks": tracebacks, "requests": paid,
             "not_handled": failures}
+
+
+def input_classes(urls: list[str], work: Path, repo: Path) -> dict:
+    """Issue 23's classes (tests/servers/input_cases.py), as subprocesses: handled = the
+    matrix's rule, and the case's work folder (inputs included) byte-identical afterwards."""
+    def run_share(k: int) -> list:
+        return [(case, *run_subprocess(case, work / f"input{i}", urls[k], repo=repo))
+                for i, case in enumerate(INPUT_CASES) if i % len(urls) == k]
+
+    with ThreadPoolExecutor(len(urls)) as pool:
+        outcomes = [triple for share in pool.map(run_share, range(len(urls))) for triple in share]
+    by_class: dict[str, list[int]] = {}
+    handled, tracebacks, paid, changed, failures = 0, 0, 0, 0, []
+    for case, outcome, diff in outcomes:
+        ok = outcome.handled and case.expect in (outcome.error_lines or [""])[0] and not diff
+        handled += ok
+        tracebacks += outcome.traceback
+        paid += outcome.requests
+        changed += bool(diff)
+        by_class.setdefault(case.stage, [0, 0])[0] += 1
+        by_class[case.stage][1] += ok
+        if not ok:
+            failures.append(f"{case.name} (rc {outcome.returncode}, {outcome.requests} requests"
+                            f"{', traceback' if outcome.traceback else ''}{', changed ' + ' '.join(diff[:3]) if diff else ''}"
+                            f"{': ' + outcome.error_lines[0][:120] if outcome.error_lines else ''})")
+    return {"tried": len(INPUT_CASES), "handled": handled, "tracebacks": tracebacks, "requests": paid,
+            "changed_work_folder": changed, "by_stage": by_class, "not_handled": failures}
 
 
 def _fault_rows(n: int, rng: random.Random, tag: str) -> list[dict]:
@@ -178,6 +209,11 @@ def table(results: dict) -> str:
         m = results["matrix"]
         lines.append(f"| bad inputs (exit 2, one line, no traceback, no call) | {m['tried']} | {m['handled']} | - | - "
                      f"| {m['requests']} |")
+    if "inputs" in results:
+        m = results["inputs"]
+        lines.append(f"| issue 23 input classes (the same, and the work folder byte-identical: "
+                     f"{m['changed_work_folder']} changed, {m['tracebacks']} tracebacks) | {m['tried']} | {m['handled']} "
+                     f"| - | - | {m['requests']} |")
     if "kill" in results:
         k = results["kill"]
         lines.append(f"| kill -9 / SIGINT at random points, with a fault mix, then rerun | {k['kill_points']} | "
@@ -222,7 +258,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--kills", type=int, default=6, help="kill points per kill campaign (default 6)")
     parser.add_argument("--seed", type=int, default=14)
-    parser.add_argument("--only", default="matrix,kill,atomic,lock,attacks")
+    parser.add_argument("--only", default="matrix,inputs,kill,atomic,lock,attacks")
     parser.add_argument("--jobs", type=int, default=2, help="bad-input cases run in parallel (default 2)")
     parser.add_argument("--repo", type=Path, default=HERE, help="checkout whose stages are run (default: this one)")
     ns = parser.parse_args()
@@ -240,6 +276,8 @@ def main() -> int:
             url = urls[0]
             if "matrix" in parts:
                 results["matrix"] = matrix(urls, work, repo)
+            if "inputs" in parts:
+                results["inputs"] = input_classes(urls, work, repo)
             if "kill" in parts:
                 results["kill"] = kill_campaign(url, work, repo, ns.kills, rng)
             if "lock" in parts:

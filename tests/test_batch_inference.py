@@ -79,7 +79,9 @@ def no_model_load(monkeypatch):
     """Fails the test if any weights are loaded: bad input must be caught before that."""
     def refuse(*a, **k):
         raise AssertionError("a model was loaded before the bad input was reported")
-    monkeypatch.setattr(bi, "load_model", refuse)
+    from llamaduo.inference import hf_backend  # the stage imports load_model from here when it loads one
+
+    monkeypatch.setattr(hf_backend, "load_model", refuse)
 
 
 # --------------------------------------------------------------------------- bad input -> exit 2

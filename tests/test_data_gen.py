@@ -267,7 +267,7 @@ def test_bad_input_exits_2_before_any_call(server, tmp_path, case):
         pattern = "has prompts but no answers.*column_map"
     elif case == "num_samples":
         argv += ["--num_samples", "0"]
-        pattern = "num_samples must be >= 1"
+        pattern = "'num_samples' must be within 1-1,000,000, got 0"
     elif case == "placeholder":
         tmpl = tmp_path / "prompts.toml"
         tmpl.write_text('[synth_data_gen]\nprompt = "Like $instruction / $response, about $topc"\n')
@@ -318,7 +318,7 @@ def test_script_subprocess_with_planted_paraphrases(tmp_path):
                "--reference_ds_id", str(DEMO), "--num_samples", "3",
                "--target_num_pairs", "0", "--synth_ds_id", str(out), "--no_cache", "--no_push_synth_ds_to_hf_hub"]
         bad = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
-        assert bad.returncode == EXIT_USAGE and "target_num_pairs must be >= 1" in bad.stderr
+        assert bad.returncode == EXIT_USAGE and "'target_num_pairs' must be within 1-100,000,000" in bad.stderr
         cmd[cmd.index("--target_num_pairs") + 1] = "6"
         proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
         assert proc.returncode == 0, proc.stderr[-2000:]

@@ -1,4 +1,6 @@
-"""dataset_merge.py end to end, as a user runs it (a real subprocess), plus bad inputs."""
+"""dataset_merge.py end to end, as a user runs it (a real subprocess: the full run and the plain
+split run, whose output must carry no progress-bar noise), plus append, bad inputs and the
+`added` count, run in-process as the script runs them (tests/inprocess.py: seconds less each)."""
 from __future__ import annotations
 
 import json
@@ -9,6 +11,7 @@ import pytest
 from datasets import load_from_disk
 
 from llamaduo.data import prompt_id_for
+from tests.inprocess import run_stage
 
 
 def pair(user: str, answer: str, **extra) -> dict:
@@ -43,6 +46,11 @@ def run_merge(repo_root, *args):
                           capture_output=True, text=True)
 
 
+def merge(repo_root, *args):
+    """The stage's main in-process (exit code, stdout, stderr as the script gives them)."""
+    return run_stage("dataset_merge", list(args), cwd=repo_root)
+
+
 def test_merge_end_to_end(repo_root, datasets_dir):
     out = datasets_dir / "merged"
     cfg = datasets_dir / "merge.yaml"
@@ -72,8 +80,8 @@ def test_merge_append_to_existing_result(repo_root, datasets_dir):
     out = datasets_dir / "merged"
     common = ["--first-ds-id", str(datasets_dir / "first"), "--second-ds-id", str(datasets_dir / "synth.jsonl"),
               "--result-ds-id", str(out)]
-    assert run_merge(repo_root, *common).returncode == 0
-    proc = run_merge(repo_root, *common, "--result-ds-train-append")
+    assert merge(repo_root, *common).returncode == 0
+    proc = merge(repo_root, *common, "--result-ds-train-append")
     assert proc.returncode == 0, proc.stderr
     assert len(load_from_disk(str(out))["train_sft"]) == 16 and len(load_from_disk(str(out))["test_sft"]) == 1
 
@@ -91,7 +99,7 @@ def test_merge_bad_inputs_exit_2(repo_root, datasets_dir, extra, pattern):
 
     base = ["--first-ds-id", str(datasets_dir / "first"), "--second-ds-id", str(datasets_dir / "synth.jsonl"),
             "--result-ds-id", str(datasets_dir / "m")]
-    proc = run_merge(repo_root, *base, *extra)
+    proc = merge(repo_root, *base, *extra)
     assert proc.returncode == 2, proc.stderr
     assert re.search(pattern, proc.stderr), proc.stderr
     assert "Traceback" not in proc.stderr
@@ -99,7 +107,7 @@ def test_merge_bad_inputs_exit_2(repo_root, datasets_dir, extra, pattern):
 
 def test_merge_missing_messages_column_exit_2(repo_root, datasets_dir):
     write_jsonl(datasets_dir / "bad.jsonl", [{"prompt": "x", "label": "y"}])
-    proc = run_merge(repo_root, "--first-ds-id", str(datasets_dir / "first"), "--second-ds-id",
+    proc = merge(repo_root, "--first-ds-id", str(datasets_dir / "first"), "--second-ds-id",
                      str(datasets_dir / "bad.jsonl"), "--result-ds-id", str(datasets_dir / "m"))
     assert proc.returncode == 2
     assert "has prompts but no answers (columns: prompt, label); map the answer column with column_map" in proc.stderr
@@ -112,9 +120,9 @@ def test_optional_second_dataset_without_train_split(repo_root, datasets_dir):
     write_jsonl(synth / "rejected.jsonl", [pair("bad", "x", reject_reason="invalid")])
     base = ["--first-ds-id", str(datasets_dir / "first"), "--second-ds-id", str(synth),
             "--result-ds-id", str(datasets_dir / "m")]
-    strict = run_merge(repo_root, *base)
+    strict = merge(repo_root, *base)
     assert strict.returncode == 2 and "has no split 'train_sft'" in strict.stderr
-    lenient = run_merge(repo_root, *base, "--second-ds-optional")
+    lenient = merge(repo_root, *base, "--second-ds-optional")
     assert lenient.returncode == 0, lenient.stderr
     assert len(load_from_disk(str(datasets_dir / "m"))["train_sft"]) == 6
     assert json.loads((datasets_dir / "m" / "summary.json").read_text())["added"] == 0
@@ -125,7 +133,7 @@ def test_added_is_zero_when_every_second_row_is_already_known(repo_root, dataset
     dup = datasets_dir / "dup.jsonl"
     write_jsonl(dup, [pair("task 2", "answer 2"), pair(" Task 3", "ANSWER 3")])
     out = datasets_dir / "m2"
-    proc = run_merge(repo_root, "--first-ds-id", str(datasets_dir / "first"), "--second-ds-id", str(dup),
+    proc = merge(repo_root, "--first-ds-id", str(datasets_dir / "first"), "--second-ds-id", str(dup),
                      "--result-ds-id", str(out))
     assert proc.returncode == 0, proc.stderr
     summary = json.loads((out / "summary.json").read_text())
@@ -152,5 +160,10 @@ def test_merge_plain_train_test_splits_without_flags(repo_root, tmp_path):
     assert len(loaded["train_sft"]) == 5 and len(loaded["test_sft"]) == 1  # "held out" dropped from train
     assert loaded["train_sft"]["prompt"] == load_from_disk(str(out))["train_sft"]["prompt"]
     assert loaded["train_sft"][0]["generator"] is None
+    from huggingface_hub import DatasetCard
+
+    card = DatasetCard.load(out / "README.md").data
+    assert card.size_categories == ["n<1K"] and card.task_categories == ["text-generation"]
+    assert card.license == "unknown" and card.source_datasets == ["original"]  # local inputs, no Hub source
     assert "Saving the dataset" not in proc.stderr  # no datasets progress bars for a small write
     assert "Creating json from Arrow" not in proc.stderr

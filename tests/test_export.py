@@ -58,6 +58,10 @@ def test_export_loads_without_peft_and_equals_the_adapter(adapter, tiny_model_di
     assert "<|im_start|>" in (out / "chat_template.jinja").read_text()
     card = (out / "README.md").read_text()
     assert "QUALIFIED" in card and "91.5" in card and "qualified" in card.split("---")[1]
+    from huggingface_hub import ModelCard
+
+    results = ModelCard(card).data.eval_results  # model-index, as the Hub reads it
+    assert any(r.metric_type == "mean_similarity" and r.metric_value == 91.5 for r in results)
 
     # a fresh process, peft blocked from importing: loads with transformers alone and generates
     code = (

@@ -252,6 +252,8 @@ def test_lora_run_saves_adapter_template_generation_config_and_merged_model(
     assert str(tmp_path) not in card and str(tiny_model_dir) not in card  # no path of the training machine
     assert "max_length: 128" in card  # the limit trained with, though padding-free truncates it here
     assert resolve_model_ref(str(out)).base_path == str(tiny_model_dir.resolve())  # the exact local base
+    assert (out / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "loss_curve.png" in pushed
 
     # The merged model computes what base + adapter computes.
     ids = torch.tensor([base_tok("Write a Python function")["input_ids"]])
@@ -301,13 +303,24 @@ def test_full_finetune_saves_a_full_model_and_its_loss_falls(tiny_model_dir: Pat
 # --------------------------------------------------------------------------- configs
 
 
-def test_alignment_handbook_sample_config_loads_unchanged(repo_root: Path, caplog: pytest.LogCaptureFixture) -> None:
+@pytest.mark.parametrize("old_names", [False, True], ids=["shipped", "original-names"])
+def test_alignment_handbook_sample_config_loads_unchanged(repo_root: Path, caplog: pytest.LogCaptureFixture,
+                                                          tmp_path: Path, old_names: bool) -> None:
     from llamaduo.pipeline.finetune import _cuda_available, parse_args
 
+    path = repo_root / "config/sample_config.yaml"
+    if old_names:  # the original's spelling of the same file
+        text = path.read_text()
+        for new, old in (("dtype:", "torch_dtype:"), ("eval_strategy:", "evaluation_strategy:"),
+                         ("max_length:", "max_seq_length:"), ("warmup_steps:", "warmup_ratio:")):
+            text = text.replace(f"\n{new}", f"\n{old}")
+        path = tmp_path / "sample_config.yaml"
+        path.write_text(text)
     with caplog.at_level("WARNING"):
-        script, model_args, sft = parse_args(["--from-config", str(repo_root / "config/sample_config.yaml")])
+        script, model_args, sft = parse_args(["--from-config", str(path)])
     renamed = [r.getMessage() for r in caplog.records if "is renamed to" in r.getMessage()]
-    assert len(renamed) == 4  # max_seq_length, evaluation_strategy, torch_dtype, warmup_ratio: once each
+    # the shipped file prints no rename warning; the original names are mapped with one each
+    assert len(renamed) == (4 if old_names else 0)
     assert script.dataset_mixer == {"data/demo": 1.0}  # the real set chains on one reference dataset
     assert script.dataset_splits == ["train_sft", "test_sft"] and script.preprocessing_num_workers == 12
     assert script.overwrite_output_dir is True and script.merge_adapter is True
@@ -325,7 +338,7 @@ def test_demo_config_and_cli_dataset_overrides(repo_root: Path) -> None:
 
     demo = ["--from-config", str(repo_root / "config/demo/finetune.yaml")]
     script, model_args, _ = parse_args(demo)
-    assert model_args.model_name_or_path == "smollm2-135m-instruct" and script.dataset_mixer == {"data/demo": 1.0}
+    assert model_args.model_name_or_path == "smollm2-135m-instruct" and script.dataset_mixer == {"data/demo_tickets": 1.0}
     script, _, _ = parse_args(demo + ["--dataset-mixer", '{"outputs/round_1/merged": 1.0}'])
     assert resolve_mixer(script.dataset_mixer, script.dataset_id) == {"outputs/round_1/merged": 1.0}
     script, _, _ = parse_args(demo + ["--dataset-id", "outputs/round_2/merged"])
@@ -397,8 +410,14 @@ def test_trl_style_config_with_dataset_name_and_plain_splits(tiny_model_dir: Pat
         _finetune(_argv(tiny_model_dir, data, tmp_path / "o3") + ["--dataset_name", str(tmp_path)])
 
 
-def test_embedded_alias_records_the_smollm2_hub_id() -> None:
+def test_embedded_alias_records_the_smollm2_hub_id(embedded_model_dir: Path, tmp_path: Path) -> None:
     from llamaduo.pipeline.finetune_model import base_hub_id
+
+    # an adapter naming the Hub id loads offline: on the training base (finetune_summary.json),
+    # or without it on the embedded copy of that repo
+    (tmp_path / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path":
+                                                              "HuggingFaceTB/SmolLM2-135M-Instruct", "r": 8}))
+    assert resolve_model_ref(str(tmp_path)).base_path == str(embedded_model_dir)
 
     assert base_hub_id("smollm2-135m-instruct", "/root/.cache/llamaduo/smollm2-135m-instruct") == \
         "HuggingFaceTB/SmolLM2-135M-Instruct"

@@ -3,8 +3,6 @@ environment variables (issue 13), against the real SDKs and the local protocol s
 from __future__ import annotations
 
 import logging
-import subprocess
-import sys
 import typing
 from pathlib import Path
 
@@ -15,6 +13,7 @@ from llamaduo.service_llm import Job, ServiceLLM, ServiceLLMArgs
 from llamaduo.service_llm import providers
 from llamaduo.service_llm.credentials import LOCATION_VARS, PROJECT_VARS, REGION_VARS
 from llamaduo.service_llm.providers import resolve_spec
+from tests.inprocess import run_stage
 from tests.servers.protocol_server import ProtocolServer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -193,13 +192,11 @@ def test_print_config_and_log_name_the_variable_never_the_value(tmp_path, monkey
     monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")
     cfg = tmp_path / "e.yaml"
     cfg.write_text("service_llm_provider: openai\nlm_response_ds_id: x\n")
-    proc = subprocess.run([sys.executable, str(REPO / "evaluation.py"), "--from-config", str(cfg), "--print-config"],
-                          capture_output=True, text=True, timeout=120, cwd=REPO)
+    proc = run_stage("evaluation", ["--from-config", str(cfg), "--print-config"], cwd=REPO)
     assert proc.returncode == 0, proc.stderr
     assert "# service_llm_api_key: from env OPENAI_API_KEY (value not shown)" in proc.stdout
     assert "# service_llm_base_url: from env OPENAI_BASE_URL" in proc.stdout
     assert "SECRET" not in proc.stdout + proc.stderr
     # the run's log says the same, before failing on the missing input (exit 2, no paid call)
-    run = subprocess.run([sys.executable, str(REPO / "evaluation.py"), "--from-config", str(cfg)],
-                         capture_output=True, text=True, timeout=120, cwd=REPO)
+    run = run_stage("evaluation", ["--from-config", str(cfg)], cwd=REPO)
     assert "from env OPENAI_API_KEY" in run.stderr and "SECRET" not in run.stdout + run.stderr

@@ -308,3 +308,25 @@ def test_loop_budget_is_passed_to_paid_stages_and_stops_the_loop_when_spent(tmp_
     assert [e for e in events(out) if e[2] == "start"] == []  # round 0 skipped, round 1 never started
     assert "event=budget_spent" in _read(out / "loop.log")
     assert f"${spent:.4f}" in (out / "results.md").read_text()  # the table's total cost
+
+
+def test_demo_check_starts_the_standin_teacher_and_stops_it_at_exit(tmp_path):
+    """With the demo configs (data_gen's service_model_name llamaduo-standin-teacher) the loop
+    starts the stand-in teacher before its check, hands data_gen its URL (the check reaches it
+    through the openai provider: a refused connection would exit 2), and stops it on exit."""
+    out = tmp_path / "out"
+    # MAX_COST_USD: the stand-in is free, so data_gen gets no budget (and needs no price for it)
+    env = {**os.environ, "OUT": str(out), "PYTHON": sys.executable, "MAX_COST_USD": "1"}
+    for var in ("FINETUNE_CONFIG", "INFER_CONFIG", "EVAL_CONFIG", "DATAGEN_CONFIG", "MERGE_CONFIG"):
+        env.pop(var, None)
+    proc = subprocess.run(["bash", str(SCRIPT), "--check"], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "data_gen's teacher is a STAND-IN" in proc.stderr and "not an LLM" in proc.stderr
+    log = (out / "standin_teacher.log").read_text()
+    assert "listening on http://127.0.0.1:" in log
+    assert "stand-in teacher: stopped after" in log  # stopped by the loop's exit trap, not left running
+    port = log.split("listening on http://127.0.0.1:")[1].split("/")[0]
+    import socket
+    with socket.socket() as sock:
+        assert sock.connect_ex(("127.0.0.1", int(port))) != 0  # nothing listens there any more

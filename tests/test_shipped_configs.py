@@ -1,8 +1,8 @@
 """Every shipped config loads, and each set chains: a stage's input is the previous stage's output.
 
 Both sets are read exactly as a user runs them (`<stage>.py --from-config FILE --print-config`
-in a subprocess, from the repository root), so renamed keys, legacy keys and defaults are
-resolved as in a real run:
+from the repository root; the stage's `main` runs in-process as its script runs it,
+tests/inprocess.py), so renamed keys, legacy keys and defaults are resolved as in a real run:
 
     finetune.output_dir -> batch_inference.ft_model_id (round 0 of the demo: the base model)
     batch_inference.lm_response_ds_id/_split -> evaluation.lm_response_ds_id/_split
@@ -12,12 +12,12 @@ resolved as in a real run:
 """
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
+
+from tests.inprocess import run_stage
 
 REPO = Path(__file__).resolve().parents[1]
 SETS = {
@@ -34,12 +34,11 @@ STAGE_CONFIGS = {str(p.relative_to(REPO)) for p in (REPO / "config").glob("*.yam
     str(p.relative_to(REPO)) for p in (REPO / "config/demo").glob("*.yaml")}
 # files that are no stage config: generation settings and prices
 NOT_STAGE = {"src/llamaduo/defaults/pricing.yaml", "src/llamaduo/defaults/service_llm_gen.yaml", "config/gpt_gen_configs.yaml",
-             "config/claude_gen_configs.yaml", "config/gemini_gen_configs.yaml", "config/demo/data_gen_local_gen.yaml"}
+             "config/claude_gen_configs.yaml", "config/gemini_gen_configs.yaml"}
 
 
 def load(stage: str, config: str) -> tuple[dict, str]:
-    proc = subprocess.run([sys.executable, f"{stage}.py", "--from-config", config, "--print-config"],
-                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    proc = run_stage(stage, ["--from-config", config, "--print-config"], cwd=REPO)
     assert proc.returncode == 0, f"{config}: {proc.stderr[-1500:]}"
     return yaml.safe_load(proc.stdout), proc.stderr
 

@@ -70,12 +70,12 @@ def check_conversations(rows: Iterable[Any], where: str) -> None:
     Runs before any model load, so a wrong dataset costs a second, not a training run.
     """
     for i, messages in enumerate(rows):
-        problem = _conversation_problem(messages)
+        problem = conversation_problem(messages)
         if problem:
             raise UsageError(f"{where}: row {i}: {problem}")
 
 
-def _conversation_problem(messages: Any) -> str | None:
+def conversation_problem(messages: Any) -> str | None:
     if not isinstance(messages, (list, tuple)) or not messages:
         return "`messages` must be a non-empty list of {role, content} turns"
     has_reply = False

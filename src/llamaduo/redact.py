@@ -11,21 +11,37 @@ from __future__ import annotations
 import logging
 import os
 import re
+from typing import Callable, Iterable
 
 MASK = "***"
 
-#: env vars whose values are credentials, besides those the service-LLM providers declare
-#: (their key_env / secret_env: `secret_env_vars()`); their values are replaced wherever they appear
+#: env vars whose values are credentials, besides those registered by other modules (the
+#: service-LLM provider registry registers every provider's key_env / secret_env); their values are
+#: replaced wherever they appear
 SECRET_ENV_VARS = ("SERVICE_LLM_API_KEY", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
+
+# Callables that list more credential variables, asked at each masking. Registration (instead of
+# importing the provider registry here) keeps this module, and errors.py that uses it, at the bottom
+# of the import graph: whoever knows secret names tells the masker, the masker imports nobody.
+_secret_sources: list[Callable[[], Iterable[str]]] = []
+
+
+def register_secret_env_vars(source: Callable[[], Iterable[str]]) -> None:
+    """Add a callable listing credential variable names (asked lazily, so a provider registered
+    later is still covered). Registering the same callable twice is a no-op."""
+    if source not in _secret_sources:
+        _secret_sources.append(source)
 
 
 def secret_env_vars() -> tuple[str, ...]:
-    """SECRET_ENV_VARS plus every provider's credential variables (providers/ registry)."""
-    try:
-        from llamaduo.service_llm.providers import secret_env_vars as providers_secrets
-    except ImportError:  # the registry is still being imported (a log line during its import)
-        return SECRET_ENV_VARS
-    return SECRET_ENV_VARS + providers_secrets()
+    """SECRET_ENV_VARS plus every registered source's names (the providers' credential variables)."""
+    names = dict.fromkeys(SECRET_ENV_VARS)
+    for source in list(_secret_sources):
+        try:
+            names.update(dict.fromkeys(source()))
+        except ImportError:  # a source's modules are still being imported (a log line during that import)
+            continue
+    return tuple(names)
 
 # scheme://userinfo@ : the userinfo (user, or user:password) is a credential either way
 _USERINFO = re.compile(r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<userinfo>[^/@\s'\"<>]+)@")
@@ -35,6 +51,47 @@ _SECRET_PARAM = re.compile(
     r"password|passwd|pwd|auth|credential|code)(?:[_.-][\w.-]*)?=)(?P<value>[^&#\s'\"<>]+)",
     re.IGNORECASE,
 )
+
+
+# a URL with a scheme, up to the first blank or quote
+_URL = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"<>]+")
+#: query parameters known to carry no credential: their values stay readable in logs and cards.
+#: Every other parameter's value is masked (an allowlist, because credential names cannot all be
+#: guessed: `?code=`, `?X-Goog-Signature=`, `?sv=...&sig=` of an Azure SAS, `?hmac=`...).
+HARMLESS_PARAMS = frozenset({
+    "api-version", "api_version", "apiversion", "model", "models", "deployment", "deployment-id",
+    "deployment_id", "version", "revision", "region", "location", "alt", "format", "stream", "limit",
+    "lang", "locale", "beta", "timeout", "project", "organization", "org",
+})
+
+
+def _mask_query(query: str) -> str:
+    """Each `name=value` (separated by & or ;) keeps its value only when `name` is harmless."""
+    parts = re.split(r"([&;])", query)
+    for i in range(0, len(parts), 2):
+        name, eq, value = parts[i].partition("=")
+        if not parts[i] or (eq and (not value or name.lower() in HARMLESS_PARAMS)):
+            continue
+        parts[i] = f"{name}={MASK}" if eq else MASK  # a bare `?token` is masked whole
+    return "".join(parts)
+
+
+def _masked_url_parts(url: str) -> list[str]:
+    """The values `_mask_url` hides: non-harmless query values and the fragment."""
+    rest, _, fragment = url.partition("#")
+    query = rest.partition("?")[2]
+    values = [v for name, eq, v in (p.partition("=") for p in re.split(r"[&;]", query) if p)
+              if eq and v and name.lower() not in HARMLESS_PARAMS]
+    return values + ([fragment] if fragment else [])
+
+
+def _mask_url(url: str) -> str:
+    """Userinfo, every query value not known to be harmless, and the whole fragment (where
+    OAuth's implicit flow puts `#access_token=`) become `***`; scheme, host and path stay."""
+    url = _USERINFO.sub(lambda m: f"{m['scheme']}{MASK}@", url)
+    rest, hash_, fragment = url.partition("#")
+    base, qmark, query = rest.partition("?")
+    return base + (qmark + _mask_query(query) if qmark else "") + (hash_ + MASK if fragment else hash_)
 
 
 # any env var named like a credential (OPENAI_API_KEY, GITHUB_TOKEN, AWS_SECRET_ACCESS_KEY, ...),
@@ -57,6 +114,7 @@ def url_secrets(text: str) -> list[str]:
     so that a base URL's password is a known secret value wherever it reappears."""
     parts = [m["userinfo"] for m in _USERINFO.finditer(text or "")]
     parts += [m["value"] for m in _SECRET_PARAM.finditer(text or "")]
+    parts += [p for m in _URL.finditer(text or "") for p in _masked_url_parts(m.group(0))]
     return [p for p in parts if len(p) >= _MIN_SECRET and p != MASK]
 
 
@@ -96,10 +154,12 @@ def find_secret(text: str) -> str | None:
 
 
 def redact(text: str) -> str:
-    """`text` with URL credentials, credential-named query values and the values of known
-    credential env vars and registered config secrets replaced by `***`."""
+    """`text` with URL credentials (userinfo, fragment, query values not known to be harmless),
+    credential-named query values outside URLs, and the values of known credential env vars and
+    registered config secrets replaced by `***`."""
     if not text:
         return text
+    text = _URL.sub(lambda m: _mask_url(m.group(0)), text)
     text = _USERINFO.sub(lambda m: f"{m['scheme']}{MASK}@", text)
     text = _SECRET_PARAM.sub(lambda m: f"{m['lead']}{MASK}", text)
     for value in sorted(known_secrets(), key=len, reverse=True):  # longest first: no partial leftovers

@@ -540,6 +540,7 @@ def _pids_cgroup_root() -> Optional[str]:
         try:
             with open(os.path.join(probe, "pids.max"), "w") as fh:
                 fh.write(str(PIDS_MAX))
+            _drop_abandoned_cgroups(root)
             return root
         except OSError:
             continue
@@ -549,6 +550,22 @@ def _pids_cgroup_root() -> Optional[str]:
             except OSError:
                 pass
     return None
+
+
+def _drop_abandoned_cgroups(root: str, min_age_s: float = 600) -> None:
+    """Remove empty per-run cgroups left by runs that were killed before their cleanup (the
+    kernel refuses to remove one that still holds a process; young ones may be a live run's)."""
+    try:
+        names = [n for n in os.listdir(root) if n.startswith("llamaduo-")]
+    except OSError:
+        return
+    for name in names:
+        path = os.path.join(root, name)
+        try:
+            if time.time() - os.stat(path).st_mtime > min_age_s:
+                os.rmdir(path)
+        except OSError:
+            continue
 
 
 def _new_cgroup() -> Optional[str]:

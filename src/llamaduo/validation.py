@@ -10,12 +10,15 @@ null count per column, not a pass over its rows.
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from datasets import Dataset, LargeList, List, Value
 
 from llamaduo.errors import UsageError
+
+logger = logging.getLogger("llamaduo.validation")
 
 _TEXT_DTYPES = ("string", "large_string")
 
@@ -74,36 +77,75 @@ def _is_text(feature: Any) -> bool:
     return isinstance(feature, Value) and feature.dtype in _TEXT_DTYPES + ("null",)
 
 
+#: the chat roles every stage (and every chat template) understands
+ROLES = ("system", "user", "assistant")
+
+
 def _message_problem(messages: Any) -> str | None:
-    """Why a `messages` value is not a list of {role, content} text messages, or None."""
+    """Why a `messages` value is not a non-empty list of {role, content} text messages with a
+    known role, or None. Each of these used to go into training data unnoticed (issue 23)."""
     if not isinstance(messages, list):
         return f"is {describe(messages)}, expected a list of {{role, content}} messages"
+    if not messages:
+        return "is an empty list, expected at least one {role, content} message"
     for msg in messages:
         if not isinstance(msg, dict):
             return f"holds {describe(msg)} where a {{role, content}} message belongs"
         if not isinstance(msg.get("role"), str):
             return f"has a message whose 'role' is {describe(msg.get('role'))}, expected a string"
-        if not isinstance(msg.get("content"), (str, type(None))):
-            return f"has a message whose 'content' is {describe(msg.get('content'))}, expected a string"
+        if msg["role"] not in ROLES:
+            return f"has a message with the unknown role {msg['role']!r}, expected one of {', '.join(ROLES)}"
+        if not isinstance(msg.get("content"), str):
+            return (f"has a message without 'content'" if msg.get("content") is None else
+                    f"has a message whose 'content' is {describe(msg.get('content'))}, expected a string")
     return None
 
 
-def check_messages_column(ds: Dataset, what: str, column: str = "messages") -> None:
-    """`messages` must be a list of {role, content} mappings with text values (null content
-    is allowed: some chat formats use it)."""
-    if column not in ds.column_names:
-        return
+def _all_valid_by_type(ds: Dataset, column: str) -> bool:
+    """True when the Arrow column alone shows every row is fine (typed role/content, no null,
+    no empty list, only known roles): the common case, checked without a pass over the rows."""
+    import pyarrow.compute as pc
+
     feature = ds.features[column]
     inner = feature.feature if isinstance(feature, (List, LargeList)) else None
-    typed = isinstance(inner, dict) and _is_text(inner.get("role")) and _is_text(inner.get("content"))
-    if typed and ds.data.column(column).null_count == 0:
-        values = ds.data.column(column).combine_chunks().flatten().field("role")
-        if values.null_count == 0:
-            return  # the common case: checked by its Arrow type, without a pass over the rows
+    if not (isinstance(inner, dict) and _is_text(inner.get("role")) and _is_text(inner.get("content"))):
+        return False
+    arr = ds.data.column(column)
+    if arr.null_count or (len(arr) and pc.min(pc.list_value_length(arr)).as_py() == 0):
+        return False
+    flat = arr.combine_chunks().flatten()
+    role, content = flat.field("role"), flat.field("content")
+    return (role.null_count == 0 and content.null_count == 0
+            and bool(pc.all(pc.is_in(role, value_set=pa_strings(ROLES))).as_py() in (True, None)))
+
+
+def pa_strings(values: Sequence[str]) -> Any:
+    import pyarrow as pa
+
+    return pa.array(list(values), type=pa.string())
+
+
+def check_messages_column(ds: Dataset, what: str, column: str = "messages", drop_invalid: bool = False) -> Dataset:
+    """`messages` must be a non-empty list of {role, content} mappings with text content and a
+    role among ROLES. A bad row exits 2 naming it; with `drop_invalid` (the stages'
+    `drop_invalid_rows: true`) the bad rows are dropped instead and counted in a warning.
+    Returns the dataset (without the dropped rows)."""
+    if column not in ds.column_names or _all_valid_by_type(ds, column):
+        return ds
+    bad = []
     for row, messages in enumerate(ds[column]):
         problem = _message_problem(messages)
+        if problem and not drop_invalid:
+            raise UsageError(f"{what}: row {row} column '{column}' {problem}; fix the input, or set "
+                             f"drop_invalid_rows: true to drop such rows")
         if problem:
-            raise UsageError(f"{what}: row {row} column '{column}' {problem}; fix the input")
+            bad.append((row, problem))
+    if not bad:
+        return ds
+    logger.warning("%s: dropped %d invalid row(s) of %d (drop_invalid_rows); the first, row %d: column '%s' %s",
+                   what, len(bad), len(ds), bad[0][0], column, bad[0][1])
+    dropped = {row for row, _ in bad}
+    return ds.select([i for i in range(len(ds)) if i not in dropped])
 
 
 def check_utf8_files(files: Sequence[str | Path], what: str) -> None:
@@ -121,8 +163,12 @@ def check_utf8_files(files: Sequence[str | Path], what: str) -> None:
 SFT_TEXT_COLUMNS = ("prompt", "prompt_id", "category", "generator", "seed_prompt")
 
 
-def check_sft_columns(ds: Dataset, what: str) -> None:
+def check_sft_columns(ds: Dataset, what: str, drop_invalid: bool = False) -> Dataset:
     """An SFT dataset (reference, synthetic, merged): `messages` as chat turns, and the
-    optional text columns as text or null (null ones are filled, and say so, downstream)."""
-    check_messages_column(ds, what)
+    optional text columns as text or null (null ones are filled, and say so, downstream).
+    Returns the dataset, without its invalid `messages` rows when `drop_invalid`."""
+    ds = check_messages_column(ds, what, drop_invalid=drop_invalid)
     check_text_columns(ds, SFT_TEXT_COLUMNS, what, allow_null=True)
+    if drop_invalid and len(ds) == 0:
+        raise UsageError(f"{what}: no valid row is left after drop_invalid_rows")
+    return ds

@@ -5,8 +5,8 @@ evaluator process) and scripts/reliability_campaign.py (run through `evaluation.
 
 Each attack is (candidate code, test) with placeholders filled by `fill`: {S} a watched
 folder, {PORT} a local TCP server that must receive nothing, {MARKER} a string any process
-left behind carries on its command line, {CANARY} the secret the evaluator holds, {ROOT}
-a decoy checkout. The entry point is always `f`; the right answer is `f(x) = x + 1`.
+left behind carries on its command line, {CANARY_PART} most of the secret the evaluator
+holds (not all of it: the test itself must hold no secret), {ROOT} a decoy checkout. The entry point is always `f`; the right answer is `f(x) = x + 1`.
 """
 from __future__ import annotations
 
@@ -141,7 +141,7 @@ ATTACKS: dict[str, tuple[str, str]] = {
         "        except OSError:\n"
         "            pass\n"
         "    return text\n",
-        "def check(candidate):\n    assert '{CANARY}' in candidate(0)\n"),
+        "def check(candidate):\n    assert '{CANARY_PART}' in candidate(0)\n"),
     "read the verdict through frames and gc": (
         "import gc, sys\n"
         "def f(x):\n"
@@ -227,7 +227,7 @@ def fill(text: str, watched: Path, port: int, checkout: Path) -> str:
     """The attack with its placeholders filled; `checkout` is a decoy of a project folder (a
     README.md and a src/), so that an escape harms no real checkout."""
     return (text.replace("{S}", str(watched)).replace("{PORT}", str(port)).replace("{MARKER}", MARKER)
-            .replace("{CANARY}", CANARY).replace("{ROOT}", str(checkout)))
+            .replace("{CANARY_PART}", CANARY[:-4]).replace("{ROOT}", str(checkout)))
 
 
 def decoy_checkout(folder: Path) -> Path:

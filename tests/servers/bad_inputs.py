@@ -312,16 +312,25 @@ def stage_env(work: Path, repo: Path = REPO) -> dict[str, str]:
     return env
 
 
-def run_case(case: Case, work: Path, url: str, timeout_s: float = 300, repo: Path = REPO) -> Outcome:
+def _text(data: bytes | str | None) -> str:
+    return data.decode(errors="replace") if isinstance(data, bytes) else (data or "")
+
+
+def run_case(case: Case, work: Path, url: str, timeout_s: float = 300, repo: Path = REPO,
+             on_built: Optional[Callable[[], None]] = None) -> Outcome:
     """Build the case in `work`, run its stage (from the checkout `repo`) as a subprocess,
-    count the server's requests."""
+    count the server's requests. `on_built` runs between the two (e.g. a snapshot of `work`)."""
     work.mkdir(parents=True, exist_ok=True)
     argv, cleanup = case.build(work, url)
+    if on_built is not None:
+        on_built()
     before = server_stats(url)["total"]
     start = time.monotonic()
     try:
         res = subprocess.run([sys.executable, *argv], cwd=repo, env=stage_env(work, repo), capture_output=True,
                              text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired as err:  # it ran instead of refusing (an older checkout): not handled
+        res = subprocess.CompletedProcess(argv, 124, _text(err.stdout), _text(err.stderr) + f"\n[timed out after {timeout_s} s]")
     finally:
         if cleanup is not None:
             cleanup()

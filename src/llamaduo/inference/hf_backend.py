@@ -8,52 +8,25 @@ prompt is sliced off by position, never by searching for "assistant\\n" in the t
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 
 from llamaduo.errors import UsageError
+# the torch-free half (settings, results, stop strings) lives in generation.py; re-exported here
+from llamaduo.inference.generation import (  # noqa: F401
+    END_OF_TURN_TOKENS,
+    FINISH_LENGTH,
+    FINISH_STOP,
+    Generated,
+    GenSettings,
+    cut_at_stop_strings,
+)
 from llamaduo.inference.model_ref import ModelRef
 from llamaduo.inference.prompts import WorkItem
 from llamaduo.inference.sampling import PerRowSampler
 
 logger = logging.getLogger("llamaduo.inference")
-
-# End-of-turn markers of common chat templates; whichever exist in the vocabulary stop generation.
-END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>", "<|endoftext|>", "</s>")
-
-
-@dataclass(frozen=True)
-class GenSettings:
-    """Decoding settings shared by both backends."""
-
-    max_new_tokens: int
-    do_sample: bool
-    temperature: float
-    top_p: float
-    seed: int
-    stop_strings: tuple[str, ...] = ()
-
-    @property
-    def sampling(self) -> bool:
-        """Temperature 0 means greedy, as in vLLM and the OpenAI API."""
-        return self.do_sample and self.temperature > 0
-
-
-FINISH_STOP, FINISH_LENGTH = "stop", "length"
-
-
-@dataclass(frozen=True)
-class Generated:
-    """One answer. `finish_reason` is "stop" when the model ended its turn (eos/end-of-turn)
-    and "length" when max_new_tokens cut it off: a cut answer is usually unfinished code, and
-    evaluation must be able to say how many there were."""
-
-    text: str
-    new_tokens: int
-    finish_reason: str = FINISH_STOP
-
 
 def load_tokenizer(ref: ModelRef):
     """The tokenizer saved by training (fallback: the base's), set up for left padding.
@@ -176,13 +149,6 @@ class HFGenerator:
         if len(text) < len(decoded):  # a stop string ended the answer, not the token limit
             reason = FINISH_STOP
         return Generated(text.strip(), end, reason)
-
-
-def cut_at_stop_strings(text: str, stops: Sequence[str]) -> str:
-    """The text before the first stop string (stop strings that are special tokens are already
-    stop token ids, see `stop_token_ids`)."""
-    cut = min((i for i in (text.find(s) for s in stops if s) if i >= 0), default=len(text))
-    return text[:cut]
 
 
 def left_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

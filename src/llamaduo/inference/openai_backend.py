@@ -23,9 +23,10 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from llamaduo.errors import RunFailed, UsageError
-from llamaduo.inference.hf_backend import END_OF_TURN_TOKENS, Generated, GenSettings
+from llamaduo.inference.generation import END_OF_TURN_TOKENS, Generated, GenSettings
 from llamaduo.inference.model_ref import ADAPTER_CONFIG
 from llamaduo.inference.prompts import PromptRecord, WorkItem
+from llamaduo.inference.served_name import ServedTarget, served_target  # noqa: F401 - re-exported
 from llamaduo.service_llm import Job, JobResult, ServiceLLM
 from llamaduo.service_llm.pricing import Pricing
 from llamaduo.service_llm.providers import Provider, ProviderSpec, RawCompletion
@@ -53,36 +54,6 @@ def parse_base_urls(text: Optional[str]) -> tuple[str, ...]:
     if len(set(urls)) != len(urls):
         raise UsageError(f"openai_base_url lists the same URL twice: {', '.join(urls)}")
     return urls
-
-
-@dataclass(frozen=True)
-class ServedTarget:
-    """What to ask the servers for. `request_model` is the request's `model` field."""
-
-    request_model: str
-    lora_name: Optional[str] = None
-    lora_path: Optional[str] = None  # the local adapter folder the name stands for
-    base_model: Optional[str] = None
-
-
-def served_target(ft_model_id: str, served_model_name: Optional[str], lora_name: str) -> ServedTarget:
-    """Map `ft_model_id` to the served model name (see the module docstring).
-
-    `lora_name` may use `{name}` (the adapter folder's name) and `{parent}` (its parent
-    folder's name): the loop's round-k adapter `<OUT>/round_k/model` with `lora_name: "{parent}"`
-    is `round_k`, the name to give `vllm serve --lora-modules round_k=<OUT>/round_k/model`.
-    """
-    folder = Path(ft_model_id)
-    if (folder / ADAPTER_CONFIG).is_file():
-        abs_folder = folder.resolve()
-        try:
-            name = lora_name.format(name=abs_folder.name, parent=abs_folder.parent.name)
-        except (KeyError, IndexError, ValueError) as err:
-            raise UsageError(f"lora_name '{lora_name}': only {{name}} and {{parent}} can be filled in ({err})") from None
-        if not name.strip():
-            raise UsageError(f"lora_name '{lora_name}' gives an empty adapter name for {ft_model_id}")
-        return ServedTarget(name, name, str(abs_folder), served_model_name)
-    return ServedTarget(served_model_name or ft_model_id, base_model=served_model_name or ft_model_id)
 
 
 def model_sha_of(target: ServedTarget, adapter_sha: Optional[str]) -> str:

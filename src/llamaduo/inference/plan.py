@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from llamaduo.inference.prompts import PromptRecord, WorkItem
-from llamaduo.inference.sampling import sample_seed
+from llamaduo.inference.generation import sample_seed
 
 
 def build_work_items(records: Sequence[PromptRecord], token_ids: Sequence[Sequence[int]],

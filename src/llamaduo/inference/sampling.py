@@ -9,17 +9,12 @@ library's. The remaining numeric batch dependence: docs/batch_inference.md (Seed
 """
 from __future__ import annotations
 
-import hashlib
 from typing import Sequence
 
 import torch
 from transformers import LogitsProcessor, TemperatureLogitsWarper, TopPLogitsWarper
 
-
-def sample_seed(seed: int, prompt_id: str, repeat_index: int) -> int:
-    """A stable 63-bit seed for one sample. Hash-based so it survives reordering and resume."""
-    digest = hashlib.sha256(f"{seed}\x1f{prompt_id}\x1f{repeat_index}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") & ((1 << 63) - 1)
+from llamaduo.inference.generation import sample_seed  # noqa: F401  (torch-free; re-exported)
 
 
 class PerRowSampler(LogitsProcessor):

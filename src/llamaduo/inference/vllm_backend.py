@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Sequence
 
 from llamaduo.errors import UsageError
-from llamaduo.inference.hf_backend import FINISH_LENGTH, FINISH_STOP, Generated, GenSettings
+from llamaduo.inference.generation import FINISH_LENGTH, FINISH_STOP, Generated, GenSettings
 from llamaduo.inference.model_ref import ModelRef
 from llamaduo.inference.prompts import WorkItem
 

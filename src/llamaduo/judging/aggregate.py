@@ -23,24 +23,8 @@ from typing import Iterable, Sequence
 
 from scipy.special import stdtrit  # the t quantile; scipy.stats would add ~4 s of import
 
-from llamaduo.judging.contract import SCALE, SCORES, RepeatScore
-
-
-@dataclass(frozen=True)
-class RowScore:
-    """A row's aggregate over its repeats."""
-
-    judgements: tuple[RepeatScore, ...]
-    similarity: float | None
-    precision: float | None
-    similarity_std: float | None
-    precision_std: float | None
-    failures: int
-    failure_reason: str | None
-
-    @property
-    def scored(self) -> bool:
-        return self.similarity is not None
+# RowScore lives in contract.py (beside RepeatScore, its output columns read it); re-exported here
+from llamaduo.judging.contract import SCALE, SCORES, RepeatScore, RowScore  # noqa: F401
 
 
 def _mean(values: Sequence[float]) -> float | None:

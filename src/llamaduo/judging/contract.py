@@ -35,7 +35,6 @@ from llamaduo.service_llm.structured import snippet
 if TYPE_CHECKING:
     from datasets import Dataset
 
-    from llamaduo.judging.aggregate import RowScore
 
 T = TypeVar("T")
 
@@ -109,6 +108,23 @@ class RepeatScore:
     @classmethod
     def failed(cls, error: str) -> "RepeatScore":
         return cls(error=error or "invalid judgement")
+
+
+@dataclass(frozen=True)
+class RowScore:
+    """A row's aggregate over its repeats (aggregate.py computes it; the output columns read it)."""
+
+    judgements: tuple[RepeatScore, ...]
+    similarity: float | None
+    precision: float | None
+    similarity_std: float | None
+    precision_std: float | None
+    failures: int
+    failure_reason: str | None
+
+    @property
+    def scored(self) -> bool:
+        return self.similarity is not None
 
 
 def _assessment_schema(meaning: str) -> dict:
@@ -261,7 +277,7 @@ class JudgeOutcome:
 class RowOut(NamedTuple):
     """What an output column's value is computed from, per row."""
 
-    row: "RowScore"
+    row: RowScore
     prompt: str
     evaluator: str
     date: str
@@ -299,7 +315,7 @@ OUTPUT_COLUMNS: tuple[OutputColumn, ...] = (
 )
 
 
-def output_columns(rows: Sequence["RowScore"], prompts: Sequence[str], evaluator: str,
+def output_columns(rows: Sequence[RowScore], prompts: Sequence[str], evaluator: str,
                    date: str, task_scores: Sequence[float | None] | None = None) -> dict[str, list]:
     """The values of every column of OUTPUT_COLUMNS, in order."""
     scores = [None] * len(rows) if task_scores is None else task_scores

@@ -6,13 +6,16 @@ fine-tuning have run (or after paid judge calls). Checked, for each stage:
 
 1. parsing: the stage's own `--print-config`, with the per-round overrides the loop passes
    (the stages run in parallel: each is a separate interpreter start-up);
-2. paths that must exist before round 0: input datasets (and their splits and `messages`
+2. values: each stage's own checks, parsed the stage's way (`run.check_before_run`: its
+   value checks such as `lora_r: 0`, batch size 0 or an unknown data_format, then its output
+   path: not a file, not under a file, not a dangling link, not an input by its real path);
+3. paths that must exist before round 0: input datasets (and their splits and `messages`
    column), the base model when it is a local path, and every `*_path` file key;
-3. for a service-LLM stage (evaluation, data_gen): the provider's keys and credentials, by
+4. for a service-LLM stage (evaluation, data_gen): the provider's keys and credentials, by
    the same offline validation the stage runs (`ServiceLLM.from_args`; no key is printed);
-4. for a paid provider: that its API answers at all — one plain GET of the base URL, with no
+5. for a paid provider: that its API answers at all — one plain GET of the base URL, with no
    key and no paid call; any HTTP status counts as reachable;
-5. every Hub push target (`push_to_hub` / `push_*_to_hf_hub` on): a valid repo id, the Hub usable
+6. every Hub push target (`push_to_hub` / `push_*_to_hf_hub` on): a valid repo id, the Hub usable
    (not HF_HUB_OFFLINE), and a token that can write to the repo's namespace (`whoami` through
    the llamaduo.hub seam).
 
@@ -98,7 +101,31 @@ def print_configs(python: str, stages: list[Stage]) -> list[str]:
     return problems
 
 
-# ------------------------------------------------------------------------------ 2. paths
+# ------------------------------------------------------------------------------ 2. values
+
+#: the guarded entry point (outputs.guarded_output) of each stage module
+ENTRY = {"finetune": "run", "batch_inference": "run", "evaluation": "run", "data_gen": "run",
+         "dataset_merge": "merge"}
+
+
+def check_values(stage: Stage) -> list[str]:
+    """The stage's own checks before it runs, on its config as the loop will pass it. The
+    printed config alone does not catch `lora_r: 0` or an output folder that is a file."""
+    import importlib
+
+    from llamaduo.errors import LlamaDuoError
+
+    if stage.name not in ENTRY:
+        return []
+    module = importlib.import_module(f"llamaduo.pipeline.{stage.name}")
+    try:
+        getattr(module, ENTRY[stage.name]).check_before_run(*module.parse_args(stage.argv))
+    except LlamaDuoError as err:
+        return [f"{stage.name} ({stage.config}): {' '.join(str(err).split())}"]
+    return []
+
+
+# ------------------------------------------------------------------------------ 3. paths
 
 
 def dataset_inputs(stage: Stage) -> list[tuple[str, str, tuple[str, ...]]]:
@@ -144,6 +171,32 @@ def check_paths(stage: Stage) -> list[str]:
         problem = _model_problem(stage.printed.get(key))
         if problem:
             problems.append(f"{stage.name} ({stage.config}): {key}: {problem}")
+    problems += [f"{stage.name} ({stage.config}): {p}" for p in model_wheel_problems(stage.printed)]
+    return problems
+
+
+def model_wheel_problems(printed: dict) -> list[str]:
+    """The models the config names must be installed: the embedded model (as model, tuned model
+    or `local` service LLM) needs its wheel, the reference judge its embedding wheel. WHY: a
+    `pip install .` without them passed --check and then failed in the stage."""
+    from llamaduo.errors import UsageError
+    from llamaduo.models import embedded_model_problem, is_embedded_alias
+
+    problems = []
+    names = [printed.get(k) for k in ("model_name_or_path", "ft_model_id")]
+    if printed.get("service_llm_provider") == "local":
+        names.append(printed.get("service_model_name") or "smollm2-135m-instruct")
+    if any(isinstance(n, str) and is_embedded_alias(n) for n in names):
+        problem = embedded_model_problem()
+        if problem:
+            problems.append(problem)
+    if printed.get("service_llm_provider") == "reference":
+        from llamaduo.judging.reference import embedding_model_dir
+
+        try:
+            embedding_model_dir()
+        except UsageError as err:
+            problems.append(str(err))
     return problems
 
 
@@ -160,7 +213,7 @@ def _model_problem(ref: Any) -> str | None:
     return None
 
 
-# ------------------------------------------------------------------------------ 3-4. providers
+# ------------------------------------------------------------------------------ 4-5. providers
 
 
 def stage_args(stage: Stage) -> Any:
@@ -282,6 +335,7 @@ def run_checks(python: str, stages: list[Stage]) -> list[str]:
         return problems  # later checks read the printed configs
     probed: dict[str, str | None] = {}
     for stage in stages:
+        problems += check_values(stage)
         problems += check_paths(stage)
         if stage.name in ("evaluation", "data_gen"):
             problems += check_provider(stage, probed)

@@ -51,6 +51,15 @@
 # earlier data, or data_gen kept none under allow_empty_result), the loop stops with 3:
 # another round would train on the same data.
 #
+# Stand-in teacher (offline demo): when DATAGEN_CONFIG's service_model_name is
+# llamaduo-standin-teacher, the loop starts python -m llamaduo.loop.standin_teacher on
+# 127.0.0.1 (a free port) before the check, gives data_gen --service-llm-base-url for it (data_gen
+# reaches it through the real `openai` provider), logs to <OUT>/standin_teacher.log and stops it
+# when the loop ends, however it ends. It is a seeded generator of demo pairs, NOT an LLM.
+#
+# Pictures: at the end the loop also writes <OUT>/results.png (llamaduo.loop.chart): per round,
+# the task metric with its 95% CI and bar, and the judge's means with their thresholds.
+#
 # Exit codes: 0 qualified, 3 never qualified within MAX_ROUNDS (or no new data), 1 a stage
 # failed or MAX_COST_USD is spent, 2 bad usage or input (from the check, this script or a
 # stage), 130 interrupted.
@@ -86,11 +95,13 @@ fi
 
 die_usage() { echo "error: $*" >&2; exit 2; }
 
-[[ "$MAX_ROUNDS" =~ ^[0-9]+$ ]] && (( MAX_ROUNDS >= 1 )) \
-  || die_usage "MAX_ROUNDS must be an integer >= 1, got '$MAX_ROUNDS'"
+# at most 4 digits before bash arithmetic sees it: 99999999999999999999 wraps around in (( ))
+[[ "$MAX_ROUNDS" =~ ^0*[0-9]{1,4}$ ]] && (( 10#$MAX_ROUNDS >= 1 )) \
+  || die_usage "MAX_ROUNDS must be an integer within 1-9999, got '$MAX_ROUNDS'"
+MAX_ROUNDS=$((10#$MAX_ROUNDS))
 MAX_COST_USD="${MAX_COST_USD:-}"
-[[ -z "$MAX_COST_USD" || "$MAX_COST_USD" =~ ^([0-9]+\.?[0-9]*|\.[0-9]+)$ && ! "$MAX_COST_USD" =~ ^[0.]+$ ]] \
-  || die_usage "MAX_COST_USD must be a number > 0 (USD), got '$MAX_COST_USD'"
+[[ -z "$MAX_COST_USD" || "$MAX_COST_USD" =~ ^([0-9]{1,12}\.?[0-9]{0,12}|\.[0-9]{1,12})$ && ! "$MAX_COST_USD" =~ ^[0.]+$ ]] \
+  || die_usage "MAX_COST_USD must be a number > 0 (USD, at most 12 digits before the point), got '$MAX_COST_USD'"
 [[ "$CHECK_ONLY" == 0 || "$CHECK_ONLY" == 1 ]] || die_usage "CHECK_ONLY must be 0 or 1, got '$CHECK_ONLY'"
 missing=0
 for var in FINETUNE_CONFIG INFER_CONFIG EVAL_CONFIG DATAGEN_CONFIG MERGE_CONFIG; do
@@ -174,10 +185,39 @@ run_stage() {  # run_stage ROUND STAGE CONFIG [CLI overrides...]; sets STAGE_RC
   case $rc in 2|130) exit "$rc" ;; *) exit 1 ;; esac
 }
 
-finish() {  # finish CODE MESSAGE: print + write the results table, then exit
+finish() {  # finish CODE MESSAGE: print + write the results table and picture, then exit
   log "${ROUND:--}" loop event=finish rc="$1" "${*:2}"
   "$HELPER_PY" -m llamaduo.loop.results_table "$OUT" --write "$OUT/results.md" || true
+  "$HELPER_PY" -m llamaduo.loop.chart "$OUT" --write "$OUT/results.png" || true
   exit "$1"
+}
+
+# ---- the stand-in teacher (offline demo): started before the check, stopped on any exit ----
+TEACHER_PID="" TEACHER_URL="" TEACHER_DIR=""
+stop_teacher() {
+  if [[ -n "$TEACHER_PID" ]]; then
+    kill -TERM "$TEACHER_PID" 2>/dev/null || true
+    wait "$TEACHER_PID" 2>/dev/null || true
+    TEACHER_PID=""
+  fi
+  if [[ -n "$TEACHER_DIR" ]]; then rm -rf "$TEACHER_DIR"; TEACHER_DIR=""; fi
+}
+trap stop_teacher EXIT
+start_teacher() {  # start_teacher: python -m llamaduo.loop.standin_teacher on a free port; sets TEACHER_URL
+  mkdir -p "$OUT"
+  TEACHER_DIR="$(mktemp -d)"
+  "$HELPER_PY" -m llamaduo.loop.standin_teacher --port 0 --port-file "$TEACHER_DIR/port" --parent-pid $$ \
+    2>>"$OUT/standin_teacher.log" &
+  TEACHER_PID=$!
+  local waited=0
+  until [[ -s "$TEACHER_DIR/port" ]]; do
+    kill -0 "$TEACHER_PID" 2>/dev/null || die_usage "the stand-in teacher did not start; see $OUT/standin_teacher.log"
+    ((waited++ < 300)) || die_usage "the stand-in teacher did not listen within 30 s; see $OUT/standin_teacher.log"
+    sleep 0.1
+  done
+  TEACHER_URL="http://127.0.0.1:$(cat "$TEACHER_DIR/port")/v1"
+  echo "[llamaduo] data_gen's teacher is a STAND-IN (llamaduo.loop.standin_teacher: a seeded generator of" \
+    "demo pairs, not an LLM) at $TEACHER_URL; log: $OUT/standin_teacher.log" >&2
 }
 
 BASE_MODEL="$(cfg get "$FINETUNE_CONFIG" model_name_or_path)" \
@@ -187,6 +227,8 @@ FIRST_DS="$(cfg get "$MERGE_CONFIG" first_ds_id)"
 FIRST_TRAIN_SPLIT="$(cfg get "$MERGE_CONFIG" first_ds_train_split train_sft)"
 MERGED_TRAIN_SPLIT="$(cfg get "$MERGE_CONFIG" result_ds_train_split train_sft)"
 DATAGEN_SEED="$(cfg get "$DATAGEN_CONFIG" seed 2024)"
+DATAGEN_MODEL="$(cfg get "$DATAGEN_CONFIG" service_model_name "")"
+if [[ "$DATAGEN_MODEL" == llamaduo-standin-teacher ]]; then start_teacher; fi
 [[ "$DATAGEN_SEED" =~ ^-?[0-9]+$ ]] || die_usage "$DATAGEN_CONFIG: seed must be an integer, got '$DATAGEN_SEED'"
 
 # ---- the per-round CLI overrides: one place, used by the check and by the rounds --------
@@ -211,7 +253,8 @@ overrides() {  # overrides STAGE K: set OVR to the loop's CLI overrides for that
     data_gen)
       # A new sampling seed per round, and the data trained on so far as existing data: new
       # seeds are preferred and near-duplicates of known pairs are dropped.
-      OVR=(--synth-ds-id "$R/synth" --seed "$((DATAGEN_SEED + $2))" --existing-ds-id "$data" --existing-ds-split "$split") ;;
+      OVR=(--synth-ds-id "$R/synth" --seed "$((DATAGEN_SEED + $2))" --existing-ds-id "$data" --existing-ds-split "$split")
+      if [[ -n "$TEACHER_URL" ]]; then OVR+=(--service-llm-base-url "$TEACHER_URL"); fi ;;
     dataset_merge) OVR=(--first-ds-id "$data" --second-ds-id "$R/synth" --result-ds-id "$R/merged") ;;
   esac
 }
@@ -224,6 +267,7 @@ config_of() {
 }
 is_paid() {  # is_paid STAGE: the stage calls a service LLM that may cost money
   [[ "$1" == evaluation || "$1" == data_gen ]] || return 1
+  [[ "$1" == data_gen && -n "$TEACHER_URL" ]] && return 1  # the stand-in teacher is free (and has no price)
   local provider; provider="$(cfg get "$(config_of "$1")" service_llm_provider gemini)"
   [[ "$provider" != reference && "$provider" != local ]]
 }
@@ -248,6 +292,9 @@ if [[ "$CHECK_ONLY" == 1 ]]; then exit 0; fi
 mkdir -p "$OUT"
 log - loop event=begin out="$OUT" max_rounds="$MAX_ROUNDS" max_cost_usd="${MAX_COST_USD:-none}" \
   configs="$FINETUNE_CONFIG,$INFER_CONFIG,$EVAL_CONFIG,$DATAGEN_CONFIG,$MERGE_CONFIG"
+if [[ -n "$TEACHER_URL" ]]; then
+  log - teacher event=standin_started url="$TEACHER_URL" note="\"stand-in teacher: a seeded generator of demo pairs, not an LLM\""
+fi
 
 # budget STAGE K: set LEFT to what the paid STAGE of round K may spend; stop (exit 1) when
 # MAX_COST_USD is spent. A stage that already finished (resume) needs no budget.

@@ -34,8 +34,9 @@ from pathlib import Path
 from typing import Any
 
 FINETUNE_SUMMARY = "finetune_summary.json"  # written by finetune.py into its output_dir
-COLUMNS = ("round", "train rows", "mean similarity", "mean precision",
+COLUMNS = ("round", "train rows", "task metric (95% CI)", "mean similarity", "mean precision",
            "coverage (sim / prec)", "pass@1", "qualified", "cost ($)", "peak mem (MB)", "stage time (s)")
+STANDIN_TEACHER = "llamaduo-standin-teacher"  # llamaduo.loop.standin_teacher.MODEL (no import: stdlib-light)
 
 
 @dataclass
@@ -53,6 +54,7 @@ class RoundRow:
     pass_at_1: float | None = None
     cost_usd: float | None = None
     peak_rss_mb: float | None = None
+    task_metric: dict[str, Any] | None = None
 
 
 def round_dirs(out: Path) -> list[tuple[int, Path]]:
@@ -215,8 +217,65 @@ def collect(out: Path) -> list[RoundRow]:
             pass_at_1=pass_at_1(s),
             cost_usd=round_cost(rdir),
             peak_rss_mb=round_peak_rss(rdir),
+            task_metric=s.get("task_metric") if isinstance(s.get("task_metric"), dict) else None,
         ))
     return rows
+
+
+def task_metric_cell(block: dict[str, Any] | None) -> str:
+    """`choice 87.0 [79.0, 92.2] (bar 70)`, or `-` when the round had no task metric."""
+    if not block or _number(block.get("mean")) is None:
+        return "-"
+    cell = f"{block.get('name', 'metric')} {block['mean']:.1f}"
+    if _number(block.get("ci_low")) is not None and _number(block.get("ci_high")) is not None:
+        cell += f" [{block['ci_low']:.1f}, {block['ci_high']:.1f}]"
+    if _number(block.get("threshold")) is not None:
+        cell += f" (bar {block['threshold']:g})"
+    return cell
+
+
+def judge_name(summary: dict[str, Any]) -> str:
+    """Who judged a round, in words: the reference judge says it is not an LLM judge."""
+    if summary.get("judged") is False or summary.get("service_llm_provider") == "none":
+        return "none (service_llm_provider none: the task metric alone)"
+    provider = str(summary.get("service_llm_provider") or "?")
+    if provider == "reference":
+        return ("the offline reference judge (not an LLM judge: MiniLM embedding cosine and "
+                "ROUGE-L precision against the reference answer)")
+    return f"{provider} ({summary.get('evaluator') or 'model not recorded'})"
+
+
+def teacher_names(out: Path) -> list[str]:
+    """The data_gen generators of the run, from each round's synth/summary.json, the stand-in
+    named as such."""
+    names = []
+    for _, rdir in round_dirs(out):
+        path = rdir / "synth" / "summary.json"
+        try:
+            gen = json.loads(path.read_text(encoding="utf-8")).get("generator") if path.is_file() else None
+        except (OSError, ValueError):
+            gen = None
+        if gen and gen not in names:
+            names.append(str(gen))
+    return [f"{n} (a STAND-IN teacher: a seeded generator of demo pairs served over the OpenAI "
+            "API, not an LLM; src/llamaduo/loop/standin_teacher.py)" if n == STANDIN_TEACHER else n for n in names]
+
+
+def data_gen_lines(out: Path) -> list[str]:
+    """One line per round that ran data_gen: pairs kept and dropped by reason."""
+    lines = []
+    for k, rdir in round_dirs(out):
+        path = rdir / "synth" / "summary.json"
+        if not path.is_file():
+            continue
+        try:
+            s = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        dropped = s.get("dropped_by_reason") or {}
+        why = ", ".join(f"{r} {n}" for r, n in dropped.items()) or "none"
+        lines.append(f"- round {k} data_gen: kept {s.get('kept')} pairs, rejected {s.get('rejected')} ({why})")
+    return lines
 
 
 def _num(x: float | None) -> str:
@@ -234,6 +293,7 @@ def render(rows: list[RoundRow], coverage_threshold: float | None = None) -> str
         cells.append((
             f"{r.round}" + (" (base)" if r.round == 0 else ""),
             "-" if r.train_rows is None else str(r.train_rows),
+            task_metric_cell(r.task_metric),
             _num(r.mean_similarity),
             _num(r.mean_precision),
             f"{_pct(r.coverage_similarity)} / {_pct(r.coverage_precision)}",
@@ -253,6 +313,20 @@ def render(rows: list[RoundRow], coverage_threshold: float | None = None) -> str
     return "\n".join(lines) + f"\n\n{note}; scores are 0-100 means over the test split.{total}\n"
 
 
+def provenance(out: Path, summaries: list[dict[str, Any]]) -> list[str]:
+    """Lines under the table naming the judge, the teacher and data_gen's rejects."""
+    lines = []
+    if summaries:
+        lines.append(f"- judge: {judge_name(summaries[-1])}")
+        metric = summaries[-1].get("task_metric")
+        if isinstance(metric, dict):
+            lines.append(f"- task metric: {metric.get('name')} (0-100, mean over {metric.get('n')} test rows, "
+                         f"95% CI by {metric.get('ci_method', '?')}); it decides `qualified` with its bar")
+    teachers = teacher_names(out)
+    lines.append(f"- teacher (data_gen): {'; '.join(teachers)}" if teachers else "- teacher (data_gen): not used")
+    return lines + data_gen_lines(out)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m llamaduo.loop.results_table", description="Print the LlamaDuo loop's per-round results table.")
     parser.add_argument("out", type=Path, help="the loop's output root (OUT)")
@@ -262,8 +336,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {args.out} is not a folder", file=sys.stderr)
         return 2
     rows = collect(args.out)
-    thresholds = [s.get("coverage_threshold") for _, d in round_dirs(args.out) if (s := read_summary(d))]
+    summaries = [s for _, d in round_dirs(args.out) if (s := read_summary(d))]
+    thresholds = [s.get("coverage_threshold") for s in summaries]
     table = render(rows, thresholds[0] if thresholds else None)
+    table += "\n" + "\n".join(provenance(args.out, summaries)) + "\n"
     print(table, end="")
     if args.write is not None:
         args.write.write_text("# LlamaDuo loop results\n\n" + table, encoding="utf-8")

@@ -21,13 +21,15 @@ from llamaduo.config import config_to_dict, parse_config
 from llamaduo.formats import check_format_args, column_map_field, data_format_field, to_messages
 from llamaduo.legacy_keys import BATCH_INFERENCE_LEGACY
 from llamaduo.data import RESPONSE_COLUMNS, load_split
+from llamaduo.value_checks import check_planned
 from llamaduo.errors import EXIT_CODES_HELP, EXIT_OK, RunFailed, UsageError
 from llamaduo.logging_setup import setup_logging
 from llamaduo.hub import check_push_possible, dataset_output_plan, local_output_dir, save_output
 from llamaduo.inference import distributed
 from llamaduo.inference.carry import carry_columns
-from llamaduo.inference.hf_backend import (FINISH_LENGTH, FINISH_STOP, GenSettings, HFGenerator, load_model,
-                                      load_tokenizer, stop_token_ids)
+# hf_backend (torch, transformers) is imported where a model is loaded: `--help` and
+# `--print-config` stay free of both
+from llamaduo.inference.generation import FINISH_LENGTH, FINISH_STOP, GenSettings
 from llamaduo.inference.model_ref import ModelRef, resolve_model_ref
 from llamaduo.inference.plan import batches_for_rank, build_work_items, padding_waste, plan_batches
 from llamaduo.inference.prompts import PromptRecord, WorkItem, prompt_records, tokenize_prompts
@@ -61,8 +63,8 @@ class BatchInferenceConfig:
     test_ds_split: str = field(default="test_sft", metadata={"help": "split of test_ds_id to answer"})
     batch_infer_data_preprocess_bs: int = field(default=16, metadata={
         "help": "how many prompts are chat-templated and tokenized at a time"})
-    inference_bs: int = field(default=4, metadata={"help": "samples per generate() batch (hf backend)"})
-    repeat: int = field(default=4, metadata={"help": "samples per prompt, each with its own seed"})
+    inference_bs: int = field(default=4, metadata={"min": 1, "max": 65_536, "help": "samples per generate() batch (hf backend)"})
+    repeat: int = field(default=4, metadata={"min": 1, "max": 1000, "help": "samples per prompt, each with its own seed"})
     push_lm_responses_to_hf_hub: bool = field(default=False, metadata={"help": "push the responses to the Hub"})
     lm_response_ds_id: Optional[str] = field(default=None, metadata={
         "help": "output: a local folder, or the Hub dataset repo id when pushing"})
@@ -73,7 +75,7 @@ class BatchInferenceConfig:
     load_in_4bit: bool = field(default=False, metadata={"help": "4-bit weights via bitsandbytes (CUDA only)"})
     temperature: float = field(default=0.4, metadata={"help": "sampling temperature; 0 = greedy"})
     top_p: float = field(default=1.0, metadata={"help": "nucleus sampling threshold in (0, 1]"})
-    max_new_tokens: int = field(default=1024, metadata={"help": "most tokens generated per answer"})
+    max_new_tokens: int = field(default=1024, metadata={"min": 1, "max": 1_000_000, "help": "most tokens generated per answer"})
     do_sample: bool = field(default=True, metadata={"help": "sample (true) or decode greedily (false)"})
     seed: int = field(default=42, metadata={"help": "base seed; each (prompt, repeat) derives its own from it"})
     stop_strings: list[str] = field(default_factory=list, metadata={
@@ -99,7 +101,7 @@ class BatchInferenceConfig:
     load_lora_at_runtime: bool = field(default=False, metadata={
         "help": "openai backend: if a server does not list the adapter, load it with vLLM's "
                 "POST /v1/load_lora_adapter (server needs VLLM_ALLOW_RUNTIME_LORA_UPDATING=True)"})
-    openai_workers: int = field(default=16, metadata={"help": "openai backend: requests in flight at once"})
+    openai_workers: int = field(default=16, metadata={"min": 1, "max": 1024, "help": "openai backend: requests in flight at once"})
     openai_spread: Literal["least_loaded", "round_robin"] = field(default="least_loaded", metadata={
         "help": "openai backend: how requests are shared across several base URLs"})
     rate_limit_per_minute: int = field(default=0, metadata={
@@ -117,10 +119,14 @@ class BatchInferenceConfig:
 
 def main(argv: Sequence[str] | None = None) -> int:
     setup_logging()
-    (cfg,) = parse_config(BatchInferenceConfig, argv=argv, epilog=EXIT_CODES_HELP,
-                          description="Generate the fine-tuned model's answers to every test prompt.",
-                          legacy_keys=BATCH_INFERENCE_LEGACY)
-    return run(cfg)
+    return run(*parse_args(argv))
+
+
+def parse_args(argv: Sequence[str] | None = None) -> tuple[BatchInferenceConfig]:
+    """(BatchInferenceConfig,) from the CLI and an optional `--from-config` YAML (also the loop's check)."""
+    return parse_config(BatchInferenceConfig, argv=argv, epilog=EXIT_CODES_HELP,
+                        description="Generate the fine-tuned model's answers to every test prompt.",
+                        legacy_keys=BATCH_INFERENCE_LEGACY)
 
 
 def validate(cfg: BatchInferenceConfig) -> None:
@@ -165,12 +171,15 @@ def output_plan(cfg: BatchInferenceConfig) -> OutputPlan:
     if not distributed.dist_info().is_main:
         return OutputPlan(None)
     return dataset_output_plan(cfg.lm_response_ds_id, "lm_response_ds_id", push=cfg.push_lm_responses_to_hf_hub,
-                               output_root=cfg.output_root, inputs={"test_ds_id": cfg.test_ds_id},
+                               output_root=cfg.output_root,
+                               inputs={"test_ds_id": cfg.test_ds_id, "ft_model_id": cfg.ft_model_id},
                                overwrite_input=cfg.overwrite_input)
 
 
-@guarded_output(output_plan)
+@guarded_output(output_plan, precheck=validate)
 def run(cfg: BatchInferenceConfig) -> int:
+    from llamaduo.inference.hf_backend import load_tokenizer  # torch: only once a run starts
+
     validate(cfg)
     started = time.perf_counter()
     if cfg.backend == "openai":
@@ -255,7 +264,8 @@ def load_test_split(cfg: BatchInferenceConfig) -> tuple[Dataset, list[PromptReco
     what = f"test dataset '{cfg.test_ds_id}' split '{cfg.test_ds_split}'"
     ds = to_messages(load_split(cfg.test_ds_id, cfg.test_ds_split, what="test dataset"), what,
                      cfg.data_format, cfg.column_map)
-    check_sft_columns(ds, what)
+    ds = check_sft_columns(ds, what)
+    check_planned(what, len(ds), cfg.repeat, "repeat")
     return ds, prompt_records(ds, what=what)
 
 
@@ -339,6 +349,7 @@ def _generate_missing(cfg: BatchInferenceConfig, info: distributed.DistInfo, ref
 
 def _make_generator(cfg: BatchInferenceConfig, info: distributed.DistInfo, ref: ModelRef, tokenizer,
                     settings: GenSettings):
+    from llamaduo.inference.hf_backend import HFGenerator, load_model, stop_token_ids
     from llamaduo.models import pick_device_dtype
 
     device, dtype = pick_device_dtype()

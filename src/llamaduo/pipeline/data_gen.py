@@ -20,7 +20,7 @@ from datasets import Dataset, Features, List, Value
 
 from llamaduo.defaults import default_file
 from llamaduo.config import config_to_dict, parse_config
-from llamaduo.formats import check_format_args, column_map_field, data_format_field, to_messages
+from llamaduo.formats import check_format_args, column_map_field, data_format_field, drop_invalid_rows_field, to_messages
 from llamaduo.legacy_keys import SERVICE_LLM_LEGACY
 from llamaduo.data import (
     SYNTH_COLUMNS,
@@ -39,6 +39,7 @@ from llamaduo.delimiters import render_data
 from llamaduo.outputs import OutputPlan, guarded_output, publish_files
 from llamaduo.peak_rss import peak_rss_mb
 from llamaduo.prompts import check_placeholders, load_template
+from llamaduo.judging import task_metrics
 from llamaduo.quality import QualityConfig, QualityFilter
 from llamaduo.validation import check_sft_columns
 from llamaduo.service_llm import (
@@ -50,6 +51,7 @@ from llamaduo.service_llm import (
     ServiceLLMArgs,
     extract_json,
 )
+from llamaduo.service_llm.structured import snippet
 
 logger = logging.getLogger("llamaduo.data_gen")
 
@@ -76,6 +78,7 @@ R_INSTR_LONG = "instruction_too_long"
 R_RESP_SHORT = "response_too_short"
 R_RESP_LONG = "response_too_long"
 R_SAME_AS_SEED = "same_as_seed"
+R_NOT_A_LABEL = "label_not_in_set"
 # reply-level reasons (a whole call produced nothing usable)
 R_REPLY_INVALID = "reply_invalid"
 R_CALL_FAILED = "call_failed"
@@ -99,17 +102,17 @@ class DataGenArgs(ServiceLLMArgs):
         default="", metadata={"help": "Seed dataset (Hub id, folder or file) with a `messages` column."}
     )
     reference_ds_split: str = field(default="train_sft", metadata={"help": "Split the seeds come from."})
-    num_samples: int = field(default=10, metadata={"help": "Seed rows per round (one service-LLM call each)."})
+    num_samples: int = field(default=10, metadata={"min": 1, "max": 1_000_000, "help": "Seed rows per round (one service-LLM call each)."})
     seed: int = field(default=2024, metadata={"help": "Random seed of the seed-row sampling (reproducible)."})
     topic: str = field(default="Coding", metadata={"help": "Task category: fills $topic and the `category` column."})
     # --- generation --------------------------------------------------------------------------
-    gen_workers: int = field(default=4, metadata={"help": "Concurrent service-LLM requests."})
+    gen_workers: int = field(default=4, metadata={"min": 1, "max": 1024, "help": "Concurrent service-LLM requests."})
     target_num_pairs: Optional[int] = field(
         default=None,
-        metadata={"help": "Keep generating rounds of num_samples seeds until this many clean pairs "
+        metadata={"min": 1, "max": 100_000_000, "help": "Keep generating rounds of num_samples seeds until this many clean pairs "
                   "survive (or max_rounds / max_cost_usd). Default: one round."},
     )
-    max_rounds: int = field(default=10, metadata={"help": "Round limit when target_num_pairs is set."})
+    max_rounds: int = field(default=10, metadata={"min": 1, "max": 100_000, "help": "Round limit when target_num_pairs is set."})
     require_target: bool = field(
         default=False,
         metadata={"help": "Exit 1 (not 0 with a warning) when target_num_pairs was not reached."},
@@ -124,6 +127,13 @@ class DataGenArgs(ServiceLLMArgs):
     max_instruction_chars: int = field(default=4000, metadata={"help": "Longer instructions are dropped."})
     min_response_chars: int = field(default=10, metadata={"help": "Shorter responses are dropped."})
     max_response_chars: int = field(default=8000, metadata={"help": "Longer responses are dropped."})
+    labels: list[str] = field(
+        default_factory=list,
+        metadata={"help": "For a classification task: the closed label set. A pair whose response is not "
+                  "exactly one of these labels (compared after strip, casefold and dropping trailing . ! ?) "
+                  "is dropped as label_not_in_set. Empty: no label check. A wrong label that is in the set "
+                  "cannot be caught here."},
+    )
     # --- quality filters -----------------------------------------------------------------------
     test_ds_id: Optional[str] = field(
         default=None,
@@ -144,8 +154,8 @@ class DataGenArgs(ServiceLLMArgs):
     near_dup_threshold: float = field(
         default=0.8, metadata={"help": "Word n-gram Jaccard at/above which two instructions are duplicates."}
     )
-    ngram_size: int = field(default=3, metadata={"help": "Words per shingle for the Jaccard similarity."})
-    minhash_num_perm: int = field(default=64, metadata={"help": "MinHash permutations (LSH candidate search)."})
+    ngram_size: int = field(default=3, metadata={"min": 1, "max": 64, "help": "Words per shingle for the Jaccard similarity."})
+    minhash_num_perm: int = field(default=64, metadata={"max": 4096, "help": "MinHash permutations (LSH candidate search)."})
     existing_ds_id: Optional[str] = field(
         default=None,
         metadata={"help": "Another dataset whose instructions count as existing train data for the "
@@ -173,6 +183,7 @@ class DataGenArgs(ServiceLLMArgs):
     # --- input format (reference and test data) ---------------------------------------------
     data_format: str = data_format_field()
     column_map: Optional[dict] = column_map_field()
+    drop_invalid_rows: bool = drop_invalid_rows_field()
     overwrite_input: bool = field(
         default=False, metadata={"help": "Allow synth_ds_id to be an input (reference_ds_id or test_ds_id), "
                                          "which it then replaces; otherwise that is refused with exit 2."}
@@ -203,6 +214,8 @@ def validate_values(args: DataGenArgs) -> list[str]:
             problems.append(f"need 1 <= min_{what}_chars <= max_{what}_chars, got {lo} and {hi}")
     if not args.synth_ds_id:
         problems.append("synth_ds_id is required")
+    if any(not str(x).strip() for x in args.labels):
+        problems.append("labels must not contain an empty label")
     if not args.synth_ds_split or args.synth_ds_split == REJECTED_SPLIT:
         problems.append(f"synth_ds_split must be set and must not be '{REJECTED_SPLIT}'")
     problems += quality_config(args).validate()
@@ -238,7 +251,7 @@ def load_seeds(args: DataGenArgs) -> tuple[list[Seed], list[tuple[str, str]]]:
     what = f"reference dataset '{args.reference_ds_id}' split '{args.reference_ds_split}'"
     ds = to_messages(load_split(args.reference_ds_id, args.reference_ds_split, what="reference dataset"),
                      what, args.data_format, args.column_map, require_answer=True)
-    check_sft_columns(ds, what)
+    ds = check_sft_columns(ds, what, drop_invalid=args.drop_invalid_rows)
     seeds, train = [], []
     for i, row in enumerate(ds):
         instruction = row_instruction(row)
@@ -278,13 +291,13 @@ def resolve_test_split(args: DataGenArgs) -> tuple[str, str] | None:
 
 
 def load_test_prompts(ref_split: tuple[str, str] | None, data_format: str = "auto",
-                      column_map: Optional[dict] = None) -> list[tuple[str, str]]:
+                      column_map: Optional[dict] = None, drop_invalid_rows: bool = False) -> list[tuple[str, str]]:
     if ref_split is None:
         return []
     ref, split = ref_split
     what = f"test dataset '{ref}' split '{split}'"
     ds = to_messages(load_split(ref, split, what="test dataset"), what, data_format, column_map)
-    check_sft_columns(ds, what)
+    ds = check_sft_columns(ds, what, drop_invalid=drop_invalid_rows)
     return [(f"test:{row.get('prompt_id') or i}", row_instruction(row)) for i, row in enumerate(ds)]
 
 
@@ -415,7 +428,15 @@ def check_pair(instruction: str, response: str, seed: Seed, args: DataGenArgs) -
         return R_RESP_LONG, f"{n_r} > {args.max_response_chars} chars"
     if normalize_text(instruction) == normalize_text(seed.instruction):
         return R_SAME_AS_SEED, "the instruction repeats its seed's instruction"
+    if args.labels and normalize_label(response) not in {normalize_label(x) for x in args.labels}:
+        return R_NOT_A_LABEL, f"response {snippet(response, 40)!r} is not one of the labels {list(args.labels)}"
     return None
+
+
+def normalize_label(text: str) -> str:
+    """A label as compared by the `labels` check: the same normalisation as evaluation's
+    exact_match (strip, casefold, collapse spaces, drop trailing . ! ?)."""
+    return task_metrics.normalize(text)
 
 
 def synth_row(instruction: str, response: str, seed: Seed, generator: str, topic: str) -> dict[str, Any]:
@@ -451,11 +472,16 @@ class Prepared:
     used_seeds: frozenset[int] = frozenset()  # seed positions earlier data was generated from
 
 
-def prepare(args: DataGenArgs) -> Prepared:
-    """All checks that can fail, in the cheapest order, before any model load or call."""
+def check_values(args: DataGenArgs) -> None:
+    """`validate_values` as one UsageError (exit 2) naming every problem."""
     problems = validate_values(args)
     if problems:
         raise UsageError("; ".join(problems))
+
+
+def prepare(args: DataGenArgs) -> Prepared:
+    """All checks that can fail, in the cheapest order, before any model load or call."""
+    check_values(args)
     template = load_template(args.prompt_tmpl_path, PROMPT_TABLE)
     check_placeholders(template, PLACEHOLDERS, where=f"{args.prompt_tmpl_path} [{PROMPT_TABLE}]")
     check_push_possible(args.push_synth_ds_to_hf_hub, f"synthetic dataset '{args.synth_ds_id}'")
@@ -464,7 +490,7 @@ def prepare(args: DataGenArgs) -> Prepared:
                                default_ledger_path=out_dir / "service_llm_ledger.sqlite")
     seeds, train = load_seeds(args)
     test_ref = resolve_test_split(args)
-    test = load_test_prompts(test_ref, args.data_format, args.column_map)
+    test = load_test_prompts(test_ref, args.data_format, args.column_map, args.drop_invalid_rows)
     existing, used_prompts = load_existing(args, out_dir)
     # The loop's existing_ds_id is the data trained on so far, which holds the reference rows
     # too: count (and filter against) each instruction once, not as train and again as existing.
@@ -547,10 +573,11 @@ def output_plan(args: DataGenArgs) -> OutputPlan:
         return OutputPlan(None)
     return dataset_output_plan(args.synth_ds_id, "synth_ds_id", push=args.push_synth_ds_to_hf_hub,
                                output_root=args.output_root, overwrite_input=args.overwrite_input,
-                               inputs={"reference_ds_id": args.reference_ds_id, "test_ds_id": args.test_ds_id})
+                               inputs={"reference_ds_id": args.reference_ds_id, "test_ds_id": args.test_ds_id,
+                                       "existing_ds_id": args.existing_ds_id})
 
 
-@guarded_output(output_plan)
+@guarded_output(output_plan, precheck=check_values)
 def run(args: DataGenArgs) -> int:
     """The whole stage; returns the exit code."""
     prep = prepare(args)
@@ -685,10 +712,14 @@ def finish(args: DataGenArgs, prep: Prepared, kept: list[dict], rejected: list[d
 
 def main(argv: Sequence[str] | None = None) -> int:
     setup_logging()
-    (args,) = parse_config(
+    return run(*parse_args(argv))
+
+
+def parse_args(argv: Sequence[str] | None = None) -> tuple[DataGenArgs]:
+    """(DataGenArgs,) from the CLI and an optional `--from-config` YAML (also the loop's check)."""
+    return parse_config(
         DataGenArgs, argv=argv,
         description="Generate synthetic instruction/response pairs like the seed dataset, "
         "deduplicated and decontaminated against the test split.",
         epilog=EXIT_CODES_HELP, legacy_keys=SERVICE_LLM_LEGACY,
     )
-    return run(args)

@@ -18,7 +18,7 @@ from llamaduo.config import config_to_dict, parse_config
 from llamaduo.data import (SYNTH_COLUMNS, canonical_synth_columns, first_user_message, load_split,
                            normalize_text, prompt_id_for)
 from llamaduo.errors import EXIT_CODES_HELP, EXIT_OK, UsageError
-from llamaduo.formats import check_format_args, column_map_field, data_format_field, to_messages
+from llamaduo.formats import check_format_args, column_map_field, data_format_field, drop_invalid_rows_field, to_messages
 from llamaduo.logging_setup import setup_logging
 from llamaduo.hub import check_push_possible, dataset_output_plan, save_output
 from llamaduo.outputs import OutputPlan, guarded_output
@@ -64,6 +64,7 @@ class MergeArgs:
     output_root: str = field(default="outputs", metadata={"help": "local copy root when pushing"})
     data_format: str = data_format_field()
     column_map: Optional[dict] = column_map_field()
+    drop_invalid_rows: bool = drop_invalid_rows_field()
     overwrite_input: bool = field(default=False, metadata={
         "help": "allow result_ds_id to be first_ds_id or second_ds_id (that input is then replaced); "
                 "otherwise that is refused with exit 2"})
@@ -74,6 +75,11 @@ def validate(args: MergeArgs) -> None:
     for key in ("first_ds_id", "second_ds_id", "result_ds_id"):
         if not getattr(args, key):
             raise UsageError(f"{key} is required")
+    for ds in ("first", "second", "result"):  # one split as both: the test rows would replace (or be) the train rows
+        train, test = getattr(args, f"{ds}_ds_train_split"), getattr(args, f"{ds}_ds_test_split")
+        if test and train == test:
+            raise UsageError(f"{ds}_ds_train_split and {ds}_ds_test_split are both '{train}'; give the test split "
+                             f"another name" + (" (or '' for none)" if ds == "first" else ""))
     check_format_args(args.data_format, args.column_map)
     check_push_possible(args.push_result_ds_to_hf_hub, f"result dataset '{args.result_ds_id}'")
 
@@ -156,8 +162,7 @@ def _load(ref: str, split: str, what: str, args: MergeArgs) -> Dataset:
     where = f"{what} '{ref}' split '{split}'"
     ds = to_messages(load_split(ref, split, what=what), where,
                      args.data_format, args.column_map, require_answer="test" not in split)
-    check_sft_columns(ds, where)
-    return ds
+    return check_sft_columns(ds, where, drop_invalid=args.drop_invalid_rows)
 
 
 def _load_second(args: MergeArgs) -> Dataset:
@@ -181,11 +186,15 @@ def output_plan(args: MergeArgs) -> OutputPlan:
 def main(argv: Sequence[str] | None = None) -> int:
     """`dataset_merge.py` / `llamaduo-merge`: parse the config, then merge."""
     setup_logging()
-    (args,) = parse_config(MergeArgs, argv=argv, description=DESCRIPTION, epilog=EXIT_CODES_HELP)
-    return merge(args)
+    return merge(*parse_args(argv))
 
 
-@guarded_output(output_plan)
+def parse_args(argv: Sequence[str] | None = None) -> tuple[MergeArgs]:
+    """(MergeArgs,) from the CLI and an optional `--from-config` YAML (also the loop's check)."""
+    return parse_config(MergeArgs, argv=argv, description=DESCRIPTION, epilog=EXIT_CODES_HELP)
+
+
+@guarded_output(output_plan, precheck=validate)
 def merge(args: MergeArgs) -> int:
     """Merge the two datasets, drop exact duplicates and exact test prompts; write the result."""
     validate(args)

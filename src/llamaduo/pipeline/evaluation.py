@@ -21,6 +21,7 @@ from llamaduo.defaults import default_file
 from llamaduo.config import config_to_dict, parse_config
 from llamaduo.legacy_keys import SERVICE_LLM_LEGACY
 from llamaduo.data import load_split
+from llamaduo.value_checks import check_planned
 from llamaduo.errors import (
     EXIT_CODES_HELP,
     EXIT_FAILED,
@@ -90,11 +91,11 @@ class EvaluationArgs(ServiceLLMArgs):
                                       "reference judge's embedding batches."}
     )
     eval_repeat: int = field(
-        default=3, metadata={"help": "How many times each row is judged; scores are averaged. "
+        default=3, metadata={"min": 1, "max": 1000, "help": "How many times each row is judged; scores are averaged. "
                                      "The deterministic reference judge scores each row once."}
     )
     eval_workers: int = field(
-        default=8, metadata={"help": "Concurrent judge requests (the RPM limit still applies)."}
+        default=8, metadata={"min": 1, "max": 1024, "help": "Concurrent judge requests (the RPM limit still applies)."}
     )
     avg_similarity_threshold: float = field(
         default=90.0, metadata={"help": "Qualified needs mean similarity >= this (0-100)."}
@@ -143,10 +144,10 @@ class EvaluationArgs(ServiceLLMArgs):
                                         "(pass@1, 0-100) >= this."}
     )
     execution_timeout_s: float = field(
-        default=10.0, metadata={"help": "Wall-clock limit per test run (the CPU limit is this + 1 s)."}
+        default=10.0, metadata={"min": 0.001, "max": 86400, "help": "Wall-clock limit per test run (the CPU limit is this + 1 s)."}
     )
     execution_memory_mb: int = field(
-        default=2048, metadata={"help": "Address-space limit per test run, in MB."}
+        default=2048, metadata={"max": 1_048_576, "help": "Address-space limit per test run, in MB."}
     )
     execution_workers: int = field(
         default=0, metadata={"help": "Test runs in parallel (0 = min(4, CPUs))."}
@@ -365,7 +366,7 @@ def output_plan(args: EvaluationArgs) -> OutputPlan:
                                overwrite_input=args.overwrite_input)
 
 
-@guarded_output(output_plan)
+@guarded_output(output_plan, precheck=validate_args)
 def run(args: EvaluationArgs) -> int:
     """The whole stage; returns the exit code (0 qualified, 3 not qualified)."""
     validate_args(args)
@@ -377,6 +378,7 @@ def run(args: EvaluationArgs) -> int:
     ds = load_split(args.lm_response_ds_id, args.lm_response_ds_split,
                     required_columns=INPUT_COLUMNS, what="response dataset")
     check_text_columns(ds, INPUT_COLUMNS, f"response dataset '{args.lm_response_ds_id}'")
+    check_planned(f"response dataset '{args.lm_response_ds_id}'", len(ds), args.eval_repeat, "eval_repeat")
     exec_settings = execution_settings(args)
     source = f"the response dataset '{args.lm_response_ds_id}'"
     code_eval.check_execution_args(ds.column_names, exec_settings, source)
@@ -438,6 +440,10 @@ DESCRIPTION = (
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point: parse (`--from-config` YAML + flags), then run."""
     setup_logging()  # also quiets the providers' SDK loggers
-    (args,) = parse_config(EvaluationArgs, argv=argv, description=DESCRIPTION,
-                           epilog=EXIT_CODES_HELP, legacy_keys=SERVICE_LLM_LEGACY)
-    return run(args)
+    return run(*parse_args(argv))
+
+
+def parse_args(argv: Sequence[str] | None = None) -> tuple[EvaluationArgs]:
+    """(EvaluationArgs,) from the CLI and an optional `--from-config` YAML (also the loop's check)."""
+    return parse_config(EvaluationArgs, argv=argv, description=DESCRIPTION,
+                        epilog=EXIT_CODES_HELP, legacy_keys=SERVICE_LLM_LEGACY)

@@ -112,14 +112,53 @@ def verdict_text(summary: Optional[dict[str, Any]]) -> str:
     return f"{line}\n\n```json\n{json.dumps(numbers, indent=2, default=str)}\n```"
 
 
+def _recorded_base(ref: ModelRef) -> str | None:
+    """The Hub id finetune.py recorded as the adapter's base (adapter_config.json), if any:
+    the card names it rather than a folder of this machine."""
+    if not (ref.is_adapter and ref.is_local):
+        return None
+    try:
+        recorded = json.loads((Path(ref.path) / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    except (OSError, ValueError):
+        return None
+    return str(recorded) if recorded and not str(recorded).startswith(("/", "~", ".")) else None
+
+
+def eval_results(summary: dict[str, Any]) -> list:
+    """huggingface_hub EvalResults from an evaluation summary: the judge's mean scores (0-100)
+    and the execution pass rate when there was one."""
+    from huggingface_hub import EvalResult
+
+    dataset = str(summary.get("lm_response_ds_id") or "llamaduo-evaluation")
+    judge = str(summary.get("evaluator") or "judge")
+    common = {"task_type": "text-generation", "dataset_type": dataset, "dataset_name": Path(dataset).name or dataset,
+              "dataset_split": summary.get("lm_response_ds_split")}
+    out = []
+    for key, name in (("mean_similarity", f"mean similarity (0-100, judge {judge})"),
+                      ("mean_precision", f"mean precision (0-100, judge {judge})")):
+        if isinstance(summary.get(key), (int, float)):
+            out.append(EvalResult(**common, metric_type=key, metric_name=name, metric_value=summary[key]))
+    rate = (summary.get("execution") or {}).get("pass_rate") if isinstance(summary.get("execution"), dict) else None
+    if isinstance(rate, (int, float)):
+        out.append(EvalResult(**common, metric_type="pass@1", metric_name="pass@1 (unit tests)", metric_value=rate))
+    return out
+
+
 def model_card(ref: ModelRef, facts: dict[str, Any], summary: Optional[dict[str, Any]], config: dict) -> str:
     """README.md: where the weights come from, the evaluation verdict, how to load it."""
-    base = ref.base_path if ref.is_adapter else ref.path
+    hub_base = _recorded_base(ref)
+    base = hub_base or (ref.base_path if ref.is_adapter else ref.path)
     header: dict[str, Any] = {"library_name": "transformers", "tags": ["llamaduo", "llamaduo-export", "merged-lora"]}
-    if ref.is_adapter and not ref.base_is_local:
-        header["base_model"] = ref.base_path
+    if hub_base or (ref.is_adapter and not ref.base_is_local):
+        header["base_model"] = hub_base or ref.base_path
     if summary is not None:
         header["tags"].append("qualified" if summary.get("qualified") else "not-qualified")
+        results = eval_results(summary)
+        if results:  # model-index: the Hub shows the evaluation beside the model
+            from huggingface_hub import ModelCardData
+
+            index = ModelCardData(model_name=Path(ref.model_id).name, eval_results=results).to_dict()
+            header["model-index"] = index["model-index"]
     when = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     origin = (f"The LoRA adapter `{ref.model_id}` (rank {facts.get('adapter_rank')}) merged into its base `{base}`"
               if ref.is_adapter else f"The full model `{ref.model_id}`, re-saved")

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional, Sequence
 
 from llamaduo.config import config_to_dict, parse_config, unwrap_accept_none
-from llamaduo.formats import check_format_args, column_map_field, data_format_field
+from llamaduo.formats import check_format_args, column_map_field, data_format_field, drop_invalid_rows_field
 from llamaduo.errors import EXIT_CODES_HELP, EXIT_OK, RunFailed, UsageError
 from llamaduo.logging_setup import setup_logging
 from llamaduo.outputs import OutputPlan, guarded_output
@@ -71,6 +71,7 @@ class ScriptArgs:
                 "folder's name. The embedded alias records HuggingFaceTB/SmolLM2-135M-Instruct"})
     data_format: str = data_format_field()
     column_map: Optional[dict] = column_map_field()
+    drop_invalid_rows: bool = drop_invalid_rows_field()
     preprocessing_num_workers: Optional[int] = field(default=None, metadata={
         "help": "processes for tokenizing the data (alignment-handbook key; default: dataset_num_proc)"})
     tokenizer_name_or_path: Optional[str] = field(default=None, metadata={
@@ -240,6 +241,11 @@ def check_values(script: Any, model_args: Any, sft: Any) -> None:
         raise UsageError(f"max_length must be positive, got {sft.max_length}")
     if sft.learning_rate <= 0:
         raise UsageError(f"learning_rate must be positive, got {sft.learning_rate}")
+    for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
+        if getattr(sft, name) < 1:
+            raise UsageError(f"{name} must be >= 1, got {getattr(sft, name)}")
+    if sft.max_steps <= 0 and sft.num_train_epochs <= 0:
+        raise UsageError(f"num_train_epochs must be positive (or max_steps set), got {sft.num_train_epochs}")
     if script.chat_template and sft.chat_template_path:
         raise UsageError("set only one of chat_template and chat_template_path")
     if sft.push_to_hub and not sft.hub_model_id:
@@ -371,10 +377,20 @@ def output_plan(script: Any, model_args: Any, sft: Any) -> OutputPlan:
     Not replaced atomically: checkpoints are written, and resumed from, in place."""
     if not sft.output_dir or not _is_main_process():
         return OutputPlan(None)
-    return OutputPlan(Path(sft.output_dir), str(sft.output_dir), "output_dir")
+    datasets = [script.dataset_id] if script.dataset_id else list(script.dataset_mixer or {})
+    inputs = {f"training dataset {i + 1}": str(ref) for i, ref in enumerate(datasets)}
+    if model_args.model_name_or_path:
+        inputs["model_name_or_path"] = model_args.model_name_or_path
+    return OutputPlan(Path(sft.output_dir), str(sft.output_dir), "output_dir", inputs, overwrite_key=None)
 
 
-@guarded_output(output_plan)
+def precheck(script: Any, model_args: Any, sft: Any) -> None:
+    """The checks that read no file, before the output folder is locked (a refused value writes nothing)."""
+    check_values(script, model_args, sft)
+    check_format_args(script.data_format, script.column_map)
+
+
+@guarded_output(output_plan, precheck=precheck)
 def run(script: Any, model_args: Any, sft: Any) -> int:
     from llamaduo.chat_template import tokenize_dataset
     from llamaduo.hub import check_push_possible
@@ -398,6 +414,7 @@ def run(script: Any, model_args: Any, sft: Any) -> int:
 
     data = load_mixed(mixer, script.dataset_splits, seed=sft.seed, want_eval=want_eval,
                       data_format=script.data_format, column_map=script.column_map,
+                      drop_invalid_rows=script.drop_invalid_rows,
                       train_split=script.dataset_train_split, test_split=script.dataset_test_split)
     if want_eval and data.eval is None:
         raise UsageError(f"eval_strategy={sft.eval_strategy} needs a test split in dataset_splits "
@@ -511,8 +528,9 @@ def _finish(trainer: Any, script: Any, model_args: Any, sft: Any, base: str, tok
             truncation: dict, max_length: int | None) -> None:
     """Main process only: everything inference and people need next to the weights."""
     from llamaduo.hub import push_model_folder
-    from llamaduo.pipeline.finetune_model import (SUMMARY_FILE, base_hub_id, model_card, record_base_hub_id,
-                                                  save_merged, write_generation_config)
+    from llamaduo.pipeline.finetune_model import (LOSS_CURVE, SUMMARY_FILE, base_hub_id, model_card,
+                                                  record_base_hub_id, save_merged, write_generation_config,
+                                                  write_loss_curve)
 
     out_dir = Path(sft.output_dir)
     hub_id = base_hub_id(model_args.model_name_or_path, base, script.base_model_hub_id)
@@ -536,6 +554,8 @@ def _finish(trainer: Any, script: Any, model_args: Any, sft: Any, base: str, tok
         "peak_rss_mb": peak_rss_mb(),
     }
     (out_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, default=str))
+    write_loss_curve(trainer.state.log_history, out_dir / LOSS_CURVE,
+                     f"Fine-tune of {hub_id}: {len(data.train)} rows, {trainer.state.global_step} steps")
     merged = bool(script.merge_adapter and model_args.use_peft)
     if script.merge_adapter and not model_args.use_peft:
         logger.info("merge_adapter ignored: full fine-tuning already saved a full model")

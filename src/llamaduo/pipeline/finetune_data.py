@@ -13,7 +13,7 @@ from typing import Any, Mapping, Sequence
 
 from datasets import Dataset, Features, Value, concatenate_datasets
 
-from llamaduo.chat_template import check_conversations
+from llamaduo.chat_template import check_conversations, conversation_problem
 from llamaduo.data import load_split
 from llamaduo.formats import to_messages
 from llamaduo.errors import UsageError
@@ -77,7 +77,8 @@ def split_roles(splits: Sequence[str], train_split: str | None = None,
 
 def load_mixed(mixer: Mapping[str, float], splits: Sequence[str], *, seed: int, want_eval: bool,
                data_format: str = "auto", column_map: Mapping[str, str] | None = None,
-               train_split: str | None = None, test_split: str | None = None) -> MixedData:
+               drop_invalid_rows: bool = False, train_split: str | None = None,
+               test_split: str | None = None) -> MixedData:
     """Load, check and mix every dataset; raises UsageError on any bad input (before model load)."""
     train_splits, test_splits = split_roles(splits, train_split, test_split)
     train_parts: list[Dataset] = []
@@ -85,14 +86,14 @@ def load_mixed(mixer: Mapping[str, float], splits: Sequence[str], *, seed: int, 
     sources: list[dict[str, Any]] = []
     for ref, frac in mixer.items():
         for split in train_splits:
-            ds = _load_messages(ref, split, data_format, column_map)
+            ds = _load_messages(ref, split, data_format, column_map, drop_invalid_rows)
             n = max(1, int(frac * len(ds)))
             ds = ds.shuffle(seed=seed).select(range(n)) if n < len(ds) else ds
             train_parts.append(ds)
             sources.append({"dataset": ref, "split": split, "fraction": frac, "rows": len(ds)})
         if want_eval:
             for split in test_splits:
-                ds = _load_messages(ref, split, data_format, column_map)
+                ds = _load_messages(ref, split, data_format, column_map, drop_invalid_rows)
                 eval_parts.append(ds)
                 sources.append({"dataset": ref, "split": split, "fraction": 1.0, "rows": len(ds)})
     train = concatenate_datasets(train_parts).shuffle(seed=seed)
@@ -101,10 +102,12 @@ def load_mixed(mixer: Mapping[str, float], splits: Sequence[str], *, seed: int, 
 
 
 def _load_messages(ref: str, split: str, data_format: str = "auto",
-                   column_map: Mapping[str, str] | None = None) -> Dataset:
+                   column_map: Mapping[str, str] | None = None, drop_invalid_rows: bool = False) -> Dataset:
     what = f"training dataset '{ref}' split '{split}'"
     ds = to_messages(load_split(ref, split, what="training dataset"), what, data_format, column_map,
                      require_answer=True)
+    if drop_invalid_rows:
+        ds = drop_invalid_conversations(ds, what)
     check_conversations(ds["messages"], f"training dataset '{ref}' split '{split}'")
     # Only role/content, as plain strings: datasets from different sources (extra keys such
     # as `name`, other string types) must concatenate into one schema.
@@ -114,3 +117,18 @@ def _load_messages(ref: str, split: str, data_format: str = "auto",
 
 
 _MESSAGES = Features({"messages": [{"role": Value("string"), "content": Value("string")}]})
+
+
+def drop_invalid_conversations(ds: Dataset, what: str) -> Dataset:
+    """`drop_invalid_rows: true`: the rows `check_conversations` would refuse are dropped and
+    counted (a warning names the first one and why); none left is still exit 2."""
+    problems = [(i, conversation_problem(m)) for i, m in enumerate(ds["messages"])]
+    bad = [(i, p) for i, p in problems if p]
+    if not bad:
+        return ds
+    if len(bad) == len(ds):
+        raise UsageError(f"{what}: no valid row is left after drop_invalid_rows (row 0: {bad[0][1]})")
+    logger.warning("%s: dropped %d invalid row(s) of %d (drop_invalid_rows); the first, row %d: %s",
+                   what, len(bad), len(ds), bad[0][0], bad[0][1])
+    dropped = {i for i, _ in bad}
+    return ds.select([i for i in range(len(ds)) if i not in dropped])

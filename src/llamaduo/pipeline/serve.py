@@ -28,7 +28,7 @@ from typing import Literal, Optional, Sequence
 from llamaduo.config import parse_config
 from llamaduo.errors import EXIT_CODES_HELP, EXIT_OK, UsageError
 from llamaduo.inference.model_ref import ModelRef, resolve_model_ref
-from llamaduo.inference.openai_backend import served_target
+from llamaduo.inference.served_name import served_target
 from llamaduo.logging_setup import setup_logging
 
 logger = logging.getLogger("llamaduo.serve")
@@ -121,23 +121,23 @@ def pick_engine(engine: str, print_only: bool = False) -> str:
     return "transformers"
 
 
+def pick_device(device: str) -> str:
+    """auto -> cpu on a machine without an NVIDIA driver, else the engine's own choice.
+    WHY not torch.cuda: importing torch here cost seconds of startup, and the engine imports it
+    again after the exec."""
+    if device != "auto":
+        return device
+    return "auto" if Path("/proc/driver/nvidia/version").exists() else "cpu"
+
+
 def pick_dtype(dtype: str, device: str) -> str:
-    """auto -> bf16 on CUDA (engine's own choice there) and on CPUs with fast bf16, else fp32."""
-    if dtype != "auto":
+    """auto -> bf16 on CPUs with fast bf16 (measured 1.5x fp32 here), else the engine's choice
+    (the weights' dtype on CPU; on GPUs what the weights say)."""
+    if dtype != "auto" or device != "cpu":
         return dtype
-    if device.startswith("cuda"):
-        return "auto"
     from llamaduo.models import cpu_supports_bf16
 
-    if device == "cpu" or not _cuda_visible():
-        return "bfloat16" if cpu_supports_bf16() else "float32"
-    return "auto"
-
-
-def _cuda_visible() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
+    return "bfloat16" if cpu_supports_bf16() else "auto"
 
 
 # ------------------------------------------------------------------------------ vllm
@@ -262,7 +262,7 @@ def run(args: ServeArgs) -> int:
         cmd, cwd = vllm_command(args, ref, name), None
     else:
         check_serving_deps()
-        device = args.device if args.device != "auto" or _cuda_visible() else "cpu"
+        device = pick_device(args.device)
         if args.print_command and ref.is_adapter:
             cwd = Path("<merged on first start>")
         else:

@@ -85,11 +85,12 @@ class ServiceLLMArgs:
         },
     )
     request_timeout_s: float = field(
-        default=120.0, metadata={"help": "Per-request timeout in seconds; a timeout is retried."}
+        default=120.0, metadata={"min": 0.001, "max": 86400, "help": "Per-request timeout in seconds; a timeout is retried."}
     )
     max_retries: int = field(
         default=6,
         metadata={
+            "min": 0, "max": 100,
             "help": "Retries per call on 429, 5xx, timeouts and dropped connections (exponential "
             "backoff with jitter, Retry-After honoured). The SDKs' own retries are off."
         },
@@ -128,6 +129,7 @@ class ServiceLLMArgs:
     max_cost_usd: Optional[float] = field(
         default=None,
         metadata={
+            "min": 0,
             "help": "Budget in USD (prices from pricing_path): a call expected to take this run's "
             "spend past it does not start; finished work is kept. Default: no limit."
         },
@@ -157,6 +159,4 @@ class ServiceLLMArgs:
 
     def config_notes(self) -> list[str]:
         """Settings taken from the environment, by variable name (for `--print-config`)."""
-        from llamaduo.service_llm.credentials import describe
-
-        return describe(self)
+        return _registry.describe_credentials(self)

@@ -137,7 +137,7 @@ class Ledger:
                           "move the file away (a new ledger is then created) or set another ledger_path") from None
         self._inode = self.path.stat().st_ino
         self._written: dict[str, dict[str, Any]] = {}  # this session's rows, for a sidecar
-        imported = sidecar.import_into(self)
+        imported = sidecar.import_into(self.path, self.put_row)
         if imported:
             import logging
 

@@ -11,10 +11,7 @@ import hashlib
 import json
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable
-
-if TYPE_CHECKING:
-    from llamaduo.service_llm.ledger import Ledger
+from typing import Any, Callable, Iterable
 
 SUFFIX = ".unsaved.jsonl"
 
@@ -42,11 +39,12 @@ def save(ledger_path: Path, rows: Iterable[dict[str, Any]]) -> Path:
     raise OSError("no sidecar location is writable (" + "; ".join(errors) + ")")
 
 
-def import_into(ledger: "Ledger") -> int:
-    """Insert every sidecar row for this ledger (a torn last line is skipped), then delete
-    the sidecar files. Returns the number of rows imported."""
+def import_into(ledger_path: Path, put_row: Callable[[dict[str, Any]], None]) -> int:
+    """Hand every sidecar row for the ledger at `ledger_path` to `put_row` (the ledger's insert;
+    passed in so this module stays below ledger.py), skipping a torn last line, then delete the
+    sidecar files. Returns the number of rows imported."""
     count = 0
-    for path in candidates(ledger.path):
+    for path in candidates(ledger_path):
         if not path.is_file():
             continue
         for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
@@ -54,7 +52,7 @@ def import_into(ledger: "Ledger") -> int:
                 row = json.loads(line)
             except json.JSONDecodeError:
                 continue  # killed mid-write
-            ledger.put_row(row)
+            put_row(row)
             count += 1
         path.unlink()
     return count

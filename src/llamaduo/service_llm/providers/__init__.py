@@ -17,6 +17,7 @@ from typing import Any, Optional
 import yaml
 
 from llamaduo.errors import UsageError
+from llamaduo.redact import register_secret_env_vars
 from llamaduo.service_llm.providers.base import (
     MAX_TOKEN_KEYS,
     Credentials,
@@ -26,8 +27,8 @@ from llamaduo.service_llm.providers.base import (
     ServiceProvider,
 )
 
-__all__ = ["Provider", "ProviderSpec", "RawCompletion", "ServiceProvider", "all_providers", "env_vars", "get",
-           "make_provider", "names", "noisy_loggers", "register", "resolve_spec", "unregister"]
+__all__ = ["Provider", "ProviderSpec", "RawCompletion", "ServiceProvider", "all_providers", "describe_credentials",
+           "env_vars", "get", "make_provider", "names", "noisy_loggers", "register", "resolve_spec", "unregister"]
 
 logger = logging.getLogger("llamaduo.service_llm")
 REPO_ROOT = Path(__file__).resolve().parents[4]  # a checkout's root (gen-config paths)
@@ -118,6 +119,10 @@ def secret_env_vars() -> tuple[str, ...]:
     return tuple(dict.fromkeys(v for c in all_providers() for v in (*c.key_env, *c.secret_env)))
 
 
+# the masker (redact.py, imported by errors.py) learns the credential names from here, without importing us
+register_secret_env_vars(secret_env_vars)
+
+
 def noisy_loggers() -> tuple[str, ...]:
     return tuple(dict.fromkeys(n for c in all_providers() for n in c.noisy_loggers))
 
@@ -181,14 +186,14 @@ def resolve_spec(args: Any) -> ProviderSpec:
     from llamaduo.service_llm import credentials
 
     cls = get(args.service_llm_provider)
-    url = credentials.base_url(cls.name, args)
+    url = credentials.base_url(cls, args)
     base_url = _check_url(url.value) if url.value else None
     model = (args.service_model_name or "").strip() or cls.default_model
-    creds = Credentials(api_key=credentials.api_key(cls.name, args), base_url=base_url,
-                        project=credentials.gcp_project(cls.name, args),
-                        location=credentials.gcp_location(cls.name, args),
-                        region=credentials.aws_region(cls.name, args))
-    for line in credentials.describe(args):
+    creds = Credentials(api_key=credentials.api_key(cls, args), base_url=base_url,
+                        project=credentials.gcp_project(cls, args),
+                        location=credentials.gcp_location(cls, args),
+                        region=credentials.aws_region(cls, args))
+    for line in credentials.describe(cls, args):
         logger.info("service LLM %s: %s", cls.name, line)
     cls.check_credentials(creds)
     # the generation config last: validating it may import the SDK (slow), the checks above are cheap
@@ -207,6 +212,15 @@ def resolve_spec(args: Any) -> ProviderSpec:
         gcp_location=creds.location.value,
         aws_location=creds.region.value,
     )
+
+
+def describe_credentials(args: Any) -> list[str]:
+    """The settings `args` takes from the environment, by variable name (never a value);
+    empty for an unknown provider (the fail-fast check names that one)."""
+    from llamaduo.service_llm import credentials
+
+    name = (getattr(args, "service_llm_provider", "") or "").strip().lower()
+    return credentials.describe(next((c for c in all_providers() if c.name == name), None), args)
 
 
 def make_provider(spec: ProviderSpec) -> Provider:

@@ -97,7 +97,7 @@ class LocalProvider(ServiceProvider):
     def _generate_batch(self, batch: list[tuple[Sequence[dict], int]]) -> list[RawCompletion]:
         from llamaduo.data import prompt_id_for
         from llamaduo.inference.prompts import PromptRecord, WorkItem, tokenize_prompts
-        from llamaduo.inference.sampling import sample_seed
+        from llamaduo.inference.generation import sample_seed
 
         if self._generator is None:
             self._generator = self._load()
