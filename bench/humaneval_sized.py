@@ -123,13 +123,21 @@ def write_round_data(folder: Path, kind: str, n_train: int, n_test: int) -> str:
 # --------------------------------------------------------------------------- the machine
 
 
-def matmul_gflops(dtype_name: str, n: int = 2048, seconds: float = 2.0) -> float:
-    """Measured GEMM throughput of this machine in GFLOP/s (2 n^3 per n x n matmul)."""
+def matmul_gflops(dtype_name: str, seconds: float = 2.0, largest: int = 2048) -> float:
+    """Measured GEMM throughput of this machine in GFLOP/s (2 n^3 per n x n matmul). The size
+    grows from 256 while one matmul takes under 50 ms, up to `largest`: a CPU without native
+    bf16 runs bf16 matmuls ~100x slower, and a 2048^2 one would then take minutes."""
     import torch
 
     dtype = getattr(torch, dtype_name)
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    torch.matmul(a, b)  # warm-up
+    n = 256
+    while True:
+        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+        start = time.perf_counter()
+        torch.matmul(a, b)  # also the warm-up
+        if n >= largest or time.perf_counter() - start > 0.05:
+            break
+        n *= 2
     done, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
         torch.matmul(a, b)

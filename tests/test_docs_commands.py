@@ -252,6 +252,8 @@ SKIP: dict[str, str] = {
     "curl -s localhost:8123/_stats; curl -s -X POST localhost:8123/_reset":
         "needs the server of the line above running; tests/test_service_llm*.py use /_stats and /_reset",
     "python bench/evaluation_throughput.py": "a benchmark (minutes)",
+    "python bench/humaneval_sized.py": "a benchmark (a loop round of minutes)",
+    "python bench/humaneval_sized.py --train-rows 24 --test-prompts 8 --max-new-tokens 128": "a benchmark (minutes)",
     "FINETUNE_CONFIG=config/cpu/finetune.yaml INFER_CONFIG=config/cpu/batch_inference.yaml EVAL_CONFIG=config/"
     "evaluation.yaml DATAGEN_CONFIG=config/synth_data_gen.yaml MERGE_CONFIG=config/dataset_merge.yaml bash "
     "scripts/llamaduo.sh": "the real configs call the reader's paid service LLM; tests/test_cpu_recipe.py runs the CPU "

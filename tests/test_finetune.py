@@ -410,8 +410,14 @@ def test_trl_style_config_with_dataset_name_and_plain_splits(tiny_model_dir: Pat
         _finetune(_argv(tiny_model_dir, data, tmp_path / "o3") + ["--dataset_name", str(tmp_path)])
 
 
-def test_embedded_alias_records_the_smollm2_hub_id() -> None:
+def test_embedded_alias_records_the_smollm2_hub_id(embedded_model_dir: Path, tmp_path: Path) -> None:
     from llamaduo.pipeline.finetune_model import base_hub_id
+
+    # an adapter naming the Hub id loads offline: on the training base (finetune_summary.json),
+    # or without it on the embedded copy of that repo
+    (tmp_path / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path":
+                                                              "HuggingFaceTB/SmolLM2-135M-Instruct", "r": 8}))
+    assert resolve_model_ref(str(tmp_path)).base_path == str(embedded_model_dir)
 
     assert base_hub_id("smollm2-135m-instruct", "/root/.cache/llamaduo/smollm2-135m-instruct") == \
         "HuggingFaceTB/SmolLM2-135M-Instruct"

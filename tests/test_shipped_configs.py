@@ -30,8 +30,10 @@ SETS = {
 }
 # the demo loop with batch inference served by vLLM (docs/batch_inference.md): a drop-in for one stage
 SETS["demo-served"] = {**SETS["demo"], "batch_inference": "config/batch_inference_openai.yaml"}
+# the real set at a CPU-only site (docs/loop.md): its own fine-tune and batch inference, the rest real
+SETS["cpu"] = {**SETS["real"], "finetune": "config/cpu/finetune.yaml", "batch_inference": "config/cpu/batch_inference.yaml"}
 STAGE_CONFIGS = {str(p.relative_to(REPO)) for p in (REPO / "config").glob("*.yaml")} | {
-    str(p.relative_to(REPO)) for p in (REPO / "config/demo").glob("*.yaml")}
+    str(p.relative_to(REPO)) for folder in ("config/demo", "config/cpu") for p in (REPO / folder).glob("*.yaml")}
 # files that are no stage config: generation settings and prices
 NOT_STAGE = {"src/llamaduo/defaults/pricing.yaml", "src/llamaduo/defaults/service_llm_gen.yaml", "config/gpt_gen_configs.yaml",
              "config/claude_gen_configs.yaml", "config/gemini_gen_configs.yaml"}
@@ -72,7 +74,7 @@ def test_the_set_chains_end_to_end(name):
     # finetune -> batch_inference (the demo's standalone batch inference is round 0: the base model)
     allowed = {ft["output_dir"], f"{ft['output_dir']}/merged"} | ({ft["model_name_or_path"]} if name.startswith("demo") else set())
     assert bi["ft_model_id"] in allowed
-    if name == "real":
+    if name in ("real", "cpu"):
         assert bi["ft_model_id"] == ft["output_dir"] and bi["ft_model_config_path"] == SETS[name]["finetune"]
         assert ft["max_steps"] == -1 and ft["num_train_epochs"] > 0  # real runs train by epochs
     # batch_inference -> evaluation

@@ -171,6 +171,10 @@ def _adapter_base(model_id: str, adapter_cfg: dict, config_path: str | None,
     if adapter_cfg.get("base_model_name_or_path"):
         candidates.append((adapter_cfg["base_model_name_or_path"], adapter_cfg.get("revision"),
                            f"{ADAPTER_CONFIG} base_model_name_or_path"))
+    from llamaduo.models import EMBEDDED_HUB_ID, EMBEDDED_MODEL
+
+    if recorded == EMBEDDED_HUB_ID:  # offline without that repo cached: the embedded copy (Q4_1, dequantized)
+        candidates.append((EMBEDDED_MODEL, None, f"the embedded copy of {EMBEDDED_HUB_ID}"))
     yaml_base = _yaml_base(config_path)
     if yaml_base:
         candidates.append((yaml_base[0], yaml_base[1], f"{config_path} model_name_or_path"))

