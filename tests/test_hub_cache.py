@@ -63,10 +63,11 @@ def test_cached_hub_dataset_loads_offline_and_an_uncached_id_exits_2_fast(hub_ca
     assert "using the cached copy" in proc.stderr
     merged = load_from_disk(str(out))
     assert len(merged["train_sft"]) == 12 and len(merged["test_sft"]) == 3
-    proc, seconds = run(["dataset_merge.py", "--first-ds-id", "acme/not-cached", "--second-ds-id", "acme/sums",
-                         "--result-ds-id", str(tmp_path / "m2")], hub_cache)
+    proc, _ = run(["dataset_merge.py", "--first-ds-id", "acme/not-cached", "--second-ds-id", "acme/sums",
+                   "--result-ds-id", str(tmp_path / "m2")], hub_cache)
+    # exit 2 naming the cache, not a 20-45 s stall then a traceback (no wall-clock bound: the
+    # standards keep timing out of tests; bench/ measures speed)
     assert proc.returncode == 2 and "nor in the local Hugging Face cache" in proc.stderr
-    assert seconds < 5 + 8  # 5 s for the check itself; the rest is Python + datasets import on a busy CPU
     assert "Traceback" not in proc.stderr
 
 
@@ -80,6 +81,6 @@ def test_cached_hub_model_finetunes_offline(hub_cache, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "loading the copy in the local Hugging Face cache" in proc.stderr
     assert json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] == "acme/tiny-chat"
-    proc, seconds = run(["finetune.py", "--model-name-or-path", "acme/not-cached", "--dataset-id", "acme/sums",
-                         "--output-dir", str(tmp_path / "ft2"), "--report-to", "none"], hub_cache)
+    proc, _ = run(["finetune.py", "--model-name-or-path", "acme/not-cached", "--dataset-id", "acme/sums",
+                   "--output-dir", str(tmp_path / "ft2"), "--report-to", "none"], hub_cache)
     assert proc.returncode == 2 and "acme/not-cached" in proc.stderr and "Traceback" not in proc.stderr

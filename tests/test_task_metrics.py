@@ -234,7 +234,7 @@ def test_provider_none_exact_match_threshold_decides_exit_code(tmp_path, capsys)
     assert ds["task_score"] == [100, 0, 0, 100] and ds["similarity_scores"] == [None] * 4
     report = (tmp_path / "hi" / "report.md").read_text()
     assert "## Task metric: exact_match" in report and not (tmp_path / "hi" / "scores_histogram.png").exists()
-    assert "| 2 | - | - | n/a | n/a | ? | 0.0 |" in report  # the all-rows table carries task_score
+    assert "| 2 | Question 2? | - | n/a | n/a | ? | 0.0 |" in report  # the all-rows table carries task_score
 
     rc = run_none(data, tmp_path / "lo", "--task_metric", "exact_match", "--task_metric_threshold", "40")
     assert rc == EXIT_OK
@@ -280,7 +280,7 @@ def test_json_match_end_to_end_with_the_reference_judge_shows_agreement(tmp_path
     (["--task_metric", "unit_tests", "--task_metric_threshold", "50"], "needs a 'test' column"),
     (["--task_metric", "json_match", "--task_metric_threshold", "50"], "needs a JSON object"),
     (["--task_metric", "choice", "--task_metric_threshold", "50", "--labels", "x", "y"], "not one of the labels"),
-    (["--task_metric", "exact_match", "--task_metric_threshold", "nan"], "within 0-100"),
+    (["--task_metric", "exact_match", "--task_metric_threshold", "nan"], "must be a finite number"),  # the generic check at load refuses NaN first
     (["--task_metric", "exact_match", "--task_metric_threshold", "50", "--answer_pattern", "(("], "regular expression"),
     (["--task_metric", "exact_match"], "set task_metric_threshold"),
     ([], "set task_metric"),
