@@ -65,6 +65,22 @@ def pass_rate_stats(groups: dict[Hashable, list[bool]]) -> dict:
     }
 
 
+def average_ranks(xs: Sequence[float]) -> list[float]:
+    """1-based ranks, a run of ties sharing its average rank (the ranks of Mann-Whitney's U and
+    of Spearman's correlation)."""
+    order = sorted(range(len(xs)), key=lambda i: xs[i])
+    ranks = [0.0] * len(xs)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and xs[order[j + 1]] == xs[order[i]]:
+            j += 1
+        for t in range(i, j + 1):
+            ranks[order[t]] = (i + j) / 2 + 1
+        i = j + 1
+    return ranks
+
+
 def auc(scores: Sequence[float], labels: Sequence[bool]) -> Optional[float]:
     """Probability that a random passing row outscores a random failing one (ties: 1/2).
 
@@ -75,17 +91,7 @@ def auc(scores: Sequence[float], labels: Sequence[bool]) -> Optional[float]:
     neg = len(labels) - pos
     if not pos or not neg:
         return None
-    order = sorted(range(len(scores)), key=lambda i: scores[i])
-    ranks = [0.0] * len(scores)
-    i = 0
-    while i < len(order):
-        j = i
-        while j + 1 < len(order) and scores[order[j + 1]] == scores[order[i]]:
-            j += 1
-        for t in range(i, j + 1):
-            ranks[order[t]] = (i + j) / 2 + 1  # average rank of a run of ties (1-based)
-        i = j + 1
-    rank_sum = sum(r for r, y in zip(ranks, labels) if y)
+    rank_sum = sum(r for r, y in zip(average_ranks(scores), labels) if y)
     return (rank_sum - pos * (pos + 1) / 2) / (pos * neg)
 
 

@@ -49,7 +49,7 @@ from typing import Any, Optional, Sequence
 from llamaduo.errors import UsageError
 from llamaduo.judging.aggregate import criterion, mean_ci95, wilson_ci95
 from llamaduo.judging.contract import PROMPT_FIELDS
-from llamaduo.judging.passk import judge_agreement
+from llamaduo.judging.passk import average_ranks, judge_agreement
 
 EXACT_MATCH, CHOICE, JSON_MATCH, TOKEN_F1, ROUGE_L, UNIT_TESTS = (
     "exact_match", "choice", "json_match", "token_f1", "rouge_l", "unit_tests")
@@ -431,20 +431,6 @@ def _pearson(xs: Sequence[float], ys: Sequence[float]) -> Optional[float]:
         return None
 
 
-def _ranks(xs: Sequence[float]) -> list[float]:
-    order = sorted(range(len(xs)), key=lambda i: xs[i])
-    ranks = [0.0] * len(xs)
-    i = 0
-    while i < len(order):
-        j = i
-        while j + 1 < len(order) and xs[order[j + 1]] == xs[order[i]]:
-            j += 1
-        for t in range(i, j + 1):
-            ranks[order[t]] = (i + j) / 2 + 1
-        i = j + 1
-    return ranks
-
-
 def judge_correlation(metric: Sequence[Optional[float]], judge: dict[str, Sequence[Optional[float]]]) -> Optional[dict]:
     """For a continuous metric: Pearson and Spearman correlation of each judge score with the
     task score, over rows that have both (statistics.correlation; Spearman = Pearson of the
@@ -454,7 +440,7 @@ def judge_correlation(metric: Sequence[Optional[float]], judge: dict[str, Sequen
         both = [i for i, (m, v) in enumerate(zip(metric, vals)) if m is not None and v is not None]
         xs, ys = [float(metric[i]) for i in both], [float(vals[i]) for i in both]
         out["rows"] = len(both)
-        out[name] = {"pearson": _r(_pearson(xs, ys)), "spearman": _r(_pearson(_ranks(xs), _ranks(ys)))}
+        out[name] = {"pearson": _r(_pearson(xs, ys)), "spearman": _r(_pearson(average_ranks(xs), average_ranks(ys)))}
     return out if out.get("rows") else None
 
 
