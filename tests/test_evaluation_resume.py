@@ -74,7 +74,8 @@ def test_reference_judge_end_to_end(tmp_path, repo_root):
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "eval"
     config = yaml.safe_load((repo_root / "config/demo/evaluation.yaml").read_text())
-    config.pop("pass_rate_threshold")  # these rows have no unit tests to measure it with
+    for key in ("pass_rate_threshold", "task_metric", "labels", "task_metric_threshold"):
+        config.pop(key, None)  # the demo's own task metric: these rows have no labels or unit tests
     (tmp_path / "eval.yaml").write_text(yaml.safe_dump(config))
     code = main(["--from-config", str(tmp_path / "eval.yaml"),
                  "--prompt_tmpl_path", str(repo_root / "src/llamaduo/defaults/prompts.toml"),

@@ -213,7 +213,9 @@ def test_never_qualifies_runs_data_gen_and_resumes_after_kill(tmp_path, tiny_mod
     assert {e for _, _, e in events(out)} == {"skip"} and len(events(out)) == 10
 
 
-def test_stage_usage_error_propagates_as_exit_2(tmp_path, tiny_model_dir, marker_data, server_url):
+def test_stage_usage_error_exits_2_in_the_check_before_round_0(tmp_path, tiny_model_dir, marker_data, server_url):
+    """A stage's own value check (batch_inference's `repeat` must be >= 1) runs in the loop's
+    check, so the bad value stops the loop with exit 2 naming the stage before anything runs."""
     configs = write_configs(tmp_path, tiny_model_dir, marker_data, server_url, threshold=90,
                             train_steps=2)
     bad = yaml.safe_load(Path(configs["INFER_CONFIG"]).read_text()) | {"repeat": 0}
@@ -221,13 +223,14 @@ def test_stage_usage_error_propagates_as_exit_2(tmp_path, tiny_model_dir, marker
     proc = run_loop(loop_env(tmp_path, configs, max_rounds=1))
     out = tmp_path / "out"
     assert proc.returncode == 2
-    assert "round=0 stage=batch_inference event=failed rc=2" in _read(out / "loop.log")
-    assert not (out / "round_0" / "batch_inference.done").exists()
+    assert "batch_inference" in proc.stderr and "repeat" in proc.stderr
+    assert "nothing was run" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (out / "round_0").exists()
 
 
 @pytest.mark.parametrize("env_change, message", [
-    ({"MAX_ROUNDS": "0"}, "MAX_ROUNDS must be an integer >= 1"),
-    ({"MAX_ROUNDS": "two"}, "MAX_ROUNDS must be an integer >= 1"),
+    ({"MAX_ROUNDS": "0"}, "MAX_ROUNDS must be an integer within 1-9999"),
+    ({"MAX_ROUNDS": "two"}, "MAX_ROUNDS must be an integer within 1-9999"),
     ({"EVAL_CONFIG": "/nonexistent/eval.yaml"}, "EVAL_CONFIG=/nonexistent/eval.yaml: config file not found"),
 ])
 def test_bad_loop_variables_exit_2_before_any_stage(tmp_path, env_change, message):

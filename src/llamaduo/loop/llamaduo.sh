@@ -54,7 +54,7 @@
 # Stand-in teacher (offline demo): when DATAGEN_CONFIG's service_model_name is
 # llamaduo-standin-teacher, the loop starts python -m llamaduo.loop.standin_teacher on
 # 127.0.0.1 (a free port) before the check, gives data_gen --service-llm-base-url for it (data_gen
-# reaches it through the real `openai` provider), logs to <OUT>/standin_teacher.log and stops it
+# reaches it through the real `openai` provider), logs to <OUT>/standin_teacher.log (written at exit, once the check passed) and stops it
 # when the loop ends, however it ends. It is a seeded generator of demo pairs, NOT an LLM.
 #
 # Pictures: at the end the loop also writes <OUT>/results.png (llamaduo.loop.chart): per round,
@@ -194,30 +194,38 @@ finish() {  # finish CODE MESSAGE: print + write the results table and picture, 
 
 # ---- the stand-in teacher (offline demo): started before the check, stopped on any exit ----
 TEACHER_PID="" TEACHER_URL="" TEACHER_DIR=""
+CHECK_PASSED=0
 stop_teacher() {
   if [[ -n "$TEACHER_PID" ]]; then
     kill -TERM "$TEACHER_PID" 2>/dev/null || true
     wait "$TEACHER_PID" 2>/dev/null || true
     TEACHER_PID=""
   fi
-  if [[ -n "$TEACHER_DIR" ]]; then rm -rf "$TEACHER_DIR"; TEACHER_DIR=""; fi
+  if [[ -n "$TEACHER_DIR" ]]; then
+    # The log lives in a temporary folder until the check passes: a refused run writes nothing to OUT.
+    if [[ "$CHECK_PASSED" == 1 && -f "$TEACHER_DIR/standin_teacher.log" ]]; then
+      mkdir -p "$OUT" && cat "$TEACHER_DIR/standin_teacher.log" >>"$OUT/standin_teacher.log"
+    fi
+    rm -rf "$TEACHER_DIR"; TEACHER_DIR=""
+  fi
 }
 trap stop_teacher EXIT
 start_teacher() {  # start_teacher: python -m llamaduo.loop.standin_teacher on a free port; sets TEACHER_URL
-  mkdir -p "$OUT"
   TEACHER_DIR="$(mktemp -d)"
+  local tlog="$TEACHER_DIR/standin_teacher.log"
   "$HELPER_PY" -m llamaduo.loop.standin_teacher --port 0 --port-file "$TEACHER_DIR/port" --parent-pid $$ \
-    2>>"$OUT/standin_teacher.log" &
+    2>>"$tlog" &
   TEACHER_PID=$!
   local waited=0
   until [[ -s "$TEACHER_DIR/port" ]]; do
-    kill -0 "$TEACHER_PID" 2>/dev/null || die_usage "the stand-in teacher did not start; see $OUT/standin_teacher.log"
-    ((waited++ < 300)) || die_usage "the stand-in teacher did not listen within 30 s; see $OUT/standin_teacher.log"
+    kill -0 "$TEACHER_PID" 2>/dev/null \
+      || die_usage "the stand-in teacher did not start: $(tail -n 1 "$tlog" 2>/dev/null)"
+    ((waited++ < 300)) || die_usage "the stand-in teacher did not listen within 30 s: $(tail -n 1 "$tlog" 2>/dev/null)"
     sleep 0.1
   done
   TEACHER_URL="http://127.0.0.1:$(cat "$TEACHER_DIR/port")/v1"
   echo "[llamaduo] data_gen's teacher is a STAND-IN (llamaduo.loop.standin_teacher: a seeded generator of" \
-    "demo pairs, not an LLM) at $TEACHER_URL; log: $OUT/standin_teacher.log" >&2
+    "demo pairs, not an LLM) at $TEACHER_URL; log: $OUT/standin_teacher.log (written when the loop ends)" >&2
 }
 
 BASE_MODEL="$(cfg get "$FINETUNE_CONFIG" model_name_or_path)" \
@@ -287,6 +295,7 @@ if ((check_rc != 0)); then
   echo "error: the check before round 0 failed (see above); nothing was run" >&2
   exit 2
 fi
+CHECK_PASSED=1
 if [[ "$CHECK_ONLY" == 1 ]]; then exit 0; fi
 
 mkdir -p "$OUT"
