@@ -166,3 +166,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if _makes("process", item):
             item.add_marker(pytest.mark.process)
             item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture()
+def fake_hub():
+    """The fake Hugging Face Hub installed at the single seam `llamaduo.hub.set_api` for one test
+    (tests/fake_hub.py), removed afterwards."""
+    from llamaduo import hub
+    from tests.fake_hub import FakeHubApi
+
+    api = FakeHubApi()
+    hub.set_api(api)
+    yield api
+    hub.set_api(None)

@@ -6,15 +6,6 @@ from datasets import Dataset, load_from_disk
 
 from llamaduo import hub
 from llamaduo.errors import RunFailed
-from tests.fake_hub import FakeHubApi
-
-
-@pytest.fixture()
-def fake_hub():
-    api = FakeHubApi()
-    hub.set_api(api)
-    yield api
-    hub.set_api(None)
 
 
 def rows(start: int, n: int) -> Dataset:

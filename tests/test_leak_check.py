@@ -8,7 +8,6 @@ from datasets import Dataset, load_from_disk
 
 from llamaduo import hub, leak_check, redact
 from llamaduo.errors import RunFailed
-from tests.fake_hub import FakeHubApi
 
 KEY = "sk-canary-0123456789abcdef"
 TOKEN = "hf_canaryTOKENvalue42"
@@ -23,14 +22,6 @@ def secrets(monkeypatch):
     monkeypatch.setenv("TOKENIZERS_PARALLELISM", "falsefalse")  # TOKEN inside a word: not a secret
     monkeypatch.setattr(redact, "_REGISTERED", {})
     redact.register_secret("cfg-key-from-the-config", "service_llm_api_key")
-
-
-@pytest.fixture()
-def fake_hub():
-    api = FakeHubApi()
-    hub.set_api(api)
-    yield api
-    hub.set_api(None)
 
 
 def leaky_rows() -> Dataset:

@@ -13,7 +13,6 @@ import yaml
 
 from llamaduo import hub
 from llamaduo.loop import check
-from tests.fake_hub import FakeHubApi
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "llamaduo.sh"
@@ -26,14 +25,6 @@ def _cpu_finetune_config(tmp_path: Path, **changes: object) -> Path:
     path = tmp_path / "finetune.yaml"
     path.write_text(yaml.safe_dump(values))
     return path
-
-
-@pytest.fixture
-def fake_hub():
-    api = FakeHubApi()
-    hub.set_api(api)
-    yield api
-    hub.set_api(None)
 
 
 @pytest.fixture(scope="module")
