@@ -126,3 +126,25 @@ def test_a_non_finite_number_fails_the_check(tmp_path, tiny_model_dir, marker_da
     assert proc.returncode == 2
     line = next(x for x in proc.stderr.splitlines() if x.startswith("error: check: "))
     assert line.startswith("error: check: finetune (") and "'learning_rate' must be a finite number" in line
+
+
+def test_the_parse_is_the_stages_own_print_config_and_its_error_line(tmp_path):
+    """In-process, the check keeps exactly the config the stage's `--print-config` prints, and a
+    config that does not parse is named with the stage's own `error:` line (no process each)."""
+    from llamaduo.loop import check
+    from tests.inprocess import run_stage
+
+    config = str(REPO / "config/demo/dataset_merge.yaml")
+    argv = ["--from-config", config, "--result-ds-id", str(tmp_path / "merged")]
+    (good,) = stages = [check.Stage("dataset_merge", config, argv[2:])]
+    assert check.print_configs(stages) == []
+    printed = run_stage("dataset_merge", [*argv, "--print-config"], cwd=REPO)
+    assert printed.returncode == 0 and good.printed == yaml.safe_load(printed.stdout)
+    assert good.printed["result_ds_id"] == str(tmp_path / "merged")
+
+    typo = tmp_path / "merge.yaml"
+    typo.write_text("first_ds_train_splitt: train_sft\n")
+    (problem,) = check.print_configs([check.Stage("dataset_merge", str(typo), [])])
+    own = run_stage("dataset_merge", ["--from-config", str(typo), "--print-config"], cwd=REPO)
+    assert own.returncode == 2
+    assert problem == f"dataset_merge ({typo}): the config does not parse: {own.stderr.strip().splitlines()[-1]}"

@@ -30,13 +30,13 @@ def _cpu_finetune_config(tmp_path: Path, **changes: object) -> Path:
 @pytest.fixture(scope="module")
 def pushing_stages(tmp_path_factory: pytest.TempPathFactory) -> list[check.Stage]:
     """finetune (push_to_hub to me/cpu-lora) and data_gen (push to the loop's per-round folder),
-    parsed once by their own --print-config, as the loop's check does."""
+    parsed once the stages' own way (what their --print-config prints), as the loop's check does."""
     folder = tmp_path_factory.mktemp("push")
     ft = _cpu_finetune_config(folder, push_to_hub=True, hub_model_id="me/cpu-lora")
     stages = [check.Stage("finetune", str(ft), ["--output-dir", str(folder / "round_1/model")]),
               check.Stage("data_gen", "config/demo/data_gen.yaml",
                           ["--push-synth-ds-to-hf-hub", "--synth-ds-id", str(folder / "round_1/synth")])]
-    assert check.print_configs(sys.executable, stages) == []
+    assert check.print_configs(stages) == []
     return stages
 
 
@@ -79,7 +79,7 @@ def test_the_loop_folder_is_no_repo_id(pushing_stages, fake_hub) -> None:
 def test_no_token_exits_2_in_the_check(tmp_path: Path, fake_hub, capsys: pytest.CaptureFixture) -> None:
     fake_hub.token = None
     ft = _cpu_finetune_config(tmp_path, push_to_hub=True, hub_model_id="me/cpu-lora")
-    assert check.main(["--python", sys.executable, "--stage", "finetune", str(ft),
+    assert check.main(["--stage", "finetune", str(ft),
                        "--output-dir", str(tmp_path / "model")]) == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "needs a Hugging Face token" in errors[0], errors

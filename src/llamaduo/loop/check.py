@@ -4,9 +4,9 @@ The loop (`llamaduo.sh`) calls this first (and only this with `CHECK_ONLY=1` or 
 broken data_gen or evaluation config is then found in seconds, not after batch inference and
 fine-tuning have run (or after paid judge calls). Checked, for each stage:
 
-1. parsing: the stage's own `--print-config`, with the per-round overrides the loop passes
-   (the stages run in parallel: each is a separate interpreter start-up);
-2. values: each stage's own checks, parsed the stage's way (`run.check_before_run`: its
+1. parsing: the stage's own argument parsing (`parse_args`, what its `--print-config` runs),
+   with the per-round overrides the loop passes; the effective config it would print is kept;
+2. values: each stage's own checks, on that parse (`run.check_before_run`: its
    value checks such as `lora_r: 0`, batch size 0 or an unknown data_format, then its output
    path: not a file, not under a file, not a dangling link, not an input by its real path);
 3. paths that must exist before round 0: input datasets (and their splits and `messages`
@@ -20,15 +20,19 @@ fine-tuning have run (or after paid judge calls). Checked, for each stage:
    the llamaduo.hub seam).
 
 Usage (the loop builds the argument list, so the overrides live in one place):
-    python -m llamaduo.loop.check --python PY [--stage NAME CONFIG [OVERRIDES...]]...
-Each stage runs as `PY -m llamaduo NAME --from-config CONFIG [OVERRIDES...] --print-config`, in
-the current folder (relative paths are relative to it, as for the loop).
+    python -m llamaduo.loop.check [--stage NAME CONFIG [OVERRIDES...]]...
+Each stage's `--from-config CONFIG [OVERRIDES...]` is parsed as `llamaduo NAME` parses it, in the
+current folder (relative paths are relative to it, as for the loop).
 Exit codes: 0 everything checked out; 2 a problem (one `error: check: <stage> ...` line each).
+
+WHY in one process: the check used to start `python -m llamaduo NAME --print-config` per stage, but
+it imports every stage module anyway for step 2, so each extra process only paid the imports
+again (finetune's TRL parser alone: about 10 s of CPU). Parsing in-process uses the same
+functions (`parse_args`, `config_to_dict`, `redact`) and reports the same one-line errors.
 """
 from __future__ import annotations
 
-import os
-import subprocess
+import importlib
 import sys
 import urllib.error
 import urllib.request
@@ -51,6 +55,8 @@ class Stage:
     config: str
     overrides: list[str]
     printed: dict[str, Any] = field(default_factory=dict)
+    #: the stage's own parse of `argv` (its args dataclasses), set by `print_configs`
+    parsed: tuple[Any, ...] | None = None
 
     @property
     def prog(self) -> str:
@@ -61,19 +67,19 @@ class Stage:
         return ["--from-config", self.config, *self.overrides]
 
 
-def parse_argv(argv: list[str]) -> tuple[str, list[Stage]]:
-    """`--python PY --stage NAME CONFIG [OVERRIDES...] --stage ...` (overrides run to
-    the next `--stage`, so they may themselves start with dashes)."""
-    if len(argv) < 2 or argv[0] != "--python":
-        raise SystemExit(_usage("usage: python -m llamaduo.loop.check --python PY --stage NAME CONFIG [OVERRIDES...] ..."))
-    python, rest, stages = argv[1], argv[2:], []
+def parse_argv(argv: list[str]) -> list[Stage]:
+    """`--stage NAME CONFIG [OVERRIDES...] --stage ...` (overrides run to the next `--stage`, so
+    they may themselves start with dashes)."""
+    rest, stages = list(argv), []
+    if not rest:
+        raise SystemExit(_usage("usage: python -m llamaduo.loop.check --stage NAME CONFIG [OVERRIDES...] ..."))
     while rest:
         if rest[0] != "--stage" or len(rest) < 3:
             raise SystemExit(_usage(f"expected --stage NAME CONFIG, got: {' '.join(rest[:3])}"))
         end = rest.index("--stage", 1) if "--stage" in rest[1:] else len(rest)
         stages.append(Stage(rest[1], rest[2], rest[3:end]))
         rest = rest[end:]
-    return python, stages
+    return stages
 
 
 def _usage(message: str) -> int:
@@ -84,19 +90,27 @@ def _usage(message: str) -> int:
 # ------------------------------------------------------------------------------ 1. parsing
 
 
-def print_configs(python: str, stages: list[Stage]) -> list[str]:
-    """Run every stage's --print-config at once; keep each printed config; return problems."""
-    env = dict(os.environ, TOKENIZERS_PARALLELISM="false")
-    procs = [subprocess.Popen([python, "-m", "llamaduo", s.name, *s.argv, "--print-config"], env=env, text=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for s in stages]
+def print_configs(stages: list[Stage]) -> list[str]:
+    """Parse every stage's config the stage's way; keep the parse and the config its
+    `--print-config` would print (`Stage.parsed`, `Stage.printed`); return problems: a config that
+    does not parse is named with the stage's own one-line error."""
+    from llamaduo.config import config_to_dict
+    from llamaduo.errors import LlamaDuoError
+    from llamaduo.redact import redact
+
     problems = []
-    for stage, proc in zip(stages, procs):
-        out, err = proc.communicate()
-        if proc.returncode != 0:
-            last = next((line for line in reversed(err.splitlines()) if line.strip()), f"exit {proc.returncode}")
-            problems.append(f"{stage.name} ({stage.config}): the config does not parse: {last.strip()}")
+    for stage in stages:
+        try:
+            stage.parsed = tuple(importlib.import_module(f"llamaduo.pipeline.{stage.name}").parse_args(stage.argv))
+        except Exception as err:  # noqa: BLE001 - a crash while parsing is the config's problem too
+            text = redact(" ".join(str(err).split()))
+            # an expected error: the line the stage itself prints (errors.run_main); else the
+            # last line a traceback would show
+            why = f"error: {text}" if isinstance(err, LlamaDuoError) else f"{type(err).__name__}: {text}"
+            problems.append(f"{stage.name} ({stage.config}): the config does not parse: {why}")
             continue
-        printed = yaml.safe_load(out)
+        text = redact(yaml.safe_dump(config_to_dict(*stage.parsed), sort_keys=False, allow_unicode=True))
+        printed = yaml.safe_load(text)
         stage.printed = printed if isinstance(printed, dict) else {}
     return problems
 
@@ -109,17 +123,16 @@ ENTRY = {"finetune": "run", "batch_inference": "run", "evaluation": "run", "data
 
 
 def check_values(stage: Stage) -> list[str]:
-    """The stage's own checks before it runs, on its config as the loop will pass it. The
-    printed config alone does not catch `lora_r: 0` or an output folder that is a file."""
-    import importlib
-
+    """The stage's own checks before it runs, on its config as the loop will pass it (the parse
+    `print_configs` kept). The printed config alone does not catch `lora_r: 0` or an output
+    folder that is a file."""
     from llamaduo.errors import LlamaDuoError
 
-    if stage.name not in ENTRY:
+    if stage.name not in ENTRY or stage.parsed is None:
         return []
     module = importlib.import_module(f"llamaduo.pipeline.{stage.name}")
     try:
-        getattr(module, ENTRY[stage.name]).check_before_run(*module.parse_args(stage.argv))
+        getattr(module, ENTRY[stage.name]).check_before_run(*stage.parsed)
     except LlamaDuoError as err:
         return [f"{stage.name} ({stage.config}): {' '.join(str(err).split())}"]
     return []
@@ -217,14 +230,8 @@ def _model_problem(ref: Any) -> str | None:
 
 
 def stage_args(stage: Stage) -> Any:
-    """The stage's own args dataclass, parsed the stage's way (secrets included, never printed)."""
-    from llamaduo.config import parse_config
-
-    if stage.name == "evaluation":
-        from llamaduo.pipeline.evaluation import EvaluationArgs as cls
-    else:
-        from llamaduo.pipeline.data_gen import DataGenArgs as cls
-    (args,) = parse_config(cls, argv=stage.argv, prog=stage.prog)
+    """The stage's own args dataclass, as `print_configs` parsed it (secrets included, never printed)."""
+    (args,) = stage.parsed
     return args
 
 
@@ -329,8 +336,8 @@ def _repo_id_problem(repo_id: str) -> str | None:
 # ------------------------------------------------------------------------------ main
 
 
-def run_checks(python: str, stages: list[Stage]) -> list[str]:
-    problems = print_configs(python, stages)
+def run_checks(stages: list[Stage]) -> list[str]:
+    problems = print_configs(stages)
     if problems:
         return problems  # later checks read the printed configs
     probed: dict[str, str | None] = {}
@@ -344,14 +351,14 @@ def run_checks(python: str, stages: list[Stage]) -> list[str]:
 
 
 def main(argv: list[str]) -> int:
-    python, stages = parse_argv(argv)
+    stages = parse_argv(argv)
     from llamaduo.logging_setup import setup_logging
 
     setup_logging()
     import datasets
 
     datasets.disable_progress_bars()
-    problems = run_checks(python, stages)
+    problems = run_checks(stages)
     for problem in problems:
         print(f"error: check: {problem}", file=sys.stderr)
     if problems:

@@ -31,7 +31,8 @@
 # clone's root, where the config/demo defaults are; elsewhere set the five *_CONFIG).
 #
 # Check before spending: before round 0 the loop checks all five configs as it will run them
-# (python -m llamaduo.loop.check): each stage's --print-config with the loop's overrides, the input
+# (python -m llamaduo.loop.check, one process): each stage's config parsed the stage's own way (what
+# its --print-config shows) with the loop's overrides, the stage's own value checks, the input
 # datasets and files, the service-LLM credentials and, for a paid provider, that its API
 # answers. A problem exits 2 naming the stage. `--check` (or CHECK_ONLY=1) runs only that.
 #
@@ -290,7 +291,7 @@ for stage in batch_inference evaluation finetune data_gen dataset_merge; do
   check_args+=(--stage "$stage" "$(config_of "$stage")" "${OVR[@]}")
 done
 check_rc=0
-"$HELPER_PY" -m llamaduo.loop.check --python "$PYTHON" "${check_args[@]}" || check_rc=$?
+"$HELPER_PY" -m llamaduo.loop.check "${check_args[@]}" || check_rc=$?
 if ((check_rc != 0)); then
   echo "error: the check before round 0 failed (see above); nothing was run" >&2
   exit 2
