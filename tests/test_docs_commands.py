@@ -9,6 +9,10 @@ this interpreter), in one of these ways:
 - against the local protocol server, its base URL put where the docs name a local server;
 - with `--print-config` appended, where a real run needs a GPU, a 7B model, a paid API key or
   minutes of CPU: the command line and its config still parse exactly as the stage reads them.
+  Such a plain `python SCRIPT.py ARGS --print-config` line runs in this process (`in_process`):
+  the script file itself as `__main__`, its arguments split as bash splits them, from the same
+  folder with the same environment. WHY: it tests the line and its config, not an interpreter
+  start, and a finetune process spends about 10 s of CPU importing TRL before it parses a flag.
 SKIP lists the commands that cannot run here at all, each with its reason.
 """
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -27,6 +32,7 @@ from typing import Callable, Optional
 import pytest
 
 from tests.docs_commands import DocCommand, extract
+from tests.inprocess import run_script
 from tests.servers.process import server_process
 
 REPO = Path(__file__).resolve().parents[1]
@@ -96,9 +102,10 @@ class Plan:
     background: bool = False                # a server: must start and print "listening"
     broken: str = ""                        # a known docs bug being fixed elsewhere: strict xfail
     cwd: str = ""                           # run in this folder of the repo copy (a transcript's `cd`)
+    in_process: bool = False                # a plain `python SCRIPT.py ARGS` line: run in this process
 
 
-PRINT = Plan(append=" --print-config")
+PRINT = Plan(append=" --print-config", in_process=True)
 ORIGINAL_TREE = "tests/data/original_llamaduo"  # docs/migrating.md runs the original's configs from there
 CHECK = Plan(append=" --check")
 KEY = {"SERVICE_LLM_API_KEY": "test-key-not-used"}  # dry runs validate the key but call nothing
@@ -173,7 +180,7 @@ PLANS: dict[str, Plan] = {
     # --- the original LlamaDuo's configs (docs/migrating.md)
     "python scripts/load_original_configs.py": Plan(),
     "cd tests/data/original_llamaduo": Plan(),
-    **{f"python ../../../{cmd} --print-config": Plan(cwd=ORIGINAL_TREE) for cmd in (
+    **{f"python ../../../{cmd} --print-config": Plan(cwd=ORIGINAL_TREE, in_process=True) for cmd in (
         "finetune.py config/llama3_1b/fine-tune/llama3_1b_coding_100k.yaml",
         "batch_inference.py --from-config config/llama3_1b/batch-infer/batch_inference-coding.yaml",
         "evaluation.py --config config/llama3_1b/eval/evaluation-gemini-coding.yaml",
@@ -350,8 +357,23 @@ def test_documented_command_runs(command, plan, repo_copy, shell_env, server_url
     if plan.background:
         _starts_and_listens(text, repo_copy, env)
         return
-    proc = subprocess.run(["bash", "-c", text], cwd=repo_copy / plan.cwd, env=env, capture_output=True, text=True, timeout=840)
+    if plan.in_process:
+        proc = _run_in_process(text, repo_copy / plan.cwd, env)
+    else:
+        proc = subprocess.run(["bash", "-c", text], cwd=repo_copy / plan.cwd, env=env, capture_output=True, text=True,
+                              timeout=840)
     assert proc.returncode in plan.codes, f"{text}\nexit {proc.returncode}\n{proc.stderr[-3000:]}"
+
+
+def _run_in_process(text: str, cwd: Path, env: dict) -> subprocess.CompletedProcess:
+    """`python SCRIPT.py ARGS` (no other shell syntax) run as bash would run it, in this process:
+    the words as bash splits them (shlex, POSIX rules), SCRIPT.py relative to `cwd`."""
+    lexer = shlex.shlex(text, posix=True, punctuation_chars=True)
+    words = list(lexer)
+    operators = [w for w in words if w and set(w) <= set(lexer.punctuation_chars)]
+    assert not operators, f"not a plain command line (shell syntax {operators}): {text}"
+    assert len(words) > 1 and words[0] == "python" and words[1].endswith(".py"), text
+    return run_script(cwd / words[1], shlex.split(text)[2:], cwd=cwd, env=env)
 
 
 def _starts_and_listens(text: str, cwd: Path, env: dict) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -161,11 +162,21 @@ def test_qualifies_after_finetune_and_stops(tmp_path, tiny_model_dir, marker_dat
     assert "95.0" in proc.stdout  # the table is printed too
 
 
-@pytest.mark.timeout(2400)
-def test_never_qualifies_runs_data_gen_and_resumes_after_kill(tmp_path, tiny_model_dir, marker_data, server_url):
-    configs = write_configs(tmp_path, tiny_model_dir, marker_data, server_url, threshold=99,
-                            train_steps=2)
-    env = loop_env(tmp_path, configs, max_rounds=2)
+@pytest.mark.timeout(3000)
+def test_never_qualifies_resumes_after_kill_and_the_loop_budget_stops_it(tmp_path, tiny_model_dir, marker_data,
+                                                                         server_url):
+    """Configs that never qualify (thresholds 99/99; 2 training steps, since it never qualifies
+    anyway) and a loop budget. One stopped run starts three checks (WHY one test: round 0 and the
+    stop cost a check, batch inference, evaluation and a finetune start, about 30 s of CPU, and a
+    module fixture would run once per pytest-xdist worker):
+    1. stopped while round 1's finetune runs: finished stages kept, the stopped one not marked;
+    2. MAX_COST_USD: round 0's evaluation (the protocol server as a priced gpt-4o-mini) got the
+       budget as --max-cost-usd and recorded its spend; a rerun (on a copy) with a budget below
+       that spend stops with exit 1 and a clear line before round 1 fine-tunes anything;
+    3. resumed: round 0 skipped, the stopped finetune runs again, then the not-qualified branch
+       data_gen -> dataset_merge -> round 2 -> exit 3; a third run finds everything done."""
+    configs = write_configs(tmp_path, tiny_model_dir, marker_data, server_url, threshold=99, train_steps=2)
+    env = {**loop_env(tmp_path, configs, max_rounds=2), "MAX_COST_USD": "1"}
     out = tmp_path / "out"
 
     # 1) start the loop and stop it (SIGTERM to its process group, as Ctrl-C or a CI timeout
@@ -185,8 +196,25 @@ def test_never_qualifies_runs_data_gen_and_resumes_after_kill(tmp_path, tiny_mod
     assert not (out / "round_1" / "finetune.done").exists()
     assert "round=1 stage=finetune event=interrupted" in _read(out / "loop.log")
 
-    # 2) rerun: round 0 is skipped, the killed finetune runs again, then the not-qualified
-    #    branch: data_gen -> dataset_merge -> round 2 -> exit 3 at MAX_ROUNDS
+    # 2) the budget, on a copy of the stopped loop's output
+    spent_out = tmp_path / "budget" / "out"
+    shutil.copytree(out, spent_out, symlinks=True)
+    start = next(line for line in _read(spent_out / "loop.log").splitlines()
+                 if "round=0 stage=evaluation event=start" in line)
+    assert "--max-cost-usd 1.000000" in start  # nothing spent yet: the whole budget
+    spent = summary(spent_out, 0)["cost_usd"]
+    assert spent > 0
+    (spent_out / "loop.log").unlink()
+    stopped = run_loop({**env, "OUT": str(spent_out), "MAX_COST_USD": f"{spent / 2:.10f}"})
+    assert stopped.returncode == 1, stopped.stderr[-3000:]
+    assert "is spent" in stopped.stderr and "stopped before round 1's evaluation" in stopped.stderr
+    assert [e for e in events(spent_out) if e[2] == "start"] == []  # round 0 skipped, round 1 never started
+    assert "event=budget_spent" in _read(spent_out / "loop.log")
+    assert f"${spent:.4f}" in (spent_out / "results.md").read_text()  # the table's total cost
+
+    # 3) rerun (without the budget): round 0 is skipped, the stopped finetune runs again, then the
+    #    not-qualified branch: data_gen -> dataset_merge -> round 2 -> exit 3 at MAX_ROUNDS
+    env.pop("MAX_COST_USD")
     (out / "loop.log").rename(out / "loop.first.log")
     rerun = run_loop(env)
     assert rerun.returncode == 3, rerun.stderr[-3000:]
@@ -206,26 +234,11 @@ def test_never_qualifies_runs_data_gen_and_resumes_after_kill(tmp_path, tiny_mod
     assert (out / "round_3").exists() is False  # no data_gen after the last round
     assert not (out / "round_2" / "data_gen.done").exists()
 
-    # 3) a third run finds everything done: all skipped, same exit code, nothing re-run
+    # a third run finds everything done: all skipped, same exit code, nothing re-run
     (out / "loop.log").rename(out / "loop.second.log")
     third = run_loop(env)
     assert third.returncode == 3
     assert {e for _, _, e in events(out)} == {"skip"} and len(events(out)) == 10
-
-
-def test_stage_usage_error_exits_2_in_the_check_before_round_0(tmp_path, tiny_model_dir, marker_data, server_url):
-    """A stage's own value check (batch_inference's `repeat` must be >= 1) runs in the loop's
-    check, so the bad value stops the loop with exit 2 naming the stage before anything runs."""
-    configs = write_configs(tmp_path, tiny_model_dir, marker_data, server_url, threshold=90,
-                            train_steps=2)
-    bad = yaml.safe_load(Path(configs["INFER_CONFIG"]).read_text()) | {"repeat": 0}
-    Path(configs["INFER_CONFIG"]).write_text(yaml.safe_dump(bad))
-    proc = run_loop(loop_env(tmp_path, configs, max_rounds=1))
-    out = tmp_path / "out"
-    assert proc.returncode == 2
-    assert "batch_inference" in proc.stderr and "repeat" in proc.stderr
-    assert "nothing was run" in proc.stderr and "Traceback" not in proc.stderr
-    assert not (out / "round_0").exists()
 
 
 @pytest.mark.parametrize("env_change, message", [
@@ -274,43 +287,6 @@ def test_arguments_are_refused_and_help_lists_the_variables():
 
 def _read(path: Path) -> str:
     return path.read_text() if path.exists() else ""
-
-
-def _stop_when_started(env: dict[str, str], out: Path, event: str) -> None:
-    """Run the loop and stop it (SIGTERM to its group) once loop.log shows `event`."""
-    proc = subprocess.Popen(["bash", str(SCRIPT)], cwd=REPO, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    deadline = time.monotonic() + LOOP_TIMEOUT_S
-    while event not in _read(out / "loop.log") and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert proc.poll() is None, proc.stdout.read()[-3000:]
-    os.killpg(proc.pid, signal.SIGTERM)
-    proc.wait(timeout=60)
-
-
-@pytest.mark.timeout(1600)
-def test_loop_budget_is_passed_to_paid_stages_and_stops_the_loop_when_spent(tmp_path, tiny_model_dir, marker_data,
-                                                                            server_url):
-    """MAX_COST_USD: round 0's evaluation (the protocol server as a priced gpt-4o-mini) gets the
-    budget as --max-cost-usd and records its spend; a rerun with a budget below that spend stops
-    with exit 1 and a clear line before round 1 fine-tunes anything."""
-    configs = write_configs(tmp_path, tiny_model_dir, marker_data, server_url, threshold=99, train_steps=2)
-    out = tmp_path / "out"
-    env = {**loop_env(tmp_path, configs, max_rounds=2), "MAX_COST_USD": "1"}
-    _stop_when_started(env, out, "round=1 stage=finetune event=start")
-    start = next(line for line in _read(out / "loop.log").splitlines()
-                 if "round=0 stage=evaluation event=start" in line)
-    assert "--max-cost-usd 1.000000" in start  # nothing spent yet: the whole budget
-    spent = summary(out, 0)["cost_usd"]
-    assert spent > 0
-
-    (out / "loop.log").unlink()
-    rerun = run_loop({**env, "MAX_COST_USD": f"{spent / 2:.10f}"})
-    assert rerun.returncode == 1, rerun.stderr[-3000:]
-    assert "is spent" in rerun.stderr and "stopped before round 1's evaluation" in rerun.stderr
-    assert [e for e in events(out) if e[2] == "start"] == []  # round 0 skipped, round 1 never started
-    assert "event=budget_spent" in _read(out / "loop.log")
-    assert f"${spent:.4f}" in (out / "results.md").read_text()  # the table's total cost
 
 
 def test_demo_check_starts_the_standin_teacher_and_stops_it_at_exit(tmp_path):

@@ -1,5 +1,5 @@
 """The loop's check before it spends (`scripts/llamaduo.sh --check`, `CHECK_ONLY=1`), run as a
-user runs it: the real bash script, the stages' own --print-config, real datasets and the local
+user runs it: the real bash script, the stages' own parsing (as --print-config), real datasets and the local
 protocol server (a subprocess) as the OpenAI-compatible provider. Each run checks all five
 configs, so one broken config per concern is put in a run and every problem must be named."""
 from __future__ import annotations
@@ -118,14 +118,24 @@ def test_the_check_runs_each_stages_own_value_checks_and_output_checks(tmp_path,
     assert (tmp_path / "out").read_text() == "a file, not a folder"
 
 
-def test_a_non_finite_number_fails_the_check(tmp_path, tiny_model_dir, marker_data, server_url):
+def test_values_the_stages_refuse_stop_a_real_run_in_the_check_naming_each(tmp_path, tiny_model_dir, marker_data,
+                                                                          server_url):
+    """A real run (no --check): a non-finite learning rate and batch inference's `repeat: 0` are
+    refused by the stages' own parsing, so the loop's check stops it with exit 2, one line per
+    stage, before anything runs."""
     configs = write_configs(tmp_path, tiny_model_dir, marker_data, server_url, threshold=90, train_steps=2)
     Path(configs["FINETUNE_CONFIG"]).write_text(Path(configs["FINETUNE_CONFIG"]).read_text()
                                                 .replace("learning_rate: 0.01", "learning_rate: .nan"))
-    proc = run_check(tmp_path, configs, "--check")
-    assert proc.returncode == 2
-    line = next(x for x in proc.stderr.splitlines() if x.startswith("error: check: "))
-    assert line.startswith("error: check: finetune (") and "'learning_rate' must be a finite number" in line
+    edit(configs["INFER_CONFIG"], repeat=0)
+    proc = run_check(tmp_path, configs, MAX_ROUNDS="1")
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    by_stage = {line.split()[2]: line for line in proc.stderr.splitlines() if line.startswith("error: check: ")}
+    assert set(by_stage) == {"finetune", "batch_inference"}, by_stage
+    assert by_stage["finetune"].startswith("error: check: finetune (")
+    assert "'learning_rate' must be a finite number" in by_stage["finetune"]
+    assert "'repeat' must be within 1-1,000, got 0" in by_stage["batch_inference"]
+    assert "nothing was run" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "out").exists()
 
 
 def test_the_parse_is_the_stages_own_print_config_and_its_error_line(tmp_path):
