@@ -3,24 +3,32 @@
 
 Point it at your own checkout of the original (the folder holding `config/`), or leave it at the
 default: our small synthesised tree in tests/data/original_llamaduo/ (nothing is fetched). Each
-stage config is run as a user would, from the tree's root (the original resolved its paths,
-such as `config/prompts.toml`, from there):
+stage config is parsed as a user's command parses it, from the tree's root (the original resolved
+its paths, such as `config/prompts.toml`, from there):
 
     python <stage>.py --from-config <file> --print-config
 
 The stage is read from the file's keys (a training recipe filed under batch-infer/ is still a
 fine-tuning recipe); files that only hold generation settings (`*gen_config*.yaml`) are the
 files stage configs point to, not stage configs, and are skipped. Prints one line per failure
-and `N tried / M loaded`; the exit status is 0 only when all load.
+(the stage's exit code and its own `error:` line) and `N tried / M loaded`; the exit status is 0
+only when all load.
 
-    .venv/bin/python scripts/load_original_configs.py --tree ~/src/llamaduo [--jobs 2]
+WHY in one process: each stage's parsing is the same function its script runs (`parse_args`),
+and a process per file paid the stage's imports every time (about 10 s of CPU for each training
+recipe, TRL's parser).
+
+    .venv/bin/python scripts/load_original_configs.py --tree ~/src/llamaduo
 """
 from __future__ import annotations
 
 import argparse
-import subprocess
+import contextlib
+import importlib
+import io
+import logging
+import os
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import yaml
@@ -62,22 +70,37 @@ def stage_of(config: Path) -> str | None:
     return "evaluation" if "eval" in config.parts else "finetune"
 
 
-def load(tree: Path, config: Path, stage: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(REPO / f"{stage}.py"), "--from-config",
-                           str(config.relative_to(tree)), "--print-config"],
-                          cwd=tree, capture_output=True, text=True, timeout=600)
+def load(tree: Path, config: Path, stage: str) -> tuple[int, str]:
+    """(exit code, last line) of `python <stage>.py --from-config <config> --print-config` from
+    the tree's root, parsed in this process: (0, "") when it loads, else the code and the one
+    line the stage prints (errors.run_main); a crash gives 1 and its exception's line."""
+    from llamaduo.errors import LlamaDuoError
+    from llamaduo.redact import redact
 
-
-def last_line(proc: subprocess.CompletedProcess) -> str:
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    return lines[-1].strip() if lines else f"exit {proc.returncode}"
+    parse_args = importlib.import_module(f"llamaduo.pipeline.{stage}").parse_args
+    before = os.getcwd()
+    logging.disable(logging.CRITICAL)  # the stage's warnings (renamed keys...) are not the report
+    try:
+        os.chdir(tree)
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            parse_args(["--from-config", str(config.relative_to(tree)), "--print-config"])
+    except SystemExit as exit_:  # --print-config printed the config and exited
+        code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+        return code, "" if code == 0 else f"exit {code}"
+    except LlamaDuoError as err:
+        return err.exit_code, f"error: {redact(' '.join(str(err).split()))}"
+    except Exception as err:  # noqa: BLE001 - a crash is that file's failure, reported like the others
+        return 1, f"{type(err).__name__}: {' '.join(str(err).split())}"
+    finally:
+        os.chdir(before)
+        logging.disable(logging.NOTSET)
+    return 1, "the config parsed but --print-config printed nothing"
 
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("tree_pos", nargs="?", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--tree", type=Path, help="a checkout of the original (the folder holding config/)")
-    parser.add_argument("--jobs", type=int, default=2, help="configs loaded at once (default 2)")
     args = parser.parse_args(argv)
     tree = (args.tree or args.tree_pos or DEFAULT_TREE).expanduser().resolve()
     if not (tree / "config").is_dir():
@@ -85,11 +108,9 @@ def main(argv: list[str]) -> int:
         return 2
     files = sorted((tree / "config").rglob("*.yaml")) + sorted((tree / "config").rglob("*.yml"))
     configs = [(c, s) for c in files if (s := stage_of(c))]
-    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        procs = list(pool.map(lambda cs: load(tree, *cs), configs))
-    failed = [(c, s, p) for (c, s), p in zip(configs, procs) if p.returncode != 0]
-    for config, stage, proc in failed:
-        print(f"FAIL {stage} {config.relative_to(tree)}: exit {proc.returncode}: {last_line(proc)}")
+    failed = [(c, s, result) for c, s in configs if (result := load(tree, c, s))[0] != 0]
+    for config, stage, (code, line) in failed:
+        print(f"FAIL {stage} {config.relative_to(tree)}: exit {code}: {line}")
     print(f"{len(configs)} tried / {len(configs) - len(failed)} loaded")
     return 0 if not failed else 1
 

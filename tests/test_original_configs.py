@@ -4,8 +4,8 @@ conveniences: dash keys in YAML, `--config`, a lone positional YAML path.
 The tree is tests/data/original_llamaduo: copies rebuilt key for key from the original repo.
 Each stage file is loaded as a user would, from the tree's root, with `--print-config` (the
 stage's `main` run in-process, as its script runs it: tests/inprocess.py); the printed effective
-config must show the legacy keys mapped. scripts/load_original_configs.py, which runs one process
-per file, is run for real on a two-file tree.
+config must show the legacy keys mapped. scripts/load_original_configs.py, which parses every file
+in its one process, is run for real (as a process) on a two-file tree.
 """
 from __future__ import annotations
 
