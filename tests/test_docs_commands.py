@@ -6,7 +6,9 @@ A plan runs the command's own text with bash in a copy of the repository (`pytho
 this interpreter), in one of these ways:
 - as written, for real, when that is cheap (merges, the reference judge, dry runs, the loop's
   `--check`), with the input files the docs presuppose created first (`setup`);
-- against the local protocol server, its base URL put where the docs name a local server;
+- against the local protocol server, its base URL put where the docs name a local server, and
+  the config's rate limit off (it paces a paid API at 60 requests a minute: half a minute of
+  waiting per command here, and nothing else of the command changes);
 - with `--print-config` appended, where a real run needs a GPU, a 7B model, a paid API key or
   minutes of CPU: the command line and its config still parse exactly as the stage reads them.
   Such a plain `python SCRIPT.py ARGS --print-config` line runs in this process (`in_process`):
@@ -106,6 +108,7 @@ class Plan:
 
 
 PRINT = Plan(append=" --print-config", in_process=True)
+SERVED = Plan(server=True, append=" --rate-limit-per-minute 0")  # see the module docstring
 ORIGINAL_TREE = "tests/data/original_llamaduo"  # docs/migrating.md runs the original's configs from there
 CHECK = Plan(append=" --check")
 KEY = {"SERVICE_LLM_API_KEY": "test-key-not-used"}  # dry runs validate the key but call nothing
@@ -151,9 +154,9 @@ PLANS: dict[str, Plan] = {
     "python data_gen.py --from-config config/synth_data_gen.yaml --dry-run": Plan(env=KEY),
     "python data_gen.py --from-config config/synth_data_gen.yaml --service-llm-provider openai "
     "--service-llm-base-url http://localhost:8000/v1 --service-model-name my-model "
-    "--service-llm-gen-config-path config/gpt_gen_configs.yaml": Plan(server=True),
+    "--service-llm-gen-config-path config/gpt_gen_configs.yaml": SERVED,
     "python data_gen.py --from-config config/synth_data_gen.yaml --service-llm-provider openai "
-    "--service-llm-base-url http://localhost:11434/v1 --service-model-name llama3.1:8b": Plan(server=True),
+    "--service-llm-base-url http://localhost:11434/v1 --service-model-name llama3.1:8b": SERVED,
     # --- merge: for real
     "python dataset_merge.py --from-config config/dataset_merge.yaml": Plan(setup=synth_output),
     "python dataset_merge.py --first-ds-id data/demo --second-ds-id outputs/synth_data --result-ds-id outputs/merged":
@@ -190,7 +193,7 @@ PLANS: dict[str, Plan] = {
     "python collect.py --from-config config/collect.yaml --dry-run": Plan(env=KEY),
     "python collect.py --from-config config/collect.yaml": PRINT,                             # a paid service LLM
     "python collect.py --from-config config/collect.yaml --service-llm-provider openai --service-llm-base-url "
-    "http://localhost:8000/v1 --service-model-name my-model": Plan(server=True),
+    "http://localhost:8000/v1 --service-model-name my-model": SERVED,
     "python export.py --adapter-id outputs/llamaduo/round_1/model --output-dir outputs/export "
     "--evaluation-summary outputs/llamaduo/round_1/eval/summary.json": PRINT,             # tests/test_export.py
     "python serve.py --model-id smollm2-135m-instruct --port 8000": PRINT,                # tests/test_serve.py
