@@ -79,23 +79,31 @@ def test_every_problem_is_named_with_its_stage_and_no_key_is_printed(tmp_path, t
     assert not (tmp_path / "out").exists()
 
 
-def test_a_config_that_does_not_parse_is_named_before_anything_runs(tmp_path, tiny_model_dir, marker_data,
-                                                                    server_url):
-    """Run as installed (`llamaduo-loop` = `python -m llamaduo loop`) from the configs' own folder,
-    with relative config paths: the stages resolve them against the current folder."""
+def test_configs_that_do_not_parse_are_named_before_anything_runs(tmp_path, tiny_model_dir, marker_data, server_url):
+    """A real run, as installed (`llamaduo-loop` = `python -m llamaduo loop`), from the configs' own
+    folder with relative config paths (the stages resolve them against the current folder): a
+    typo'd key, a non-finite learning rate and batch inference's `repeat: 0` are refused by the
+    stages' own parsing, so the check stops the run with exit 2, one line per stage."""
     configs = write_configs(tmp_path, tiny_model_dir, marker_data, server_url, threshold=90, train_steps=2)
     edit(configs["MERGE_CONFIG"], first_ds_train_splitt="train_sft")  # a typo'd key
+    Path(configs["FINETUNE_CONFIG"]).write_text(Path(configs["FINETUNE_CONFIG"]).read_text()
+                                                .replace("learning_rate: 0.01", "learning_rate: .nan"))
+    edit(configs["INFER_CONFIG"], repeat=0)
     relative = {var: Path(path).name for var, path in configs.items()}
-    env = {**os.environ, **relative, "OUT": "out", "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, **relative, "OUT": "out", "HF_HUB_OFFLINE": "1", "MAX_ROUNDS": "1"}
     env.pop("PYTHON", None)
     env.pop("SERVICE_LLM_API_KEY", None)
-    # a real run: the check comes first and stops it
     proc = subprocess.run([sys.executable, "-m", "llamaduo", "loop"], cwd=tmp_path, env=env, capture_output=True,
                           text=True, timeout=900)
-    assert proc.returncode == 2
-    line = next(x for x in proc.stderr.splitlines() if x.startswith("error: check: "))
-    assert line.startswith("error: check: dataset_merge (") and "first_ds_train_splitt" in line
-    assert "nothing was run" in proc.stderr and not (tmp_path / "out").exists()
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    by_stage = {line.split()[2]: line for line in proc.stderr.splitlines() if line.startswith("error: check: ")}
+    assert set(by_stage) == {"dataset_merge", "finetune", "batch_inference"}, by_stage
+    assert by_stage["dataset_merge"].startswith(f"error: check: dataset_merge ({relative['MERGE_CONFIG']}): ")
+    assert "first_ds_train_splitt" in by_stage["dataset_merge"]
+    assert "'learning_rate' must be a finite number" in by_stage["finetune"]
+    assert "'repeat' must be within 1-1,000, got 0" in by_stage["batch_inference"]
+    assert "nothing was run" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "out").exists()
 
 
 def test_the_check_runs_each_stages_own_value_checks_and_output_checks(tmp_path, tiny_model_dir, marker_data,
@@ -116,26 +124,6 @@ def test_the_check_runs_each_stages_own_value_checks_and_output_checks(tmp_path,
         assert "is under the file" in by_stage[stage], by_stage
     assert server_stats(server_url)["total"] == before
     assert (tmp_path / "out").read_text() == "a file, not a folder"
-
-
-def test_values_the_stages_refuse_stop_a_real_run_in_the_check_naming_each(tmp_path, tiny_model_dir, marker_data,
-                                                                          server_url):
-    """A real run (no --check): a non-finite learning rate and batch inference's `repeat: 0` are
-    refused by the stages' own parsing, so the loop's check stops it with exit 2, one line per
-    stage, before anything runs."""
-    configs = write_configs(tmp_path, tiny_model_dir, marker_data, server_url, threshold=90, train_steps=2)
-    Path(configs["FINETUNE_CONFIG"]).write_text(Path(configs["FINETUNE_CONFIG"]).read_text()
-                                                .replace("learning_rate: 0.01", "learning_rate: .nan"))
-    edit(configs["INFER_CONFIG"], repeat=0)
-    proc = run_check(tmp_path, configs, MAX_ROUNDS="1")
-    assert proc.returncode == 2, proc.stderr[-3000:]
-    by_stage = {line.split()[2]: line for line in proc.stderr.splitlines() if line.startswith("error: check: ")}
-    assert set(by_stage) == {"finetune", "batch_inference"}, by_stage
-    assert by_stage["finetune"].startswith("error: check: finetune (")
-    assert "'learning_rate' must be a finite number" in by_stage["finetune"]
-    assert "'repeat' must be within 1-1,000, got 0" in by_stage["batch_inference"]
-    assert "nothing was run" in proc.stderr and "Traceback" not in proc.stderr
-    assert not (tmp_path / "out").exists()
 
 
 def test_the_parse_is_the_stages_own_print_config_and_its_error_line(tmp_path):
