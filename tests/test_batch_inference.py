@@ -312,6 +312,39 @@ def test_real_model_stops_at_end_of_turn(embedded_model_dir):
     assert "<|im_end|>" not in out.text and "assistant" not in out.text.lower()[:20]
 
 
+@pytest.mark.parametrize("sampling", [False, True], ids=["greedy", "sampled"])
+def test_rows_leave_the_batch_when_they_stop_and_no_answer_changes(embedded_model_dir, sampling):
+    """Rows that hit their end-of-turn token leave the batch between rounds of `chunk_tokens`
+    new tokens (the batch really shrinks), and every answer, its length and its finish reason
+    are the ones a single `generate` over the whole batch gives, greedy and seeded sampling."""
+    ref = resolve_model_ref(str(embedded_model_dir))
+    tok = load_tokenizer(ref)
+    model = load_model(ref, tok, "cpu", torch.float32)
+    prompts = ["What is the capital of France? Answer in one short sentence.",
+               "Write a Python function that returns the nth Fibonacci number, with a docstring.",
+               "Say yes.", "Explain in detail how a hash map works, with an example in Python."]
+    settings = GenSettings(24, sampling, 0.8 if sampling else 0.0, 0.95 if sampling else 1.0, 7)
+    items = _items(tok, prompts=prompts)
+    whole = HFGenerator(model, tok, settings, chunk_tokens=24).generate(items)
+    sizes: list[int] = []
+    real_generate = model.generate
+
+    def recording_generate(*args, **kwargs):
+        sizes.append(kwargs["input_ids"].shape[0])
+        return real_generate(*args, **kwargs)
+
+    model.generate = recording_generate
+    try:
+        chunked = HFGenerator(model, tok, settings, chunk_tokens=6).generate(items)
+    finally:
+        model.generate = real_generate
+    assert [(o.text, o.new_tokens, o.finish_reason) for o in chunked] == \
+        [(o.text, o.new_tokens, o.finish_reason) for o in whole]
+    reasons = {o.finish_reason for o in whole}
+    assert reasons == {"stop", "length"}, "the prompts must include short and long answers"
+    assert sizes[0] == len(prompts) and sizes[-1] < sizes[0] and sizes == sorted(sizes, reverse=True)
+
+
 def test_length_sorted_batches_waste_less_padding(tiny_generator):
     tok, _ = tiny_generator
     items = _items(tok, prompts=PROMPTS * 4)

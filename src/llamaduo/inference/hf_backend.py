@@ -7,6 +7,7 @@ prompt is sliced off by position, never by searching for "assistant\\n" in the t
 """
 from __future__ import annotations
 
+import copy
 import logging
 from typing import Sequence
 
@@ -100,15 +101,30 @@ def _attach_adapter(model, ref: ModelRef, tokenizer, merge: bool):
     return model.merge_and_unload() if merge else model
 
 
+def _cache_argument() -> str:
+    """`generate`'s name for the cache it takes and returns: `cache` from transformers 5.2x on,
+    `past_key_values` before (the vLLM environment pins an older transformers)."""
+    from transformers.generation.utils import GenerateDecoderOnlyOutput
+
+    return "cache" if "cache" in getattr(GenerateDecoderOnlyOutput, "__dataclass_fields__", {}) else "past_key_values"
+
+
+_CACHE_ARG = _cache_argument()
+# New tokens per `generate` call before finished rows leave the batch: a finished row costs at
+# most this many wasted steps; each call costs a few milliseconds of setup.
+CHUNK_TOKENS = 32
+
+
 class HFGenerator:
     """Generates a batch of WorkItems with `model.generate`."""
 
-    def __init__(self, model, tokenizer, settings: GenSettings):
+    def __init__(self, model, tokenizer, settings: GenSettings, chunk_tokens: int = CHUNK_TOKENS):
         from transformers import GenerationConfig
 
         self.model = model
         self.tokenizer = tokenizer
         self.settings = settings
+        self.chunk_tokens = max(1, chunk_tokens)
         self.stop_ids = stop_token_ids(tokenizer, getattr(model, "generation_config", None))
         added = getattr(tokenizer, "added_tokens_encoder", {})
         self.stop_ids += [added[s] for s in settings.stop_strings if s in added and added[s] not in self.stop_ids]
@@ -126,16 +142,49 @@ class HFGenerator:
         return next(self.model.parameters()).device
 
     def generate(self, items: Sequence[WorkItem]) -> list[Generated]:
+        """Generate the batch in rounds of `CHUNK_TOKENS` new tokens; between rounds the rows that
+        hit a stop token leave the batch (their cache rows too), and the rest continue from the
+        cache. WHY: `generate` computes every row until the longest one ends; on HumanEval-sized
+        prompts a third of the answers run to the limit, so most of the compute past the median
+        answer went to rows that had already ended. transformers has no CPU-fast way to drop them
+        (its continuous batching ran 1.5x slower than this on a CPU), hence this loop."""
         input_ids, attention_mask = left_pad([it.input_ids for it in items], self.tokenizer.pad_token_id)
         input_ids, attention_mask = input_ids.to(self.device), attention_mask.to(self.device)
-        processors = []
-        if self.settings.sampling:
-            processors.append(PerRowSampler([it.seed for it in items], self.settings.temperature,
-                                            self.settings.top_p))
-        with torch.inference_mode():
-            out = self.model.generate(input_ids=input_ids, attention_mask=attention_mask,
-                                      generation_config=self.gen_config, logits_processor=processors)
-        return [self._decode(row) for row in out[:, input_ids.shape[1]:].tolist()]
+        sampler = PerRowSampler([it.seed for it in items], self.settings.temperature, self.settings.top_p) \
+            if self.settings.sampling else None
+        rows, new_ids = list(range(len(items))), [[] for _ in items]
+        cache, left, stops = None, self.settings.max_new_tokens, set(self.stop_ids)
+        while rows and left > 0:
+            step = min(self.chunk_tokens, left)
+            with torch.inference_mode():
+                out = self.model.generate(input_ids=input_ids, attention_mask=attention_mask,
+                                          generation_config=self._config_for(step), **{_CACHE_ARG: cache},
+                                          logits_processor=[sampler] if sampler else [])
+            fresh = out.sequences[:, input_ids.shape[1]:]
+            for j, row in enumerate(rows):
+                new_ids[row] += fresh[j].tolist()
+            left -= step
+            going = [j for j, row in enumerate(rows) if not stops.intersection(new_ids[row])]
+            if not going or left <= 0:
+                break
+            cache = getattr(out, _CACHE_ARG)
+            if len(going) < len(rows):  # drop the finished rows from the batch and its cache
+                index = torch.tensor(going, device=input_ids.device)
+                cache.batch_select_indices(index)
+                if sampler:
+                    sampler.keep(going)
+                rows = [rows[j] for j in going]
+                input_ids, attention_mask, fresh = out.sequences[index], attention_mask[index], fresh[index]
+            else:
+                input_ids = out.sequences
+            attention_mask = torch.cat([attention_mask, torch.ones_like(fresh)], dim=1)
+        return [self._decode(ids[: self.settings.max_new_tokens]) for ids in new_ids]
+
+    def _config_for(self, new_tokens: int):
+        """The generation config of one round: `new_tokens` new tokens, the cache returned."""
+        config = copy.deepcopy(self.gen_config)
+        config.max_new_tokens, config.return_dict_in_generate = new_tokens, True
+        return config
 
     def _decode(self, new_ids: list[int]) -> Generated:
         """Cut at the first stop token, then decode only those new tokens. No stop token means

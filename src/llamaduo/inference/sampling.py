@@ -32,6 +32,11 @@ class PerRowSampler(LogitsProcessor):
         if top_p < 1.0:
             self.warpers.append(TopPLogitsWarper(top_p))
 
+    def keep(self, rows: Sequence[int]) -> None:
+        """Keep only these rows' generators, in this order (the batch dropped its finished rows):
+        each generator keeps its state, so a row's draws do not change."""
+        self.generators = [self.generators[i] for i in rows]
+
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         if scores.shape[0] != len(self.generators):
             raise RuntimeError(f"sampler built for {len(self.generators)} rows, got {scores.shape[0]}")
