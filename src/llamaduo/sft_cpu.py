@@ -100,9 +100,12 @@ def plain_logprobs(hidden: Any, weight: Any, bias: Any, targets: Any, temperatur
     def rows(h: Any, t: Any) -> tuple:
         return _logprob_rows(h, weight, bias, t, temperature, final_logit_softcapping, logit_scale, outputs)
 
-    grad = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
+    # One chunk alone is alive at a time either way, so it is not checkpointed: that would only
+    # add a head matmul (one conversation per forward, as config/cpu trains, is one chunk).
+    recompute = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad) \
+        and hidden.shape[0] > ROWS_PER_CHUNK
     pieces = [checkpoint(rows, hidden[s:s + ROWS_PER_CHUNK], targets[s:s + ROWS_PER_CHUNK], use_reentrant=False)
-              if grad else rows(hidden[s:s + ROWS_PER_CHUNK], targets[s:s + ROWS_PER_CHUNK])
+              if recompute else rows(hidden[s:s + ROWS_PER_CHUNK], targets[s:s + ROWS_PER_CHUNK])
               for s in range(0, max(1, hidden.shape[0]), ROWS_PER_CHUNK)]
     return tuple(None if piece[0] is None else torch.cat(piece) for piece in zip(*pieces))
 
