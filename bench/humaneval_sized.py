@@ -1,7 +1,8 @@
 """One HumanEval-sized loop round on the CPU, stage by stage, and the data it runs on.
 
     python bench/humaneval_sized.py [--train-rows 120] [--test-prompts 44] [--max-new-tokens 384]
-                                    [--data humaneval|synthetic] [--baseline-steps 2] [--baseline-prompts 3]
+                                    [--data humaneval|synthetic] [--baseline-steps 1] [--no-fast-path-steps 0]
+                                    [--baseline-prompts 3] [--one-shot-prompts 11]
     python bench/humaneval_sized.py --write-only DIR       # only write the data (train_sft/test_sft jsonl)
 
 The round is what the loop runs with the shipped CPU recipe (config/cpu/finetune.yaml,
@@ -9,10 +10,13 @@ config/cpu/batch_inference.yaml) and the reference judge with code execution: fi
 batch inference with the fine-tuned adapter -> evaluation. Each stage runs as the loop runs it
 (`python -m llamaduo STAGE --from-config ...`, its own process), and the table gives its wall
 time (interpreter and model load included) and tokens/s. Baselines, in the same run:
-  - fine-tune: the same recipe with `--no-cpu-fast-path` (padded batches and TRL's LM head, what
-    the GPU recipe ran on a CPU before), for --baseline-steps steps: tokens/s ratio;
-  - inference: a per-prompt `model.generate` loop on --baseline-prompts prompts with the same
-    settings: the batched stage's tokens/s ratio (reported 11.9x at 384 new tokens, 2 idle cores);
+  - fine-tune: the CPU recipe as it was before 2026-12-07 (gradient checkpointing, 8 rows per
+    forward, LoRA dropout 0.05, glibc mmap threshold 1 MiB), for --baseline-steps steps; and,
+    with --no-fast-path-steps, the recipe with `--no-cpu-fast-path` (padded batches and TRL's
+    LM head, what the GPU recipe ran on a CPU): tokens/s ratios;
+  - inference, with the fine-tuned model: a per-prompt `model.generate` loop on
+    --baseline-prompts prompts, and one `generate` per batch (finished rows kept to the end, as
+    before 2026-12-07) against the stage's rounds on --one-shot-prompts prompts: ratios;
   - the machine: fp32 and bf16 matmul GFLOP/s (torch, 2048^2), and the fine-tune's share of it
     (training FLOPs estimated from the model's shapes, see `train_flops`).
 
@@ -209,43 +213,60 @@ def train_flops(model_dir: Path, conv_lengths: list[int], labelled: int, fractio
 # --------------------------------------------------------------------------- the round
 
 
-def run_stage(stage: str, config: str, *overrides: str) -> tuple[float, int]:
+def run_stage(stage: str, config: str, *overrides: str, env: dict | None = None) -> tuple[float, int]:
     """One stage as the loop runs it; (wall seconds, exit code). Its log goes to stderr."""
     start = time.perf_counter()
     code = subprocess.call([sys.executable, "-m", "llamaduo", stage, "--from-config", config, *overrides],
-                           cwd=ROOT, env=dict(os.environ, TOKENIZERS_PARALLELISM="false"))
+                           cwd=ROOT, env=dict(os.environ, TOKENIZERS_PARALLELISM="false", **(env or {})))
     return time.perf_counter() - start, code
 
 
-def per_prompt_baseline(folder: Path, n: int, max_new_tokens: int) -> tuple[float, int]:
-    """(seconds, new tokens) of a plain per-prompt `model.generate` loop on the first n test
-    prompts, greedy, the base model: what batched inference is compared with."""
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+def decode_baselines(folder: Path, model_dir: Path, loop_n: int, batch_n: int,
+                     max_new_tokens: int) -> dict[str, tuple[float, int]]:
+    """(seconds, new tokens) of three ways to answer test prompts with the fine-tuned model,
+    greedy, one process: "loop" a plain per-prompt `model.generate` on the first `loop_n`;
+    "one_shot" one `generate` over `batch_n` prompts with transformers' own cache (every row runs
+    until the longest ends, each step copies the cache);
+    "rounds" the stage's generator on the same `batch_n` prompts (finished rows leave)."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as batch_inference sets it
     import torch
 
     from llamaduo.inference.hf_backend import GenSettings, HFGenerator, load_model, load_tokenizer
     from llamaduo.inference.model_ref import resolve_model_ref
     from llamaduo.inference.plan import build_work_items
     from llamaduo.inference.prompts import PromptRecord, tokenize_prompts
-    from llamaduo.models import EMBEDDED_MODEL, pick_device_dtype
+    from llamaduo.models import pick_device_dtype
 
     device, dtype = pick_device_dtype()
-    ref = resolve_model_ref(EMBEDDED_MODEL)
+    ref = resolve_model_ref(str(model_dir))
     tokenizer = load_tokenizer(ref)
     model = load_model(ref, tokenizer, device, dtype)
-    gen = HFGenerator(model, tokenizer, GenSettings(max_new_tokens, do_sample=False, temperature=0.0, top_p=1.0,
-                                                    seed=0))
-    test = [json.loads(line) for line in (folder / "test_sft.jsonl").read_text().splitlines()][:n]
+    settings = GenSettings(max_new_tokens, do_sample=False, temperature=0.0, top_p=1.0, seed=0)
+    test = [json.loads(line) for line in (folder / "test_sft.jsonl").read_text().splitlines()]
     records = [PromptRecord(i, r["prompt_id"], r["prompt"], "", ({"role": "user", "content": r["prompt"]},))
-               for i, r in enumerate(test)]
+               for i, r in enumerate(test[:max(loop_n, batch_n)])]
     items = build_work_items(records, tokenize_prompts(records, tokenizer, 16), repeat=1, seed=0)
-    tokens, start = 0, time.perf_counter()
-    for it in items:
-        ids = torch.tensor([it.input_ids])
-        with torch.inference_mode():
-            out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=gen.gen_config)
-        tokens += gen._decode(out[0, ids.shape[1]:].tolist()).new_tokens
-    return time.perf_counter() - start, tokens
+    out: dict[str, tuple[float, int]] = {}
+
+    def timed(name: str, batches: list, generator: HFGenerator) -> None:
+        start = time.perf_counter()
+        tokens = sum(g.new_tokens for batch in batches for g in generator.generate(batch))
+        out[name] = (time.perf_counter() - start, tokens)
+
+    if loop_n:
+        one = HFGenerator(model, tokenizer, settings, chunk_tokens=max_new_tokens)
+        start, tokens = time.perf_counter(), 0
+        for it in items[:loop_n]:
+            ids = torch.tensor([it.input_ids])
+            with torch.inference_mode():
+                gen = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=one.gen_config)
+            tokens += one._decode(gen[0, ids.shape[1]:].tolist()).new_tokens
+        out["loop"] = (time.perf_counter() - start, tokens)
+    if batch_n:
+        timed("one_shot", [items[:batch_n]],
+              HFGenerator(model, tokenizer, settings, chunk_tokens=max_new_tokens, growing_kv=False))
+        timed("rounds", [items[:batch_n]], HFGenerator(model, tokenizer, settings))
+    return out
 
 
 def embedded_tokenizer():
@@ -278,8 +299,11 @@ def main() -> int:
     ap.add_argument("--test-prompts", type=int, default=44)
     ap.add_argument("--max-new-tokens", type=int, default=384)
     ap.add_argument("--epochs", type=float, default=None, help="default: config/cpu/finetune.yaml's")
-    ap.add_argument("--baseline-steps", type=int, default=2, help="fine-tune steps of the no-fast-path baseline (0: skip)")
+    ap.add_argument("--baseline-steps", type=int, default=1, help="fine-tune steps of the previous CPU recipe (0: skip)")
+    ap.add_argument("--no-fast-path-steps", type=int, default=0, help="fine-tune steps without the CPU fast path (0: skip)")
     ap.add_argument("--baseline-prompts", type=int, default=3, help="prompts of the per-prompt loop (0: skip)")
+    ap.add_argument("--one-shot-prompts", type=int, default=11,
+                    help="prompts of the one-generate-per-batch vs rounds comparison (0: skip)")
     ap.add_argument("--out", default=None, help="work folder (default: a temporary one)")
     args = ap.parse_args()
     if args.write_only:
@@ -312,21 +336,33 @@ def main() -> int:
     ft = json.loads((work / "model" / "finetune_summary.json").read_text())
     train_s, seen = ft["metrics"]["train_runtime"], ft.get("tokens_seen") or ft["train_tokens"]
     fraction = seen / sum(lengths)
-    flops = train_flops(Path(ft["base_model_path"]), lengths, labelled, fraction)
+    import yaml
+
+    checkpointing = bool(yaml.safe_load((ROOT / ft_cfg).read_text()).get("gradient_checkpointing"))
+    flops = train_flops(Path(ft["base_model_path"]), lengths, labelled, fraction, checkpointing)
     from llamaduo.models import cpu_supports_bf16  # finetune trains in bf16 exactly where this holds
 
     fp32_or_bf16 = gflops["bfloat16" if cpu_supports_bf16() else "float32"]
     share = flops / train_s / 1e9 / fp32_or_bf16
     ft_note = (f"{ft['global_step']} steps, {seen} tokens; loss {ft['first_loss']:.3f} -> {ft['last_loss']:.3f} "
-               f"({len(ft['losses'])} logged); {flops / train_s / 1e9:.1f} GFLOP/s = {100 * share:.1f}% of fp32 matmul")
+               f"({len(ft['losses'])} logged); {flops / train_s / 1e9:.1f} GFLOP/s = {100 * share:.1f}% of fp32 matmul; "
+               f"peak RSS {ft.get('peak_rss_mb', 0) / 1024:.2f} GB")
     ft_tps = seen / train_s
     base_note = ""
-    if args.baseline_steps:
-        b_secs, code = run_stage("finetune", ft_cfg, *common, "--output-dir", str(work / "model_baseline"),
-                                 "--no-cpu-fast-path", "--max-steps", str(args.baseline_steps))
-        b = json.loads((work / "model_baseline" / "finetune_summary.json").read_text())
+    previous = (["--gradient-checkpointing", "true", "--per-device-train-batch-size", "8",
+                 "--gradient-accumulation-steps", "1", "--lora-dropout", "0.05"], {"MALLOC_MMAP_THRESHOLD_": "1048576"})
+    for name, steps, flags, env in (("previous CPU recipe", args.baseline_steps, *previous),
+                                    ("no fast path", args.no_fast_path_steps, ["--no-cpu-fast-path"], {})):
+        if not steps:
+            continue
+        out_dir = work / f"model_baseline_{len(base_note)}"
+        _, code = run_stage("finetune", ft_cfg, *common, "--output-dir", str(out_dir), *flags,
+                            "--max-steps", str(steps), env=env)
+        if code:
+            raise SystemExit(f"finetune baseline ({name}) failed ({code})")
+        b = json.loads((out_dir / "finetune_summary.json").read_text())
         b_tps = (b.get("tokens_seen") or 0) / b["metrics"]["train_runtime"]
-        base_note = f"; baseline (no fast path, {b['global_step']} steps) {b_tps:.1f} tok/s: {ft_tps / b_tps:.2f}x"
+        base_note += f"; {name} ({b['global_step']} step) {b_tps:.1f} tok/s: **{ft_tps / b_tps:.2f}x**"
     rows.append(("finetune", secs, f"{ft_tps:.1f} train tok/s ({train_s:.0f} s training)", ft_note + base_note))
     print(f"measured: {rows[-1]}", flush=True)  # a partial run keeps its numbers
 
@@ -340,17 +376,20 @@ def main() -> int:
     cut = sum(1 for a in answers if a.get("finish_reason") == "length")
     bi_tps = bi["new_tokens"] / bi["seconds"]
     note = f"{bi['new_tokens']} new tokens, {cut}/{len(answers)} answers cut at {args.max_new_tokens}"
-    if args.baseline_prompts:
-        p_secs, p_tokens = per_prompt_baseline(data, args.baseline_prompts, args.max_new_tokens)
+    base = decode_baselines(data, work / "model", args.baseline_prompts, args.one_shot_prompts, args.max_new_tokens)
+    if "loop" in base:
+        p_secs, p_tokens = base["loop"]
         note += (f"; per-prompt loop {p_tokens / p_secs:.1f} tok/s ({args.baseline_prompts} prompts): "
-                 f"{bi_tps / (p_tokens / p_secs):.1f}x")
+                 f"**{bi_tps / (p_tokens / p_secs):.1f}x**")
+    if "rounds" in base:
+        (o_secs, o_tokens), (r_secs, r_tokens) = base["one_shot"], base["rounds"]
+        note += (f"; {args.one_shot_prompts} prompts in one batch: one generate {o_secs:.0f} s, rounds {r_secs:.0f} s "
+                 f"(**{o_secs / r_secs:.2f}x**, {r_tokens} vs {o_tokens} new tokens)")
     rows.append(("batch_inference", secs, f"{bi_tps:.1f} new tok/s ({bi['seconds']:.0f} s in the stage)", note))
     print(f"measured: {rows[-1]}", flush=True)
 
     # The demo's evaluation settings (reference judge) without its ticket-labelling task metric
     # (choice over support-ticket labels): HumanEval is scored by its own unit tests here.
-    import yaml
-
     eval_config = yaml.safe_load((ROOT / "config/demo/evaluation.yaml").read_text())
     for key in ("task_metric", "labels", "task_metric_threshold"):
         eval_config.pop(key, None)
@@ -361,7 +400,7 @@ def main() -> int:
     if code not in (0, 3):
         raise SystemExit(f"evaluation failed ({code})")
     ev = json.loads((work / "eval" / "summary.json").read_text())
-    passed = ev.get("pass_at_1") or ev.get("pass_rate")
+    passed = ev.get("pass_at_1", ev.get("pass_rate"))
     rows.append(("evaluation", secs, f"{bi['new_tokens'] / secs:.1f} judged tok/s",
                  f"reference judge + execution, {len(answers)} answers; pass@1 {passed}"))
 

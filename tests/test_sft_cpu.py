@@ -203,3 +203,19 @@ def test_turning_the_head_off_restores_trls_own_objects(monkeypatch: pytest.Monk
     monkeypatch.delattr(kernel, "_use_triton")
     sft_cpu.disable_fast_lm_head()
     assert trl_utils._use_triton is use_triton and trl_utils._ChunkedLogProbFunction is function
+
+
+def test_mmap_threshold_is_set_unless_the_environment_sets_its_own(monkeypatch):
+    """finetune sets glibc's mmap threshold (32 MiB: big blocks go back to the OS, activations
+    are not faulted in afresh each step); a MALLOC_MMAP_THRESHOLD_ the user exported wins."""
+    import platform
+
+    from llamaduo.sft_cpu import MMAP_THRESHOLD_BYTES, return_freed_memory_to_os
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        pytest.skip("glibc only")
+    assert MMAP_THRESHOLD_BYTES == 32 << 20
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "1048576")
+    assert return_freed_memory_to_os() is False
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_")
+    assert return_freed_memory_to_os() is True

@@ -100,9 +100,12 @@ def plain_logprobs(hidden: Any, weight: Any, bias: Any, targets: Any, temperatur
     def rows(h: Any, t: Any) -> tuple:
         return _logprob_rows(h, weight, bias, t, temperature, final_logit_softcapping, logit_scale, outputs)
 
-    grad = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
+    # One chunk alone is alive at a time either way, so it is not checkpointed: that would only
+    # add a head matmul (one conversation per forward, as config/cpu trains, is one chunk).
+    recompute = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad) \
+        and hidden.shape[0] > ROWS_PER_CHUNK
     pieces = [checkpoint(rows, hidden[s:s + ROWS_PER_CHUNK], targets[s:s + ROWS_PER_CHUNK], use_reentrant=False)
-              if grad else rows(hidden[s:s + ROWS_PER_CHUNK], targets[s:s + ROWS_PER_CHUNK])
+              if recompute else rows(hidden[s:s + ROWS_PER_CHUNK], targets[s:s + ROWS_PER_CHUNK])
               for s in range(0, max(1, hidden.shape[0]), ROWS_PER_CHUNK)]
     return tuple(None if piece[0] is None else torch.cat(piece) for piece in zip(*pieces))
 
@@ -196,13 +199,15 @@ def return_freed_memory_to_os(threshold: int = MMAP_THRESHOLD_BYTES) -> bool:
     SmolLM2-135M (gradient checkpointing on) took 48 CPU-seconds, 16 of them in the kernel,
     against 30 (1 in the kernel) with glibc's default (measured, one thread). Without
     checkpointing the step takes 17.7 CPU-seconds (1.2 in the kernel) at 32 MiB and about the
-    same with the default, at the same peak RSS. Same as MALLOC_MMAP_THRESHOLD_=33554432.
+    same with the default, at the same peak RSS. Same as MALLOC_MMAP_THRESHOLD_=33554432; a
+    MALLOC_MMAP_THRESHOLD_ set in the environment wins (glibc applied it at start; kept as is).
     """
     import ctypes
+    import os
     import ctypes.util
     import platform
 
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc" or os.environ.get("MALLOC_MMAP_THRESHOLD_"):
         return False
     libc = ctypes.CDLL(ctypes.util.find_library("c"))
     m_trim_threshold, m_mmap_threshold = -1, -3  # from <malloc.h>

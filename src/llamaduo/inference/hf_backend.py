@@ -23,6 +23,7 @@ from llamaduo.inference.generation import (  # noqa: F401
     GenSettings,
     cut_at_stop_strings,
 )
+from llamaduo.inference.kv_cache import growing_cache
 from llamaduo.inference.model_ref import ModelRef
 from llamaduo.inference.prompts import WorkItem
 from llamaduo.inference.sampling import PerRowSampler
@@ -118,13 +119,15 @@ CHUNK_TOKENS = 32
 class HFGenerator:
     """Generates a batch of WorkItems with `model.generate`."""
 
-    def __init__(self, model, tokenizer, settings: GenSettings, chunk_tokens: int = CHUNK_TOKENS):
+    def __init__(self, model, tokenizer, settings: GenSettings, chunk_tokens: int = CHUNK_TOKENS,
+                 growing_kv: bool = True):
         from transformers import GenerationConfig
 
         self.model = model
         self.tokenizer = tokenizer
         self.settings = settings
         self.chunk_tokens = max(1, chunk_tokens)
+        self.growing_kv = growing_kv  # False: transformers' own cache (the bench's baseline)
         self.stop_ids = stop_token_ids(tokenizer, getattr(model, "generation_config", None))
         added = getattr(tokenizer, "added_tokens_encoder", {})
         self.stop_ids += [added[s] for s in settings.stop_strings if s in added and added[s] not in self.stop_ids]
@@ -153,7 +156,8 @@ class HFGenerator:
         sampler = PerRowSampler([it.seed for it in items], self.settings.temperature, self.settings.top_p) \
             if self.settings.sampling else None
         rows, new_ids = list(range(len(items))), [[] for _ in items]
-        cache, left, stops = None, self.settings.max_new_tokens, set(self.stop_ids)
+        cache = growing_cache() if self.growing_kv else None
+        left, stops = self.settings.max_new_tokens, set(self.stop_ids)
         while rows and left > 0:
             step = min(self.chunk_tokens, left)
             with torch.inference_mode():
