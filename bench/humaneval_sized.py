@@ -400,7 +400,9 @@ def main() -> int:
     if code not in (0, 3):
         raise SystemExit(f"evaluation failed ({code})")
     ev = json.loads((work / "eval" / "summary.json").read_text())
-    passed = ev.get("pass_at_1", ev.get("pass_rate"))
+    execution = ev.get("execution") or {}
+    passed = (f"{execution['passed']}/{execution['rows']}, 95% CI {execution.get('pass_rate_ci95')}"
+              if "passed" in execution else "not run")
     rows.append(("evaluation", secs, f"{bi['new_tokens'] / secs:.1f} judged tok/s",
                  f"reference judge + execution, {len(answers)} answers; pass@1 {passed}"))
 

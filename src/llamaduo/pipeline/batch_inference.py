@@ -178,12 +178,12 @@ def output_plan(cfg: BatchInferenceConfig) -> OutputPlan:
 
 @guarded_output(output_plan, precheck=validate)
 def run(cfg: BatchInferenceConfig) -> int:
-    from llamaduo.inference.hf_backend import load_tokenizer  # torch: only once a run starts
-
     validate(cfg)
     started = time.perf_counter()
     if cfg.backend == "openai":
-        return _run_openai(cfg, started)
+        return _run_openai(cfg, started)  # a server generates: no torch in this process
+    from llamaduo.inference.hf_backend import load_tokenizer  # torch: only once a local run starts
+
     info = distributed.dist_info()
     if cfg.backend == "vllm":
         from llamaduo.inference.vllm_backend import require_vllm
