@@ -182,7 +182,7 @@ class HFGenerator:
             else:
                 input_ids = out.sequences
             attention_mask = torch.cat([attention_mask, torch.ones_like(fresh)], dim=1)
-        return [self._decode(ids[: self.settings.max_new_tokens]) for ids in new_ids]
+        return [self._decode(ids) for ids in new_ids]
 
     def _config_for(self, new_tokens: int):
         """The generation config of one round: `new_tokens` new tokens, the cache returned."""

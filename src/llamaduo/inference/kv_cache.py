@@ -66,7 +66,7 @@ class GrowingLayer(DynamicLayer):
             self._set_length(self._n)
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
-        self.batch_select_indices(beam_idx.to(self._k.device) if self._k is not None else beam_idx)
+        self.batch_select_indices(beam_idx)
 
     def batch_repeat_interleave(self, repeats: int) -> None:
         if self.get_seq_length() > 0:
