@@ -2,8 +2,8 @@
 
 The commands are extracted from the docs (tests/docs_commands.py) and each one must have an
 entry in PLANS below, or the test fails: a new command in the docs needs a plan here.
-A plan runs the command's own text with bash in a copy of the repository (`python` on PATH is
-this interpreter), in one of these ways:
+A plan runs the command's own text in a copy of the repository (with bash, `python` on PATH being
+this interpreter, or in this process: see below), in one of these ways:
 - as written, for real, when that is cheap (merges, the reference judge, dry runs, the loop's
   `--check`), with the input files the docs presuppose created first (`setup`);
 - against the local protocol server, its base URL put where the docs name a local server, and
@@ -11,10 +11,12 @@ this interpreter), in one of these ways:
   waiting per command here, and nothing else of the command changes);
 - with `--print-config` appended, where a real run needs a GPU, a 7B model, a paid API key or
   minutes of CPU: the command line and its config still parse exactly as the stage reads them.
-  Such a plain `python SCRIPT.py ARGS --print-config` line runs in this process (`in_process`):
-  the script file itself as `__main__`, its arguments split as bash splits them, from the same
-  folder with the same environment. WHY: it tests the line and its config, not an interpreter
-  start, and a finetune process spends about 10 s of CPU importing TRL before it parses a flag.
+Every plain `python SCRIPT.py ARGS` line (no other shell syntax) runs in this process: the script
+file itself as `__main__` (tests/inprocess.run_script), its arguments split as bash splits them,
+from the same folder with the same environment, its exit status as the shell would see it. WHY:
+it tests the line and its config, not an interpreter start, and each stage process spends
+seconds importing before it reads a flag (finetune: about 10 CPU-seconds for TRL). The loop's
+lines, the console scripts and the servers run with bash in real processes.
 SKIP lists the commands that cannot run here at all, each with its reason.
 """
 from __future__ import annotations
@@ -104,10 +106,10 @@ class Plan:
     background: bool = False                # a server: must start and print "listening"
     broken: str = ""                        # a known docs bug being fixed elsewhere: strict xfail
     cwd: str = ""                           # run in this folder of the repo copy (a transcript's `cd`)
-    in_process: bool = False                # a plain `python SCRIPT.py ARGS` line: run in this process
+    in_process: bool = True                 # a plain `python SCRIPT.py ARGS` line: run in this process
 
 
-PRINT = Plan(append=" --print-config", in_process=True)
+PRINT = Plan(append=" --print-config")
 SERVED = Plan(server=True, append=" --rate-limit-per-minute 0")  # see the module docstring
 ORIGINAL_TREE = "tests/data/original_llamaduo"  # docs/migrating.md runs the original's configs from there
 CHECK = Plan(append=" --check")
@@ -183,7 +185,7 @@ PLANS: dict[str, Plan] = {
     # --- the original LlamaDuo's configs (docs/migrating.md)
     "python scripts/load_original_configs.py": Plan(),
     "cd tests/data/original_llamaduo": Plan(),
-    **{f"python ../../../{cmd} --print-config": Plan(cwd=ORIGINAL_TREE, in_process=True) for cmd in (
+    **{f"python ../../../{cmd} --print-config": Plan(cwd=ORIGINAL_TREE) for cmd in (
         "finetune.py config/llama3_1b/fine-tune/llama3_1b_coding_100k.yaml",
         "batch_inference.py --from-config config/llama3_1b/batch-infer/batch_inference-coding.yaml",
         "evaluation.py --config config/llama3_1b/eval/evaluation-gemini-coding.yaml",
@@ -360,12 +362,21 @@ def test_documented_command_runs(command, plan, repo_copy, shell_env, server_url
     if plan.background:
         _starts_and_listens(text, repo_copy, env)
         return
-    if plan.in_process:
+    if plan.in_process and _plain_python_line(text):
         proc = _run_in_process(text, repo_copy / plan.cwd, env)
     else:
         proc = subprocess.run(["bash", "-c", text], cwd=repo_copy / plan.cwd, env=env, capture_output=True, text=True,
                               timeout=840)
     assert proc.returncode in plan.codes, f"{text}\nexit {proc.returncode}\n{proc.stderr[-3000:]}"
+
+
+def _plain_python_line(text: str) -> bool:
+    """`python SCRIPT.py ARGS` with no other shell syntax (no operators, no variables, no `~`)."""
+    lexer = shlex.shlex(text, posix=True, punctuation_chars=True)
+    words = list(lexer)
+    return (len(words) > 1 and words[0] == "python" and words[1].endswith(".py")
+            and not any(w and set(w) <= set(lexer.punctuation_chars) for w in words)
+            and not any(c in text for c in "$`~*?"))
 
 
 def _run_in_process(text: str, cwd: Path, env: dict) -> subprocess.CompletedProcess:

@@ -6,13 +6,12 @@ from __future__ import annotations
 import json
 import logging
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from llamaduo.errors import UsageError
+from tests.inprocess import run_stage
 from tests.test_finetune import _argv, _finetune, _rows, _write_jsonl, broken_model_dir  # noqa: F401
 
 MAX_LENGTH = 128
@@ -62,8 +61,9 @@ def test_error_policy_exits_2_before_model_load_naming_count_longest_and_a_fix(
 
 
 def test_error_policy_cli_exit_code(repo_root: Path, tiny_model_dir: Path, mixed_data: Path, tmp_path: Path) -> None:
-    proc = subprocess.run([sys.executable, "finetune.py", *_argv(tiny_model_dir, mixed_data, tmp_path / "out"),
-                           "--truncation", "error"], cwd=repo_root, capture_output=True, text=True, timeout=300)
+    """The exit status and message as finetune.py reports them (main under run_main, in-process)."""
+    proc = run_stage("finetune", [*_argv(tiny_model_dir, mixed_data, tmp_path / "out"), "--truncation", "error"],
+                     cwd=repo_root)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "2 of 10 conversations (20.0%)" in proc.stderr and "Traceback" not in proc.stderr
 

@@ -103,12 +103,15 @@ def test_offline_the_loop_refuses_a_push_before_round_0(tmp_path: Path) -> None:
     assert not (tmp_path / "out").exists()
 
 
-def test_the_finetune_stage_names_the_fix_once(tmp_path: Path) -> None:
-    """Run alone, offline, the stage refuses the push before reading data, in one line."""
+def test_the_finetune_stage_names_the_fix_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run alone, offline, the stage refuses the push before reading data, in one line (its main
+    under run_main, in-process: the refusal is the point, not a process start)."""
+    from tests.inprocess import run_stage
+
     ft = _cpu_finetune_config(tmp_path, push_to_hub=True, hub_model_id="me/cpu-lora",
                               output_dir=str(tmp_path / "model"))
-    proc = subprocess.run([sys.executable, "-m", "llamaduo", "finetune", "--from-config", str(ft)], cwd=REPO,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True, timeout=600)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    proc = run_stage("finetune", ["--from-config", str(ft)], cwd=REPO)
     assert proc.returncode == 2, proc.stderr[-3000:]
     errors = [line for line in proc.stderr.splitlines() if "HF_HUB_OFFLINE" in line]
     assert len(errors) == 1 and errors[0].startswith("error: pushing the fine-tuned model"), errors
