@@ -2,8 +2,8 @@
 
 The cache is built by the test in huggingface_hub's own layout (`models--org--name` /
 `datasets--org--name`, `snapshots/<sha>/...`, `refs/main`), which is what a download leaves;
-the stages run as subprocesses with HF_HUB_CACHE pointing at it. Nothing is faked: `datasets`,
-`transformers` and `huggingface_hub` read that cache themselves.
+the stages that load from it run as subprocesses with HF_HUB_CACHE pointing at it. Nothing is
+faked: `datasets`, `transformers` and `huggingface_hub` read that cache themselves.
 """
 from __future__ import annotations
 
@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 from datasets import Dataset, load_from_disk
+
+from tests.inprocess import run_stage
 
 REPO = Path(__file__).resolve().parents[1]
 SHA = "0123456789abcdef0123456789abcdef01234567"
@@ -55,6 +57,14 @@ def run(args: list[str], cache: Path, cwd: Path = REPO) -> tuple[subprocess.Comp
     return proc, time.monotonic() - start
 
 
+def refused(stage: str, argv: list[str]) -> subprocess.CompletedProcess:
+    """An id that is in no cache, run as the stage's script runs main, in this process (offline,
+    as every test is): the refusal is the point, not a process start (a finetune process spends
+    ~10 CPU-seconds importing TRL first). huggingface_hub reads HF_HUB_CACHE at import, so this
+    process looks in its own default cache, where the id is not either."""
+    return run_stage(stage, argv, cwd=REPO)
+
+
 def test_cached_hub_dataset_loads_offline_and_an_uncached_id_exits_2_fast(hub_cache, tmp_path):
     out = tmp_path / "merged"
     proc, _ = run(["dataset_merge.py", "--first-ds-id", "acme/sums", "--second-ds-id", "acme/sums",
@@ -63,8 +73,8 @@ def test_cached_hub_dataset_loads_offline_and_an_uncached_id_exits_2_fast(hub_ca
     assert "using the cached copy" in proc.stderr
     merged = load_from_disk(str(out))
     assert len(merged["train_sft"]) == 12 and len(merged["test_sft"]) == 3
-    proc, _ = run(["dataset_merge.py", "--first-ds-id", "acme/not-cached", "--second-ds-id", "acme/sums",
-                   "--result-ds-id", str(tmp_path / "m2")], hub_cache)
+    proc = refused("dataset_merge", ["--first-ds-id", "acme/not-cached", "--second-ds-id", "acme/sums",
+                                     "--result-ds-id", str(tmp_path / "m2")])
     # exit 2 naming the cache, not a 20-45 s stall then a traceback (no wall-clock bound: the
     # standards keep timing out of tests; bench/ measures speed)
     assert proc.returncode == 2 and "nor in the local Hugging Face cache" in proc.stderr
@@ -81,6 +91,6 @@ def test_cached_hub_model_finetunes_offline(hub_cache, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "loading the copy in the local Hugging Face cache" in proc.stderr
     assert json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] == "acme/tiny-chat"
-    proc, _ = run(["finetune.py", "--model-name-or-path", "acme/not-cached", "--dataset-id", "acme/sums",
-                   "--output-dir", str(tmp_path / "ft2"), "--report-to", "none"], hub_cache)
+    proc = refused("finetune", ["--model-name-or-path", "acme/not-cached", "--dataset-id", "acme/sums",
+                                "--output-dir", str(tmp_path / "ft2"), "--report-to", "none"])
     assert proc.returncode == 2 and "acme/not-cached" in proc.stderr and "Traceback" not in proc.stderr

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from llamaduo.pipeline import serve
+from tests.inprocess import run_stage
 
 
 def stage_env(repo_root: Path, **extra: str) -> dict[str, str]:
@@ -78,21 +79,19 @@ def test_embedded_model_answers_the_openai_sdk_and_batch_inference(tmp_path, rep
         rows = [{"prompt": p, "messages": [{"role": "user", "content": p}, {"role": "assistant", "content": "x"}]}
                 for p in ("What is 2 + 2?", "Name a primary colour.")]
         (data / "test_sft.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        # batch inference and evaluation as their scripts run main, in this process: what is
+        # tested here is the server (a real process), not their interpreter starts
         out = tmp_path / "responses"
-        res = subprocess.run(
-            [sys.executable, "batch_inference.py", "--backend", "openai", "--ft-model-id", "smollm2-135m-instruct",
-             "--openai-base-url", url, "--test-ds-id", str(data), "--lm-response-ds-id", str(out),
-             "--max-new-tokens", "16", "--repeat", "1", "--do-sample", "false", "--temperature", "0",
-             "--no-lm-response-append"], cwd=repo_root, env=stage_env(repo_root), capture_output=True, text=True,
-            timeout=600)
+        res = run_stage("batch_inference", [
+            "--backend", "openai", "--ft-model-id", "smollm2-135m-instruct", "--openai-base-url", url,
+            "--test-ds-id", str(data), "--lm-response-ds-id", str(out), "--max-new-tokens", "16", "--repeat", "1",
+            "--do-sample", "false", "--temperature", "0", "--no-lm-response-append"], cwd=repo_root)
         assert res.returncode == 0, res.stderr[-3000:]
         answers = [json.loads(line) for line in next(out.glob("*.jsonl")).read_text().splitlines()]
         assert len(answers) == 2 and all(a["candidate_responses"].strip() for a in answers)
         # evaluation judges the served answers (the free reference judge): a verdict, exit 0 or 3
-        ev = subprocess.run(
-            [sys.executable, "evaluation.py", "--service-llm-provider", "reference", "--lm-response-ds-id", str(out),
-             "--eval-ds-id", str(tmp_path / "eval"), "--eval-repeat", "1"], cwd=repo_root, env=stage_env(repo_root),
-            capture_output=True, text=True, timeout=600)
+        ev = run_stage("evaluation", ["--service-llm-provider", "reference", "--lm-response-ds-id", str(out),
+                                      "--eval-ds-id", str(tmp_path / "eval"), "--eval-repeat", "1"], cwd=repo_root)
         assert ev.returncode in (0, 3), ev.stderr[-3000:]
         assert json.loads((tmp_path / "eval" / "summary.json").read_text())["scored_rows"] == 2
         stop(proc, signal.SIGTERM, log)
