@@ -7,8 +7,6 @@ test_batch_inference_processes.py.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -124,10 +122,13 @@ def test_vllm_backend_missing_is_a_usage_error(tiny_model_dir, test_split, tmp_p
 
 
 def test_script_exit_code_and_message(repo_root, test_split, tmp_path):
-    """The real script: one clean line on stderr and exit code 2."""
-    proc = subprocess.run(
-        [sys.executable, "batch_inference.py", *argv_for(tmp_path / "missing", test_split, tmp_path / "out")],
-        cwd=repo_root, capture_output=True, text=True, timeout=300)
+    """The real script file (run as `__main__` in this process: the refusal is the point, not an
+    interpreter start; tests/test_bad_inputs.py refuses in a real batch_inference process): one
+    clean line on stderr and exit code 2."""
+    from tests.inprocess import run_script
+
+    proc = run_script(repo_root / "batch_inference.py", argv_for(tmp_path / "missing", test_split, tmp_path / "out"),
+                      cwd=repo_root)
     assert proc.returncode == 2, proc.stderr
     assert "error: ft_model_id path does not exist" in proc.stderr
     assert "Traceback" not in proc.stderr

@@ -17,6 +17,7 @@ from datasets import load_from_disk
 from llamaduo.errors import UsageError
 from llamaduo.pipeline import collect
 from llamaduo.splits import stratified_split, rows_for_test
+from tests.inprocess import run_script
 from tests.servers.process import kill_when_accepted
 from tests.servers.protocol_server import ProtocolServer
 
@@ -58,9 +59,11 @@ def splits(out: Path) -> tuple[list[dict], list[dict]]:
 def test_held_out_shape_30_requests_34_rows_rerun_none(tmp_path, repo_root):
     data = write_jsonl(tmp_path / "F.jsonl", mixed_rows())
     out = tmp_path / "OUT"
+    # collect.py run as `__main__` in this process (the split and the ledger are the point; the
+    # killed run below is a real process)
     with ProtocolServer(latency=0.0, rpm=0) as server:
-        cmd = [sys.executable, "collect.py", *argv(data, out, server.base_url(), "--test-size", "6", "--seed", "3")]
-        res = subprocess.run(cmd, cwd=repo_root, env=stage_env(repo_root), capture_output=True, text=True, timeout=300)
+        cmd = argv(data, out, server.base_url(), "--test-size", "6", "--seed", "3")
+        res = run_script(repo_root / "collect.py", cmd, cwd=repo_root)
         assert res.returncode == 0, res.stderr[-2000:]
         assert server.stats()["total"] == 30
         train, test = splits(out)
@@ -80,8 +83,7 @@ def test_held_out_shape_30_requests_34_rows_rerun_none(tmp_path, repo_root):
         card = (out / "README.md").read_text()
         assert "model: M" in card and "temperature" in card  # the service model and its settings
 
-        rerun = subprocess.run(cmd, cwd=repo_root, env=stage_env(repo_root), capture_output=True, text=True,
-                               timeout=300)
+        rerun = run_script(repo_root / "collect.py", cmd, cwd=repo_root)
         assert rerun.returncode == 0, rerun.stderr[-2000:]
         assert server.stats()["total"] == 30  # the rerun sent nothing
         assert splits(out) == (train, test)  # same seed, same split

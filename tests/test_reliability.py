@@ -1,7 +1,9 @@
 """No paid call lost or made twice, outputs atomic, one writer per output folder (issue 14).
 
-Every stage run is a real subprocess against the local protocol server, which counts each
-request and each successful (billable) answer."""
+Every stage run goes against the local protocol server, which counts each request and each
+successful (billable) answer. Runs that are killed, interrupted, locked or raced are real
+subprocesses; the three whose point is what one complete run writes (shared calls, masking,
+skipped rows) run the script in this process (`run_here`), saving a stage's imports each."""
 from __future__ import annotations
 
 import itertools
@@ -19,6 +21,7 @@ from pathlib import Path
 import pytest
 from datasets import load_from_disk
 
+from tests.inprocess import run_script
 from tests.servers.bad_inputs import REPO, eval_argv, response_rows, stage_env, write_jsonl
 from tests.servers.output_writer import check
 from tests.servers.protocol_server import ProtocolServer, judge_reply_json
@@ -28,6 +31,11 @@ def run_stage(argv: list[str], work: Path, **kw) -> subprocess.CompletedProcess:
     env = {**stage_env(work), "LLAMADUO_LOG_LEVEL": "INFO", **kw.pop("env", {})}
     return subprocess.run([sys.executable, *argv], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=kw.pop("timeout", 300), **kw)
+
+
+def run_here(argv: list[str], work: Path) -> subprocess.CompletedProcess:
+    """`run_stage` in this process: the script file as `__main__` with the same environment."""
+    return run_script(REPO / argv[0], argv[1:], cwd=REPO, env={**stage_env(work), "LLAMADUO_LOG_LEVEL": "INFO"})
 
 
 def start_stage(argv: list[str], work: Path) -> subprocess.Popen:
@@ -80,12 +88,12 @@ def test_identical_rows_make_one_call_and_a_rerun_reports_the_same_numbers(tmp_p
                      "--avg_precision_threshold", "0", "--coverage_threshold", "0")
     with ProtocolServer(reply_override=varying) as server:
         argv[argv.index("--service_llm_base_url") + 1] = server.base_url("openai")
-        first = run_stage(argv, tmp_path)
+        first = run_here(argv, tmp_path)
         assert first.returncode == 0, first.stderr[-3000:]
         assert server.stats()["total"] == 2 * 2  # 2 distinct rows x 2 repeats
         s1 = json.loads((out / "summary.json").read_text())
         d1 = load_from_disk(str(out))["eval"]
-        second = run_stage(argv, tmp_path)
+        second = run_here(argv, tmp_path)
         assert second.returncode == 0, second.stderr[-3000:]
         assert server.stats()["total"] == 4  # the rerun is all ledger hits
     d2 = load_from_disk(str(out))["eval"]
@@ -217,8 +225,8 @@ def test_url_credentials_are_masked_in_log_card_summary_and_print_config(tmp_pat
         url = server.url.replace("http://", "http://judge-user:pa55word-xyz@")
         argv = eval_argv(url, data, out, "--avg_similarity_threshold", "0", "--avg_precision_threshold", "0",
                          "--coverage_threshold", "0")
-        res = run_stage(argv, tmp_path)
-        printed = run_stage([*argv, "--print-config"], tmp_path)
+        res = run_here(argv, tmp_path)
+        printed = run_here([*argv, "--print-config"], tmp_path)
         assert server.stats()["answered"] == 2  # the URL with credentials still works
     assert res.returncode == 0 and printed.returncode == 0, res.stderr[-3000:]
     written = [res.stdout, res.stderr, printed.stdout, *(p.read_text() for p in out.glob("*.md")),
@@ -237,7 +245,7 @@ def test_oversize_rows_can_be_skipped_and_are_counted(tmp_path):
         argv = eval_argv(server.url, data, out, "--max_input_tokens", "2000", "--oversize_rows", "skip",
                          "--max_failure_ratio", "0.5", "--avg_similarity_threshold", "0",
                          "--avg_precision_threshold", "0", "--coverage_threshold", "0")
-        res = run_stage(argv, tmp_path)
+        res = run_here(argv, tmp_path)
         assert server.stats()["total"] == 3  # the oversize row was never sent
     assert res.returncode == 0, res.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
