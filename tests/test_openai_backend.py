@@ -16,6 +16,7 @@ from datasets import load_from_disk
 from llamaduo.inference.openai_backend import STOP_STRINGS, served_target
 from llamaduo.inference.sampling import sample_seed
 from llamaduo.pipeline.batch_inference import OUTPUT_COLUMNS
+from tests.inprocess import run_script
 from tests.servers.process import kill_when_accepted
 from tests.servers.protocol_server import ProtocolServer
 
@@ -53,10 +54,11 @@ def args(data: Path, out: Path, model: str, *urls: str, extra: tuple[str, ...] =
             "--max-new-tokens", "77", "--seed", "5", "--openai-workers", "3", "--no-lm-response-append", *extra]
 
 
-def run_stage(argv: list[str], repo_root: Path, timeout: float = 300) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(repo_root / "src"), str(repo_root)]))
-    return subprocess.run([sys.executable, "batch_inference.py", *argv], cwd=repo_root, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+def run_stage(argv: list[str], repo_root: Path) -> subprocess.CompletedProcess:
+    """batch_inference.py ARGV, the script file run as `__main__` in this process: what the server
+    receives and what is written are the point, not an interpreter start (the kill -9 test and the
+    loop below run real processes)."""
+    return run_script(repo_root / "batch_inference.py", argv, cwd=repo_root)
 
 
 def test_columns_adapter_name_and_sampling_reach_the_server(test_data, adapter, tmp_path, repo_root):
@@ -188,7 +190,7 @@ def test_runtime_adapter_loading(test_data, adapter, tmp_path, repo_root):
     (("--openai-workers", "0"), ("http://127.0.0.1:9/v1",), "'openai_workers' must be within 1-1,024, got 0"),
 ])
 def test_bad_settings_exit_2_before_any_request(test_data, tmp_path, repo_root, extra, urls, message):
-    res = run_stage(args(test_data, tmp_path / "o", "m", *urls, extra=extra), repo_root, timeout=120)
+    res = run_stage(args(test_data, tmp_path / "o", "m", *urls, extra=extra), repo_root)
     assert res.returncode == 2 and message in res.stderr and "Traceback" not in res.stderr
 
 
