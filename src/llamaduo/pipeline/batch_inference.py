@@ -182,16 +182,16 @@ def run(cfg: BatchInferenceConfig) -> int:
     started = time.perf_counter()
     if cfg.backend == "openai":
         return _run_openai(cfg, started)  # a server generates: no torch in this process
-    from llamaduo.inference.hf_backend import load_tokenizer  # torch: only once a local run starts
-
-    info = distributed.dist_info()
-    if cfg.backend == "vllm":
+    if cfg.backend == "vllm":  # before torch is imported: a missing vllm is one line at once, not after ~10 s
         from llamaduo.inference.vllm_backend import require_vllm
 
         require_vllm()
-        if info.world_size > 1:
-            raise UsageError("backend 'vllm' parallelises itself (tensor_parallel_size); run it as one process, "
-                             "not under torchrun/accelerate launch")
+    from llamaduo.inference.hf_backend import load_tokenizer  # torch: only once a local run starts
+
+    info = distributed.dist_info()
+    if cfg.backend == "vllm" and info.world_size > 1:
+        raise UsageError("backend 'vllm' parallelises itself (tensor_parallel_size); run it as one process, "
+                         "not under torchrun/accelerate launch")
     if info.is_main:
         check_push_possible(cfg.push_lm_responses_to_hf_hub, f"responses to '{cfg.lm_response_ds_id}'")
     ds, records = load_test_split(cfg)
