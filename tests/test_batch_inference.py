@@ -377,6 +377,39 @@ def test_prompts_prefilled_in_length_groups_give_the_same_answers(embedded_model
     assert sorted(w for _, w in prefill)[0] < longest // 3
 
 
+def test_padding_left_by_finished_long_prompts_is_dropped(embedded_model_dir):
+    """When the row with the longest prompt has finished, the left padding that every remaining
+    row has is cut from the batch and its cache (decode attends over fewer columns), and the
+    answers are the ones a single `generate` gives."""
+    ref = resolve_model_ref(str(embedded_model_dir))
+    tok = load_tokenizer(ref)
+    model = load_model(ref, tok, "cpu", torch.float32)
+    prompts = ["Is the following list empty? [" + "1, " * 40 + "1] Answer yes or no.",  # long prompt, 2-token answer
+               "Explain in detail how a hash map works, with an example in Python.",
+               "Write a Python function that returns the nth Fibonacci number, with a docstring."]
+    settings = GenSettings(30, False, 0.0, 1.0, 7)
+    items = _items(tok, prompts=prompts)
+    whole = HFGenerator(model, tok, settings, chunk_tokens=30).generate(items)
+    shapes: list[tuple[int, int]] = []
+    real_generate = model.generate
+
+    def recording_generate(*args, **kwargs):
+        shapes.append(tuple(kwargs["input_ids"].shape))
+        return real_generate(*args, **kwargs)
+
+    model.generate = recording_generate
+    try:
+        chunked = HFGenerator(model, tok, settings, chunk_tokens=5).generate(items)
+    finally:
+        model.generate = real_generate
+    assert chunked == whole
+    assert whole[0].finish_reason == "stop" and whole[0].new_tokens <= 5, "the long prompt must end first"
+    longest, others = len(items[0].input_ids), max(len(it.input_ids) for it in items[1:])
+    assert longest > others + 40
+    rows, width = shapes[-1]
+    assert rows == 2 and width <= others + 5 * (len(shapes) - 1), shapes
+
+
 def test_prefill_groups_bound_their_padding():
     lengths = [5, 300, 7, 290, 6, 120, 310, 1, 118]
     groups = prefill_groups(lengths, 0.1)

@@ -185,6 +185,8 @@ class HFGenerator:
                     sampler.keep(going)
                 rows = [rows[j] for j in going]
                 input_ids, attention_mask, fresh = out.sequences[index], attention_mask[index], fresh[index]
+                if self.growing_kv:
+                    input_ids, attention_mask = _drop_shared_padding(input_ids, attention_mask, cache)
             else:
                 input_ids = out.sequences
             attention_mask = torch.cat([attention_mask, torch.ones_like(fresh)], dim=1)
@@ -247,6 +249,20 @@ class HFGenerator:
         if len(text) < len(decoded):  # a stop string ended the answer, not the token limit
             reason = FINISH_STOP
         return Generated(text.strip(), end, reason)
+
+
+def _drop_shared_padding(input_ids: torch.Tensor, attention_mask: torch.Tensor, cache):
+    """Cut the leading columns that are padding in every remaining row from the batch and from
+    the cache (GrowingLayer.drop_front). WHY: the batch is padded to its longest prompt, and
+    every decode step attends over the whole width; once the rows with the longest prompts have
+    finished, that padding is work for nothing. Positions come from the mask, so they do not move."""
+    used = attention_mask.any(dim=0).nonzero()
+    first = int(used[0]) if len(used) else 0
+    if first == 0 or not all(hasattr(layer, "drop_front") for layer in getattr(cache, "layers", [None])):
+        return input_ids, attention_mask
+    for layer in cache.layers:
+        layer.drop_front(first)
+    return input_ids[:, first:], attention_mask[:, first:]
 
 
 def prefill_groups(lengths: Sequence[int], max_waste: float) -> list[list[int]]:
