@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import time
 from typing import Sequence
 
 import torch
@@ -160,17 +161,22 @@ class HFGenerator:
         sampler = PerRowSampler([it.seed for it in items], self.settings.temperature, self.settings.top_p) \
             if self.settings.sampling else None
         rows, new_ids = list(range(len(items))), [[] for _ in items]
+        started = time.perf_counter()
         cache = self._prefill(input_ids, attention_mask) if self._grouped_prefill() else None
+        logger.debug("prefill: %d prompts, %d columns, %.1f s", len(items), input_ids.shape[1],
+                     time.perf_counter() - started)
         if cache is None and self.growing_kv:
             cache = growing_cache()
         left, stops = self.settings.max_new_tokens, set(self.stop_ids)
         while rows and left > 0:
-            step = min(self.chunk_tokens, left)
+            step, started = min(self.chunk_tokens, left), time.perf_counter()
             with torch.inference_mode():
                 out = self.model.generate(input_ids=input_ids, attention_mask=attention_mask,
                                           generation_config=self._config_for(step), **{_CACHE_ARG: cache},
                                           logits_processor=[sampler] if sampler else [])
             fresh = out.sequences[:, input_ids.shape[1]:]
+            logger.debug("round: %d rows x %d columns, %d new tokens each, %.1f s", len(rows),
+                         input_ids.shape[1], fresh.shape[1], time.perf_counter() - started)
             for j, row in enumerate(rows):
                 new_ids[row] += fresh[j].tolist()
             left -= step
