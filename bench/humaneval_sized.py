@@ -41,7 +41,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "src"), str(ROOT)]  # the checkout's src/llamaduo, then the repo root
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from llamaduo.cli import brief_thread_spin  # noqa: E402
 from llamaduo.data import prompt_id_for  # noqa: E402
+
+# The in-process decode baselines run with OpenMP set as batch_inference sets it (before torch is
+# imported); the stages themselves get the caller's environment, as in the loop.
+_STAGE_ENV = dict(os.environ)
+brief_thread_spin()
 
 _NAMES = ("values", "items", "text", "numbers", "grid", "words", "matrix", "pairs", "nodes", "limit")
 _OPS = ("sorted({x})", "sum({x})", "len({x})", "max({x})", "min({x})", "list(reversed({x}))",
@@ -217,7 +223,7 @@ def run_stage(stage: str, config: str, *overrides: str, env: dict | None = None)
     """One stage as the loop runs it; (wall seconds, exit code). Its log goes to stderr."""
     start = time.perf_counter()
     code = subprocess.call([sys.executable, "-m", "llamaduo", stage, "--from-config", config, *overrides],
-                           cwd=ROOT, env=dict(os.environ, TOKENIZERS_PARALLELISM="false", **(env or {})))
+                           cwd=ROOT, env=dict(_STAGE_ENV, TOKENIZERS_PARALLELISM="false", **(env or {})))
     return time.perf_counter() - start, code
 
 
@@ -228,7 +234,6 @@ def decode_baselines(folder: Path, model_dir: Path, loop_n: int, batch_n: int,
     "one_shot" one `generate` over `batch_n` prompts with transformers' own cache (every row runs
     until the longest ends, each step copies the cache);
     "rounds" the stage's generator on the same `batch_n` prompts (finished rows leave)."""
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as batch_inference sets it
     import torch
 
     from llamaduo.inference.hf_backend import GenSettings, HFGenerator, load_model, load_tokenizer

@@ -26,7 +26,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "src"), str(ROOT)]  # the checkout's src/llamaduo, then the repo root
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as batch_inference.py sets it; both arms share it
+from llamaduo.cli import brief_thread_spin  # noqa: E402
+
+brief_thread_spin()  # as batch_inference.py sets it; both arms share it
 
 import torch  # noqa: E402
 

@@ -14,7 +14,8 @@ import torch
 from datasets import load_from_disk
 
 from llamaduo.errors import UsageError
-from llamaduo.inference.hf_backend import GenSettings, HFGenerator, load_model, load_tokenizer, stop_token_ids
+from llamaduo.inference.hf_backend import (GenSettings, HFGenerator, load_model, load_tokenizer, prefill_groups,
+                                           stop_token_ids)
 from llamaduo.inference.model_ref import resolve_model_ref
 from llamaduo.inference.plan import build_work_items, padding_waste, plan_batches
 from llamaduo.inference.prompts import prompt_records, tokenize_prompts
@@ -344,6 +345,82 @@ def test_rows_leave_the_batch_when_they_stop_and_no_answer_changes(embedded_mode
     reasons = {o.finish_reason for o in whole}
     assert reasons == {"stop", "length"}, "the prompts must include short and long answers"
     assert sizes[0] == len(prompts) and sizes[-1] < sizes[0] and sizes == sorted(sizes, reverse=True)
+
+
+@pytest.mark.parametrize("sampling", [False, True], ids=["greedy", "sampled"])
+def test_prompts_prefilled_in_length_groups_give_the_same_answers(embedded_model_dir, sampling):
+    """On a CPU the prompts are read into the cache in groups of similar length, not as one batch
+    padded to the longest prompt: the groups really are separate forwards, each no wider than
+    its own longest prompt, and every answer is the one the padded prefill gives."""
+    ref = resolve_model_ref(str(embedded_model_dir))
+    tok = load_tokenizer(ref)
+    model = load_model(ref, tok, "cpu", torch.float32)
+    prompts = ["Say yes.", "Name a colour.",
+               "Write a Python function that returns the nth Fibonacci number, with a docstring. " * 3,
+               "Explain in detail how a hash map works, with an example in Python, and say when a "
+               "balanced tree is the better choice, with the costs of both. " * 4]
+    settings = GenSettings(12, sampling, 0.8 if sampling else 0.0, 0.95 if sampling else 1.0, 7)
+    items = _items(tok, prompts=prompts)
+    padded = HFGenerator(model, tok, settings, prefill_waste=None).generate(items)
+    widths: list[tuple[int, int]] = []
+    hook = model.register_forward_pre_hook(
+        lambda _m, _a, kw: widths.append(tuple(kw["input_ids"].shape)) if kw.get("input_ids") is not None else None,
+        with_kwargs=True)
+    try:
+        grouped = HFGenerator(model, tok, settings).generate(items)
+    finally:
+        hook.remove()
+    assert grouped == padded
+    longest = max(len(it.input_ids) for it in items)
+    prefill = [w for w in widths if w[1] > 1]
+    assert len(prefill) >= 2, "prompts of very different lengths must be prefilled in separate groups"
+    assert sum(rows for rows, _ in prefill) == len(items) and all(w < longest for _, w in prefill)
+    assert sorted(w for _, w in prefill)[0] < longest // 3
+
+
+def test_padding_left_by_finished_long_prompts_is_dropped(embedded_model_dir):
+    """When the row with the longest prompt has finished, the left padding that every remaining
+    row has is cut from the batch and its cache (decode attends over fewer columns), and the
+    answers are the ones a single `generate` gives."""
+    ref = resolve_model_ref(str(embedded_model_dir))
+    tok = load_tokenizer(ref)
+    model = load_model(ref, tok, "cpu", torch.float32)
+    prompts = ["Is the following list empty? [" + "1, " * 40 + "1] Answer yes or no.",  # long prompt, 2-token answer
+               "Explain in detail how a hash map works, with an example in Python.",
+               "Write a Python function that returns the nth Fibonacci number, with a docstring."]
+    settings = GenSettings(30, False, 0.0, 1.0, 7)
+    items = _items(tok, prompts=prompts)
+    whole = HFGenerator(model, tok, settings, chunk_tokens=30).generate(items)
+    shapes: list[tuple[int, int]] = []
+    real_generate = model.generate
+
+    def recording_generate(*args, **kwargs):
+        shapes.append(tuple(kwargs["input_ids"].shape))
+        return real_generate(*args, **kwargs)
+
+    model.generate = recording_generate
+    try:
+        chunked = HFGenerator(model, tok, settings, chunk_tokens=5).generate(items)
+    finally:
+        model.generate = real_generate
+    assert chunked == whole
+    assert whole[0].finish_reason == "stop" and whole[0].new_tokens <= 5, "the long prompt must end first"
+    longest, others = len(items[0].input_ids), max(len(it.input_ids) for it in items[1:])
+    assert longest > others + 40
+    rows, width = shapes[-1]
+    assert rows == 2 and width <= others + 5 * (len(shapes) - 1), shapes
+
+
+def test_prefill_groups_bound_their_padding():
+    lengths = [5, 300, 7, 290, 6, 120, 310, 1, 118]
+    groups = prefill_groups(lengths, 0.1)
+    assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
+    for g in groups:
+        width = max(lengths[i] for i in g)
+        assert width * len(g) <= 1.1 * sum(lengths[i] for i in g) or len(g) == 1
+    assert [lengths[g[0]] for g in groups] == sorted((lengths[g[0]] for g in groups), reverse=True)
+    assert {frozenset(g) for g in groups} >= {frozenset({1, 3, 6}), frozenset({5, 8})}
+    assert prefill_groups(lengths, float("inf")) == [sorted(range(len(lengths)), key=lambda i: -lengths[i])]
 
 
 def test_length_sorted_batches_waste_less_padding(tiny_generator):

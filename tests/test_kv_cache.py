@@ -56,3 +56,19 @@ def test_growing_cache_is_a_transformers_cache_of_growing_layers():
     assert cache is not None
     cache.update(torch.randn(1, 2, 3, 4), torch.randn(1, 2, 3, 4), layer_idx=0)
     assert isinstance(cache.layers[0], GrowingLayer) and cache.get_seq_length() == 3
+
+
+def test_drop_front_forgets_the_first_columns_and_keeps_appending():
+    """drop_front(n) leaves exactly the later columns, copies nothing, and later appends (also
+    across a growth of the buffer) land after them."""
+    chunks = _chunks(lengths=(10, 1, 1, 80))
+    grow = GrowingLayer()
+    _feed(grow, chunks[:1])
+    buffer = grow._k.data_ptr()
+    grow.drop_front(4)
+    assert grow.get_seq_length() == 6 and torch.equal(grow.keys, chunks[0][0][:, :, 4:])
+    assert grow._k.untyped_storage().data_ptr() == buffer
+    keys, values = _feed(grow, chunks[1:])
+    expect_k = torch.cat([chunks[0][0][:, :, 4:]] + [k for k, _ in chunks[1:]], dim=2)
+    expect_v = torch.cat([chunks[0][1][:, :, 4:]] + [v for _, v in chunks[1:]], dim=2)
+    assert torch.equal(keys, expect_k) and torch.equal(values, expect_v) and grow.get_seq_length() == 88

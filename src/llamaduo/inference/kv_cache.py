@@ -60,6 +60,13 @@ class GrowingLayer(DynamicLayer):
         elif tokens_to_remove > 0:
             super().crop(tokens_to_remove)  # DynamicLayer's error for the unsupported form
 
+    def drop_front(self, tokens: int) -> None:
+        """Forget the first `tokens` positions (columns that are padding in every remaining row):
+        a view into the same buffer, so nothing is copied."""
+        if self.get_seq_length() > 0 and tokens > 0:
+            self._k, self._v = self._k[:, :, tokens:], self._v[:, :, tokens:]
+            self._set_length(max(0, self._n - tokens))
+
     def batch_select_indices(self, indices: torch.Tensor) -> None:
         if self.get_seq_length() > 0:
             self._k, self._v = self._k[indices], self._v[indices]
