@@ -1,12 +1,10 @@
 """Common chat-data formats (src/llamaduo/formats.py) and the stages that read reference data.
 
-Real `datasets` objects and real stage subprocesses; nothing is mocked."""
+Real `datasets` objects and real stage runs (the script as `__main__`, in-process); nothing is mocked."""
 from __future__ import annotations
 
 import json
 import logging
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +12,7 @@ from datasets import Dataset, load_from_disk
 
 from llamaduo.errors import UsageError
 from llamaduo.formats import check_format_args, detect_format, to_messages
+from tests.inprocess import run_script
 
 REPO = Path(__file__).resolve().parents[1]
 CHAT = [{"role": "user", "content": "Add 1 and 2."}, {"role": "assistant", "content": "3"}]
@@ -91,9 +90,9 @@ def test_merge_keeps_humaneval_columns_and_reads_other_formats(tmp_path):
     write_jsonl(first / "test_sft.jsonl", HUMANEVAL[4:])
     second = write_jsonl(tmp_path / "synth.jsonl", [
         {"conversations": [{"from": "human", "value": "Write g(x) returning 2x."}, {"from": "gpt", "value": "def g(x): return 2*x"}]}])
-    proc = subprocess.run([sys.executable, "dataset_merge.py", "--first-ds-id", str(first), "--second-ds-id", second,
-                           "--result-ds-id", str(tmp_path / "merged"), "--column-map", '{"completion": "canonical_solution"}'],
-                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    proc = run_script(REPO / "dataset_merge.py", ["--first-ds-id", str(first), "--second-ds-id", second, "--result-ds-id",
+                                                  str(tmp_path / "merged"), "--column-map",
+                                                  '{"completion": "canonical_solution"}'], cwd=REPO)
     assert proc.returncode == 0, proc.stderr
     assert "data format prompt_completion" in proc.stderr and "data format sharegpt" in proc.stderr
     merged = load_from_disk(str(tmp_path / "merged"))
@@ -107,9 +106,9 @@ def test_merge_keeps_humaneval_columns_and_reads_other_formats(tmp_path):
 
 def test_merge_ambiguous_input_exits_2_before_writing(tmp_path):
     first = write_jsonl(tmp_path / "a.jsonl", [{"messages": CHAT, "instruction": "x", "output": "y"}])
-    proc = subprocess.run([sys.executable, "dataset_merge.py", "--first-ds-id", first, "--second-ds-id", first,
-                           "--first-ds-test-split", "", "--result-ds-id", str(tmp_path / "m")],
-                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    proc = run_script(REPO / "dataset_merge.py", ["--first-ds-id", first, "--second-ds-id", first,
+                                                  "--first-ds-test-split", "", "--result-ds-id", str(tmp_path / "m")],
+                      cwd=REPO)
     assert proc.returncode == 2 and "candidates: messages, alpaca" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "m").exists()
 

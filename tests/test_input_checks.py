@@ -21,6 +21,7 @@ from llamaduo.outputs import check_not_input, check_output_path
 from llamaduo.redact import redact
 from llamaduo.validation import check_sft_columns
 from llamaduo.value_checks import split_name_problem
+from tests.inprocess import run_script
 from tests.servers.bad_inputs import sft_folder, sft_rows, stage_env, write_jsonl
 
 REPO = Path(__file__).resolve().parents[1]
@@ -126,9 +127,9 @@ def test_url_masking_keeps_only_harmless_query_values(url, secrets, kept):
 
 
 def test_a_url_secret_never_reaches_the_printed_config(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "llamaduo", "evaluation", "--print-config", "--service_llm_base_url",
-                           "https://h/v1?api-version=1&tenant_key=S3cr3tH#id_token=S3cr3tI"],
-                          cwd=REPO, env=stage_env(tmp_path), capture_output=True, text=True, timeout=300)
+    proc = run_script(REPO / "evaluation.py", ["--print-config", "--service_llm_base_url",
+                                               "https://h/v1?api-version=1&tenant_key=S3cr3tH#id_token=S3cr3tI"],
+                      cwd=REPO, env=stage_env(tmp_path))
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "S3cr3t" not in proc.stdout + proc.stderr and "api-version=1" in proc.stdout
 
@@ -162,19 +163,19 @@ def test_valid_rows_pass_on_the_arrow_fast_path():
 
 
 def test_merge_drops_invalid_rows_when_asked(tmp_path):
-    """dataset_merge run for real: with drop_invalid_rows the bad row is gone from the result."""
+    """dataset_merge run for real (the script as `__main__`, in this process): with
+    drop_invalid_rows the bad row is gone from the result."""
     first = sft_folder(tmp_path / "first")
     rows = sft_rows(4)
     rows[2]["messages"] = [{"role": "robot", "content": "beep"}]
     write_jsonl(first / "train_sft.jsonl", rows)
     second = write_jsonl(tmp_path / "synth.jsonl", sft_rows(2, "synth"))
-    argv = [sys.executable, "-m", "llamaduo", "dataset_merge", "--first_ds_id", str(first), "--second_ds_id",
-            str(second), "--result_ds_id", str(tmp_path / "merged")]
-    refused = subprocess.run(argv, cwd=REPO, env=stage_env(tmp_path), capture_output=True, text=True, timeout=300)
+    argv = ["--first_ds_id", str(first), "--second_ds_id", str(second), "--result_ds_id", str(tmp_path / "merged")]
+    refused = run_script(REPO / "dataset_merge.py", argv, cwd=REPO, env=stage_env(tmp_path))
     assert refused.returncode == 2 and "unknown role 'robot'" in refused.stderr
     assert not (tmp_path / "merged").exists()
-    done = subprocess.run(argv + ["--drop_invalid_rows"], cwd=REPO, env={**stage_env(tmp_path),
-                          "LLAMADUO_LOG_LEVEL": "INFO"}, capture_output=True, text=True, timeout=300)
+    done = run_script(REPO / "dataset_merge.py", argv + ["--drop_invalid_rows"], cwd=REPO,
+                      env={**stage_env(tmp_path), "LLAMADUO_LOG_LEVEL": "INFO"})
     assert done.returncode == 0, done.stderr[-3000:]
     assert "dropped 1 invalid row(s) of 4" in done.stderr
     train = load_split(str(tmp_path / "merged"), "train_sft")
