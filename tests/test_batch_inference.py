@@ -435,6 +435,8 @@ def test_decode_attention_in_runs_of_rows_gives_the_same_answers(embedded_model_
     in_runs = HFGenerator(model, tok, settings).generate(items)
     assert model.config._attn_implementation == decode_attention.NAME
     assert in_runs == plain
+    HFGenerator(model, tok, settings, decode_runs=False)
+    assert model.config._attn_implementation == "sdpa"  # a baseline arm gets plain SDPA back
     assert any(spans for spans in used), "the decode steps must attend in runs of rows"
 
 

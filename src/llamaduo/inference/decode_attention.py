@@ -64,3 +64,9 @@ def use_decode_runs(model: Any) -> bool:
     except (ImportError, AttributeError, ValueError):  # an older transformers: plain SDPA
         return False
     return model.config._attn_implementation == NAME
+
+
+def use_plain_sdpa(model: Any) -> None:
+    """Undo `use_decode_runs` (the bench's and the tests' baseline arms share one model)."""
+    if getattr(model.config, "_attn_implementation", None) == NAME:
+        model.set_attn_implementation("sdpa")

@@ -24,7 +24,7 @@ from llamaduo.inference.generation import (  # noqa: F401
     GenSettings,
     cut_at_stop_strings,
 )
-from llamaduo.inference.decode_attention import use_decode_runs
+from llamaduo.inference.decode_attention import use_decode_runs, use_plain_sdpa
 from llamaduo.inference.kv_cache import growing_cache
 from llamaduo.inference.model_ref import ModelRef
 from llamaduo.inference.prompts import WorkItem
@@ -134,8 +134,8 @@ class HFGenerator:
         self.chunk_tokens = max(1, chunk_tokens)
         self.growing_kv = growing_kv  # False: transformers' own cache (the bench's baseline)
         self.prefill_waste = prefill_waste  # None: one padded prefill of the whole batch
-        if decode_runs and self.device.type == "cpu":
-            use_decode_runs(model)  # decode attention skips most left padding (inference/decode_attention.py)
+        if self.device.type == "cpu":  # decode attention that skips most left padding (inference/decode_attention.py)
+            use_decode_runs(model) if decode_runs else use_plain_sdpa(model)
         self.stop_ids = stop_token_ids(tokenizer, getattr(model, "generation_config", None))
         added = getattr(tokenizer, "added_tokens_encoder", {})
         self.stop_ids += [added[s] for s in settings.stop_strings if s in added and added[s] not in self.stop_ids]
