@@ -231,9 +231,11 @@ def decode_baselines(folder: Path, model_dir: Path, loop_n: int, batch_n: int,
                      max_new_tokens: int) -> dict[str, tuple[float, int]]:
     """(seconds, new tokens) of three ways to answer test prompts with the fine-tuned model,
     greedy, one process: "loop" a plain per-prompt `model.generate` on the first `loop_n`;
-    "one_shot" one `generate` over `batch_n` prompts with transformers' own cache (every row runs
-    until the longest ends, each step copies the cache);
-    "rounds" the stage's generator on the same `batch_n` prompts (finished rows leave)."""
+    "one_shot" one `generate` over `batch_n` prompts with transformers' own cache and SDPA (one
+    prefill padded to the longest prompt, every row runs until the longest ends, each step copies
+    the cache and attends over all the padding);
+    "rounds" the stage's generator on the same `batch_n` prompts (prefill in length groups,
+    finished rows leave, the growing cache, decode attention in runs of rows)."""
     import torch
 
     from llamaduo.inference.hf_backend import GenSettings, HFGenerator, load_model, load_tokenizer
@@ -259,7 +261,7 @@ def decode_baselines(folder: Path, model_dir: Path, loop_n: int, batch_n: int,
         out[name] = (time.perf_counter() - start, tokens)
 
     if loop_n:
-        one = HFGenerator(model, tokenizer, settings, chunk_tokens=max_new_tokens)
+        one = HFGenerator(model, tokenizer, settings, chunk_tokens=max_new_tokens, decode_runs=False)
         start, tokens = time.perf_counter(), 0
         for it in items[:loop_n]:
             ids = torch.tensor([it.input_ids])
@@ -269,7 +271,7 @@ def decode_baselines(folder: Path, model_dir: Path, loop_n: int, batch_n: int,
         out["loop"] = (time.perf_counter() - start, tokens)
     if batch_n:
         timed("one_shot", [items[:batch_n]],
-              HFGenerator(model, tokenizer, settings, chunk_tokens=max_new_tokens, growing_kv=False))
+              HFGenerator(model, tokenizer, settings, chunk_tokens=max_new_tokens, growing_kv=False, decode_runs=False))
         timed("rounds", [items[:batch_n]], HFGenerator(model, tokenizer, settings))
     return out
 

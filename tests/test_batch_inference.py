@@ -16,6 +16,7 @@ from datasets import load_from_disk
 from llamaduo.errors import UsageError
 from llamaduo.inference.hf_backend import (GenSettings, HFGenerator, load_model, load_tokenizer, prefill_groups,
                                            stop_token_ids)
+from llamaduo.inference.decode_attention import decode_runs
 from llamaduo.inference.model_ref import resolve_model_ref
 from llamaduo.inference.plan import build_work_items, padding_waste, plan_batches
 from llamaduo.inference.prompts import prompt_records, tokenize_prompts
@@ -409,6 +410,43 @@ def test_padding_left_by_finished_long_prompts_is_dropped(embedded_model_dir):
     assert longest > others + 40
     rows, width = shapes[-1]
     assert rows == 2 and width <= others + 5 * (len(shapes) - 1), shapes
+
+
+def test_decode_attention_in_runs_of_rows_gives_the_same_answers(embedded_model_dir, monkeypatch):
+    """On a CPU each decode step attends in runs of rows, each run from its own first real column
+    (inference/decode_attention.py): the runs really are used on a batch of prompts of very
+    different lengths, and every answer is the one plain SDPA over the whole width gives."""
+    from llamaduo.inference import decode_attention
+
+    ref = resolve_model_ref(str(embedded_model_dir))
+    tok = load_tokenizer(ref)
+    model = load_model(ref, tok, "cpu", torch.float32)
+    prompts = ["Say yes.", "Name a colour.", "What is 2 + 2?", "Name a fruit that is red.",
+               "Write a haiku about the sea. " * 3, "List three prime numbers and say why each is prime. " * 4,
+               "Explain how a hash map works, with an example in Python. " * 6,
+               "Describe the water cycle for a child, step by step, with one example per step. " * 8]
+    items = plan_batches(_items(tok, prompts=prompts), 8)[0]
+    settings = GenSettings(10, False, 0.0, 1.0, 7)
+    plain = HFGenerator(model, tok, settings, decode_runs=False).generate(items)
+    assert model.config._attn_implementation == "sdpa"
+    used: list[list] = []
+    real_runs = decode_attention.decode_runs
+    monkeypatch.setattr(decode_attention, "decode_runs",
+                        lambda *a, **k: used.append(real_runs(*a, **k)) or used[-1])
+    in_runs = HFGenerator(model, tok, settings).generate(items)
+    assert model.config._attn_implementation == decode_attention.NAME
+    assert in_runs == plain
+    HFGenerator(model, tok, settings, decode_runs=False)
+    assert model.config._attn_implementation == "sdpa"  # a baseline arm gets plain SDPA back
+    assert any(spans for spans in used), "the decode steps must attend in runs of rows"
+
+
+def test_decode_runs_split_sorted_rows_and_skip_when_not_worth_it():
+    first = [0, 0, 10, 20, 40, 60, 80, 100]
+    assert decode_runs(first, 120) == [(0, 2, 0), (2, 4, 10), (4, 6, 40), (6, 8, 80)]
+    assert decode_runs(list(reversed(first)), 120) is None  # rows must rise: runs are views
+    assert decode_runs([0, 0, 0, 0, 0, 0, 1, 1], 120) is None  # too little padding to skip
+    assert decode_runs(first[:7], 120) is None  # fewer than two rows per run
 
 
 def test_prefill_groups_bound_their_padding():

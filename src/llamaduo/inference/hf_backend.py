@@ -24,6 +24,7 @@ from llamaduo.inference.generation import (  # noqa: F401
     GenSettings,
     cut_at_stop_strings,
 )
+from llamaduo.inference.decode_attention import use_decode_runs, use_plain_sdpa
 from llamaduo.inference.kv_cache import growing_cache
 from llamaduo.inference.model_ref import ModelRef
 from llamaduo.inference.prompts import WorkItem
@@ -124,7 +125,7 @@ class HFGenerator:
     """Generates a batch of WorkItems with `model.generate`."""
 
     def __init__(self, model, tokenizer, settings: GenSettings, chunk_tokens: int = CHUNK_TOKENS,
-                 growing_kv: bool = True, prefill_waste: float | None = PREFILL_WASTE):
+                 growing_kv: bool = True, prefill_waste: float | None = PREFILL_WASTE, decode_runs: bool = True):
         from transformers import GenerationConfig
 
         self.model = model
@@ -133,6 +134,8 @@ class HFGenerator:
         self.chunk_tokens = max(1, chunk_tokens)
         self.growing_kv = growing_kv  # False: transformers' own cache (the bench's baseline)
         self.prefill_waste = prefill_waste  # None: one padded prefill of the whole batch
+        if self.device.type == "cpu":  # decode attention that skips most left padding (inference/decode_attention.py)
+            use_decode_runs(model) if decode_runs else use_plain_sdpa(model)
         self.stop_ids = stop_token_ids(tokenizer, getattr(model, "generation_config", None))
         added = getattr(tokenizer, "added_tokens_encoder", {})
         self.stop_ids += [added[s] for s in settings.stop_strings if s in added and added[s] not in self.stop_ids]

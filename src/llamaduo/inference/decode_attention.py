@@ -1,0 +1,72 @@
+"""Decode-step attention that skips most of a left-padded batch's padding.
+
+WHY: a batch of prompts is left-padded to its longest prompt, and at every decode step each row
+attends over the whole width, padding included. On HumanEval's 44 test prompts (109-436 tokens)
+half of the prompt columns are padding, and attention was ~40% of a decode step on a CPU. The
+batch is sorted longest prompt first (`inference.plan`), so its rows' first real columns rise
+down the batch: cut it into a few runs of consecutive rows and each run attends only from its
+own first real column on (views, no copy). The linear layers still see the whole batch.
+Everything that is not such a decode step goes to transformers' SDPA unchanged.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+NAME = "sdpa_decode_runs"
+RUNS = 4  # runs per batch: each is one SDPA call per layer, a few microseconds of overhead
+MIN_SAVED = 0.1  # below this share of skipped columns, one call over the whole batch
+# attention features that need the full mask: those layers keep transformers' SDPA
+_NEEDS_THE_MASK = ("sliding_window", "softcap", "s_aux", "position_bias")
+
+
+def decode_runs(first_columns: list[int], width: int, runs: int = RUNS) -> list[tuple[int, int, int]] | None:
+    """(start row, end row, first column) of `runs` runs of consecutive rows, or None when the
+    rows' first real columns do not rise down the batch or too little would be skipped."""
+    rows = len(first_columns)
+    if rows < 2 * runs or any(a > b for a, b in zip(first_columns, first_columns[1:])):
+        return None
+    bounds = [round(k * rows / runs) for k in range(runs + 1)]
+    spans = [(a, b, first_columns[a]) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+    skipped = sum((b - a) * first for a, b, first in spans)
+    return spans if skipped >= MIN_SAVED * rows * width else None
+
+
+def decode_runs_sdpa(module: Any, query: Any, key: Any, value: Any, attention_mask: Any, **kwargs: Any) -> tuple[Any, None]:
+    """transformers' SDPA, called once per run of rows on that run's columns during decoding."""
+    import torch
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    spans = None
+    if (query.shape[2] == 1 and attention_mask is not None and attention_mask.dtype == torch.bool
+            and attention_mask.dim() == 4 and not any(kwargs.get(k) is not None for k in _NEEDS_THE_MASK)):
+        valid = attention_mask[:, 0, -1, :]
+        spans = decode_runs(valid.to(torch.int8).argmax(dim=-1).tolist(), valid.shape[-1])
+    if spans is None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    parts = [sdpa_attention_forward(module, query[a:b], key[a:b, :, first:], value[a:b, :, first:],
+                                    attention_mask[a:b, :, :, first:], **kwargs)[0] for a, b, first in spans]
+    return torch.cat(parts, dim=0), None
+
+
+def use_decode_runs(model: Any) -> bool:
+    """Switch a model that attends with SDPA to `decode_runs_sdpa` (False: left as it was)."""
+    if getattr(model.config, "_attn_implementation", None) == NAME:
+        return True
+    if getattr(model.config, "_attn_implementation", None) != "sdpa":
+        return False
+    try:
+        from transformers import AttentionInterface
+        from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+        AttentionInterface.register(NAME, decode_runs_sdpa)
+        AttentionMaskInterface.register(NAME, sdpa_mask)  # the same boolean masks SDPA gets
+        model.set_attn_implementation(NAME)
+    except (ImportError, AttributeError, ValueError):  # an older transformers: plain SDPA
+        return False
+    return model.config._attn_implementation == NAME
+
+
+def use_plain_sdpa(model: Any) -> None:
+    """Undo `use_decode_runs` (the bench's and the tests' baseline arms share one model)."""
+    if getattr(model.config, "_attn_implementation", None) == NAME:
+        model.set_attn_implementation("sdpa")
