@@ -23,6 +23,11 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 # pytest-xdist runs one worker per core, and each may start stage processes: idle OpenMP threads
 # sleep instead of spinning on the cores the other worker needs (llamaduo.cli.batch_inference).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# ... and each worker, with the stage processes it starts, gets its share of the cores as OpenMP
+# threads (one each with `-n auto`): two workers of two threads each on two cores made four
+# threads that kept waking each other.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))))
 
 import functools  # noqa: E402
 import sys  # noqa: E402
