@@ -5,7 +5,10 @@ Modules, one concern each:
 * `prompts`      – test rows -> chat prompts, reference answers, token ids
 * `plan`         – work items (prompt x repeat, each with its seed), length-sorted batches, rank shards
 * `sampling`     – per-sample seeded sampling independent of batch composition
-* `hf_backend`   – tokenizer/model loading (adapter merge) and batched `generate`
+* `hf_backend`   – tokenizer/model loading (adapter merge) and batched `generate` (length-grouped
+                   prefill, rounds from which finished rows leave)
+* `kv_cache`     – a KV cache that appends into spare room instead of copying
+* `decode_attention` – CPU decode attention in runs of rows that skip most left padding
 * `vllm_backend` – the same through vLLM (lazy import, LoRARequest, tensor parallel)
 * `store`        – append-and-fsync partial results for resume
 * `distributed`  – rank/world from torchrun/accelerate, barrier
