@@ -315,6 +315,23 @@ def test_real_model_stops_at_end_of_turn(embedded_model_dir):
     assert "<|im_end|>" not in out.text and "assistant" not in out.text.lower()[:20]
 
 
+def _generate_recording_batch_shapes(generator: HFGenerator, items) -> tuple[list, list[tuple[int, int]]]:
+    """The generator's answers, and the (rows, columns) of the batch each `model.generate` round
+    was given (the model's own generate runs; it is only observed)."""
+    shapes: list[tuple[int, int]] = []
+    real_generate = generator.model.generate
+
+    def recording_generate(*args, **kwargs):
+        shapes.append(tuple(kwargs["input_ids"].shape))
+        return real_generate(*args, **kwargs)
+
+    generator.model.generate = recording_generate
+    try:
+        return generator.generate(items), shapes
+    finally:
+        generator.model.generate = real_generate
+
+
 @pytest.mark.parametrize("sampling", [False, True], ids=["greedy", "sampled"])
 def test_rows_leave_the_batch_when_they_stop_and_no_answer_changes(embedded_model_dir, sampling):
     """Rows that hit their end-of-turn token leave the batch between rounds of `chunk_tokens`
@@ -329,18 +346,8 @@ def test_rows_leave_the_batch_when_they_stop_and_no_answer_changes(embedded_mode
     settings = GenSettings(24, sampling, 0.8 if sampling else 0.0, 0.95 if sampling else 1.0, 7)
     items = _items(tok, prompts=prompts)
     whole = HFGenerator(model, tok, settings, chunk_tokens=24).generate(items)
-    sizes: list[int] = []
-    real_generate = model.generate
-
-    def recording_generate(*args, **kwargs):
-        sizes.append(kwargs["input_ids"].shape[0])
-        return real_generate(*args, **kwargs)
-
-    model.generate = recording_generate
-    try:
-        chunked = HFGenerator(model, tok, settings, chunk_tokens=6).generate(items)
-    finally:
-        model.generate = real_generate
+    chunked, shapes = _generate_recording_batch_shapes(HFGenerator(model, tok, settings, chunk_tokens=6), items)
+    sizes = [rows for rows, _ in shapes]
     assert [(o.text, o.new_tokens, o.finish_reason) for o in chunked] == \
         [(o.text, o.new_tokens, o.finish_reason) for o in whole]
     reasons = {o.finish_reason for o in whole}
@@ -392,18 +399,7 @@ def test_padding_left_by_finished_long_prompts_is_dropped(embedded_model_dir):
     settings = GenSettings(30, False, 0.0, 1.0, 7)
     items = _items(tok, prompts=prompts)
     whole = HFGenerator(model, tok, settings, chunk_tokens=30).generate(items)
-    shapes: list[tuple[int, int]] = []
-    real_generate = model.generate
-
-    def recording_generate(*args, **kwargs):
-        shapes.append(tuple(kwargs["input_ids"].shape))
-        return real_generate(*args, **kwargs)
-
-    model.generate = recording_generate
-    try:
-        chunked = HFGenerator(model, tok, settings, chunk_tokens=5).generate(items)
-    finally:
-        model.generate = real_generate
+    chunked, shapes = _generate_recording_batch_shapes(HFGenerator(model, tok, settings, chunk_tokens=5), items)
     assert chunked == whole
     assert whole[0].finish_reason == "stop" and whole[0].new_tokens <= 5, "the long prompt must end first"
     longest, others = len(items[0].input_ids), max(len(it.input_ids) for it in items[1:])

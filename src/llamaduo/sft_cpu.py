@@ -13,12 +13,11 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from llamaduo.sdpa_variants import needs_the_mask, register_sdpa_variant
+
 logger = logging.getLogger("llamaduo.sft_cpu")
 
 VARLEN_ATTENTION = "sdpa_varlen"
-# Attention variants whose mask is more than "causal within a conversation" (sliding windows,
-# logit soft-capping, attention sinks): those layers keep transformers' masked SDPA.
-_NEEDS_THE_MASK = ("sliding_window", "softcap", "s_aux")
 ROWS_PER_CHUNK = 1024  # labelled tokens whose [rows, vocab] logits are live at once (~200 MB at 49k vocab)
 
 
@@ -37,7 +36,7 @@ def varlen_sdpa_attention(module: Any, query: Any, key: Any, value: Any, attenti
     import torch
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    bounds = None if any(kwargs.get(k) is not None for k in _NEEDS_THE_MASK) else \
+    bounds = None if needs_the_mask(kwargs) else \
         _conversation_bounds(kwargs.get("position_ids"), query, key)
     if bounds is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
@@ -66,13 +65,7 @@ def _conversation_bounds(position_ids: Any, query: Any, key: Any) -> list[int] |
 
 def register_varlen_attention() -> str:
     """Make `attn_implementation="sdpa_varlen"` loadable (idempotent); returns its name."""
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
-
-    AttentionInterface.register(VARLEN_ATTENTION, varlen_sdpa_attention)
-    # Padded batches (evaluation, generation) still need SDPA's ordinary masks.
-    AttentionMaskInterface.register(VARLEN_ATTENTION, sdpa_mask)
-    return VARLEN_ATTENTION
+    return register_sdpa_variant(VARLEN_ATTENTION, varlen_sdpa_attention)
 
 
 # --------------------------------------------------------------------------- LM head and loss

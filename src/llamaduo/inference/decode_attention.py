@@ -12,11 +12,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from llamaduo.sdpa_variants import needs_the_mask, register_sdpa_variant
+
 NAME = "sdpa_decode_runs"
 RUNS = 4  # runs per batch: each is one SDPA call per layer, a few microseconds of overhead
 MIN_SAVED = 0.1  # below this share of skipped columns, one call over the whole batch
-# attention features that need the full mask: those layers keep transformers' SDPA
-_NEEDS_THE_MASK = ("sliding_window", "softcap", "s_aux", "position_bias")
 
 
 def decode_runs(first_columns: list[int], width: int, runs: int = RUNS) -> list[tuple[int, int, int]] | None:
@@ -38,7 +38,7 @@ def decode_runs_sdpa(module: Any, query: Any, key: Any, value: Any, attention_ma
 
     spans = None
     if (query.shape[2] == 1 and attention_mask is not None and attention_mask.dtype == torch.bool
-            and attention_mask.dim() == 4 and not any(kwargs.get(k) is not None for k in _NEEDS_THE_MASK)):
+            and attention_mask.dim() == 4 and not needs_the_mask(kwargs)):
         valid = attention_mask[:, 0, -1, :]
         spans = decode_runs(valid.to(torch.int8).argmax(dim=-1).tolist(), valid.shape[-1])
     if spans is None:
@@ -55,12 +55,7 @@ def use_decode_runs(model: Any) -> bool:
     if getattr(model.config, "_attn_implementation", None) != "sdpa":
         return False
     try:
-        from transformers import AttentionInterface
-        from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
-
-        AttentionInterface.register(NAME, decode_runs_sdpa)
-        AttentionMaskInterface.register(NAME, sdpa_mask)  # the same boolean masks SDPA gets
-        model.set_attn_implementation(NAME)
+        model.set_attn_implementation(register_sdpa_variant(NAME, decode_runs_sdpa))
     except (ImportError, AttributeError, ValueError):  # an older transformers: plain SDPA
         return False
     return model.config._attn_implementation == NAME

@@ -133,7 +133,10 @@ class HFGenerator:
         self.settings = settings
         self.chunk_tokens = max(1, chunk_tokens)
         self.growing_kv = growing_kv  # False: transformers' own cache (the bench's baseline)
-        self.prefill_waste = prefill_waste  # None: one padded prefill of the whole batch
+        # prompts prefilled in length groups only on a CPU with our cache (a GPU reads a padded
+        # batch in parallel anyway); None: one padded prefill of the whole batch
+        self.prefill_waste = prefill_waste if (growing_kv and self.device.type == "cpu"
+                                               and growing_cache() is not None) else None
         if self.device.type == "cpu":  # decode attention that skips most left padding (inference/decode_attention.py)
             use_decode_runs(model) if decode_runs else use_plain_sdpa(model)
         self.stop_ids = stop_token_ids(tokenizer, getattr(model, "generation_config", None))
@@ -164,10 +167,7 @@ class HFGenerator:
         sampler = PerRowSampler([it.seed for it in items], self.settings.temperature, self.settings.top_p) \
             if self.settings.sampling else None
         rows, new_ids = list(range(len(items))), [[] for _ in items]
-        started = time.perf_counter()
-        cache = self._prefill(input_ids, attention_mask) if self._grouped_prefill() else None
-        logger.debug("prefill: %d prompts, %d columns, %.1f s", len(items), input_ids.shape[1],
-                     time.perf_counter() - started)
+        cache = self._prefill(input_ids, attention_mask) if self.prefill_waste is not None else None
         if cache is None and self.growing_kv:
             cache = growing_cache()
         left, stops = self.settings.max_new_tokens, set(self.stop_ids)
@@ -201,11 +201,6 @@ class HFGenerator:
             attention_mask = torch.cat([attention_mask, torch.ones_like(fresh)], dim=1)
         return [self._decode(ids) for ids in new_ids]
 
-    def _grouped_prefill(self) -> bool:
-        """Only on a CPU, with our cache: a GPU reads a padded batch in parallel anyway."""
-        return (self.prefill_waste is not None and self.growing_kv and self.device.type == "cpu"
-                and growing_cache() is not None)
-
     def _prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
         """A cache holding every prompt but its last token, computed in groups of similar
         length (`prefill_groups`) and laid out left-padded like the batch; `generate` then
@@ -214,7 +209,7 @@ class HFGenerator:
         was padding, and on a CPU the prefill is compute-bound, so the padding cost its full
         share (one thread: 122 CPU-s padded against 39 CPU-s per group). None: nothing to
         prefill (every prompt is one token)."""
-        width = input_ids.shape[1] - 1
+        width, started = input_ids.shape[1] - 1, time.perf_counter()
         if width < 1:
             return None
         lengths = attention_mask.sum(dim=1).tolist()
@@ -231,13 +226,14 @@ class HFGenerator:
                            past_key_values=part, use_cache=True, logits_to_keep=1)
             for k, layer in enumerate(part.layers):
                 if len(layers) <= k:
-                    shape = (input_ids.shape[0], *layer.keys.shape[1:2], width, layer.keys.shape[-1])
+                    shape = (input_ids.shape[0], layer.keys.shape[1], width, layer.keys.shape[-1])
                     layers.append((layer.keys.new_zeros(shape), layer.values.new_zeros(shape)))
                 layers[k][0][index, :, width - g_width:] = layer.keys
                 layers[k][1][index, :, width - g_width:] = layer.values
         cache = growing_cache()
         for k, (keys, values) in enumerate(layers):
             cache.update(keys, values, k)
+        logger.debug("prefill: %d prompts, %d columns, %.1f s", len(lengths), width + 1, time.perf_counter() - started)
         return cache
 
     def _config_for(self, new_tokens: int):
@@ -278,14 +274,15 @@ def prefill_groups(lengths: Sequence[int], max_waste: float) -> list[list[int]]:
     """Row indices in groups of similar length, longest first: a group grows while padding every
     row to its longest stays within `max_waste` of its positions; a row that would break that
     starts the next group."""
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     groups: list[list[int]] = []
-    for i in order:
-        group = groups[-1] if groups else None
-        if group and lengths[group[0]] * (len(group) + 1) <= (1 + max_waste) * (sum(lengths[j] for j in group) + lengths[i]):
-            group.append(i)
+    real = 0  # the current group's positions that are not padding
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        if groups and lengths[groups[-1][0]] * (len(groups[-1]) + 1) <= (1 + max_waste) * (real + lengths[i]):
+            groups[-1].append(i)
+            real += lengths[i]
         else:
             groups.append([i])
+            real = lengths[i]
     return groups
 
 
