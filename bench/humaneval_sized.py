@@ -16,7 +16,8 @@ time (interpreter and model load included) and tokens/s. Baselines, in the same 
     LM head, what the GPU recipe ran on a CPU): tokens/s ratios;
   - inference, with the fine-tuned model: a per-prompt `model.generate` loop on
     --baseline-prompts prompts, and one `generate` per batch (finished rows kept to the end, as
-    before 2026-12-07) against the stage's rounds on --one-shot-prompts prompts: ratios;
+    before 2026-12-07) against the stage's generator (greedy: prompt lookup, several tokens per
+    forward) on --one-shot-prompts prompts: ratios;
   - the machine: fp32 and bf16 matmul GFLOP/s (torch, 2048^2), and the fine-tune's share of it
     (training FLOPs estimated from the model's shapes, see `train_flops`).
 
@@ -235,7 +236,7 @@ def decode_baselines(folder: Path, model_dir: Path, loop_n: int, batch_n: int,
     prefill padded to the longest prompt, every row runs until the longest ends, each step copies
     the cache and attends over all the padding);
     "rounds" the stage's generator on the same `batch_n` prompts (prefill in length groups,
-    finished rows leave, the growing cache, decode attention in runs of rows)."""
+    finished rows leave; greedy on a CPU: prompt lookup, inference/lookup_decoding.py)."""
     import torch
 
     from llamaduo.inference.hf_backend import GenSettings, HFGenerator, load_model, load_tokenizer

@@ -345,8 +345,8 @@ def test_rows_leave_the_batch_when_they_stop_and_no_answer_changes(embedded_mode
                "Say yes.", "Explain in detail how a hash map works, with an example in Python."]
     settings = GenSettings(24, sampling, 0.8 if sampling else 0.0, 0.95 if sampling else 1.0, 7)
     items = _items(tok, prompts=prompts)
-    whole = HFGenerator(model, tok, settings, chunk_tokens=24).generate(items)
-    chunked, shapes = _generate_recording_batch_shapes(HFGenerator(model, tok, settings, chunk_tokens=6), items)
+    whole = HFGenerator(model, tok, settings, chunk_tokens=24, lookup_tokens=0).generate(items)
+    chunked, shapes = _generate_recording_batch_shapes(HFGenerator(model, tok, settings, chunk_tokens=6, lookup_tokens=0), items)
     sizes = [rows for rows, _ in shapes]
     assert [(o.text, o.new_tokens, o.finish_reason) for o in chunked] == \
         [(o.text, o.new_tokens, o.finish_reason) for o in whole]
@@ -369,13 +369,13 @@ def test_prompts_prefilled_in_length_groups_give_the_same_answers(embedded_model
                "balanced tree is the better choice, with the costs of both. " * 4]
     settings = GenSettings(12, sampling, 0.8 if sampling else 0.0, 0.95 if sampling else 1.0, 7)
     items = _items(tok, prompts=prompts)
-    padded = HFGenerator(model, tok, settings, prefill_waste=None).generate(items)
+    padded = HFGenerator(model, tok, settings, prefill_waste=None, lookup_tokens=0).generate(items)
     widths: list[tuple[int, int]] = []
     hook = model.register_forward_pre_hook(
         lambda _m, _a, kw: widths.append(tuple(kw["input_ids"].shape)) if kw.get("input_ids") is not None else None,
         with_kwargs=True)
     try:
-        grouped = HFGenerator(model, tok, settings).generate(items)
+        grouped = HFGenerator(model, tok, settings, lookup_tokens=0).generate(items)
     finally:
         hook.remove()
     assert grouped == padded
@@ -398,8 +398,8 @@ def test_padding_left_by_finished_long_prompts_is_dropped(embedded_model_dir):
                "Write a Python function that returns the nth Fibonacci number, with a docstring."]
     settings = GenSettings(30, False, 0.0, 1.0, 7)
     items = _items(tok, prompts=prompts)
-    whole = HFGenerator(model, tok, settings, chunk_tokens=30).generate(items)
-    chunked, shapes = _generate_recording_batch_shapes(HFGenerator(model, tok, settings, chunk_tokens=5), items)
+    whole = HFGenerator(model, tok, settings, chunk_tokens=30, lookup_tokens=0).generate(items)
+    chunked, shapes = _generate_recording_batch_shapes(HFGenerator(model, tok, settings, chunk_tokens=5, lookup_tokens=0), items)
     assert chunked == whole
     assert whole[0].finish_reason == "stop" and whole[0].new_tokens <= 5, "the long prompt must end first"
     longest, others = len(items[0].input_ids), max(len(it.input_ids) for it in items[1:])
@@ -423,16 +423,16 @@ def test_decode_attention_in_runs_of_rows_gives_the_same_answers(embedded_model_
                "Describe the water cycle for a child, step by step, with one example per step. " * 8]
     items = plan_batches(_items(tok, prompts=prompts), 8)[0]
     settings = GenSettings(10, False, 0.0, 1.0, 7)
-    plain = HFGenerator(model, tok, settings, decode_runs=False).generate(items)
+    plain = HFGenerator(model, tok, settings, decode_runs=False, lookup_tokens=0).generate(items)
     assert model.config._attn_implementation == "sdpa"
     used: list[list] = []
     real_runs = decode_attention.decode_runs
     monkeypatch.setattr(decode_attention, "decode_runs",
                         lambda *a, **k: used.append(real_runs(*a, **k)) or used[-1])
-    in_runs = HFGenerator(model, tok, settings).generate(items)
+    in_runs = HFGenerator(model, tok, settings, lookup_tokens=0).generate(items)
     assert model.config._attn_implementation == decode_attention.NAME
     assert in_runs == plain
-    HFGenerator(model, tok, settings, decode_runs=False)
+    HFGenerator(model, tok, settings, decode_runs=False, lookup_tokens=0)
     assert model.config._attn_implementation == "sdpa"  # a baseline arm gets plain SDPA back
     assert any(spans for spans in used), "the decode steps must attend in runs of rows"
 

@@ -9,6 +9,7 @@ Modules, one concern each:
                    prefill, rounds from which finished rows leave)
 * `kv_cache`     – a KV cache that appends into spare room instead of copying
 * `decode_attention` – CPU decode attention in runs of rows that skip most left padding
+* `lookup_decoding` – greedy CPU decoding that checks copied tokens (prompt lookup) several per forward
 * `vllm_backend` – the same through vLLM (lazy import, LoRARequest, tensor parallel)
 * `store`        – append-and-fsync partial results for resume
 * `distributed`  – rank/world from torchrun/accelerate, barrier

@@ -6,7 +6,9 @@ half of the prompt columns are padding, and attention was ~40% of a decode step 
 batch is sorted longest prompt first (`inference.plan`), so its rows' first real columns rise
 down the batch: cut it into a few runs of consecutive rows and each run attends only from its
 own first real column on (views, no copy). The linear layers still see the whole batch.
-Everything that is not such a decode step goes to transformers' SDPA unchanged.
+A step over a few tokens per row (lookup decoding, inference/lookup_decoding.py) attends on the
+key/value heads as they are (`packed_gqa_sdpa`). Everything else (prefill) goes to
+transformers' SDPA unchanged.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from llamaduo.sdpa_variants import needs_the_mask, register_sdpa_variant
 NAME = "sdpa_decode_runs"
 RUNS = 4  # runs per batch: each is one SDPA call per layer, a few microseconds of overhead
 MIN_SAVED = 0.1  # below this share of skipped columns, one call over the whole batch
+PACK_MAX_QUERY = 64  # query tokens per row up to which a masked step attends on the key/value heads
 
 
 def decode_runs(first_columns: list[int], width: int, runs: int = RUNS) -> list[tuple[int, int, int]] | None:
@@ -36,6 +39,10 @@ def decode_runs_sdpa(module: Any, query: Any, key: Any, value: Any, attention_ma
     import torch
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
+    if (1 < query.shape[2] <= PACK_MAX_QUERY and getattr(module, "num_key_value_groups", 1) > 1
+            and attention_mask is not None and attention_mask.dtype == torch.bool and attention_mask.dim() == 4
+            and attention_mask.shape[1] == 1 and not needs_the_mask(kwargs)):
+        return packed_gqa_sdpa(module, query, key, value, attention_mask, **kwargs)
     spans = None
     if (query.shape[2] == 1 and attention_mask is not None and attention_mask.dtype == torch.bool
             and attention_mask.dim() == 4 and not needs_the_mask(kwargs)):
@@ -46,6 +53,26 @@ def decode_runs_sdpa(module: Any, query: Any, key: Any, value: Any, attention_ma
     parts = [sdpa_attention_forward(module, query[a:b], key[a:b, :, first:], value[a:b, :, first:],
                                     attention_mask[a:b, :, :, first:], **kwargs)[0] for a, b, first in spans]
     return torch.cat(parts, dim=0), None
+
+
+def packed_gqa_sdpa(module: Any, query: Any, key: Any, value: Any, attention_mask: Any,
+                    **kwargs: Any) -> tuple[Any, None]:
+    """SDPA over a few query tokens per row with grouped-query attention, on the key/value heads
+    as they are: the query heads that share a key/value head are stacked along the query axis
+    (and the mask with them). WHY: with a mask, transformers' SDPA copies every key and value
+    once per query head of its group (`repeat_kv`); over a whole cache that copy cost more than
+    the attention itself (SmolLM2: 3 query heads per key/value head, 44 rows x 450 columns:
+    ~45 ms per layer and step on 2 cores). transformers does this itself for one query token
+    (`pack_gqa`); this is the same for a few."""
+    import torch
+
+    rows, heads, q, dim = query.shape
+    groups = module.num_key_value_groups
+    packed = query.reshape(rows, heads // groups, groups * q, dim)  # head k*groups + r, token j -> row r*q + j
+    out = torch.nn.functional.scaled_dot_product_attention(
+        packed, key, value, attn_mask=attention_mask[:, :, :, :key.shape[-2]].repeat(1, 1, groups, 1),
+        scale=kwargs.get("scaling"))
+    return out.reshape(rows, heads, q, dim).transpose(1, 2).contiguous(), None
 
 
 def use_decode_runs(model: Any) -> bool:

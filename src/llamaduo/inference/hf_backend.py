@@ -26,6 +26,7 @@ from llamaduo.inference.generation import (  # noqa: F401
 )
 from llamaduo.inference.decode_attention import use_decode_runs, use_plain_sdpa
 from llamaduo.inference.kv_cache import growing_cache
+from llamaduo.inference.lookup_decoding import DRAFT_TOKENS, lookup_generate, supports_lookup
 from llamaduo.inference.model_ref import ModelRef
 from llamaduo.inference.prompts import WorkItem
 from llamaduo.inference.sampling import PerRowSampler
@@ -125,7 +126,8 @@ class HFGenerator:
     """Generates a batch of WorkItems with `model.generate`."""
 
     def __init__(self, model, tokenizer, settings: GenSettings, chunk_tokens: int = CHUNK_TOKENS,
-                 growing_kv: bool = True, prefill_waste: float | None = PREFILL_WASTE, decode_runs: bool = True):
+                 growing_kv: bool = True, prefill_waste: float | None = PREFILL_WASTE, decode_runs: bool = True,
+                 lookup_tokens: int = DRAFT_TOKENS):
         from transformers import GenerationConfig
 
         self.model = model
@@ -139,6 +141,10 @@ class HFGenerator:
                                                and growing_cache() is not None) else None
         if self.device.type == "cpu":  # decode attention that skips most left padding (inference/decode_attention.py)
             use_decode_runs(model) if decode_runs else use_plain_sdpa(model)
+        # greedy decoding on a CPU checks up to this many copied tokens per row and forward
+        # (inference/lookup_decoding.py); 0: token by token through `generate`
+        self.lookup_tokens = lookup_tokens if (lookup_tokens > 0 and self.prefill_waste is not None
+                                               and not settings.sampling and supports_lookup(model)) else 0
         self.stop_ids = stop_token_ids(tokenizer, getattr(model, "generation_config", None))
         added = getattr(tokenizer, "added_tokens_encoder", {})
         self.stop_ids += [added[s] for s in settings.stop_strings if s in added and added[s] not in self.stop_ids]
@@ -161,7 +167,13 @@ class HFGenerator:
         cache. WHY: `generate` computes every row until the longest one ends; on HumanEval-sized
         prompts a third of the answers run to the limit, so most of the compute past the median
         answer went to rows that had already ended. transformers has no CPU-fast way to drop them
-        (its continuous batching ran 1.5x slower than this on a CPU), hence this loop."""
+        (its continuous batching ran 1.5x slower than this on a CPU), hence this loop.
+        Greedy decoding on a CPU goes through `lookup_generate` instead (same answers, fewer forwards)."""
+        if self.lookup_tokens:
+            new = lookup_generate(self.model, [it.input_ids for it in items], self.settings.max_new_tokens, self.stop_ids,
+                                  self.tokenizer.pad_token_id or 0, self.lookup_tokens,
+                                  groups=lambda lengths: prefill_groups([n - 1 for n in lengths], self.prefill_waste))
+            return [self._decode(ids) for ids in new]
         input_ids, attention_mask = left_pad([it.input_ids for it in items], self.tokenizer.pad_token_id)
         input_ids, attention_mask = input_ids.to(self.device), attention_mask.to(self.device)
         sampler = PerRowSampler([it.seed for it in items], self.settings.temperature, self.settings.top_p) \

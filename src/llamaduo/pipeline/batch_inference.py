@@ -84,6 +84,10 @@ class BatchInferenceConfig:
     ft_model_gen_config_path: Optional[str] = field(default=None, metadata={
         "help": "the original LlamaDuo's generation file for the fine-tuned model: its do_sample, temperature, "
                 "top_p, max_new_tokens and stop_strings fill those keys (explicit keys win); needed by a run"})
+    prompt_lookup_tokens: int = field(default=8, metadata={"min": 0, "max": 64, "help":
+        "greedy decoding on a CPU (hf backend): per row and forward, up to this many tokens that followed the "
+        "row's last tokens where they occurred before (in its prompt or answer) are checked at once; same "
+        "answers, fewer forwards when answers copy or repeat; 0 = one token per forward"})
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = field(default="auto", metadata={
         "help": "weights dtype; auto = bf16 on GPUs and on CPUs with fast bf16, else fp32"})
     backend: Literal["hf", "vllm", "openai"] = field(default="hf", metadata={
@@ -366,7 +370,7 @@ def _make_generator(cfg: BatchInferenceConfig, info: distributed.DistInfo, ref: 
     distributed.share_cpu_threads(info)
     logger.info("loading %s on %s (%s)", ref.model_id, device, dtype)
     model = load_model(ref, tokenizer, device, dtype, cfg.load_in_8bit, cfg.load_in_4bit)
-    return HFGenerator(model, tokenizer, settings)
+    return HFGenerator(model, tokenizer, settings, lookup_tokens=cfg.prompt_lookup_tokens)
 
 
 def assemble(records: Sequence[PromptRecord], done: dict[tuple[int, int], dict[str, Any]], repeat: int,

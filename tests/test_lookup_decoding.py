@@ -1,0 +1,142 @@
+"""Batched prompt-lookup decoding (inference/lookup_decoding.py): the answers are the ones
+token-by-token greedy decoding gives, while forwards really check several tokens per row."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from llamaduo.inference import decode_attention, lookup_decoding
+from llamaduo.inference.generation import GenSettings
+from llamaduo.inference.hf_backend import HFGenerator, load_model, load_tokenizer
+from llamaduo.inference.lookup_decoding import NgramDrafter, _accept, _Row, supports_lookup
+from llamaduo.inference.model_ref import resolve_model_ref
+from llamaduo.inference.plan import build_work_items, plan_batches
+from llamaduo.inference.prompts import PromptRecord, tokenize_prompts
+
+# prompts whose answers copy their prompt (code to fix, JSON to edit), repeat themselves (a
+# count that loops) or are short, of very different lengths; some answers reach the token limit
+PROMPTS = [
+    "Fix the typo in this Python code and return the whole code:\n```python\ndef area(width, height):\n"
+    "    \"\"\"Return the area of a rectangle.\"\"\"\n    return width * heigth\n```",
+    "Return this JSON with the key \"name\" changed to \"title\": "
+    "{\"name\": \"Report\", \"pages\": 12, \"author\": \"Ann Lee\", \"year\": 2021}",
+    "Write the numbers from 1 to 30 separated by commas.",
+    "Rewrite this sentence in upper case: the quick brown fox jumps over the lazy dog.",
+    "Translate to French: I like apples.",
+]
+
+
+def _items(tok, prompts):
+    records = [PromptRecord(i, f"p{i}", p, "", ({"role": "user", "content": p},)) for i, p in enumerate(prompts)]
+    return plan_batches(build_work_items(records, tokenize_prompts(records, tok, 16), repeat=1, seed=0), 64)[0]
+
+
+@pytest.fixture(scope="module")
+def real_model(embedded_model_dir):
+    ref = resolve_model_ref(str(embedded_model_dir))
+    tok = load_tokenizer(ref)
+    return load_model(ref, tok, "cpu", torch.float32), tok
+
+
+def _decode_shapes(model) -> tuple[list[tuple[int, int]], object]:
+    """(rows, tokens per row) of each decode forward (prefill forwards keep only the last logits)."""
+    shapes: list[tuple[int, int]] = []
+    hook = model.register_forward_pre_hook(
+        lambda _m, _a, kw: shapes.append(tuple(kw["input_ids"].shape)) if kw.get("logits_to_keep") != 1 else None,
+        with_kwargs=True)
+    return shapes, hook
+
+
+def test_same_answers_as_token_by_token_with_fewer_forwards(real_model, monkeypatch):
+    """The real model, greedy, 90 new tokens (past the cache's first size, so it grows): every
+    answer, its token count and finish reason equal plain decoding's; decode forwards check more
+    than one token per row, drafts are kept, there are far fewer forwards than tokens, and rows
+    that stopped leave the batch."""
+    model, tok = real_model
+    monkeypatch.setattr(lookup_decoding, "LEAVE_SHARE", 0.01)  # every finished row leaves at once
+    items = _items(tok, PROMPTS)
+    settings = GenSettings(90, False, 0.0, 1.0, 7)
+    plain = HFGenerator(model, tok, settings, lookup_tokens=0).generate(items)
+    calls: list[int] = []  # the row of each accepted forward result
+    real_accept = lookup_decoding._accept
+    monkeypatch.setattr(lookup_decoding, "_accept", lambda r, t, *a: calls.append(r.index) or real_accept(r, t, *a))
+    steps, hook = _decode_shapes(model)
+    try:
+        looked = HFGenerator(model, tok, settings).generate(items)
+    finally:
+        hook.remove()
+    assert [(o.text, o.new_tokens, o.finish_reason) for o in looked] == \
+        [(o.text, o.new_tokens, o.finish_reason) for o in plain]
+    assert {o.finish_reason for o in plain} == {"stop", "length"}, "the prompts must include short and long answers"
+    assert any(q > 1 for _, q in steps) and max(q for _, q in steps) <= lookup_decoding.DRAFT_TOKENS + 1, steps
+    forwards = [calls.count(i) for i in range(len(items))]  # forwards each row took part in
+    tokens = [o.new_tokens for o in plain]
+    assert sum(forwards) < 0.8 * sum(tokens), (forwards, tokens)
+    assert any(f <= t / 2 for f, t in zip(forwards, tokens)), "a row that copies must take far fewer forwards"
+    rows = [r for r, _ in steps]
+    assert rows[0] == len(items) and rows[-1] < rows[0] and rows == sorted(rows, reverse=True), rows
+
+
+def test_answers_do_not_depend_on_the_draft_length(real_model):
+    """1, 3 and 8 draft tokens per forward give the same answers (the draft only decides how
+    many tokens a forward checks, never which)."""
+    model, tok = real_model
+    items = _items(tok, PROMPTS[:3])
+    settings = GenSettings(40, False, 0.0, 1.0, 7)
+    answers = [HFGenerator(model, tok, settings, lookup_tokens=k).generate(items) for k in (1, 3, 8)]
+    assert answers[0] == answers[1] == answers[2]
+
+
+def test_sampling_and_a_zero_setting_keep_generate(real_model):
+    model, tok = real_model
+    assert HFGenerator(model, tok, GenSettings(8, True, 0.8, 0.95, 7)).lookup_tokens == 0
+    assert HFGenerator(model, tok, GenSettings(8, False, 0.0, 1.0, 7), lookup_tokens=0).lookup_tokens == 0
+    assert HFGenerator(model, tok, GenSettings(8, False, 0.0, 1.0, 7)).lookup_tokens == lookup_decoding.DRAFT_TOKENS
+    # temperature 0 is greedy even with do_sample (as in vLLM and the OpenAI API)
+    assert HFGenerator(model, tok, GenSettings(8, True, 0.0, 1.0, 7)).lookup_tokens == lookup_decoding.DRAFT_TOKENS
+
+
+def test_drafter_continues_the_latest_earlier_occurrence_longest_match_first():
+    d = NgramDrafter([1, 2, 3, 9, 1, 2, 3, 7, 5, 2, 3])
+    assert d.draft(3) == [7, 5, 2]       # (2, 3) last occurred before the tail at positions 5-6
+    d.extend([8])                         # tail (2, 3, 8): never before; (3, 8), (8): neither
+    assert d.draft(4) == []
+    d.extend([1, 2])                      # (8, 1, 2) no; (1, 2) last at 4-5 -> 3, 7, 5, 2
+    assert d.draft(4) == [3, 7, 5, 2] and d.draft(2) == [3, 7] and d.draft(0) == []
+    assert NgramDrafter([4, 4, 4]).draft(5) == [4]      # the continuation ends at the row's end
+    assert NgramDrafter([5]).draft(3) == [] and NgramDrafter([]).draft(3) == []
+
+
+def test_accept_cuts_at_the_first_stop_token_and_at_the_limit():
+    row = _Row(0, NgramDrafter([1, 2]), pending=2, start=1)
+    _accept(row, [5, 6, 0, 7], {0}, max_new_tokens=10)
+    assert row.new == [5, 6, 0] and row.done and row.start == 5
+    row = _Row(0, NgramDrafter([1, 2]), pending=2, start=1, new=[3, 3, 3])
+    _accept(row, [4, 4, 4], {0}, max_new_tokens=5)
+    assert row.new == [3, 3, 3, 4, 4] and row.done and row.pending == 4
+    row = _Row(0, NgramDrafter([1, 2]), pending=2, start=1)
+    _accept(row, [4, 5], {0}, max_new_tokens=5)
+    assert row.new == [4, 5] and not row.done and row.pending == 5 and row.drafter.seq == [1, 2, 4, 5]
+
+
+def test_only_models_with_the_decode_attention_and_full_attention_in_every_layer(real_model):
+    model, tok = real_model
+    HFGenerator(model, tok, GenSettings(8, False, 0.0, 1.0, 7), decode_runs=False)
+    assert not supports_lookup(model)  # plain SDPA: copies the cache per query head at every step
+    HFGenerator(model, tok, GenSettings(8, False, 0.0, 1.0, 7))
+    assert supports_lookup(model)
+
+    class Config:
+        _attn_implementation = decode_attention.NAME
+
+    class Model:
+        config = Config()
+
+    assert supports_lookup(Model())
+    Config.layer_types = ["full_attention", "sliding_attention"]
+    assert not supports_lookup(Model())
+    Config.layer_types = None
+    Config.sliding_window = 4096
+    assert not supports_lookup(Model())
+    Config.sliding_window, Config._attn_implementation = None, "eager"
+    assert not supports_lookup(Model())
