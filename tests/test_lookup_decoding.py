@@ -140,3 +140,27 @@ def test_only_models_with_the_decode_attention_and_full_attention_in_every_layer
     assert not supports_lookup(Model())
     Config.sliding_window, Config._attn_implementation = None, "eager"
     assert not supports_lookup(Model())
+
+
+def test_packed_gqa_attention_equals_transformers_sdpa():
+    """A masked step over a few tokens per row attends on the key/value heads as they are; the
+    result is transformers' SDPA (which copies each key/value head per query head) on the same
+    inputs: 3 query heads per key/value head, rows of different lengths in a right-padded cache."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    class Attention(torch.nn.Module):
+        num_key_value_groups = 3
+        is_causal = True
+
+    torch.manual_seed(0)
+    rows, kv_heads, q, width, dim = 4, 2, 5, 23, 16
+    query = torch.randn(rows, kv_heads * 3, q, dim)
+    key, value = torch.randn(rows, kv_heads, width, dim), torch.randn(rows, kv_heads, width, dim)
+    mask = lookup_decoding._mask(torch.tensor([18, 3, 10, 0]), q, width)
+    ours, _ = decode_attention.decode_runs_sdpa(Attention(), query, key, value, mask, scaling=0.25)
+    theirs, _ = sdpa_attention_forward(Attention(), query, key, value, mask, scaling=0.25)
+    assert ours.shape == theirs.shape == (rows, q, kv_heads * 3, dim)
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
+    # the mask matters: a row that may see fewer columns gets another result
+    assert not torch.allclose(ours[1], decode_attention.decode_runs_sdpa(
+        Attention(), query, key, value, lookup_decoding._mask(torch.tensor([18, 9, 10, 0]), q, width), scaling=0.25)[0][1])

@@ -25,7 +25,7 @@ from llamaduo.inference.generation import (  # noqa: F401
     cut_at_stop_strings,
 )
 from llamaduo.inference.decode_attention import use_decode_runs, use_plain_sdpa
-from llamaduo.inference.kv_cache import growing_cache
+from llamaduo.inference.kv_cache import CACHE_ARG, growing_cache
 from llamaduo.inference.lookup_decoding import DRAFT_TOKENS, lookup_generate, supports_lookup
 from llamaduo.inference.model_ref import ModelRef
 from llamaduo.inference.prompts import WorkItem
@@ -105,15 +105,6 @@ def _attach_adapter(model, ref: ModelRef, tokenizer, merge: bool):
     return model.merge_and_unload() if merge else model
 
 
-def _cache_argument() -> str:
-    """`generate`'s name for the cache it takes and returns: `cache` from transformers 5.2x on,
-    `past_key_values` before (the vLLM environment pins an older transformers)."""
-    from transformers.generation.utils import GenerateDecoderOnlyOutput
-
-    return "cache" if "cache" in getattr(GenerateDecoderOnlyOutput, "__dataclass_fields__", {}) else "past_key_values"
-
-
-_CACHE_ARG = _cache_argument()
 # New tokens per `generate` call before finished rows leave the batch: a finished row costs at
 # most this many wasted steps; each call costs a few milliseconds of setup.
 CHUNK_TOKENS = 32
@@ -187,7 +178,7 @@ class HFGenerator:
             step, started = min(self.chunk_tokens, left), time.perf_counter()
             with torch.inference_mode():
                 out = self.model.generate(input_ids=input_ids, attention_mask=attention_mask,
-                                          generation_config=self._config_for(step), **{_CACHE_ARG: cache},
+                                          generation_config=self._config_for(step), **{CACHE_ARG: cache},
                                           logits_processor=[sampler] if sampler else [])
             fresh = out.sequences[:, input_ids.shape[1]:]
             logger.debug("round: %d rows x %d columns, %d new tokens each, %.1f s", len(rows),
@@ -198,7 +189,7 @@ class HFGenerator:
             going = [j for j, row in enumerate(rows) if not stops.intersection(new_ids[row])]
             if not going or left <= 0:
                 break
-            cache = getattr(out, _CACHE_ARG)
+            cache = getattr(out, CACHE_ARG)
             if len(going) < len(rows):  # drop the finished rows from the batch and its cache
                 index = torch.tensor(going, device=input_ids.device)
                 cache.batch_select_indices(index)
@@ -235,7 +226,7 @@ class HFGenerator:
             part = growing_cache()
             with torch.inference_mode():
                 self.model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
-                           past_key_values=part, use_cache=True, logits_to_keep=1)
+                           use_cache=True, logits_to_keep=1, **{CACHE_ARG: part})
             for k, layer in enumerate(part.layers):
                 if len(layers) <= k:
                     shape = (input_ids.shape[0], layer.keys.shape[1], width, layer.keys.shape[-1])

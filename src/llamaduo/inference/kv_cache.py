@@ -15,6 +15,18 @@ from typing import Any
 import torch
 from transformers.cache_utils import DynamicLayer
 
+
+def _cache_argument() -> str:
+    """The name of the cache that `generate` and a model's forward take and return: `cache` from
+    transformers 5.2x on (`past_key_values` still works there, with a deprecation warning),
+    `past_key_values` before (the vLLM environment pins an older transformers)."""
+    from transformers.generation.utils import GenerateDecoderOnlyOutput
+
+    return "cache" if "cache" in getattr(GenerateDecoderOnlyOutput, "__dataclass_fields__", {}) else "past_key_values"
+
+
+CACHE_ARG = _cache_argument()
+
 MIN_CAPACITY = 64  # tokens: the first buffer of a layer holds at least this many
 
 

@@ -28,6 +28,8 @@ from typing import Any, Callable, Sequence
 import torch
 from transformers.cache_utils import Cache, DynamicLayer
 
+from llamaduo.inference.kv_cache import CACHE_ARG
+
 logger = logging.getLogger("llamaduo.inference")
 
 #: draft tokens per row and forward by default (batch_inference's `prompt_lookup_tokens`)
@@ -228,7 +230,7 @@ def _prefill(model: Any, cache: RowCache, prompts: Sequence[Sequence[int]], grou
         cache.slots.group, cache.slots.width = torch.tensor(group, device=device), width
         with torch.inference_mode():
             model(input_ids=ids.to(device), attention_mask=_mask(torch.zeros(len(group), dtype=torch.long), width, width).to(device),
-                  position_ids=positions.to(device), past_key_values=cache, use_cache=True, logits_to_keep=1)
+                  position_ids=positions.to(device), use_cache=True, logits_to_keep=1, **{CACHE_ARG: cache})
     cache.slots.group = None
 
 
@@ -248,7 +250,7 @@ def _forward(model: Any, cache: RowCache, live: list[_Row], max_new_tokens: int,
     cache.slots.cols, cache.slots.width = positions.to(device), width
     with torch.inference_mode():
         out = model(input_ids=ids.to(device), attention_mask=_mask(starts, q, width).to(device),
-                    position_ids=positions.to(device), past_key_values=cache, use_cache=True)
+                    position_ids=positions.to(device), use_cache=True, **{CACHE_ARG: cache})
     return out.logits, drafts
 
 
