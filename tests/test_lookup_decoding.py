@@ -78,13 +78,13 @@ def test_same_answers_as_token_by_token_with_fewer_forwards(real_model, monkeypa
 
 
 def test_answers_do_not_depend_on_the_draft_length(real_model):
-    """1, 3 and 8 draft tokens per forward give the same answers (the draft only decides how
-    many tokens a forward checks, never which)."""
+    """1 and 5 draft tokens per forward give the same answers (the draft only decides how many
+    tokens a forward checks, never which)."""
     model, tok = real_model
     items = _items(tok, PROMPTS[:3])
-    settings = GenSettings(40, False, 0.0, 1.0, 7)
-    answers = [HFGenerator(model, tok, settings, lookup_tokens=k).generate(items) for k in (1, 3, 8)]
-    assert answers[0] == answers[1] == answers[2]
+    settings = GenSettings(30, False, 0.0, 1.0, 7)
+    answers = [HFGenerator(model, tok, settings, lookup_tokens=k).generate(items) for k in (1, 5)]
+    assert answers[0] == answers[1]
 
 
 def test_sampling_and_a_zero_setting_keep_generate(real_model):
