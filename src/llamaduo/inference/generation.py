@@ -34,6 +34,9 @@ class GenSettings:
 
 
 FINISH_STOP, FINISH_LENGTH = "stop", "length"
+#: greedy CPU decoding: draft tokens checked per row and forward (batch_inference's
+#: `prompt_lookup_tokens`; inference/lookup_decoding.py)
+DRAFT_TOKENS = 8
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ import torch
 from llamaduo.errors import UsageError
 # the torch-free half (settings, results, stop strings) lives in generation.py; re-exported here
 from llamaduo.inference.generation import (  # noqa: F401
+    DRAFT_TOKENS,
     END_OF_TURN_TOKENS,
     FINISH_LENGTH,
     FINISH_STOP,
@@ -26,7 +27,7 @@ from llamaduo.inference.generation import (  # noqa: F401
 )
 from llamaduo.inference.decode_attention import use_decode_runs, use_plain_sdpa
 from llamaduo.inference.kv_cache import CACHE_ARG, growing_cache
-from llamaduo.inference.lookup_decoding import DRAFT_TOKENS, lookup_generate, supports_lookup
+from llamaduo.inference.lookup_decoding import lookup_generate, supports_lookup
 from llamaduo.inference.model_ref import ModelRef
 from llamaduo.inference.prompts import WorkItem
 from llamaduo.inference.sampling import PerRowSampler

@@ -28,12 +28,12 @@ from typing import Any, Callable, Sequence
 import torch
 from transformers.cache_utils import Cache, DynamicLayer
 
+from llamaduo.inference.decode_attention import NAME as DECODE_RUNS
+from llamaduo.inference.generation import DRAFT_TOKENS
 from llamaduo.inference.kv_cache import CACHE_ARG
 
 logger = logging.getLogger("llamaduo.inference")
 
-#: draft tokens per row and forward by default (batch_inference's `prompt_lookup_tokens`)
-DRAFT_TOKENS = 8
 #: the longest run of last tokens looked up; shorter ones are tried when it did not occur
 NGRAM_MAX = 3
 #: finished rows leave the batch (a copy of the cache) once they are this share of it
@@ -154,8 +154,6 @@ def supports_lookup(model: Any) -> bool:
     (inference/decode_attention.py: SDPA that takes our boolean mask and attends on the
     key/value heads as they are; plain SDPA would copy the cache per query head at every step)
     and full attention in every layer (a sliding window would need its own mask)."""
-    from llamaduo.inference.decode_attention import NAME as DECODE_RUNS
-
     config = getattr(model, "config", None)
     if config is None or getattr(config, "_attn_implementation", None) != DECODE_RUNS:
         return False

@@ -29,7 +29,7 @@ from llamaduo.inference import distributed
 from llamaduo.inference.carry import carry_columns
 # hf_backend (torch, transformers) is imported where a model is loaded: `--help` and
 # `--print-config` stay free of both
-from llamaduo.inference.generation import FINISH_LENGTH, FINISH_STOP, GenSettings
+from llamaduo.inference.generation import DRAFT_TOKENS, FINISH_LENGTH, FINISH_STOP, GenSettings
 from llamaduo.inference.model_ref import ModelRef, resolve_model_ref
 from llamaduo.inference.plan import batches_for_rank, build_work_items, padding_waste, plan_batches
 from llamaduo.inference.prompts import PromptRecord, WorkItem, prompt_records, tokenize_prompts
@@ -84,7 +84,7 @@ class BatchInferenceConfig:
     ft_model_gen_config_path: Optional[str] = field(default=None, metadata={
         "help": "the original LlamaDuo's generation file for the fine-tuned model: its do_sample, temperature, "
                 "top_p, max_new_tokens and stop_strings fill those keys (explicit keys win); needed by a run"})
-    prompt_lookup_tokens: int = field(default=8, metadata={"min": 0, "max": 64, "help":
+    prompt_lookup_tokens: int = field(default=DRAFT_TOKENS, metadata={"min": 0, "max": 64, "help":
         "greedy decoding on a CPU (hf backend): per row and forward, up to this many tokens that followed the "
         "row's last tokens where they occurred before (in its prompt or answer) are checked at once; same "
         "answers, fewer forwards when answers copy or repeat; 0 = one token per forward"})
