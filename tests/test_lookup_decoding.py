@@ -38,13 +38,17 @@ def real_model(embedded_model_dir):
     return load_model(ref, tok, "cpu", torch.float32), tok
 
 
-def _decode_shapes(model) -> tuple[list[tuple[int, int]], object]:
-    """(rows, tokens per row) of each decode forward (prefill forwards keep only the last logits)."""
-    shapes: list[tuple[int, int]] = []
-    hook = model.register_forward_pre_hook(
-        lambda _m, _a, kw: shapes.append(tuple(kw["input_ids"].shape)) if kw.get("logits_to_keep") != 1 else None,
-        with_kwargs=True)
-    return shapes, hook
+def _decode_shapes(model) -> tuple[list[tuple[int, int, int]], object]:
+    """(rows in the cache, longest block of tokens of a row, tokens) of each decode forward
+    (prefill forwards keep only the last logits)."""
+    shapes: list[tuple[int, int, int]] = []
+
+    def record(_m, _a, kw):
+        if kw.get("logits_to_keep") != 1:
+            assert kw["input_ids"].shape[0] == 1, "a decode forward is one packed sequence"
+            shapes.append((kw["attention_mask"].shape[0], kw["attention_mask"].shape[2], kw["input_ids"].shape[1]))
+
+    return shapes, model.register_forward_pre_hook(record, with_kwargs=True)
 
 
 def test_same_answers_as_token_by_token_with_fewer_forwards(real_model, monkeypatch):
@@ -68,12 +72,14 @@ def test_same_answers_as_token_by_token_with_fewer_forwards(real_model, monkeypa
     assert [(o.text, o.new_tokens, o.finish_reason) for o in looked] == \
         [(o.text, o.new_tokens, o.finish_reason) for o in plain]
     assert {o.finish_reason for o in plain} == {"stop", "length"}, "the prompts must include short and long answers"
-    assert any(q > 1 for _, q in steps) and max(q for _, q in steps) <= lookup_decoding.DRAFT_TOKENS + 1, steps
+    assert any(q > 1 for _, q, _ in steps) and max(q for _, q, _ in steps) <= lookup_decoding.DRAFT_TOKENS + 1, steps
+    # packed: a forward holds only real tokens, so rows with short drafts add no padding
+    assert any(n < rows * q for rows, q, n in steps), steps
     forwards = [calls.count(i) for i in range(len(items))]  # forwards each row took part in
     tokens = [o.new_tokens for o in plain]
     assert sum(forwards) < 0.8 * sum(tokens), (forwards, tokens)
     assert any(f <= t / 2 for f, t in zip(forwards, tokens)), "a row that copies must take far fewer forwards"
-    rows = [r for r, _ in steps]
+    rows = [r for r, _, _ in steps]
     assert rows[0] == len(items) and rows[-1] < rows[0] and rows == sorted(rows, reverse=True), rows
 
 
@@ -164,3 +170,32 @@ def test_packed_gqa_attention_equals_transformers_sdpa():
     # the mask matters: a row that may see fewer columns gets another result
     assert not torch.allclose(ours[1], decode_attention.decode_runs_sdpa(
         Attention(), query, key, value, lookup_decoding._mask(torch.tensor([18, 9, 10, 0]), q, width), scaling=0.25)[0][1])
+
+
+@pytest.mark.parametrize("groups", [3, 1])
+def test_packed_tokens_attend_as_their_rows_blocks(groups):
+    """A packed forward's attention (`rows_sdpa`): tokens of different rows, with different
+    block lengths (0 for a finished row), in one sequence; each token's output is the one its
+    row's block gets from the block attention, with and without grouped-query heads."""
+    class Attention(torch.nn.Module):
+        num_key_value_groups = groups
+        is_causal = True
+
+    torch.manual_seed(1)
+    kv_heads, width, dim = 2, 23, 16
+    counts, starts = [3, 0, 1, 5], torch.tensor([12, 4, 20, 7])  # row 1 is finished: no tokens
+    rows = torch.tensor([r for r, n in enumerate(counts) for _ in range(n)])
+    slots = torch.tensor([j for n in counts for j in range(n)])
+    query = torch.randn(1, kv_heads * groups, len(rows), dim)
+    key, value = torch.randn(4, kv_heads, width, dim), torch.randn(4, kv_heads, width, dim)
+    mask = lookup_decoding._mask(starts, max(counts), width)
+    out, _ = decode_attention.decode_runs_sdpa(Attention(), query, key, value, mask, scaling=0.25,
+                                               lookup_rows=(rows, slots))
+    assert out.shape == (1, len(rows), kv_heads * groups, dim)
+    for t, (r, j) in enumerate(zip(rows.tolist(), slots.tolist())):
+        seen = starts[r] + j + 1  # the token at position starts[r] + j sees columns up to it
+        q = query[0, :, t][:, None]  # [heads, 1, dim]
+        k = key[r].repeat_interleave(groups, 0)[:, :seen]
+        v = value[r].repeat_interleave(groups, 0)[:, :seen]
+        expected = torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=0.25)[:, 0]
+        torch.testing.assert_close(out[0, t], expected, rtol=1e-5, atol=1e-6)

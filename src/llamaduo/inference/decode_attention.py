@@ -7,7 +7,8 @@ batch is sorted longest prompt first (`inference.plan`), so its rows' first real
 down the batch: cut it into a few runs of consecutive rows and each run attends only from its
 own first real column on (views, no copy). The linear layers still see the whole batch.
 A step over a few tokens per row (lookup decoding, inference/lookup_decoding.py) attends on the
-key/value heads as they are (`packed_gqa_sdpa`). Everything else (prefill) goes to
+key/value heads as they are (`packed_gqa_sdpa`); when its tokens come packed into one sequence
+(`lookup_rows`), `rows_sdpa` regroups them by row around that. Everything else (prefill) goes to
 transformers' SDPA unchanged.
 """
 from __future__ import annotations
@@ -39,6 +40,8 @@ def decode_runs_sdpa(module: Any, query: Any, key: Any, value: Any, attention_ma
     import torch
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
+    if kwargs.get("lookup_rows") is not None:
+        return rows_sdpa(module, query, key, value, attention_mask, **kwargs)
     if (1 < query.shape[2] <= PACK_MAX_QUERY and getattr(module, "num_key_value_groups", 1) > 1
             and attention_mask is not None and attention_mask.dtype == torch.bool and attention_mask.dim() == 4
             and attention_mask.shape[1] == 1 and not needs_the_mask(kwargs)):
@@ -73,6 +76,30 @@ def packed_gqa_sdpa(module: Any, query: Any, key: Any, value: Any, attention_mas
         packed, key, value, attn_mask=attention_mask[:, :, :, :key.shape[-2]].repeat(1, 1, groups, 1),
         scale=kwargs.get("scaling"))
     return out.reshape(rows, heads, q, dim).transpose(1, 2).contiguous(), None
+
+
+def rows_sdpa(module: Any, query: Any, key: Any, value: Any, attention_mask: Any, *,
+              lookup_rows: tuple[Any, Any], **kwargs: Any) -> tuple[Any, None]:
+    """Attention for a packed lookup-decoding forward: `query` is [1, heads, tokens, dim], token t
+    belonging to cache row `lookup_rows[0][t]` at offset `lookup_rows[1][t]` of that row's block;
+    `key`/`value` are the per-row cache [rows, kv heads, columns, dim] and `attention_mask`
+    [rows, 1, longest block, columns]. The tokens are spread into per-row blocks (zeros where a
+    row has fewer), attended as `packed_gqa_sdpa` does, and gathered back to [1, tokens, heads, dim].
+    WHY: the linear layers of a packed forward see only real tokens; attention needs each row's
+    own cache, so only it works on blocks."""
+    import torch
+
+    token_rows, token_slots = lookup_rows
+    rows, block = attention_mask.shape[0], attention_mask.shape[2]
+    blocks = query.new_zeros(rows, query.shape[1], block, query.shape[-1])
+    blocks[token_rows, :, token_slots] = query[0].transpose(0, 1)
+    if getattr(module, "num_key_value_groups", 1) > 1:
+        out, _ = packed_gqa_sdpa(module, blocks, key, value, attention_mask, **kwargs)
+    else:
+        out = torch.nn.functional.scaled_dot_product_attention(
+            blocks, key, value, attn_mask=attention_mask[:, :, :, :key.shape[-2]], scale=kwargs.get("scaling")
+        ).transpose(1, 2)
+    return out[token_rows, token_slots][None], None
 
 
 def use_decode_runs(model: Any) -> bool:

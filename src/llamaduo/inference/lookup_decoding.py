@@ -16,6 +16,16 @@ On a CPU a forward over 9 tokens per row costs ~4.7x one over 1 token (SmolLM2-1
 takes one row at a time; here the whole batch goes through each forward, each row with its own
 draft, in a right-padded cache where each row's positions are its own (`RowCache`).
 
+A forward is packed: its input is one sequence of every unfinished row's tokens, each with its
+own position, so the linear layers and the LM head (~80% of a forward) see only real tokens:
+no padding for rows whose draft is short or empty, nothing for finished rows still in the
+cache. Only attention regroups the tokens by row (`decode_attention.rows_sdpa`, told which row
+each token is by the `lookup_rows` keyword the model passes down to its attention, as
+transformers passes `cu_seq_lens_q` for padding-free batches). Measured (SmolLM2-135M, 44 rows,
+2 cores): with 60% of the rows drafting 0-3 tokens a forward took 0.89 s against 1.16 s as one
+padded [rows, 1 + longest draft] block; on HumanEval answers, where nearly every row drafts the
+full 8, 16% fewer token positions and the same time within noise.
+
 Greedy only: sampled decoding (do_sample with temperature > 0) keeps the `generate` path.
 """
 from __future__ import annotations
@@ -77,15 +87,17 @@ class _Slots:
 
     rows: int = 0              # rows of the batch (the buffers' first dimension)
     capacity: int = 0          # columns each layer's buffer is sized for (grows by doubling)
-    cols: torch.Tensor | None = None   # [rows, q] the columns this forward writes
-    width: int = 0             # columns attention reads this forward (max(cols) + 1)
+    token_rows: torch.Tensor | None = None   # [tokens] the cache row of each token of a packed forward
+    token_cols: torch.Tensor | None = None   # [tokens] the column it is written at (its position)
+    width: int = 0             # columns attention reads this forward (max(token_cols) + 1)
     group: torch.Tensor | None = None  # prefill: the batch rows this forward is (from column 0)
 
 
 class RowLayer(DynamicLayer):
     """One layer's keys/values, right-padded: row r keeps its positions at columns [0, n_r).
-    Each forward writes row r's new positions at its own columns (`_Slots.cols`), so rows that
-    kept different numbers of draft tokens stay contiguous without moving anything."""
+    Each packed forward writes every token at its own row and column (`_Slots.token_rows`,
+    `token_cols`), so rows that kept different numbers of draft tokens stay contiguous without
+    moving anything."""
 
     def __init__(self, slots: _Slots):
         super().__init__()
@@ -105,9 +117,9 @@ class RowLayer(DynamicLayer):
             self._k[s.group, :, :q] = key_states
             self._v[s.group, :, :q] = value_states
             return key_states, value_states
-        index = s.cols[:, None, :, None].expand(-1, key_states.shape[1], -1, key_states.shape[-1])
-        self._k.scatter_(2, index, key_states)
-        self._v.scatter_(2, index, value_states)
+        # a packed forward: key_states is [1, kv heads, tokens, dim]; token t goes to its row's column
+        self._k[s.token_rows, :, s.token_cols] = key_states[0].transpose(0, 1)
+        self._v[s.token_rows, :, s.token_cols] = value_states[0].transpose(0, 1)
         self.keys, self.values = self._k[:, :, :s.width], self._v[:, :, :s.width]
         return self.keys, self.values
 
@@ -193,8 +205,7 @@ def lookup_generate(model: Any, prompts: Sequence[Sequence[int]], max_new_tokens
     forwards = drafted = kept = 0
     live = list(rows)  # the rows in the cache, in its row order
     while any(not r.done for r in live):
-        logits, drafts = _forward(model, cache, live, max_new_tokens, draft_tokens, pad_id, device)
-        choice = logits.argmax(dim=-1).tolist()
+        choice, drafts = _forward(model, cache, live, max_new_tokens, draft_tokens, device)
         forwards += 1
         for r, draft, picks in zip(live, drafts, choice):
             if r.done:
@@ -233,23 +244,36 @@ def _prefill(model: Any, cache: RowCache, prompts: Sequence[Sequence[int]], grou
 
 
 def _forward(model: Any, cache: RowCache, live: list[_Row], max_new_tokens: int, draft_tokens: int,
-             pad_id: int, device: torch.device) -> tuple[torch.Tensor, list[list[int]]]:
-    """One forward over every row's pending token and draft (padded to the longest draft);
-    returns the logits [rows, q, vocab] and the drafts."""
+             device: torch.device) -> tuple[list[list[int]], list[list[int]]]:
+    """One packed forward over every unfinished row's pending token and draft; returns each
+    live row's greedy choices at its tokens ([] for finished rows) and the drafts."""
     drafts = [[] if r.done else r.drafter.draft(min(draft_tokens, max_new_tokens - len(r.new) - 1)) for r in live]
-    q = 1 + max(len(d) for d in drafts)
-    ids = torch.full((len(live), q), pad_id, dtype=torch.long)
+    ids: list[int] = []
+    rows: list[int] = []
+    slots: list[int] = []
+    counts: list[int] = []
     for j, (r, d) in enumerate(zip(live, drafts)):
-        ids[j, :1 + len(d)] = torch.tensor([r.pending, *d], dtype=torch.long)
+        n = 0 if r.done else 1 + len(d)
+        ids += [r.pending, *d][:n]
+        rows += [j] * n
+        slots += range(n)
+        counts.append(n)
+    q = max(counts)
     starts = torch.tensor([r.start for r in live], dtype=torch.long)
-    positions = starts[:, None] + torch.arange(q)
-    width = int(starts.max()) + q
+    token_rows, token_slots = torch.tensor(rows), torch.tensor(slots)
+    positions = starts[token_rows] + token_slots
+    width = int(positions.max()) + 1
     cache.ensure(width)
-    cache.slots.cols, cache.slots.width = positions.to(device), width
+    cache.slots.token_rows, cache.slots.token_cols, cache.slots.width = token_rows.to(device), positions.to(device), width
     with torch.inference_mode():
-        out = model(input_ids=ids.to(device), attention_mask=_mask(starts, q, width).to(device),
-                    position_ids=positions.to(device), use_cache=True, **{CACHE_ARG: cache})
-    return out.logits, drafts
+        out = model(input_ids=torch.tensor([ids], device=device), attention_mask=_mask(starts, q, width).to(device),
+                    position_ids=positions[None].to(device), use_cache=True,
+                    lookup_rows=(token_rows.to(device), token_slots.to(device)), **{CACHE_ARG: cache})
+    picks = out.logits[0].argmax(dim=-1).tolist()
+    bounds = [0]
+    for n in counts:
+        bounds.append(bounds[-1] + n)
+    return [picks[a:b] for a, b in zip(bounds, bounds[1:])], drafts
 
 
 def _mask(starts: torch.Tensor, q: int, width: int) -> torch.Tensor:
