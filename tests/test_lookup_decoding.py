@@ -8,7 +8,7 @@ import torch
 from llamaduo.inference import decode_attention, lookup_decoding
 from llamaduo.inference.generation import GenSettings
 from llamaduo.inference.hf_backend import HFGenerator, load_model, load_tokenizer
-from llamaduo.inference.lookup_decoding import NgramDrafter, _accept, _Row, supports_lookup
+from llamaduo.inference.lookup_decoding import NgramDrafter, _accept, _Row, next_draft_length, supports_lookup
 from llamaduo.inference.model_ref import resolve_model_ref
 from llamaduo.inference.plan import build_work_items, plan_batches
 from llamaduo.inference.prompts import PromptRecord, tokenize_prompts
@@ -199,3 +199,37 @@ def test_packed_tokens_attend_as_their_rows_blocks(groups):
         v = value[r].repeat_interleave(groups, 0)[:, :seen]
         expected = torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=0.25)[:, 0]
         torch.testing.assert_close(out[0, t], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_draft_length_follows_how_the_last_draft_fared():
+    """A row whose drafts are kept drafts more (up to the setting); one whose drafts fail drafts
+    less, down to 1 token when its first draft token was wrong; no draft changes nothing."""
+    assert next_draft_length(4, drafted=4, kept=4, most=8) == 8
+    assert next_draft_length(8, drafted=8, kept=8, most=8) == 8
+    assert next_draft_length(2, drafted=2, kept=2, most=16) == 6
+    assert next_draft_length(8, drafted=8, kept=0, most=8) == 1
+    assert next_draft_length(8, drafted=8, kept=2, most=8) == 5
+    assert next_draft_length(3, drafted=3, kept=2, most=8) == 3  # never grows on a cut draft
+    assert next_draft_length(1, drafted=1, kept=0, most=8) == 1  # always at least one: it can recover
+    assert next_draft_length(5, drafted=0, kept=0, most=8) == 5
+    # a short draft (the token limit or the history cut it) that was fully kept still grows
+    assert next_draft_length(8, drafted=2, kept=2, most=12) == 12
+
+
+def test_rows_whose_drafts_fail_draft_less(real_model, monkeypatch):
+    """On the real model, a row's draft length follows `next_draft_length`: after a forward
+    that rejected its first draft token, the row's next draft has at most 1 token."""
+    model, tok = real_model
+    seen: list[tuple[int, int, int]] = []  # (row, drafted, kept) of each forward
+    real_rule = lookup_decoding.next_draft_length
+
+    def spy(current, drafted, kept, most):
+        seen.append((current, drafted, kept))
+        return real_rule(current, drafted, kept, most)
+
+    monkeypatch.setattr(lookup_decoding, "next_draft_length", spy)
+    items = _items(tok, PROMPTS[:3])
+    HFGenerator(model, tok, GenSettings(40, False, 0.0, 1.0, 7)).generate(items)
+    assert any(k < d for _, d, k in seen) and any(k == d > 0 for _, d, k in seen), seen
+    assert all(d <= c for c, d, _ in seen), "a draft is never longer than the row's draft length"
+    assert any(c == 1 for c, _, _ in seen), "some row came down to 1-token drafts"

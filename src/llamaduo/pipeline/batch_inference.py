@@ -86,8 +86,9 @@ class BatchInferenceConfig:
                 "top_p, max_new_tokens and stop_strings fill those keys (explicit keys win); needed by a run"})
     prompt_lookup_tokens: int = field(default=DRAFT_TOKENS, metadata={"min": 0, "max": 64, "help":
         "greedy decoding on a CPU (hf backend): per row and forward, up to this many tokens that followed the "
-        "row's last tokens where they occurred before (in its prompt or answer) are checked at once; same "
-        "answers, fewer forwards when answers copy or repeat; 0 = one token per forward"})
+        "row's last tokens where they occurred before (in its prompt or answer) are checked at once (fewer for "
+        "a row whose drafts fail); same answers, fewer forwards when answers copy or repeat; 0 = one token "
+        "per forward"})
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = field(default="auto", metadata={
         "help": "weights dtype; auto = bf16 on GPUs and on CPUs with fast bf16, else fp32"})
     backend: Literal["hf", "vllm", "openai"] = field(default="hf", metadata={
