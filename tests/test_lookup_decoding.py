@@ -233,3 +233,14 @@ def test_rows_whose_drafts_fail_draft_less(real_model, monkeypatch):
     assert any(k < d for _, d, k in seen) and any(k == d > 0 for _, d, k in seen), seen
     assert all(d <= c for c, d, _ in seen), "a draft is never longer than the row's draft length"
     assert any(c == 1 for c, _, _ in seen), "some row came down to 1-token drafts"
+
+
+def test_a_packed_forward_without_its_rows_is_a_clear_error():
+    """A model whose layers drop the `lookup_rows` keyword would attend one packed row against
+    a cache of several: a clear error naming the setting that turns lookup off, not a shape error."""
+    class Attention(torch.nn.Module):
+        num_key_value_groups = 3
+
+    query, key = torch.randn(1, 6, 7, 16), torch.randn(4, 2, 23, 16)
+    with pytest.raises(RuntimeError, match="prompt_lookup_tokens: 0"):
+        decode_attention.decode_runs_sdpa(Attention(), query, key, key, lookup_decoding._mask(torch.tensor([1, 2, 3, 4]), 3, 23))

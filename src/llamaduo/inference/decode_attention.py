@@ -42,6 +42,9 @@ def decode_runs_sdpa(module: Any, query: Any, key: Any, value: Any, attention_ma
 
     if kwargs.get("lookup_rows") is not None:
         return rows_sdpa(module, query, key, value, attention_mask, **kwargs)
+    if query.shape[0] == 1 < key.shape[0]:  # a packed lookup forward whose keyword did not get here
+        raise RuntimeError("this model's layers do not pass keyword arguments down to their attention, which "
+                           "prompt lookup decoding needs; set prompt_lookup_tokens: 0 (batch_inference)")
     if (1 < query.shape[2] <= PACK_MAX_QUERY and getattr(module, "num_key_value_groups", 1) > 1
             and attention_mask is not None and attention_mask.dtype == torch.bool and attention_mask.dim() == 4
             and attention_mask.shape[1] == 1 and not needs_the_mask(kwargs)):
