@@ -244,3 +244,25 @@ def test_a_packed_forward_without_its_rows_is_a_clear_error():
     query, key = torch.randn(1, 6, 7, 16), torch.randn(4, 2, 23, 16)
     with pytest.raises(RuntimeError, match="prompt_lookup_tokens: 0"):
         decode_attention.decode_runs_sdpa(Attention(), query, key, key, lookup_decoding._mask(torch.tensor([1, 2, 3, 4]), 3, 23))
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "qwen3", "mistral", "gemma"])
+def test_other_architectures_give_generates_answers(arch):
+    """Tiny random models of other transformers architectures (GQA, q/k norms, qkv biases,
+    scaled embeddings): their layers pass `lookup_rows` down to attention, and the packed
+    lookup forwards give token-by-token `generate`'s greedy answers."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    extra = {"head_dim": 16} if arch in ("qwen3", "gemma") else {}
+    config = AutoConfig.for_model(arch, vocab_size=50, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, **extra)
+    if hasattr(config, "sliding_window"):
+        config.sliding_window = None
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa").eval()
+    assert decode_attention.use_decode_runs(model) and supports_lookup(model)
+    prompts = [[1, 5, 7, 9, 5, 7], [3, 4, 2], [8, 8, 8, 8, 9, 10, 11, 12]]
+    looked = lookup_decoding.lookup_generate(model, prompts, 20, [0], 0)
+    plain = [model.generate(torch.tensor([p]), max_new_tokens=20, do_sample=False, eos_token_id=0,
+                            pad_token_id=0)[0, len(p):].tolist() for p in prompts]
+    assert looked == plain
