@@ -73,7 +73,7 @@ def packed_gqa_sdpa(module: Any, query: Any, key: Any, value: Any, attention_mas
     import torch
 
     rows, heads, q, dim = query.shape
-    groups = module.num_key_value_groups
+    groups = getattr(module, "num_key_value_groups", 1)  # 1: one query head per key/value head
     packed = query.reshape(rows, heads // groups, groups * q, dim)  # head k*groups + r, token j -> row r*q + j
     out = torch.nn.functional.scaled_dot_product_attention(
         packed, key, value, attn_mask=attention_mask[:, :, :, :key.shape[-2]].repeat(1, 1, groups, 1),
@@ -90,18 +90,11 @@ def rows_sdpa(module: Any, query: Any, key: Any, value: Any, attention_mask: Any
     row has fewer), attended as `packed_gqa_sdpa` does, and gathered back to [1, tokens, heads, dim].
     WHY: the linear layers of a packed forward see only real tokens; attention needs each row's
     own cache, so only it works on blocks."""
-    import torch
-
     token_rows, token_slots = lookup_rows
     rows, block = attention_mask.shape[0], attention_mask.shape[2]
     blocks = query.new_zeros(rows, query.shape[1], block, query.shape[-1])
     blocks[token_rows, :, token_slots] = query[0].transpose(0, 1)
-    if getattr(module, "num_key_value_groups", 1) > 1:
-        out, _ = packed_gqa_sdpa(module, blocks, key, value, attention_mask, **kwargs)
-    else:
-        out = torch.nn.functional.scaled_dot_product_attention(
-            blocks, key, value, attn_mask=attention_mask[:, :, :, :key.shape[-2]], scale=kwargs.get("scaling")
-        ).transpose(1, 2)
+    out, _ = packed_gqa_sdpa(module, blocks, key, value, attention_mask, **kwargs)
     return out[token_rows, token_slots][None], None
 
 

@@ -33,6 +33,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from itertools import accumulate
 from typing import Any, Callable, Sequence
 
 import torch
@@ -289,10 +290,7 @@ def _forward(model: Any, cache: RowCache, live: list[_Row], max_new_tokens: int,
                     position_ids=positions[None].to(device), use_cache=True,
                     lookup_rows=(token_rows.to(device), token_slots.to(device)), **{CACHE_ARG: cache})
     picks = out.logits[0].argmax(dim=-1).tolist()
-    bounds = [0]
-    for n in counts:
-        bounds.append(bounds[-1] + n)
-    return [picks[a:b] for a, b in zip(bounds, bounds[1:])], drafts
+    return [picks[end - n:end] for n, end in zip(counts, accumulate(counts))], drafts
 
 
 def _mask(starts: torch.Tensor, q: int, width: int) -> torch.Tensor:
