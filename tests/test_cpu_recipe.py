@@ -51,6 +51,8 @@ def test_the_cpu_recipe_takes_the_fast_path_and_logs_first_and_last_loss(repo_ro
     fast = [m for m in log if m.startswith("CPU fast path")]
     assert len(fast) == 1 and fast[0].startswith("CPU fast path on: padding-free batches"), fast
     assert "sdpa_varlen" in fast[0] and summary["attn_implementation"] == "sdpa_varlen"
+    # the tiny Llama's 2 layers x 7 LoRA targets (q, k, v, o, gate, up, down)
+    assert "LoRA: 14 layers compute in one autograd function each (CPU fast path)" in log, log
     assert summary["global_step"] == 2 and summary["loss_steps"] == [1, 2], summary
     assert len(summary["losses"]) == 2 and summary["first_loss"] != summary["last_loss"]
     assert any("every 1 steps instead of every 5" in m for m in log), log
@@ -77,6 +79,7 @@ def test_turning_the_fast_path_off_is_said_and_kept(repo_root: Path, tiny_model_
                         "--no-cpu-fast-path")
     (line,) = [m for m in log if m.startswith("CPU fast path")]
     assert line.startswith("CPU fast path off (cpu_fast_path: false)") and "padding_free=False" in line
+    assert not [m for m in log if "one autograd function" in m], log  # PEFT's own LoRA layers
     assert summary["attn_implementation"] == "sdpa" and len(summary["losses"]) == 2
 
 

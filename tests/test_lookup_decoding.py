@@ -40,15 +40,32 @@ def real_model(embedded_model_dir):
 
 def _decode_shapes(model) -> tuple[list[tuple[int, int, int]], object]:
     """(rows in the cache, longest block of tokens of a row, tokens) of each decode forward
-    (prefill forwards keep only the last logits)."""
+    (the forwards of the model's body, without its LM head, that carry `lookup_rows`; the
+    prefill's do not)."""
     shapes: list[tuple[int, int, int]] = []
 
     def record(_m, _a, kw):
-        if kw.get("logits_to_keep") != 1:
+        if kw.get("lookup_rows") is not None:
             assert kw["input_ids"].shape[0] == 1, "a decode forward is one packed sequence"
             shapes.append((kw["attention_mask"].shape[0], kw["attention_mask"].shape[2], kw["input_ids"].shape[1]))
 
-    return shapes, model.register_forward_pre_hook(record, with_kwargs=True)
+    return shapes, model.get_decoder().register_forward_pre_hook(record, with_kwargs=True)
+
+
+def test_greedy_picks_chunk_by_chunk_equal_the_argmax_of_the_whole_head():
+    """The chunked greedy head gives argmax(hidden @ W.T + b) for a vocabulary that is not a
+    multiple of the chunk, with a bias, and keeps the first index when two chunks tie."""
+    torch.manual_seed(0)
+    vocab = 3 * lookup_decoding.HEAD_CHUNK + 17
+    weight, bias, hidden = torch.randn(vocab, 24), torch.randn(vocab), torch.randn(40, 24)
+    for b in (None, bias):
+        full = torch.nn.functional.linear(hidden, weight, b).argmax(dim=-1)
+        assert torch.equal(lookup_decoding.greedy_picks(hidden, weight, b), full)
+    # row 5 of the vocabulary copied into the last chunk, and made every token's best: index 5 wins
+    weight[-3] = weight[5] = hidden.sum(0) * 10
+    picks = lookup_decoding.greedy_picks(hidden, weight, None)
+    assert torch.equal(picks, torch.nn.functional.linear(hidden, weight).argmax(dim=-1))
+    assert (picks == 5).sum() > 30
 
 
 def test_same_answers_as_token_by_token_with_fewer_forwards(real_model, monkeypatch):

@@ -219,3 +219,70 @@ def test_mmap_threshold_is_set_unless_the_environment_sets_its_own(monkeypatch):
     assert return_freed_memory_to_os() is False
     monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_")
     assert return_freed_memory_to_os() is True
+
+
+def _lora_model(tiny_model_dir: Path, **lora: object):
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(0)
+    config = dict(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "k_proj", "v_proj", "o_proj",
+                                                                       "gate_proj", "up_proj", "down_proj"])
+    model = get_peft_model(_tiny(tiny_model_dir, "sdpa"), LoraConfig(**{**config, **lora}))
+    for name, p in model.named_parameters():  # B starts at zero in PEFT: give the LoRA term a value
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.1)
+    return model
+
+
+def _loss_and_grads(model, batch) -> tuple:
+    model.zero_grad()
+    loss = model(**batch).logits.square().mean()
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def _count_calls(monkeypatch: pytest.MonkeyPatch) -> list:
+    """Each call of the fused LoRA function appends to the returned list."""
+    from llamaduo.sft_cpu import _LoraLinearFunction
+
+    function, calls = _LoraLinearFunction.get(), []
+    original = function.apply
+    monkeypatch.setattr(function, "apply", lambda *a: calls.append(1) or original(*a))
+    return calls
+
+
+def test_fused_lora_layers_give_peft_outputs_and_gradients(tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every LoRA linear layer goes through the one-function forward, and the loss and every
+    LoRA gradient are PEFT's own; gradients flow to the input (the layers below train too)."""
+    from llamaduo.sft_cpu import fuse_lora_linears
+
+    ref, ours = _lora_model(tiny_model_dir), _lora_model(tiny_model_dir)
+    batch = _packed_row([5, 9, 3, 12], ref.config.vocab_size)
+    layers = ref.config.num_hidden_layers
+    assert fuse_lora_linears(ours) == 7 * layers
+    calls = _count_calls(monkeypatch)
+    loss_ours, grads_ours = _loss_and_grads(ours, batch)
+    assert len(calls) == 7 * layers
+    loss_ref, grads_ref = _loss_and_grads(ref, batch)
+    assert torch.allclose(loss_ref, loss_ours, rtol=1e-6)
+    assert grads_ref.keys() == grads_ours.keys() and len(grads_ref) == 2 * 7 * layers
+    for name, grad in grads_ref.items():
+        assert torch.allclose(grad, grads_ours[name], rtol=1e-4, atol=1e-7), name
+
+
+def test_fused_lora_layers_leave_what_they_do_not_cover_to_peft(tiny_model_dir: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Dropout (random masks) and a disabled adapter keep PEFT's forward; the function is not called."""
+    from llamaduo.sft_cpu import fuse_lora_linears
+
+    dropped = _lora_model(tiny_model_dir, lora_dropout=0.1)
+    plain = _lora_model(tiny_model_dir)
+    assert fuse_lora_linears(dropped) == fuse_lora_linears(plain) > 0
+    batch = _packed_row([4, 6], plain.config.vocab_size)
+    calls = _count_calls(monkeypatch)
+    dropped(**batch)
+    with plain.disable_adapter():
+        without = plain(**batch).logits
+    assert calls == []
+    base = _tiny(tiny_model_dir, "sdpa")
+    assert torch.allclose(without, base(**batch).logits, atol=1e-6)

@@ -497,6 +497,10 @@ def _build_trainer(script: Any, model_args: Any, sft: Any, base: str, tokenizer:
                          callbacks=[first_and_last_loss_callback()])
     logger.info("world size %d (rank %d); %s", sft.world_size, sft.process_index,
                 "LoRA adapter" if peft_config else "full fine-tuning")
+    if peft_config and not on_cuda and script.cpu_fast_path:
+        from llamaduo.sft_cpu import fuse_lora_linears
+
+        logger.info("LoRA: %d layers compute in one autograd function each (CPU fast path)", fuse_lora_linears(trainer.model))
     return trainer
 
 
