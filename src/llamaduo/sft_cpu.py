@@ -1,5 +1,6 @@
 """CPU fast path for TRL's SFT step: score only labelled tokens, with a plain log-softmax head,
-and attend within each conversation of a padding-free batch.
+attend within each conversation of a padding-free batch, and run each LoRA linear layer as one
+autograd function (`fuse_lora_linears`).
 
 WHY: TRL is tuned for GPUs; on a CPU its fused head scores every position in many elementwise
 passes, and padding-free SDPA attends over the whole row (profile and numbers:
