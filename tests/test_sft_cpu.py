@@ -272,7 +272,8 @@ def test_fused_lora_layers_give_peft_outputs_and_gradients(tiny_model_dir: Path,
 
 def test_fused_lora_layers_leave_what_they_do_not_cover_to_peft(tiny_model_dir: Path,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    """Dropout (random masks) and a disabled adapter keep PEFT's forward; the function is not called."""
+    """Dropout (random masks), a disabled adapter and bf16 autocast keep PEFT's forward; the
+    function is not called."""
     from llamaduo.sft_cpu import fuse_lora_linears
 
     dropped = _lora_model(tiny_model_dir, lora_dropout=0.1)
@@ -283,6 +284,9 @@ def test_fused_lora_layers_leave_what_they_do_not_cover_to_peft(tiny_model_dir: 
     dropped(**batch)
     with plain.disable_adapter():
         without = plain(**batch).logits
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # how the Trainer runs bf16 on a CPU with fast bf16
+        autocast_loss = plain(**batch).logits.float().square().mean()
+    autocast_loss.backward()  # PEFT's layers: their backward takes the bf16 gradients
     assert calls == []
     base = _tiny(tiny_model_dir, "sdpa")
     assert torch.allclose(without, base(**batch).logits, atol=1e-6)

@@ -233,7 +233,8 @@ def _fusable(layer: Any, x: Any, args: tuple, kwargs: dict) -> str | None:
         return None
     a, b = layer.lora_A[name].weight, layer.lora_B[name].weight
     if (base.weight.requires_grad or (base.bias is not None and base.bias.requires_grad)
-            or x.device.type != "cpu" or not x.dtype == base.weight.dtype == a.dtype == b.dtype):
+            or x.device.type != "cpu" or not x.dtype == base.weight.dtype == a.dtype == b.dtype
+            or torch.is_autocast_enabled("cpu")):  # bf16 autocast (CPUs with fast bf16): PEFT's casts
         return None
     return name
 
@@ -241,7 +242,8 @@ def _fusable(layer: Any, x: Any, args: tuple, kwargs: dict) -> str | None:
 def fuse_lora_linears(model: Any) -> int:
     """Give every PEFT LoRA linear layer of `model` a forward through one autograd function
     (`_LoraLinearFunction`); returns how many layers. A call the function does not cover (dropout,
-    DoRA, several adapters, a trainable base bias, another device or dtype) runs PEFT's forward.
+    DoRA, several adapters, a trainable base bias, another device or dtype, bf16 autocast) runs
+    PEFT's forward.
 
     WHY: PEFT's layer is a base matmul, two rank-r matmuls, a scaling multiply and an add, each
     its own autograd node; the [tokens, out] products, scaled copies and sums are memory passes
