@@ -52,7 +52,7 @@ def test_the_cpu_recipe_takes_the_fast_path_and_logs_first_and_last_loss(repo_ro
     assert len(fast) == 1 and fast[0].startswith("CPU fast path on: padding-free batches"), fast
     assert "sdpa_varlen" in fast[0] and summary["attn_implementation"] == "sdpa_varlen"
     # the tiny Llama's 2 layers x 7 LoRA targets (q, k, v, o, gate, up, down)
-    assert "LoRA: 14 layers compute in one autograd function each (CPU fast path)" in log, log
+    assert "LoRA: 14 of 14 layers compute in one autograd function each (CPU fast path)" in log, log
     assert summary["global_step"] == 2 and summary["loss_steps"] == [1, 2], summary
     assert len(summary["losses"]) == 2 and summary["first_loss"] != summary["last_loss"]
     assert any("every 1 steps instead of every 5" in m for m in log), log
@@ -66,8 +66,16 @@ def test_fused_lora_layers_train_the_same_under_gradient_checkpointing(repo_root
     plain, _ = _run(repo_root / "config/cpu/finetune.yaml", tiny_model_dir, rows24, tmp_path / "plain")
     checked, log = _run(repo_root / "config/cpu/finetune.yaml", tiny_model_dir, rows24, tmp_path / "ckpt",
                         "--gradient-checkpointing", "true")
-    assert "LoRA: 14 layers compute in one autograd function each (CPU fast path)" in log
+    assert "LoRA: 14 of 14 layers compute in one autograd function each (CPU fast path)" in log
     assert len(plain["losses"]) == 2 and plain["losses"] == pytest.approx(checked["losses"], rel=1e-5)
+
+
+def test_lora_dropout_keeps_pefts_layers_and_says_so(repo_root: Path, tiny_model_dir: Path, rows24: Path,
+                                                     tmp_path: Path) -> None:
+    _, log = _run(repo_root / "config/cpu/finetune.yaml", tiny_model_dir, rows24, tmp_path / "dropout",
+                  "--lora-dropout", "0.05")
+    (line,) = [m for m in log if m.startswith("LoRA: ")]
+    assert line.startswith("LoRA: 0 of 14 layers compute in one autograd function each") and "lora_dropout > 0" in line
 
 
 def test_the_gpu_recipe_on_a_cpu_takes_the_fast_path(repo_root: Path, tiny_model_dir: Path,

@@ -259,7 +259,7 @@ def test_fused_lora_layers_give_peft_outputs_and_gradients(tiny_model_dir: Path,
     ref, ours = _lora_model(tiny_model_dir), _lora_model(tiny_model_dir)
     batch = _packed_row([5, 9, 3, 12], ref.config.vocab_size)
     layers = ref.config.num_hidden_layers
-    assert fuse_lora_linears(ours) == 7 * layers
+    assert fuse_lora_linears(ours) == (7 * layers, 7 * layers)
     calls = _count_calls(monkeypatch)
     loss_ours, grads_ours = _loss_and_grads(ours, batch)
     assert len(calls) == 7 * layers
@@ -278,7 +278,8 @@ def test_fused_lora_layers_leave_what_they_do_not_cover_to_peft(tiny_model_dir: 
 
     dropped = _lora_model(tiny_model_dir, lora_dropout=0.1)
     plain = _lora_model(tiny_model_dir)
-    assert fuse_lora_linears(dropped) == fuse_lora_linears(plain) > 0
+    layers = 7 * plain.config.num_hidden_layers
+    assert fuse_lora_linears(dropped) == (0, layers) and fuse_lora_linears(plain) == (layers, layers)
     batch = _packed_row([4, 6], plain.config.vocab_size)
     calls = _count_calls(monkeypatch)
     dropped(**batch)

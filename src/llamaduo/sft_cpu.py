@@ -239,11 +239,12 @@ def _fusable(layer: Any, x: Any, args: tuple, kwargs: dict) -> str | None:
     return name
 
 
-def fuse_lora_linears(model: Any) -> int:
-    """Give every PEFT LoRA linear layer of `model` a forward through one autograd function
-    (`_LoraLinearFunction`); returns how many layers. A call the function does not cover (dropout,
-    DoRA, several adapters, a trainable base bias, another device or dtype, bf16 autocast) runs
-    PEFT's forward.
+def fuse_lora_linears(model: Any) -> tuple[int, int]:
+    """Give each PEFT LoRA linear layer of `model` that the function covers as it is now a forward
+    through one autograd function (`_LoraLinearFunction`); returns (layers given it, LoRA linear
+    layers). Layers with dropout, DoRA, several adapters or a trainable base bias keep PEFT's
+    forward; so does any call the function does not cover (another device or dtype, bf16
+    autocast, a disabled adapter).
 
     WHY: PEFT's layer is a base matmul, two rank-r matmuls, a scaling multiply and an add, each
     its own autograd node; the [tokens, out] products, scaled copies and sums are memory passes
@@ -258,7 +259,7 @@ def fuse_lora_linears(model: Any) -> int:
     try:
         from peft.tuners.lora import Linear as LoraLinear
     except ImportError:
-        return 0
+        return 0, 0
 
     def forward(self: Any, x: Any, *args: Any, **kwargs: Any) -> Any:
         name = _fusable(self, x, args, kwargs)
@@ -268,12 +269,15 @@ def fuse_lora_linears(model: Any) -> int:
         return _LoraLinearFunction.get().apply(x, base.weight, base.bias, self.lora_A[name].weight,
                                                self.lora_B[name].weight, self.scaling[name])
 
-    count = 0
+    fused = total = 0
     for module in model.modules():
-        if type(module) is LoraLinear:  # exactly PEFT's: subclasses (quantized bases) keep their forward
+        if type(module) is not LoraLinear:  # exactly PEFT's: subclasses (quantized bases) keep their forward
+            continue
+        total += 1
+        if _fusable(module, module.get_base_layer().weight, (), {}) is not None:  # as the layer is now
             module.forward = types.MethodType(forward, module)
-            count += 1
-    return count
+            fused += 1
+    return fused, total
 
 
 # --------------------------------------------------------------------------- allocator

@@ -500,7 +500,9 @@ def _build_trainer(script: Any, model_args: Any, sft: Any, base: str, tokenizer:
     if peft_config and not on_cuda and script.cpu_fast_path:
         from llamaduo.sft_cpu import fuse_lora_linears
 
-        logger.info("LoRA: %d layers compute in one autograd function each (CPU fast path)", fuse_lora_linears(trainer.model))
+        fused, total = fuse_lora_linears(trainer.model)
+        logger.info("LoRA: %d of %d layers compute in one autograd function each (CPU fast path)%s", fused, total,
+                    "" if fused == total else "; the others keep PEFT's layer (lora_dropout > 0 or DoRA need it)")
     return trainer
 
 
