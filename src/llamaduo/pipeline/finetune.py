@@ -502,7 +502,7 @@ def _build_trainer(script: Any, model_args: Any, sft: Any, base: str, tokenizer:
 
         fused, total = fuse_lora_linears(trainer.model)
         logger.info("LoRA: %d of %d layers compute in one autograd function each (CPU fast path)%s", fused, total,
-                    "" if fused == total else "; the others keep PEFT's layer (lora_dropout > 0 or DoRA need it)")
+                    "" if fused == total else "; the others keep PEFT's layer (lora_dropout > 0, DoRA or a non-CPU device)")
     return trainer
 
 
