@@ -243,9 +243,9 @@ def _loss_and_grads(model, batch) -> tuple:
 
 def _count_calls(monkeypatch: pytest.MonkeyPatch) -> list:
     """Each call of the fused LoRA function appends to the returned list."""
-    from llamaduo.sft_cpu import _LoraLinearFunction
+    from llamaduo.sft_cpu import lora_linear_function
 
-    function, calls = _LoraLinearFunction.get(), []
+    function, calls = lora_linear_function(), []
     original = function.apply
     monkeypatch.setattr(function, "apply", lambda *a: calls.append(1) or original(*a))
     return calls

@@ -11,6 +11,7 @@ attention has no CPU kernel, so this module does both. The attention uses transf
 """
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any
 
@@ -180,50 +181,45 @@ def disable_fast_lm_head() -> None:
 # --------------------------------------------------------------------------- LoRA layers
 
 
-class _LoraLinearFunction:
-    """y = x W^T + b + s (x A^T) B^T with a hand-written backward (built lazily: torch is imported
-    only when a model is patched). Same values and gradients as PEFT's LoRA layer."""
-
-    function: Any = None
-
-    @classmethod
-    def get(cls) -> Any:
-        if cls.function is None:
-            import torch
-
-            class LoraLinear(torch.autograd.Function):
-                @staticmethod
-                def forward(ctx: Any, x: Any, weight: Any, bias: Any, lora_a: Any, lora_b: Any, scaling: float) -> Any:
-                    flat = x.reshape(-1, x.shape[-1])
-                    u = flat @ lora_a.t()
-                    y = flat @ weight.t() if bias is None else torch.addmm(bias, flat, weight.t())
-                    y.addmm_(u, lora_b.t(), alpha=scaling)  # in place: no [tokens, out] temporaries
-                    ctx.save_for_backward(flat, weight, lora_a, lora_b, u)
-                    ctx.scaling, ctx.in_shape = scaling, x.shape
-                    return y.view(*x.shape[:-1], y.shape[-1])
-
-                @staticmethod
-                def backward(ctx: Any, dy: Any) -> tuple:
-                    flat, weight, lora_a, lora_b, u = ctx.saved_tensors
-                    dy = dy.reshape(-1, dy.shape[-1])
-                    g = (dy @ lora_b).mul_(ctx.scaling)  # the gradient at x A^T: [tokens, rank]
-                    dx = None
-                    if ctx.needs_input_grad[0]:
-                        dx = (dy @ weight).addmm_(g, lora_a).view(ctx.in_shape)
-                    da = g.t() @ flat if ctx.needs_input_grad[3] else None
-                    db = (dy.t() @ u).mul_(ctx.scaling) if ctx.needs_input_grad[4] else None
-                    return dx, None, None, da, db, None
-
-            cls.function = LoraLinear
-        return cls.function
-
-
-def _fusable(layer: Any, x: Any, args: tuple, kwargs: dict) -> str | None:
-    """The one active adapter's name when `layer` is a plain LoRA linear layer this call can go
-    through `_LoraLinearFunction` (else None: PEFT's own forward runs)."""
+@functools.cache
+def lora_linear_function() -> Any:
+    """The autograd function y = x W^T + b + s (x A^T) B^T with a hand-written backward; same
+    values and gradients as PEFT's LoRA layer. Built on first use, so importing this module does
+    not import torch."""
     import torch
 
-    if args or kwargs or layer.disable_adapters or layer.merged or len(layer.active_adapters) != 1:
+    class LoraLinear(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx: Any, x: Any, weight: Any, bias: Any, lora_a: Any, lora_b: Any, scaling: float) -> Any:
+            flat = x.reshape(-1, x.shape[-1])
+            u = flat @ lora_a.t()
+            y = flat @ weight.t() if bias is None else torch.addmm(bias, flat, weight.t())
+            y.addmm_(u, lora_b.t(), alpha=scaling)  # in place: no [tokens, out] temporaries
+            ctx.save_for_backward(flat, weight, lora_a, lora_b, u)
+            ctx.scaling, ctx.in_shape = scaling, x.shape
+            return y.view(*x.shape[:-1], y.shape[-1])
+
+        @staticmethod
+        def backward(ctx: Any, dy: Any) -> tuple:
+            flat, weight, lora_a, lora_b, u = ctx.saved_tensors
+            dy = dy.reshape(-1, dy.shape[-1])
+            g = (dy @ lora_b).mul_(ctx.scaling)  # the gradient at x A^T: [tokens, rank]
+            dx = None
+            if ctx.needs_input_grad[0]:
+                dx = (dy @ weight).addmm_(g, lora_a).view(ctx.in_shape)
+            da = g.t() @ flat if ctx.needs_input_grad[3] else None
+            db = (dy.t() @ u).mul_(ctx.scaling) if ctx.needs_input_grad[4] else None
+            return dx, None, None, da, db, None
+
+    return LoraLinear
+
+
+def _covered_adapter(layer: Any) -> str | None:
+    """The one active adapter's name when `layer`, as it is now, is a plain CPU LoRA linear layer
+    that `lora_linear_function` computes (else None: PEFT's own forward runs)."""
+    import torch
+
+    if layer.disable_adapters or layer.merged or len(layer.active_adapters) != 1:
         return None
     name = layer.active_adapters[0]
     base = layer.get_base_layer()
@@ -233,15 +229,24 @@ def _fusable(layer: Any, x: Any, args: tuple, kwargs: dict) -> str | None:
         return None
     a, b = layer.lora_A[name].weight, layer.lora_B[name].weight
     if (base.weight.requires_grad or (base.bias is not None and base.bias.requires_grad)
-            or x.device.type != "cpu" or not x.dtype == base.weight.dtype == a.dtype == b.dtype
-            or torch.is_autocast_enabled("cpu")):  # bf16 autocast (CPUs with fast bf16): PEFT's casts
+            or base.weight.device.type != "cpu" or not base.weight.dtype == a.dtype == b.dtype):
         return None
     return name
 
 
+def _covered_call(layer: Any, x: Any, args: tuple, kwargs: dict) -> str | None:
+    """`_covered_adapter` for one call: an input of the weights' dtype, no extra arguments, and
+    no bf16 autocast (how the Trainer runs bf16 on CPUs with fast bf16: PEFT's layers cast)."""
+    import torch
+
+    if args or kwargs or x.dtype != layer.get_base_layer().weight.dtype or torch.is_autocast_enabled("cpu"):
+        return None
+    return _covered_adapter(layer)
+
+
 def fuse_lora_linears(model: Any) -> tuple[int, int]:
     """Give each PEFT LoRA linear layer of `model` that the function covers as it is now a forward
-    through one autograd function (`_LoraLinearFunction`); returns (layers given it, LoRA linear
+    through one autograd function (`lora_linear_function`); returns (layers given it, LoRA linear
     layers). Layers with dropout, DoRA, several adapters or a trainable base bias keep PEFT's
     forward; so does any call the function does not cover (another device or dtype, bf16
     autocast, a disabled adapter).
@@ -262,19 +267,19 @@ def fuse_lora_linears(model: Any) -> tuple[int, int]:
         return 0, 0
 
     def forward(self: Any, x: Any, *args: Any, **kwargs: Any) -> Any:
-        name = _fusable(self, x, args, kwargs)
+        name = _covered_call(self, x, args, kwargs)
         if name is None:
             return LoraLinear.forward(self, x, *args, **kwargs)
         base = self.get_base_layer()
-        return _LoraLinearFunction.get().apply(x, base.weight, base.bias, self.lora_A[name].weight,
-                                               self.lora_B[name].weight, self.scaling[name])
+        return lora_linear_function().apply(x, base.weight, base.bias, self.lora_A[name].weight,
+                                            self.lora_B[name].weight, self.scaling[name])
 
     fused = total = 0
     for module in model.modules():
         if type(module) is not LoraLinear:  # exactly PEFT's: subclasses (quantized bases) keep their forward
             continue
         total += 1
-        if _fusable(module, module.get_base_layer().weight, (), {}) is not None:  # as the layer is now
+        if _covered_adapter(module) is not None:
             module.forward = types.MethodType(forward, module)
             fused += 1
     return fused, total

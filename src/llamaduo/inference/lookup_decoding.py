@@ -223,11 +223,12 @@ def lookup_generate(model: Any, prompts: Sequence[Sequence[int]], max_new_tokens
     cache = RowCache(model.config.num_hidden_layers, len(prompts),
                      max(lengths) + min(max_new_tokens, 64) + draft_tokens + 1)
     rows = [_Row(i, NgramDrafter(p), int(p[-1]), len(p) - 1, draft_tokens) for i, p in enumerate(prompts)]
-    _prefill(model, cache, prompts, groups(lengths) if groups else [list(range(len(prompts)))], pad_id, device)
+    split = _body_and_head(model)
+    _prefill(model, split, cache, prompts, groups(lengths) if groups else [list(range(len(prompts)))], pad_id, device)
     forwards = drafted = kept = 0
     live = list(rows)  # the rows in the cache, in its row order
     while any(not r.done for r in live):
-        choice, drafts = _forward(model, cache, live, max_new_tokens, device)
+        choice, drafts = _forward(model, split, cache, live, max_new_tokens, device)
         forwards += 1
         for r, draft, picks in zip(live, drafts, choice):
             if r.done:
@@ -248,11 +249,10 @@ def lookup_generate(model: Any, prompts: Sequence[Sequence[int]], max_new_tokens
     return [r.new for r in rows]
 
 
-def _prefill(model: Any, cache: RowCache, prompts: Sequence[Sequence[int]], groups: list[list[int]],
-             pad_id: int, device: torch.device) -> None:
+def _prefill(model: Any, split: tuple[Any, torch.nn.Linear] | None, cache: RowCache, prompts: Sequence[Sequence[int]],
+             groups: list[list[int]], pad_id: int, device: torch.device) -> None:
     """Every prompt but its last token into the cache, group by group, from column 0 (no logits:
     the first new token comes from the first decode forward, over each prompt's last token)."""
-    split = _body_and_head(model)
     run, head_off = (split[0], {}) if split else (model, {"logits_to_keep": 1})
     for group in groups:
         width = max(len(prompts[i]) for i in group) - 1
@@ -269,9 +269,11 @@ def _prefill(model: Any, cache: RowCache, prompts: Sequence[Sequence[int]], grou
     cache.slots.group = None
 
 
-def _forward(model: Any, cache: RowCache, live: list[_Row], max_new_tokens: int, device: torch.device) -> tuple[list[list[int]], list[list[int]]]:
+def _forward(model: Any, split: tuple[Any, torch.nn.Linear] | None, cache: RowCache, live: list[_Row],
+             max_new_tokens: int, device: torch.device) -> tuple[list[list[int]], list[list[int]]]:
     """One packed forward over every unfinished row's pending token and draft; returns each
-    live row's greedy choices at its tokens ([] for finished rows) and the drafts."""
+    live row's greedy choices at its tokens ([] for finished rows) and the drafts. `split`:
+    `_body_and_head(model)`, looked up once per batch."""
     drafts = [[] if r.done else r.drafter.draft(min(r.draft_len, max_new_tokens - len(r.new) - 1)) for r in live]
     ids: list[int] = []
     rows: list[int] = []
@@ -293,7 +295,6 @@ def _forward(model: Any, cache: RowCache, live: list[_Row], max_new_tokens: int,
     inputs = dict(input_ids=torch.tensor([ids], device=device), attention_mask=_mask(starts, q, width).to(device),
                   position_ids=positions[None].to(device), use_cache=True,
                   lookup_rows=(token_rows.to(device), token_slots.to(device)), **{CACHE_ARG: cache})
-    split = _body_and_head(model)
     with torch.inference_mode():
         if split is None:
             picks = model(**inputs).logits[0].argmax(dim=-1).tolist()
